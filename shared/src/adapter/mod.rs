@@ -1,0 +1,369 @@
+//! ARRIVE: our lambda_http-style adapter on axum. A function author writes
+//!
+//! ```no_run
+//! # use shared::adapter::{Outcome, PushEvent, Classify};
+//! # use shared::deps::Deps;
+//! # #[derive(Debug, thiserror::Error)] #[error("e")] struct MyError;
+//! # impl Classify for MyError { fn is_retryable(&self) -> bool { false } }
+//! async fn handle(event: PushEvent<shared::event::StepMessage>, deps: &Deps) -> Result<Outcome, MyError> {
+//!     Ok(Outcome::Done)
+//! }
+//! # async fn run(deps: Deps) -> std::io::Result<()> {
+//! shared::adapter::serve(deps, handle).await
+//! # }
+//! ```
+//!
+//! and the adapter owns the rest: HTTP (`POST /` deliveries, `GET /healthz`), the Pub/Sub push
+//! envelope and Eventarc CloudEvents, decoding the payload, the per-delivery span, the body cap
+//! (413), the deadline, panics (500), the ack/retry/dead-letter decision and graceful shutdown.
+//! It must not know what any function does.
+
+pub mod push;
+pub mod verdict;
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::FutureExt as _;
+use http::{HeaderMap, StatusCode};
+use tokio::net::TcpListener;
+use tracing::Instrument as _;
+
+pub use push::{EnvelopeError, PushEvent, PushMeta, Transport, parse_delivery};
+pub use verdict::{Classify, Failure, Outcome, Verdict};
+
+use crate::bus::{BoxFuture, OutboundMessage};
+use crate::deps::Deps;
+use crate::event::Decode;
+
+/// Attributes added to a message forwarded to the dead-letter topic.
+pub mod dead_letter_attr {
+    /// Why the message can never succeed.
+    pub const REASON: &str = "nodewire-dead-letter-reason";
+    /// The function (Cloud Run service) that refused it.
+    pub const SERVICE: &str = "nodewire-dead-letter-service";
+    /// The subscription it was delivered through.
+    pub const SUBSCRIPTION: &str = "nodewire-dead-letter-subscription";
+    /// Its message id on that subscription.
+    pub const MESSAGE_ID: &str = "nodewire-dead-letter-message-id";
+    /// Its original publish time.
+    pub const PUBLISH_TIME: &str = "nodewire-dead-letter-publish-time";
+}
+
+/// Pub/Sub attribute values are limited to 1024 bytes.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
+
+/// How long the publisher may take to flush at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A handler: any `async fn(PushEvent<T>, &Deps) -> Result<Outcome, E>` where `E` is an error
+/// that says whether it is retryable. Implemented for such functions; not meant to be
+/// implemented by hand.
+pub trait Handler<'a, T>: Send + Sync + 'static {
+    type Error: std::error::Error + Classify + Send + 'static;
+    type Future: Future<Output = Result<Outcome, Self::Error>> + Send + 'a;
+    fn call(&self, event: PushEvent<T>, deps: &'a Deps) -> Self::Future;
+}
+
+impl<'a, T, F, Fut, E> Handler<'a, T> for F
+where
+    F: Fn(PushEvent<T>, &'a Deps) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, E>> + Send + 'a,
+    E: std::error::Error + Classify + Send + 'static,
+{
+    type Error = E;
+    type Future = Fut;
+    fn call(&self, event: PushEvent<T>, deps: &'a Deps) -> Fut {
+        self(event, deps)
+    }
+}
+
+/// Calls the handler and erases its error type.
+fn invoke<'a, T, H>(
+    handler: &'a H,
+    event: PushEvent<T>,
+    deps: &'a Deps,
+) -> BoxFuture<'a, Result<Outcome, Failure>>
+where
+    H: Handler<'a, T>,
+{
+    let fut = handler.call(event, deps);
+    Box::pin(async move { fut.await.map_err(|e| Failure::from_error(&e)) })
+}
+
+struct App<T, H> {
+    deps: Deps,
+    handler: H,
+    _payload: PhantomData<fn() -> T>,
+}
+
+/// The HTTP router of a function: `POST /` for deliveries, `GET /healthz`.
+pub fn router<T, H>(deps: Deps, handler: H) -> Router
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+{
+    let limit = deps.config.limits.max_body_bytes;
+    let app = Arc::new(App {
+        deps,
+        handler,
+        _payload: PhantomData,
+    });
+    Router::new()
+        .route("/", post(deliver::<T, H>))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn deliver<T, H>(
+    State(app): State<Arc<App<T, H>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+{
+    let meta = match parse_delivery(&headers, &body) {
+        Ok(m) => m,
+        Err(e) => {
+            // Not a delivery: there is no message to ack or to dead-letter.
+            tracing::error!(error = %e, bytes = body.len(), "request refused: not a delivery");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    let cfg = app.deps.config.clone();
+    let span = tracing::info_span!(
+        "delivery",
+        service = %cfg.service,
+        message_id = %meta.message_id,
+        subscription = %meta.subscription,
+        delivery_attempt = meta.delivery_attempt,
+        trace = %meta.trace.logging_trace(&cfg.pubsub.project),
+        span_id = %meta.trace.span_id(),
+    );
+    async move {
+        let started = Instant::now();
+        let verdict = process(&app, meta.clone()).await;
+        let verdict = give_up_if_too_old(verdict, &meta, cfg.limits.max_retry_age);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let status = match &verdict {
+            Verdict::Ack => {
+                tracing::info!(verdict = "ack", elapsed_ms, "delivery handled");
+                verdict.status()
+            }
+            Verdict::Ignored(reason) => {
+                tracing::debug!(verdict = "ignored", %reason, elapsed_ms, "delivery ignored");
+                verdict.status()
+            }
+            Verdict::Retry(reason) => {
+                tracing::warn!(verdict = "retry", %reason, elapsed_ms, "delivery failed transiently; asking for redelivery");
+                verdict.status()
+            }
+            Verdict::Panic(reason) => {
+                tracing::error!(verdict = "panic", %reason, elapsed_ms, "handler panicked; answering 500");
+                verdict.status()
+            }
+            Verdict::Reject(reason) => match dead_letter(&app.deps, &meta, reason).await {
+                Ok(id) => {
+                    tracing::error!(verdict = "dead-letter", %reason, dead_letter_message_id = %id, elapsed_ms, "delivery failed permanently; forwarded to the dead-letter topic and acked");
+                    verdict.status()
+                }
+                Err(e) => {
+                    tracing::error!(verdict = "retry", %reason, error = %e, elapsed_ms, "delivery failed permanently but dead-lettering failed; asking for redelivery");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
+        };
+        match &verdict {
+            Verdict::Retry(r) | Verdict::Panic(r) if status != StatusCode::NO_CONTENT => {
+                (status, r.clone()).into_response()
+            }
+            _ => status.into_response(),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn process<T, H>(app: &App<T, H>, meta: PushMeta) -> Verdict
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+{
+    let payload = match T::decode(&meta.data) {
+        Ok(p) => p,
+        Err(e) => return Verdict::Reject(format!("undecodable payload: {e}")),
+    };
+    let event = PushEvent { payload, meta };
+    let fut = AssertUnwindSafe(invoke(&app.handler, event, &app.deps)).catch_unwind();
+    match tokio::time::timeout(app.deps.config.limits.request_timeout, fut).await {
+        Err(_) => Verdict::Retry(format!(
+            "the delivery deadline of {:?} passed",
+            app.deps.config.limits.request_timeout
+        )),
+        Ok(Err(panic)) => Verdict::Panic(panic_message(panic.as_ref())),
+        Ok(Ok(result)) => Verdict::from_result(result),
+    }
+}
+
+/// A message that keeps failing transiently is dead-lettered once it is older than the bound,
+/// so that no retry loop is endless even without a dead-letter policy on the subscription.
+fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> Verdict {
+    let Verdict::Retry(reason) = verdict else {
+        return verdict;
+    };
+    let published = meta.publish_time.as_deref().and_then(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    });
+    match published {
+        Some(t) => {
+            let age = time::OffsetDateTime::now_utc() - t;
+            if age > max_age {
+                Verdict::Reject(format!(
+                    "still failing {}s after publication (bound {}s): {reason}",
+                    age.whole_seconds(),
+                    max_age.as_secs()
+                ))
+            } else {
+                Verdict::Retry(reason)
+            }
+        }
+        None => Verdict::Retry(reason),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary.
+fn truncate_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Forwards the original message to the dead-letter topic with the reason in attributes.
+async fn dead_letter(
+    deps: &Deps,
+    meta: &PushMeta,
+    reason: &str,
+) -> Result<String, crate::bus::BusError> {
+    use dead_letter_attr as a;
+    let mut attributes = meta.attributes.clone();
+    let mut put = |k: &str, v: &str| {
+        attributes.insert(k.to_string(), truncate_to(v, MAX_ATTRIBUTE_BYTES));
+    };
+    put(a::REASON, reason);
+    put(a::SERVICE, &deps.config.service);
+    put(a::SUBSCRIPTION, &meta.subscription);
+    put(a::MESSAGE_ID, &meta.message_id);
+    if let Some(t) = &meta.publish_time {
+        put(a::PUBLISH_TIME, t);
+    }
+    let msg = OutboundMessage {
+        data: meta.data.to_vec(),
+        attributes,
+        ordering_key: None,
+    };
+    deps.bus
+        .publish(&deps.config.pubsub.dead_letter_topic, msg)
+        .await
+}
+
+/// Serves `handler` on `0.0.0.0:$PORT` until SIGTERM/SIGINT, then drains and flushes.
+///
+/// # Errors
+/// The I/O error when the port cannot be bound or the server fails.
+pub async fn serve<T, H>(deps: Deps, handler: H) -> std::io::Result<()>
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+{
+    let addr = SocketAddr::from(([0, 0, 0, 0], deps.config.port));
+    let listener = TcpListener::bind(addr).await?;
+    serve_on(listener, deps, handler, crate::shutdown::signal()).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves. Then: stop accepting, let in-flight
+/// deliveries finish within `limits.shutdown_grace`, flush the publisher, return.
+///
+/// # Errors
+/// The I/O error when the server fails.
+pub async fn serve_on<T, H, S>(
+    listener: TcpListener,
+    deps: Deps,
+    handler: H,
+    shutdown: S,
+) -> std::io::Result<()>
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr()?;
+    let grace = deps.config.limits.shutdown_grace;
+    let bus = deps.bus.clone();
+    let app = router(deps, handler);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    tracing::info!(address = %local, "listening");
+    tokio::select! {
+        res = &mut server => {
+            return res.map_err(std::io::Error::other).and_then(|r| r);
+        }
+        () = shutdown => {}
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "draining in-flight deliveries"
+    );
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("all deliveries finished"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error while draining"),
+        Ok(Err(e)) => tracing::error!(error = %e, "server task failed while draining"),
+        Err(_) => {
+            tracing::warn!(
+                "deliveries still running after the grace period; abandoning them (they will be redelivered)"
+            );
+            server.abort();
+        }
+    }
+    if tokio::time::timeout(FLUSH_TIMEOUT, bus.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("publisher flush did not finish in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

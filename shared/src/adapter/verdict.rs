@@ -1,0 +1,152 @@
+//! ARRIVE, decision side: a handler's result → what Pub/Sub is told. The only place where
+//! errors become HTTP status codes.
+//!
+//! Push delivery counts 102, 200, 201, 202 and 204 as an ack; everything else is redelivered.
+//! - success, or "not ours / nothing to do" → 204;
+//! - transient → 503 (redelivered with the subscription's backoff);
+//! - permanent → logged at ERROR, forwarded once to the dead-letter topic, then 204;
+//! - a panic → 500.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use http::StatusCode;
+
+/// What a handler reports when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The work was done (or was already done).
+    Done,
+    /// Nothing to do for this message; the reason is logged at DEBUG.
+    Ignored(String),
+}
+
+/// How a handler's error is classified. Implemented by every handler error type.
+pub trait Classify {
+    /// True when redelivering the same message may succeed (429, 5xx, timeouts, a state
+    /// not reached yet). False when it never will (bad input, a refused change).
+    fn is_retryable(&self) -> bool;
+}
+
+/// A handler error reduced to what the adapter needs: its class and its message chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl Failure {
+    /// Captures the error and its `source()` chain as one line.
+    pub fn from_error<E: StdError + Classify + ?Sized>(e: &E) -> Self {
+        let mut message = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            let s_msg = s.to_string();
+            if !message.contains(&s_msg) {
+                message.push_str(": ");
+                message.push_str(&s_msg);
+            }
+            src = s.source();
+        }
+        Self {
+            retryable: e.is_retryable(),
+            message,
+        }
+    }
+}
+
+/// The adapter's decision for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled: 204.
+    Ack,
+    /// Nothing to do: 204, reason at DEBUG.
+    Ignored(String),
+    /// Transient failure: 503, redelivered.
+    Retry(String),
+    /// Permanent failure: ERROR log, dead-letter, 204.
+    Reject(String),
+    /// The handler panicked: 500.
+    Panic(String),
+}
+
+impl Verdict {
+    /// Interprets a handler's result.
+    pub fn from_result(r: Result<Outcome, Failure>) -> Self {
+        match r {
+            Ok(Outcome::Done) => Verdict::Ack,
+            Ok(Outcome::Ignored(why)) => Verdict::Ignored(why),
+            Err(f) if f.retryable => Verdict::Retry(f.message),
+            Err(f) => Verdict::Reject(f.message),
+        }
+    }
+
+    /// The status Pub/Sub sees, once any dead-lettering has succeeded.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => StatusCode::NO_CONTENT,
+            Verdict::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Verdict::Panic(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Ack => "ack",
+            Verdict::Ignored(_) => "ignored",
+            Verdict::Retry(_) => "retry",
+            Verdict::Reject(_) => "dead-letter",
+            Verdict::Panic(_) => "panic",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Ack => f.write_str("ack"),
+            Verdict::Ignored(r) | Verdict::Retry(r) | Verdict::Reject(r) | Verdict::Panic(r) => {
+                write!(f, "{}: {r}", self.label())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error, bool);
+    impl Classify for Outer {
+        fn is_retryable(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn mapping() {
+        assert_eq!(
+            Verdict::from_result(Ok(Outcome::Done)).status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            Verdict::from_result(Ok(Outcome::Ignored("x".into()))).status(),
+            StatusCode::NO_CONTENT
+        );
+        let transient = Failure::from_error(&Outer(std::io::Error::other("inner"), true));
+        assert_eq!(transient.message, "outer: inner");
+        let v = Verdict::from_result(Err(transient));
+        assert_eq!(v.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let permanent = Failure::from_error(&Outer(std::io::Error::other("inner"), false));
+        let v = Verdict::from_result(Err(permanent));
+        assert!(matches!(v, Verdict::Reject(ref m) if m == "outer: inner"));
+        assert_eq!(v.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            Verdict::Panic("boom".into()).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Process setup: the typed configuration, parsed once from the environment (or any
+//! [`Source`], so tests inject a map instead of touching the process environment).
+//! A missing or invalid variable is an error naming it; `main` exits with code 64.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::names::{echo, validate_project_id};
+
+/// Exit code for a bad configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The value of `key`; `None` when unset. Empty values count as unset.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl Source for BTreeMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*v).to_string())
+    }
+}
+
+/// A configuration variable that is missing or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration variable {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Cloud Logging structured JSON, one object a line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+    /// Pretty when stdout is a terminal, JSON otherwise.
+    Auto,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!(
+                "{:?} is not one of json, pretty, auto",
+                echo(other)
+            )),
+        }
+    }
+}
+
+/// Pub/Sub settings shared by every function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubConfig {
+    /// The project that owns nodewire's topics.
+    pub project: String,
+    /// `http://HOST:PORT` of the emulator when `PUBSUB_EMULATOR_HOST` is set; `None` means
+    /// Google's endpoint with Application Default Credentials.
+    pub emulator_endpoint: Option<String>,
+    /// Prepended to every step topic id (`nodewire-` → `nodewire-bootstrap`).
+    pub topic_prefix: String,
+    /// Full name of the topic permanent failures are forwarded to.
+    pub dead_letter_topic: String,
+    /// Upper bound for one publish, retries included.
+    pub publish_timeout: Duration,
+}
+
+impl PubSubConfig {
+    /// `projects/P/topics/{prefix}{id}`.
+    pub fn topic(&self, id: &str) -> String {
+        format!(
+            "projects/{}/topics/{}{}",
+            self.project, self.topic_prefix, id
+        )
+    }
+}
+
+/// Limits the adapter enforces on every delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Deadline of one delivery; past it the delivery is answered 503 (redelivered).
+    pub request_timeout: Duration,
+    /// How long in-flight deliveries may finish after SIGTERM (Cloud Run allows 10 s).
+    pub shutdown_grace: Duration,
+    /// A message still failing transiently this long after it was published is dead-lettered
+    /// instead of retried again.
+    pub max_retry_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(8),
+            max_retry_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Which VMs are nodewire's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Only VMs whose name starts with this.
+    pub name_prefix: Option<String>,
+}
+
+/// Everything a function needs to know at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `PORT` (Cloud Run), default 8080.
+    pub port: u16,
+    /// `K_SERVICE` (Cloud Run), else the binary's name.
+    pub service: String,
+    /// `K_REVISION` (Cloud Run).
+    pub revision: Option<String>,
+    /// `NODEWIRE_PROJECT` (else `GOOGLE_CLOUD_PROJECT`): the project of the cluster's VMs.
+    pub project: String,
+    pub pubsub: PubSubConfig,
+    pub selector: Selector,
+    /// `LOG_FORMAT`: json, pretty or auto (default).
+    pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+fn parse_var<T: FromStr>(src: &impl Source, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match src.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| err(var, format!("{:?}: {e}", echo(&v)))),
+    }
+}
+
+fn parse_secs(
+    src: &impl Source,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let secs: f64 = parse_var(src, var, default.as_secs_f64())?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(err(var, "must be a number of seconds between 0 and 86400"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn validate_topic_part(var: &'static str, v: &str, allow_empty: bool) -> Result<(), ConfigError> {
+    let ok_chars = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b));
+    if (!allow_empty && v.is_empty()) || !ok_chars || v.len() > 200 {
+        return Err(err(
+            var,
+            format!(
+                "{:?}: only letters, digits and -_.~+% are allowed in a topic id",
+                echo(v)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Parses the configuration. `binary` names the service when `K_SERVICE` is unset.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that is missing or invalid.
+    pub fn from_source(src: &impl Source, binary: &str) -> Result<Self, ConfigError> {
+        let project = src
+            .get("NODEWIRE_PROJECT")
+            .or_else(|| src.get("GOOGLE_CLOUD_PROJECT"))
+            .ok_or_else(|| {
+                err(
+                    "NODEWIRE_PROJECT",
+                    "is required: the Google Cloud project of the cluster's VMs",
+                )
+            })?;
+        validate_project_id(&project).map_err(|e| err("NODEWIRE_PROJECT", e.to_string()))?;
+
+        let pubsub_project = src.get("PUBSUB_PROJECT").unwrap_or_else(|| project.clone());
+        validate_project_id(&pubsub_project).map_err(|e| err("PUBSUB_PROJECT", e.to_string()))?;
+        let emulator_endpoint = match src.get("PUBSUB_EMULATOR_HOST") {
+            None => None,
+            Some(h) => {
+                let ok = !h.contains("://")
+                    && h.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                if !ok {
+                    return Err(err(
+                        "PUBSUB_EMULATOR_HOST",
+                        format!("{:?} is not HOST:PORT", echo(&h)),
+                    ));
+                }
+                Some(format!("http://{h}"))
+            }
+        };
+        let topic_prefix = src
+            .get("NODEWIRE_TOPIC_PREFIX")
+            .unwrap_or_else(|| "nodewire-".into());
+        validate_topic_part("NODEWIRE_TOPIC_PREFIX", &topic_prefix, true)?;
+        let dlq_id = src
+            .get("NODEWIRE_DEAD_LETTER_TOPIC")
+            .unwrap_or_else(|| format!("{topic_prefix}dead-letter"));
+        validate_topic_part("NODEWIRE_DEAD_LETTER_TOPIC", &dlq_id, false)?;
+        let pubsub = PubSubConfig {
+            dead_letter_topic: format!("projects/{pubsub_project}/topics/{dlq_id}"),
+            project: pubsub_project,
+            emulator_endpoint,
+            topic_prefix,
+            publish_timeout: parse_secs(
+                src,
+                "NODEWIRE_PUBLISH_TIMEOUT_SECS",
+                Duration::from_secs(10),
+            )?,
+        };
+
+        let name_prefix = src.get("NODEWIRE_INSTANCE_PREFIX");
+        if let Some(p) = &name_prefix {
+            let ok = p.len() <= 62
+                && p.as_bytes()[0].is_ascii_lowercase()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(err(
+                    "NODEWIRE_INSTANCE_PREFIX",
+                    format!(
+                        "{:?}: must be the start of a VM name (lowercase letters, digits, '-')",
+                        echo(p)
+                    ),
+                ));
+            }
+        }
+
+        let defaults = Limits::default();
+        let max_body_bytes: usize =
+            parse_var(src, "NODEWIRE_MAX_BODY_BYTES", defaults.max_body_bytes)?;
+        if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(err(
+                "NODEWIRE_MAX_BODY_BYTES",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let limits = Limits {
+            max_body_bytes,
+            request_timeout: parse_secs(
+                src,
+                "NODEWIRE_REQUEST_TIMEOUT_SECS",
+                defaults.request_timeout,
+            )?,
+            shutdown_grace: parse_secs(
+                src,
+                "NODEWIRE_SHUTDOWN_GRACE_SECS",
+                defaults.shutdown_grace,
+            )?,
+            max_retry_age: parse_secs(src, "NODEWIRE_MAX_RETRY_AGE_SECS", defaults.max_retry_age)?,
+        };
+
+        Ok(Self {
+            port: parse_var(src, "PORT", 8080u16)?,
+            service: src.get("K_SERVICE").unwrap_or_else(|| binary.to_string()),
+            revision: src.get("K_REVISION"),
+            project,
+            pubsub,
+            selector: Selector { name_prefix },
+            log_format: parse_var(src, "LOG_FORMAT", LogFormat::Auto)?,
+            limits,
+        })
+    }
+
+    /// Parses from the process environment, or prints the problem and exits with code 64.
+    pub fn from_env_or_exit(binary: &str) -> Self {
+        match Self::from_source(&Env, binary) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{binary}: {e}");
+                std::process::exit(EXIT_CONFIG);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> BTreeMap<&'static str, &'static str> {
+        BTreeMap::from([("NODEWIRE_PROJECT", "example-project")])
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_source(&base(), "instance-events").expect("valid");
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.service, "instance-events");
+        assert_eq!(c.pubsub.project, "example-project");
+        assert_eq!(c.pubsub.emulator_endpoint, None);
+        assert_eq!(
+            c.pubsub.topic("bootstrap"),
+            "projects/example-project/topics/nodewire-bootstrap"
+        );
+        assert_eq!(
+            c.pubsub.dead_letter_topic,
+            "projects/example-project/topics/nodewire-dead-letter"
+        );
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.log_format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn overrides() {
+        let mut m = base();
+        m.extend([
+            ("PORT", "9090"),
+            ("K_SERVICE", "svc"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+            ("PUBSUB_PROJECT", "other-project"),
+            ("NODEWIRE_TOPIC_PREFIX", "t1-"),
+            ("NODEWIRE_INSTANCE_PREFIX", "k8s-"),
+            ("NODEWIRE_REQUEST_TIMEOUT_SECS", "2.5"),
+            ("LOG_FORMAT", "pretty"),
+        ]);
+        let c = Config::from_source(&m, "x").expect("valid");
+        assert_eq!(c.port, 9090);
+        assert_eq!(c.service, "svc");
+        assert_eq!(
+            c.pubsub.emulator_endpoint.as_deref(),
+            Some("http://127.0.0.1:8085")
+        );
+        assert_eq!(
+            c.pubsub.topic("finalize"),
+            "projects/other-project/topics/t1-finalize"
+        );
+        assert_eq!(
+            c.pubsub.dead_letter_topic,
+            "projects/other-project/topics/t1-dead-letter"
+        );
+        assert_eq!(c.selector.name_prefix.as_deref(), Some("k8s-"));
+        assert_eq!(c.limits.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = Config::from_source(&BTreeMap::new(), "x").expect_err("missing");
+        assert_eq!(e.var, "NODEWIRE_PROJECT");
+        for (var, value) in [
+            ("NODEWIRE_PROJECT", "Bad Project"),
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("PUBSUB_EMULATOR_HOST", "http://127.0.0.1:8085"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1"),
+            ("NODEWIRE_TOPIC_PREFIX", "a/b"),
+            ("NODEWIRE_INSTANCE_PREFIX", "K8S"),
+            ("NODEWIRE_REQUEST_TIMEOUT_SECS", "-1"),
+            ("NODEWIRE_REQUEST_TIMEOUT_SECS", "NaN"),
+            ("NODEWIRE_MAX_BODY_BYTES", "10"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let mut m = base();
+            m.insert(var, value);
+            let e = Config::from_source(&m, "x").expect_err(var);
+            assert_eq!(e.var, var, "{value}: {e}");
+            assert!(e.to_string().contains(var));
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! Kubernetes API server audit events about Nodes → [`NodeEvent`]s. Pure: no I/O.
+//!
+//! Accepted carriers, detected by shape:
+//! - a LogEntry whose `jsonPayload` is an `audit.k8s.io` Event (Ops Agent shipping the
+//!   kube-apiserver audit file of a self-managed cluster);
+//! - a LogEntry whose `protoPayload` is a Cloud Audit Log with
+//!   `methodName = io.k8s.core.v1.nodes.*` (the GKE form);
+//! - a bare audit `Event`;
+//! - an audit `EventList` (the audit webhook's body): one delivery, many events.
+//!
+//! Only completed (`ResponseComplete`), successful requests on the `nodes` resource count.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::logentry::LogEntry;
+use super::{Decode, DecodeError};
+use crate::names::{Cidr, InstanceRef, echo, validate_node_name};
+
+/// What one audit event means to nodewire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A Node object was created (kubelet registered). `pod_cidr` is usually still empty.
+    Registered(NodeChange),
+    /// The node IPAM controller (or anyone) set `spec.podCIDR`.
+    CidrAssigned(NodeChange),
+    /// The Node object was deleted.
+    Deleted(NodeChange),
+    /// Not something nodewire acts on; the reason says why.
+    Ignored(String),
+}
+
+/// The Node an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChange {
+    pub node: String,
+    pub pod_cidr: Option<Cidr>,
+    /// `spec.providerID` when the request carried it (kubelet registering with
+    /// `--provider-id`, audit level Request or higher), parsed into the VM it names.
+    pub instance: Option<InstanceRef>,
+    /// `auditID`, or the LogEntry `insertId` for the GKE form: the cause of the chain.
+    pub audit_id: Option<String>,
+}
+
+/// All the events of one delivery, and the ones refused with the reason (by position).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeEvents {
+    pub events: Vec<NodeEvent>,
+    pub rejected: Vec<(usize, DecodeError)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct AuditEvent {
+    kind: Option<String>,
+    #[serde(rename = "auditID")]
+    audit_id: Option<String>,
+    stage: Option<String>,
+    verb: Option<String>,
+    object_ref: Option<ObjectRef>,
+    response_status: Option<ResponseStatus>,
+    request_object: Option<Value>,
+    response_object: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct ObjectRef {
+    resource: Option<String>,
+    name: Option<String>,
+    api_group: Option<String>,
+    subresource: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ResponseStatus {
+    code: Option<i64>,
+}
+
+impl Decode for NodeEvents {
+    fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let value: Value = super::parse_json(data, "Kubernetes audit event")?;
+        Self::from_value(value)
+    }
+}
+
+impl NodeEvents {
+    fn single(r: Result<NodeEvent, DecodeError>) -> Result<Self, DecodeError> {
+        r.map(|e| NodeEvents {
+            events: vec![e],
+            rejected: vec![],
+        })
+    }
+
+    /// Dispatches on the carrier's shape.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the payload is a single event we would act on but is malformed.
+    /// Malformed items of an `EventList` are listed in [`NodeEvents::rejected`] instead.
+    pub fn from_value(value: Value) -> Result<Self, DecodeError> {
+        let Value::Object(obj) = &value else {
+            return Err(DecodeError::Shape(
+                "audit payload is not a JSON object".into(),
+            ));
+        };
+        if obj.contains_key("protoPayload") || obj.contains_key("jsonPayload") {
+            let entry: LogEntry = serde_json::from_value(value)
+                .map_err(|e| DecodeError::Json(format!("LogEntry: {e}")))?;
+            if let Some(payload) = entry.json_payload.clone() {
+                return Self::from_value(payload);
+            }
+            return Self::single(from_gke_entry(&entry));
+        }
+        match obj.get("kind").and_then(Value::as_str) {
+            Some("EventList") => {
+                let items = match obj.get("items") {
+                    Some(Value::Array(items)) => items,
+                    None | Some(Value::Null) => return Ok(Self::default()),
+                    Some(_) => {
+                        return Err(DecodeError::Shape("EventList.items is not an array".into()));
+                    }
+                };
+                let mut out = NodeEvents::default();
+                for (i, item) in items.iter().enumerate() {
+                    match from_audit_value(item) {
+                        Ok(e) => out.events.push(e),
+                        Err(err) => out.rejected.push((i, err)),
+                    }
+                }
+                Ok(out)
+            }
+            Some("Event") => Self::single(from_audit_value(&value)),
+            other => Self::single(Ok(NodeEvent::Ignored(format!(
+                "not a Kubernetes audit event (kind {:?})",
+                other.map(echo)
+            )))),
+        }
+    }
+}
+
+fn from_audit_value(value: &Value) -> Result<NodeEvent, DecodeError> {
+    let ev: AuditEvent = serde_json::from_value(value.clone())
+        .map_err(|e| DecodeError::Json(format!("audit Event: {e}")))?;
+    if ev.kind.as_deref() != Some("Event") {
+        return Ok(NodeEvent::Ignored(
+            "EventList item is not an audit Event".into(),
+        ));
+    }
+    let oref = ev.object_ref.unwrap_or_default();
+    let resource = oref.resource.as_deref().unwrap_or("");
+    if resource != "nodes" || oref.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
+        return Ok(NodeEvent::Ignored(format!(
+            "audit event on resource {:?}, not core nodes",
+            echo(resource)
+        )));
+    }
+    let stage = ev.stage.as_deref().unwrap_or("");
+    if stage != "ResponseComplete" {
+        return Ok(NodeEvent::Ignored(format!(
+            "stage {:?} is not ResponseComplete",
+            echo(stage)
+        )));
+    }
+    let code = ev.response_status.and_then(|s| s.code);
+    if !code.is_some_and(|c| (200..300).contains(&c)) {
+        return Ok(NodeEvent::Ignored(format!(
+            "request did not succeed (response code {code:?})"
+        )));
+    }
+    if let Some(sub) = oref.subresource.as_deref().filter(|s| !s.is_empty()) {
+        return Ok(NodeEvent::Ignored(format!(
+            "request on subresource {:?}",
+            echo(sub)
+        )));
+    }
+    let name = oref
+        .name
+        .or_else(|| object_name(ev.response_object.as_ref()))
+        .or_else(|| object_name(ev.request_object.as_ref()));
+    classify(
+        ev.verb.as_deref().unwrap_or(""),
+        name,
+        ev.request_object.as_ref(),
+        ev.audit_id,
+    )
+}
+
+fn from_gke_entry(entry: &LogEntry) -> Result<NodeEvent, DecodeError> {
+    let Some(audit) = entry.proto_payload.as_ref() else {
+        return Ok(NodeEvent::Ignored("LogEntry has no audit payload".into()));
+    };
+    let method = audit.method_name.as_deref().unwrap_or("");
+    let Some(verb) = method.strip_prefix("io.k8s.core.v1.nodes.") else {
+        return Ok(NodeEvent::Ignored(format!(
+            "method {:?} is not io.k8s.core.v1.nodes.*",
+            echo(method)
+        )));
+    };
+    if verb.contains('.') {
+        return Ok(NodeEvent::Ignored(format!(
+            "method {:?} is on a subresource",
+            echo(method)
+        )));
+    }
+    if let Some(why) = entry.reports_failure() {
+        return Ok(NodeEvent::Ignored(format!(
+            "request did not succeed ({why})"
+        )));
+    }
+    // resourceName: core/v1/nodes/NAME
+    let name = audit
+        .resource_name
+        .as_deref()
+        .and_then(|r| r.strip_prefix("core/v1/nodes/"))
+        .map(str::to_string)
+        .or_else(|| object_name(audit.request.as_ref()));
+    classify(verb, name, audit.request.as_ref(), entry.insert_id.clone())
+}
+
+fn object_name(obj: Option<&Value>) -> Option<String> {
+    obj?.pointer("/metadata/name")?.as_str().map(str::to_string)
+}
+
+/// `spec.podCIDR`, else the first of `spec.podCIDRs`, of a request or response object.
+fn pod_cidr(obj: Option<&Value>) -> Result<Option<Cidr>, DecodeError> {
+    let Some(spec) = obj.and_then(|o| o.get("spec")) else {
+        return Ok(None);
+    };
+    let raw = match spec.get("podCIDR") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+        _ => spec
+            .get("podCIDRs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str),
+    };
+    raw.map(|s| s.parse::<Cidr>().map_err(DecodeError::Invalid))
+        .transpose()
+}
+
+/// `spec.providerID` of a request object, when it names a GCE VM (`gce://P/Z/N`).
+fn provider_instance(obj: Option<&Value>) -> Result<Option<InstanceRef>, DecodeError> {
+    let Some(pid) = obj
+        .and_then(|o| o.pointer("/spec/providerID"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let Some(path) = pid.strip_prefix("gce://") else {
+        // Another provider's id: not a VM nodewire can act on, but not malformed either.
+        return Ok(None);
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [p, z, n] => InstanceRef::new(*p, *z, *n)
+            .map(Some)
+            .map_err(DecodeError::Invalid),
+        _ => Err(DecodeError::Shape(format!(
+            "spec.providerID {:?} is not gce://PROJECT/ZONE/NAME",
+            echo(pid)
+        ))),
+    }
+}
+
+fn classify(
+    verb: &str,
+    name: Option<String>,
+    request: Option<&Value>,
+    audit_id: Option<String>,
+) -> Result<NodeEvent, DecodeError> {
+    if !matches!(verb, "create" | "patch" | "update" | "delete") {
+        return Ok(NodeEvent::Ignored(format!(
+            "verb {:?} is not create/patch/update/delete",
+            echo(verb)
+        )));
+    }
+    let node = name.ok_or_else(|| DecodeError::Shape("the event names no Node".into()))?;
+    validate_node_name(&node).map_err(DecodeError::Invalid)?;
+    let cidr = pod_cidr(request)?;
+    let instance = provider_instance(request)?;
+    let change = NodeChange {
+        node,
+        pod_cidr: cidr,
+        instance,
+        audit_id,
+    };
+    Ok(match verb {
+        "create" => NodeEvent::Registered(change),
+        "delete" => NodeEvent::Deleted(change),
+        _ if change.pod_cidr.is_some() => NodeEvent::CidrAssigned(change),
+        _ => NodeEvent::Ignored(format!(
+            "{verb} of Node {} does not set spec.podCIDR",
+            change.node
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::fixture;
+    use serde_json::json;
+
+    fn decode(v: &Value) -> Result<NodeEvents, DecodeError> {
+        NodeEvents::decode(v.to_string().as_bytes())
+    }
+
+    fn one(v: &Value) -> NodeEvent {
+        let evs = decode(v).expect("decodes");
+        assert_eq!(evs.events.len(), 1, "{evs:?}");
+        assert!(evs.rejected.is_empty());
+        evs.events.into_iter().next().expect("one event")
+    }
+
+    fn cidr(s: &str) -> Option<Cidr> {
+        Some(s.parse().expect("valid cidr"))
+    }
+
+    #[test]
+    fn bare_events_from_samples() {
+        let ev = one(&fixture("k8s-audit-node-create.json"));
+        assert_eq!(
+            ev,
+            NodeEvent::Registered(NodeChange {
+                node: "k8s-worker-1".into(),
+                pod_cidr: None,
+                instance: None,
+                audit_id: Some("1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b".into())
+            })
+        );
+        let ev = one(&fixture("k8s-audit-node-podcidr-patch.json"));
+        assert!(
+            matches!(ev, NodeEvent::CidrAssigned(ref c) if c.node == "k8s-worker-1" && c.pod_cidr == cidr("10.4.1.0/24")),
+            "{ev:?}"
+        );
+        let ev = one(&fixture("k8s-audit-node-delete.json"));
+        assert!(
+            matches!(ev, NodeEvent::Deleted(ref c) if c.node == "k8s-worker-1"),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn provider_id_in_request_level_create() {
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["level"] = json!("Request");
+        e["requestObject"] = json!({"kind": "Node", "apiVersion": "v1", "metadata": {"name": "k8s-worker-1"},
+            "spec": {"providerID": "gce://example-project/us-central1-a/k8s-worker-1",
+                     "taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}});
+        let ev = one(&e);
+        let NodeEvent::Registered(c) = ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            c.instance.expect("instance").to_string(),
+            "projects/example-project/zones/us-central1-a/instances/k8s-worker-1"
+        );
+        e["requestObject"]["spec"]["providerID"] = json!("aws:///us-east-1a/i-0abc");
+        assert!(matches!(
+            one(&e),
+            NodeEvent::Registered(NodeChange { instance: None, .. })
+        ));
+        e["requestObject"]["spec"]["providerID"] = json!("gce://example-project/../../x");
+        assert!(decode(&e).is_err());
+    }
+
+    #[test]
+    fn ops_agent_logentry() {
+        let ev = one(&fixture("opsagent-k8s-audit-logentry.json"));
+        assert!(
+            matches!(ev, NodeEvent::CidrAssigned(ref c) if c.pod_cidr == cidr("10.4.1.0/24")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn gke_form() {
+        let entry = |method: &str, request: Value, status: Value| {
+            json!({
+                "insertId": "abc123",
+                "logName": "projects/example-project/logs/cloudaudit.googleapis.com%2Factivity",
+                "resource": {"type": "k8s_cluster", "labels": {"cluster_name": "c", "location": "us-central1", "project_id": "example-project"}},
+                "protoPayload": {
+                    "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                    "serviceName": "k8s.io",
+                    "methodName": method,
+                    "resourceName": "core/v1/nodes/k8s-worker-1",
+                    "request": request,
+                    "status": status
+                }
+            })
+        };
+        let ev = one(&entry(
+            "io.k8s.core.v1.nodes.create",
+            json!({"metadata": {"name": "k8s-worker-1"}}),
+            json!({}),
+        ));
+        assert!(
+            matches!(ev, NodeEvent::Registered(ref c) if c.node == "k8s-worker-1" && c.audit_id.as_deref() == Some("abc123")),
+            "{ev:?}"
+        );
+        let ev = one(&entry(
+            "io.k8s.core.v1.nodes.patch",
+            json!({"spec": {"podCIDR": "10.4.2.0/24"}}),
+            json!({"code": 0}),
+        ));
+        assert!(
+            matches!(ev, NodeEvent::CidrAssigned(ref c) if c.pod_cidr == cidr("10.4.2.0/24")),
+            "{ev:?}"
+        );
+        let ev = one(&entry("io.k8s.core.v1.nodes.delete", json!({}), json!({})));
+        assert!(matches!(ev, NodeEvent::Deleted(_)), "{ev:?}");
+        let ev = one(&entry(
+            "io.k8s.core.v1.nodes.status.patch",
+            json!({}),
+            json!({}),
+        ));
+        assert!(matches!(ev, NodeEvent::Ignored(_)), "{ev:?}");
+        let ev = one(&entry(
+            "io.k8s.core.v1.nodes.delete",
+            json!({}),
+            json!({"code": 7, "message": "forbidden"}),
+        ));
+        assert!(
+            matches!(ev, NodeEvent::Ignored(ref r) if r.contains("forbidden")),
+            "{ev:?}"
+        );
+        let ev = one(&entry("io.k8s.core.v1.pods.create", json!({}), json!({})));
+        assert!(matches!(ev, NodeEvent::Ignored(_)), "{ev:?}");
+    }
+
+    #[test]
+    fn event_list_many_events_and_rejections() {
+        let mut bad = fixture("k8s-audit-node-create.json");
+        bad["objectRef"]["name"] = json!("Bad/Name");
+        let list = json!({
+            "kind": "EventList",
+            "apiVersion": "audit.k8s.io/v1",
+            "items": [
+                fixture("k8s-audit-node-create.json"),
+                fixture("k8s-audit-node-podcidr-patch.json"),
+                bad,
+                fixture("k8s-audit-node-delete.json"),
+            ]
+        });
+        let evs = decode(&list).expect("decodes");
+        assert_eq!(evs.events.len(), 3);
+        assert!(matches!(evs.events[0], NodeEvent::Registered(_)));
+        assert!(matches!(evs.events[1], NodeEvent::CidrAssigned(_)));
+        assert!(matches!(evs.events[2], NodeEvent::Deleted(_)));
+        assert_eq!(evs.rejected.len(), 1);
+        assert_eq!(evs.rejected[0].0, 2);
+        assert!(
+            decode(&json!({"kind": "EventList", "items": []}))
+                .expect("empty")
+                .events
+                .is_empty()
+        );
+        assert!(decode(&json!({"kind": "EventList", "items": 5})).is_err());
+    }
+
+    #[test]
+    fn what_does_not_count() {
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["stage"] = json!("ResponseStarted");
+        assert!(matches!(one(&e), NodeEvent::Ignored(ref r) if r.contains("stage")));
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["responseStatus"]["code"] = json!(409);
+        assert!(matches!(one(&e), NodeEvent::Ignored(ref r) if r.contains("409")));
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["responseStatus"] = json!(null);
+        assert!(matches!(one(&e), NodeEvent::Ignored(_)));
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["objectRef"]["resource"] = json!("pods");
+        assert!(matches!(one(&e), NodeEvent::Ignored(_)));
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["objectRef"]["subresource"] = json!("status");
+        assert!(matches!(one(&e), NodeEvent::Ignored(_)));
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["requestObject"] =
+            json!({"spec": {"providerID": "gce://example-project/us-central1-a/k8s-worker-1"}});
+        assert!(matches!(one(&e), NodeEvent::Ignored(ref r) if r.contains("podCIDR")));
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["verb"] = json!("get");
+        assert!(matches!(one(&e), NodeEvent::Ignored(_)));
+        // podCIDRs alone is enough.
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["requestObject"] = json!({"spec": {"podCIDRs": ["10.4.9.0/24"]}});
+        assert!(
+            matches!(one(&e), NodeEvent::CidrAssigned(ref c) if c.pod_cidr == cidr("10.4.9.0/24"))
+        );
+        // A Compute entry is not a node event.
+        assert!(matches!(
+            one(&fixture("gce-insert-last.json")),
+            NodeEvent::Ignored(_)
+        ));
+        assert!(matches!(
+            one(&json!({"hello": "world"})),
+            NodeEvent::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn hostile_input() {
+        assert!(matches!(
+            NodeEvents::decode(b"{\"kind\":\"Event\""),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            NodeEvents::decode(b"\"just a string\""),
+            Err(DecodeError::Shape(_))
+        ));
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["requestObject"]["spec"]["podCIDR"] = json!("10.4.1.7/24");
+        assert!(matches!(decode(&e), Err(DecodeError::Invalid(_))));
+        let mut e = fixture("k8s-audit-node-podcidr-patch.json");
+        e["requestObject"]["spec"]["podCIDR"] = json!("x".repeat(100_000));
+        let err = decode(&e).expect_err("invalid cidr");
+        assert!(err.to_string().len() < 300);
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["objectRef"]["name"] = json!("../../etc/passwd");
+        assert!(matches!(decode(&e), Err(DecodeError::Invalid(_))));
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["objectRef"]["name"] = json!(null);
+        assert!(matches!(decode(&e), Err(DecodeError::Shape(_))));
+        let mut e = fixture("k8s-audit-node-create.json");
+        e["stage"] = json!(42);
+        assert!(matches!(decode(&e), Err(DecodeError::Json(_))));
+    }
+}

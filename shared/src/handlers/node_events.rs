@@ -1,0 +1,248 @@
+//! Function `node-events`: Kubernetes audit events about Nodes → `assign-alias` (registered,
+//! podCIDR set) or `release-alias` (deleted). One delivery may carry many events (audit
+//! webhook `EventList`); each is routed on its own.
+
+use crate::adapter::{Outcome, PushEvent};
+use crate::deps::Deps;
+use crate::event::{Cause, CauseSource, NodeChange, NodeEvent, NodeEvents, Step, StepMessage};
+
+use super::{RouteError, not_ours};
+
+/// # Idempotency
+/// A redelivered event publishes the same step again; steps re-read state.
+///
+/// # Errors
+/// [`RouteError::Publish`] (retryable); [`RouteError::Locate`] when the VM behind a Node cannot
+/// be determined; [`RouteError::Refused`] (permanent) when some events of the delivery were
+/// malformed — after the valid ones were routed.
+pub async fn handle(event: PushEvent<NodeEvents>, deps: &Deps) -> Result<Outcome, RouteError> {
+    let NodeEvents { events, rejected } = event.payload;
+    let mut routed = 0usize;
+    let mut ignored = Vec::new();
+    for ev in events {
+        let (change, step) = match ev {
+            NodeEvent::Ignored(why) => {
+                ignored.push(why);
+                continue;
+            }
+            NodeEvent::Registered(c) | NodeEvent::CidrAssigned(c) => (c, Step::AssignAlias),
+            NodeEvent::Deleted(c) => (c, Step::ReleaseAlias),
+        };
+        match route(change, step, &event.meta, deps).await? {
+            Some(why) => ignored.push(why),
+            None => routed += 1,
+        }
+    }
+    if !rejected.is_empty() {
+        let detail = rejected
+            .iter()
+            .map(|(i, e)| format!("item {i}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(RouteError::Refused {
+            count: rejected.len(),
+            detail,
+        });
+    }
+    if routed == 0 {
+        return Ok(Outcome::Ignored(if ignored.is_empty() {
+            "the delivery carried no audit events".into()
+        } else {
+            ignored.join("; ")
+        }));
+    }
+    for why in ignored {
+        tracing::debug!(reason = %why, "audit event ignored");
+    }
+    Ok(Outcome::Done)
+}
+
+/// Publishes the step for one Node; `Ok(Some(reason))` when it is not nodewire's.
+async fn route(
+    change: NodeChange,
+    step: Step,
+    meta: &crate::adapter::PushMeta,
+    deps: &Deps,
+) -> Result<Option<String>, RouteError> {
+    if let Some(prefix) = &deps.config.selector.name_prefix
+        && !change.node.starts_with(prefix.as_str())
+    {
+        return Ok(Some(format!(
+            "node {} does not match the name prefix {prefix:?}",
+            change.node
+        )));
+    }
+    let instance = match change.instance {
+        Some(i) => i,
+        None => match deps.locator.locate(&change.node).await {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                return Ok(Some(format!("no VM named {} exists", change.node)));
+            }
+            Err(source) => {
+                return Err(RouteError::Locate {
+                    node: change.node,
+                    source,
+                });
+            }
+        },
+    };
+    if let Some(why) = not_ours(&deps.config, &instance) {
+        return Ok(Some(why));
+    }
+    let mut msg = StepMessage::new(
+        step,
+        instance.clone(),
+        Cause {
+            source: CauseSource::K8sAudit,
+            id: change.audit_id,
+        },
+        meta.trace.trace_id(),
+    );
+    msg.node = Some(change.node.clone());
+    deps.publish_step(&msg, &meta.trace)
+        .await
+        .map_err(|source| RouteError::Publish {
+            step,
+            instance: instance.to_string(),
+            source,
+        })?;
+    tracing::info!(node = %change.node, %instance, %step, "published step");
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::Classify;
+    use crate::bus::InProcessBus;
+    use crate::config::Config;
+    use crate::event::Decode;
+    use crate::locate::TableLocator;
+    use crate::names::InstanceRef;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn vm(name: &str) -> InstanceRef {
+        InstanceRef::new("example-project", "us-central1-a", name).expect("valid")
+    }
+
+    fn deps(locator: bool) -> (Deps, InProcessBus) {
+        let env = BTreeMap::from([
+            ("NODEWIRE_PROJECT", "example-project"),
+            ("NODEWIRE_INSTANCE_PREFIX", "k8s-"),
+        ]);
+        let cfg = Config::from_source(&env, "node-events").expect("config");
+        let bus = InProcessBus::new();
+        let mut d = Deps::new(cfg, Arc::new(bus.clone()));
+        if locator {
+            d = d.with_locator(Arc::new(TableLocator::new([vm("k8s-worker-1")])));
+        }
+        (d, bus)
+    }
+
+    fn change(node: &str, instance: Option<InstanceRef>) -> NodeChange {
+        NodeChange {
+            node: node.into(),
+            pod_cidr: None,
+            instance,
+            audit_id: Some("a1".into()),
+        }
+    }
+
+    fn events(evs: Vec<NodeEvent>) -> PushEvent<NodeEvents> {
+        PushEvent::new(NodeEvents {
+            events: evs,
+            rejected: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn registration_with_provider_id_needs_no_locator() {
+        let (deps, bus) = deps(false);
+        let r = handle(
+            events(vec![NodeEvent::Registered(change(
+                "k8s-worker-2",
+                Some(vm("k8s-worker-2")),
+            ))]),
+            &deps,
+        )
+        .await
+        .expect("ok");
+        assert_eq!(r, Outcome::Done);
+        let out = bus.published_to("projects/example-project/topics/nodewire-assign-alias");
+        assert_eq!(out.len(), 1);
+        let step = StepMessage::decode(&out[0].message.data).expect("step");
+        assert_eq!(step.node.as_deref(), Some("k8s-worker-2"));
+        assert_eq!(step.cause.source, CauseSource::K8sAudit);
+    }
+
+    #[tokio::test]
+    async fn cidr_and_delete_use_the_locator() {
+        let (deps, bus) = deps(true);
+        let r = handle(
+            events(vec![
+                NodeEvent::CidrAssigned(change("k8s-worker-1", None)),
+                NodeEvent::Deleted(change("k8s-worker-1", None)),
+                NodeEvent::Deleted(change("k8s-gone", None)),
+                NodeEvent::Ignored("status patch".into()),
+            ]),
+            &deps,
+        )
+        .await
+        .expect("ok");
+        assert_eq!(r, Outcome::Done);
+        assert_eq!(
+            bus.published_to("projects/example-project/topics/nodewire-assign-alias")
+                .len(),
+            1
+        );
+        assert_eq!(
+            bus.published_to("projects/example-project/topics/nodewire-release-alias")
+                .len(),
+            1
+        );
+        assert_eq!(bus.published().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn without_locator_a_node_without_provider_id_is_refused() {
+        let (deps, bus) = deps(false);
+        let err = handle(
+            events(vec![NodeEvent::Deleted(change("k8s-worker-1", None))]),
+            &deps,
+        )
+        .await
+        .expect_err("no locator");
+        assert!(!err.is_retryable());
+        assert!(bus.published().is_empty());
+    }
+
+    #[tokio::test]
+    async fn not_ours_and_refused_items() {
+        let (deps, bus) = deps(true);
+        let r = handle(
+            events(vec![NodeEvent::Registered(change("web-1", None))]),
+            &deps,
+        )
+        .await
+        .expect("ok");
+        assert!(matches!(r, Outcome::Ignored(ref w) if w.contains("prefix")));
+        let other = InstanceRef::new("other-project", "us-central1-a", "k8s-x").expect("valid");
+        let r = handle(
+            events(vec![NodeEvent::Registered(change("k8s-x", Some(other)))]),
+            &deps,
+        )
+        .await
+        .expect("ok");
+        assert!(matches!(r, Outcome::Ignored(ref w) if w.contains("other-project")));
+        assert!(bus.published().is_empty());
+        let mut ev = events(vec![NodeEvent::Registered(change("k8s-worker-1", None))]);
+        ev.payload
+            .rejected
+            .push((1, crate::event::DecodeError::Shape("bad".into())));
+        let err = handle(ev, &deps).await.expect_err("refused item");
+        assert!(!err.is_retryable());
+        assert_eq!(bus.published().len(), 1, "the valid event was still routed");
+    }
+}

@@ -1,0 +1,26 @@
+//! nodewire's common library. Every function follows the same five steps, and the module tree
+//! follows them too:
+//!
+//! 1. **arrive** ([`adapter`]): HTTP + Pub/Sub push envelope / CloudEvent → typed event;
+//!    verdict → status code (ack, retry, dead-letter).
+//! 2. **decode** ([`event`], [`names`]): wire formats → validated types.
+//! 3. **observe** ([`locate`], and the Compute/Kubernetes clients as they arrive): read state.
+//! 4. **plan / act**: decide in pure code, then write.
+//! 5. **publish** ([`bus`], [`deps`]): the next step, with trace context and ordering key.
+//!
+//! [`handlers`] holds the functions' handlers; [`config`], [`telemetry`], [`shutdown`] and
+//! [`trace`] are process setup; [`emulator`] starts the Pub/Sub emulator for tests and the
+//! sandbox.
+
+pub mod adapter;
+pub mod bus;
+pub mod config;
+pub mod deps;
+pub mod emulator;
+pub mod event;
+pub mod handlers;
+pub mod locate;
+pub mod names;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
