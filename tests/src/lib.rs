@@ -1,1 +1,117 @@
+//! Helpers for the cross-process tests: the Pub/Sub emulator (real), function servers on
+//! loopback, push subscriptions between them, and polling with a deadline.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shared::adapter::Handler;
+use shared::config::Config;
+use shared::deps::Deps;
+pub use shared::emulator::{Emulator, PulledMessage};
+use shared::event::Decode;
+use tokio::net::TcpListener;
+
+/// The project every test uses, in the emulator and in the functions' configuration.
+pub const PROJECT: &str = "example-project";
+
+/// Starts the emulator or fails the test with the reason (never skips).
+pub async fn emulator() -> Emulator {
+    match Emulator::start(PROJECT).await {
+        Ok(e) => e,
+        Err(e) => panic!("the Pub/Sub emulator is required for this test: {e}"),
+    }
+}
+
+/// The configuration of a function pointed at the emulator.
+pub fn config(emu: &Emulator, service: &str, extra: &[(&str, &str)]) -> Config {
+    let host = emu.host();
+    let mut env: BTreeMap<&str, &str> = BTreeMap::from([
+        ("NODEWIRE_PROJECT", PROJECT),
+        ("PUBSUB_EMULATOR_HOST", host.as_str()),
+        ("NODEWIRE_PUBLISH_TIMEOUT_SECS", "10"),
+    ]);
+    env.extend(extra.iter().copied());
+    Config::from_source(&env, service).expect("valid test configuration")
+}
+
+/// A function served in-process on a loopback port.
+pub struct FnServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl FnServer {
+    /// Connects the function's Pub/Sub bus and serves `handler` on `127.0.0.1:0`.
+    pub async fn start<T, H>(config: Config, handler: H) -> Self
+    where
+        T: Decode + Send + 'static,
+        H: for<'a> Handler<'a, T>,
+    {
+        let deps = Deps::connect(config).await.expect("Pub/Sub client");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shared::adapter::serve_on(
+            listener,
+            deps,
+            handler,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/`: the push endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops the server (graceful) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A push subscription body: ordering on, short ack deadline, fast retries.
+pub fn push_body(endpoint: &str) -> serde_json::Value {
+    json!({
+        "pushConfig": {"pushEndpoint": endpoint},
+        "ackDeadlineSeconds": 10,
+        "enableMessageOrdering": true,
+        "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "2s"}
+    })
+}
+
+/// A pull subscription body for observing a topic.
+pub fn pull_body() -> serde_json::Value {
+    json!({"ackDeadlineSeconds": 10, "enableMessageOrdering": true})
+}
+
+/// Pulls from `subscription` until `want` messages arrived or `timeout` passed.
+pub async fn pull_until(
+    emu: &Emulator,
+    subscription: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<PulledMessage> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        got.extend(emu.pull(subscription, 100).await.expect("pull"));
+        if got.len() < want {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    got
+}

@@ -367,3 +367,6 @@ where
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! The adapter driven in-process with `oneshot`: envelope in, status and published messages out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use base64::Engine as _;
+use http::{Request, StatusCode};
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::bus::InProcessBus;
+use crate::config::Config;
+use crate::event::StepMessage;
+use crate::handlers::instance_events;
+
+const DLQ: &str = "projects/example-project/topics/nodewire-dead-letter";
+
+fn deps_with(extra: &[(&'static str, &'static str)]) -> (Deps, InProcessBus) {
+    let mut env = BTreeMap::from([("NODEWIRE_PROJECT", "example-project")]);
+    env.extend(extra.iter().copied());
+    let cfg = Config::from_source(&env, "test-fn").expect("config");
+    let bus = InProcessBus::new();
+    (Deps::new(cfg, Arc::new(bus.clone())), bus)
+}
+
+fn envelope(data: &[u8], publish_time: &str) -> String {
+    serde_json::json!({
+        "subscription": "projects/example-project/subscriptions/s",
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+            "messageId": "m-1",
+            "publishTime": publish_time,
+            "attributes": {"k": "v"}
+        }
+    })
+    .to_string()
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+fn post(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/")
+        .header("content-type", "application/json")
+        .body(body.into())
+        .expect("request")
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(p).expect("fixture")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("test failure ({0})")]
+struct TestError(bool);
+impl Classify for TestError {
+    fn is_retryable(&self) -> bool {
+        self.0
+    }
+}
+
+async fn transient(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+    Err(TestError(true))
+}
+async fn permanent(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+    Err(TestError(false))
+}
+async fn panics(ev: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+    if &ev.payload[..] == b"boom" {
+        panic!("handler exploded");
+    }
+    Ok(Outcome::Done)
+}
+async fn slow(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(Outcome::Done)
+}
+
+#[tokio::test]
+async fn audit_entry_publishes_bootstrap() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps, instance_events::handle);
+    let body = fixture_bytes("pubsub-push-envelope.json");
+    let resp = app.oneshot(post(body)).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let out = bus.published_to("projects/example-project/topics/nodewire-bootstrap");
+    assert_eq!(out.len(), 1);
+    let step = StepMessage::decode(&out[0].message.data).expect("step");
+    assert_eq!(step.instance.name(), "k8s-worker-1");
+}
+
+#[tokio::test]
+async fn eventarc_binary_and_structured() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps, instance_events::handle);
+    let structured = fixture_bytes("eventarc-auditlog-structured.json");
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/")
+                .header(
+                    "content-type",
+                    "application/cloudevents+json; charset=utf-8",
+                )
+                .body(Body::from(structured.clone()))
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let v: serde_json::Value = serde_json::from_slice(&structured).expect("json");
+    let resp = app
+        .oneshot(
+            Request::post("/")
+                .header("ce-specversion", "1.0")
+                .header("ce-type", "google.cloud.audit.log.v1.written")
+                .header("ce-id", "x-1")
+                .header(
+                    "ce-source",
+                    "//cloudaudit.googleapis.com/projects/example-project/logs/activity",
+                )
+                .header("content-type", "application/json")
+                .body(Body::from(v["data"].to_string()))
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        bus.published_to("projects/example-project/topics/nodewire-bootstrap")
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn not_a_delivery_is_400_and_publishes_nothing() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps, instance_events::handle);
+    for body in [
+        "",
+        "not json",
+        "{\"message\": {\"data\": \"%%%\", \"messageId\": \"1\"}}",
+    ] {
+        let resp = app.clone().oneshot(post(body)).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert!(bus.published().is_empty());
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_413() {
+    let (deps, _bus) = deps_with(&[("NODEWIRE_MAX_BODY_BYTES", "2048")]);
+    let app = router(deps, instance_events::handle);
+    let big = envelope(&vec![b'a'; 4096], &now());
+    let resp = app.oneshot(post(big)).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn undecodable_payload_is_dead_lettered_once_and_acked() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps, instance_events::handle);
+    let resp = app
+        .oneshot(post(envelope(b"{truncated", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].message.data, b"{truncated");
+    let attrs = &dl[0].message.attributes;
+    assert!(
+        attrs[dead_letter_attr::REASON].contains("undecodable"),
+        "{attrs:?}"
+    );
+    assert_eq!(attrs[dead_letter_attr::SERVICE], "test-fn");
+    assert_eq!(attrs[dead_letter_attr::MESSAGE_ID], "m-1");
+    assert_eq!(
+        attrs[dead_letter_attr::SUBSCRIPTION],
+        "projects/example-project/subscriptions/s"
+    );
+    assert_eq!(attrs["k"], "v", "original attributes are kept");
+    assert_eq!(bus.published().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_is_503_permanent_is_dead_lettered() {
+    let (deps, bus) = deps_with(&[]);
+    let resp = router(deps.clone(), transient)
+        .oneshot(post(envelope(b"x", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(bus.published().is_empty());
+    let resp = router(deps, permanent)
+        .oneshot(post(envelope(b"x", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        dl[0].message.attributes[dead_letter_attr::REASON],
+        "test failure (false)"
+    );
+}
+
+#[tokio::test]
+async fn transient_failure_of_an_old_message_is_dead_lettered() {
+    let (deps, bus) = deps_with(&[("NODEWIRE_MAX_RETRY_AGE_SECS", "60")]);
+    let resp = router(deps, transient)
+        .oneshot(post(envelope(b"x", "2024-11-19T13:13:49.56Z")))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("still failing"));
+}
+
+#[tokio::test]
+async fn failed_dead_lettering_asks_for_redelivery() {
+    let (deps, bus) = deps_with(&[]);
+    bus.fail_topic(DLQ);
+    let resp = router(deps, permanent)
+        .oneshot(post(envelope(b"x", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn panic_is_500_and_the_server_keeps_serving() {
+    let (deps, _bus) = deps_with(&[]);
+    let app = router(deps, panics);
+    let resp = app
+        .clone()
+        .oneshot(post(envelope(b"boom", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let resp = app
+        .oneshot(post(envelope(b"fine", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn deadline_is_503() {
+    let (deps, _bus) = deps_with(&[("NODEWIRE_REQUEST_TIMEOUT_SECS", "0.2")]);
+    let started = std::time::Instant::now();
+    let resp = router(deps, slow)
+        .oneshot(post(envelope(b"x", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn ignored_is_204_without_publishing() {
+    let (deps, bus) = deps_with(&[]);
+    let first = fixture_bytes("gce-insert-first.json");
+    let resp = router(deps, instance_events::handle)
+        .oneshot(post(envelope(&first, &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(bus.published().is_empty());
+}
+
+#[tokio::test]
+async fn healthz() {
+    let (deps, _bus) = deps_with(&[]);
+    let resp = router(deps, panics)
+        .oneshot(Request::get("/healthz").body(Body::empty()).expect("req"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_delivery_finish() {
+    async fn two_secs(_: PushEvent<bytes::Bytes>, deps: &Deps) -> Result<Outcome, TestError> {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        deps.bus
+            .publish(
+                "projects/example-project/topics/done",
+                crate::bus::OutboundMessage::default(),
+            )
+            .await
+            .map_err(|_| TestError(true))?;
+        Ok(Outcome::Done)
+    }
+    let (deps, bus) = deps_with(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(listener, deps, two_secs, async move {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let req = client
+        .post(format!("http://{addr}/"))
+        .body(envelope(b"x", &now()))
+        .send();
+    let in_flight = tokio::spawn(req);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_tx.send(());
+    let resp = in_flight.await.expect("join").expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    server.await.expect("join").expect("clean exit");
+    assert_eq!(
+        bus.published_to("projects/example-project/topics/done")
+            .len(),
+        1
+    );
+    // After shutdown, nothing listens any more.
+    assert!(client.post(format!("http://{addr}/")).send().await.is_err());
+}
