@@ -1,0 +1,48 @@
+//! The simulated Cloud Logging sinks: both simulators publish the audit LogEntries a real
+//! project would route to Pub/Sub, in order, through one background task each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use shared::bus::{Bus, OutboundMessage};
+
+/// Where audit entries go.
+#[derive(Clone)]
+pub struct AuditSink {
+    pub bus: Arc<dyn Bus>,
+    /// Full topic name (`projects/P/topics/T`).
+    pub topic: String,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink").field("topic", &self.topic).finish()
+    }
+}
+
+impl AuditSink {
+    /// Starts the publishing task; entries sent to the returned channel are published in order,
+    /// as a Logging sink does (data = the LogEntry JSON, attribute
+    /// `logging.googleapis.com/timestamp`).
+    pub fn spawn(self) -> tokio::sync::mpsc::UnboundedSender<Value> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        tokio::spawn(async move {
+            while let Some(entry) = rx.recv().await {
+                let ts = entry["timestamp"].as_str().unwrap_or_default().to_string();
+                let msg = OutboundMessage {
+                    data: entry.to_string().into_bytes(),
+                    attributes: BTreeMap::from([(
+                        "logging.googleapis.com/timestamp".to_string(),
+                        ts,
+                    )]),
+                    ordering_key: None,
+                };
+                if let Err(e) = self.bus.publish(&self.topic, msg).await {
+                    tracing::warn!(error = %e, topic = %self.topic, "simulated sink: publishing an audit entry failed");
+                }
+            }
+        });
+        tx
+    }
+}

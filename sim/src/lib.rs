@@ -1,0 +1,10 @@
+//! Simulators of the two APIs nodewire cannot reach from here: Compute Engine ([`compute`]) and
+//! the Kubernetes API server ([`k8s`]). Both speak the real REST wire formats on 127.0.0.1 so
+//! the production clients run against them unchanged, and both refuse what the real APIs
+//! refuse — a simulator that accepts anything proves nothing. They are the substrate of the
+//! contract tests, the end-to-end tests and the local sandbox.
+
+pub mod audit;
+pub mod compute;
+pub mod faults;
+pub mod k8s;
