@@ -12,6 +12,7 @@
 //! [`trace`] are process setup; [`emulator`] starts the Pub/Sub emulator for tests and the
 //! sandbox.
 
+pub mod act;
 pub mod adapter;
 pub mod bus;
 pub mod config;

@@ -17,7 +17,9 @@ pub struct AuditSink {
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditSink").field("topic", &self.topic).finish()
+        f.debug_struct("AuditSink")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 

@@ -94,7 +94,8 @@ impl Filter {
             if toks[i].eq_ignore_ascii_case("OR") || toks[i].eq_ignore_ascii_case("NOT") {
                 return Err(format!("operator {} is not supported", toks[i]));
             }
-            let (Some(field), Some(op), Some(value)) = (toks.get(i), toks.get(i + 1), toks.get(i + 2))
+            let (Some(field), Some(op), Some(value)) =
+                (toks.get(i), toks.get(i + 1), toks.get(i + 2))
             else {
                 return Err("incomplete expression".into());
             };
@@ -111,8 +112,7 @@ impl Filter {
                 return Err(format!("unknown field {field:?}"));
             }
             let value = value.strip_prefix('"').unwrap_or(value).to_string();
-            if matches!(op, Op::Re | Op::NotRe)
-                && value.chars().any(|c| "[]{}+?|^$\\".contains(c))
+            if matches!(op, Op::Re | Op::NotRe) && value.chars().any(|c| "[]{}+?|^$\\".contains(c))
             {
                 return Err(format!("regular expression {value:?} is not supported"));
             }

@@ -38,8 +38,8 @@ use tokio::sync::Notify;
 
 use crate::faults::{Chaos, InjectedError, LoggedRequest};
 use filter::Filter;
-pub use model::{Alias, Fingerprint, Instance, Nic, OpError, OpStatus, Operation, SubnetSpec};
 use model::{API, error_body, now_rfc3339};
+pub use model::{Alias, Fingerprint, Instance, Nic, OpError, OpStatus, Operation, SubnetSpec};
 
 pub use crate::audit::AuditSink;
 
@@ -94,7 +94,9 @@ struct Sim {
 
 impl Sim {
     fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn fp(&self) -> Fingerprint {
@@ -111,7 +113,9 @@ pub struct ComputeSim {
 
 impl std::fmt::Debug for ComputeSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComputeSim").field("addr", &self.addr).finish()
+        f.debug_struct("ComputeSim")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -249,7 +253,11 @@ impl ComputeSim {
 }
 
 fn next_ip(w: &mut World, subnet: &SubnetSpec) -> Ipv4Addr {
-    let key = (subnet.project.clone(), subnet.region.clone(), subnet.name.clone());
+    let key = (
+        subnet.project.clone(),
+        subnet.region.clone(),
+        subnet.name.clone(),
+    );
     let n = w.next_host.entry(key).or_insert(2);
     let base = u32::from(subnet.ip_cidr_range.net().network());
     let ip = Ipv4Addr::from(base.wrapping_add(*n));
@@ -318,7 +326,11 @@ impl Answer {
         }
     }
     fn not_found(link: &str) -> Self {
-        Self::err(404, "notFound", &format!("The resource '{link}' was not found"))
+        Self::err(
+            404,
+            "notFound",
+            &format!("The resource '{link}' was not found"),
+        )
     }
     fn invalid(message: &str) -> Self {
         Self::err(400, "invalid", message)
@@ -402,16 +414,24 @@ async fn run(
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {
-    let body = error_body(404, "notFound", &format!("No such method or path: {method} {}", uri.path()));
+    let body = error_body(
+        404,
+        "notFound",
+        &format!("No such method or path: {method} {}", uri.path()),
+    );
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 fn validate_location(project: &str, zone: &str) -> Result<(), Answer> {
     if shared::names::validate_project_id(project).is_err() {
-        return Err(Answer::invalid(&format!("Invalid value for field 'project': '{project}'.")));
+        return Err(Answer::invalid(&format!(
+            "Invalid value for field 'project': '{project}'."
+        )));
     }
     if validate_zone(zone).is_err() {
-        return Err(Answer::invalid(&format!("Invalid value for field 'zone': '{zone}'. Unknown zone.")));
+        return Err(Answer::invalid(&format!(
+            "Invalid value for field 'zone': '{zone}'. Unknown zone."
+        )));
     }
     Ok(())
 }
@@ -430,7 +450,11 @@ async fn get_instance(
         if let Err(a) = validate_location(&project, &zone) {
             return a;
         }
-        match sim.world().instances.get(&(project.clone(), zone.clone(), name.clone())) {
+        match sim
+            .world()
+            .instances
+            .get(&(project.clone(), zone.clone(), name.clone()))
+        {
             Some(i) => Answer::ok(i.to_json()),
             None => Answer::not_found(&instance_link(&project, &zone, &name)),
         }
@@ -461,14 +485,20 @@ fn page_params(q: &HashMap<String, String>) -> Result<Page, Answer> {
         Some(t) => t
             .strip_prefix("sim-")
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Answer::invalid(&format!("Invalid value for field 'pageToken': '{t}'.")))?,
+            .ok_or_else(|| {
+                Answer::invalid(&format!("Invalid value for field 'pageToken': '{t}'."))
+            })?,
     };
     let filter = match q.get("filter").filter(|f| !f.trim().is_empty()) {
         None => Filter::default(),
         Some(f) => Filter::parse(f)
             .map_err(|e| Answer::invalid(&format!("Invalid list filter expression '{f}': {e}")))?,
     };
-    Ok(Page { max, offset, filter })
+    Ok(Page {
+        max,
+        offset,
+        filter,
+    })
 }
 
 async fn list_instances(
@@ -555,12 +585,23 @@ async fn get_subnet(
     method: Method,
     uri: Uri,
 ) -> Response {
-    run(&sim, "subnetworks.get", &method, &uri, &Bytes::new(), |sim| {
-        match sim.world().subnets.get(&(project.clone(), region.clone(), subnet.clone())) {
+    run(
+        &sim,
+        "subnetworks.get",
+        &method,
+        &uri,
+        &Bytes::new(),
+        |sim| match sim
+            .world()
+            .subnets
+            .get(&(project.clone(), region.clone(), subnet.clone()))
+        {
             Some((s, fp)) => Answer::ok(s.to_json(*fp)),
-            None => Answer::not_found(&format!("projects/{project}/regions/{region}/subnetworks/{subnet}")),
-        }
-    })
+            None => Answer::not_found(&format!(
+                "projects/{project}/regions/{region}/subnetworks/{subnet}"
+            )),
+        },
+    )
     .await
 }
 
@@ -570,7 +611,9 @@ fn subnet_ref(project: &str, s: &str) -> Option<(String, String, String)> {
     let path = s.split_once("/compute/v1/").map_or(s, |(_, p)| p);
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
-        ["projects", p, "regions", r, "subnetworks", n] => Some(((*p).into(), (*r).into(), (*n).into())),
+        ["projects", p, "regions", r, "subnetworks", n] => {
+            Some(((*p).into(), (*r).into(), (*n).into()))
+        }
         ["regions", r, "subnetworks", n] => Some((project.into(), (*r).into(), (*n).into())),
         _ => None,
     }
@@ -622,12 +665,20 @@ impl Sim {
         let latency = self.config.op_latency;
         if latency.is_zero() {
             complete(&mut w, &key, mutation, async_fail);
-            let body = w.operations.get(&key).map(Operation::to_json).unwrap_or_default();
+            let body = w
+                .operations
+                .get(&key)
+                .map(Operation::to_json)
+                .unwrap_or_default();
             drop(w);
             self.changed.notify_waiters();
             return Answer::ok(body);
         }
-        let body = w.operations.get(&key).map(Operation::to_json).unwrap_or_default();
+        let body = w
+            .operations
+            .get(&key)
+            .map(Operation::to_json)
+            .unwrap_or_default();
         drop(w);
         let sim = self.clone();
         tokio::spawn(async move {
@@ -658,7 +709,11 @@ impl Sim {
 }
 
 fn complete(w: &mut World, key: &OpKey, mutation: Mutation, async_fail: bool) {
-    let result = if async_fail { Err(OpError::internal()) } else { mutation(w) };
+    let result = if async_fail {
+        Err(OpError::internal())
+    } else {
+        mutation(w)
+    };
     if let Some(op) = w.operations.get_mut(key) {
         op.status = OpStatus::Done;
         if op.start_time.is_none() {
@@ -673,14 +728,19 @@ fn parse_body(body: &Bytes) -> Result<Value, Answer> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| Answer::invalid(&format!("Invalid JSON payload received. {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Answer::invalid(&format!("Invalid JSON payload received. {e}")))
 }
 
 fn request_id(q: &HashMap<String, String>) -> Result<Option<String>, Answer> {
     match q.get("requestId").filter(|r| !r.is_empty()) {
         None => Ok(None),
-        Some(r) if r.len() <= 64 && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => Ok(Some(r.clone())),
-        Some(r) => Err(Answer::invalid(&format!("Invalid value for field 'requestId': '{r}'. The requestId must be a valid UUID."))),
+        Some(r) if r.len() <= 64 && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => {
+            Ok(Some(r.clone()))
+        }
+        Some(r) => Err(Answer::invalid(&format!(
+            "Invalid value for field 'requestId': '{r}'. The requestId must be a valid UUID."
+        ))),
     }
 }
 
@@ -983,7 +1043,16 @@ async fn update_nic(
     .await
 }
 
-fn audit_entry(project: &str, zone: &str, name: &str, id: u64, method: &str, op: &str, first: bool, failure: Option<&OpError>) -> Value {
+fn audit_entry(
+    project: &str,
+    zone: &str,
+    name: &str,
+    id: u64,
+    method: &str,
+    op: &str,
+    first: bool,
+    failure: Option<&OpError>,
+) -> Value {
     let mut e = json!({
         "insertId": format!("{:x}", rand_like(id, op, first)),
         "logName": format!("projects/{project}/logs/cloudaudit.googleapis.com%2Factivity"),
@@ -1105,7 +1174,15 @@ async fn insert_instance(
 }
 
 /// Publishes the `last` audit entry once the operation is DONE (with the error, if any).
-fn spawn_last_entry(sim: Arc<Sim>, project: String, zone: String, name: String, id: u64, method: &'static str, op: String) {
+fn spawn_last_entry(
+    sim: Arc<Sim>,
+    project: String,
+    zone: String,
+    name: String,
+    id: u64,
+    method: &'static str,
+    op: String,
+) {
     if sim.audit_tx.is_none() {
         return;
     }
@@ -1113,12 +1190,30 @@ fn spawn_last_entry(sim: Arc<Sim>, project: String, zone: String, name: String, 
         let key = (project.clone(), zone.clone(), op.clone());
         loop {
             let notified = sim.changed.notified();
-            let done = sim.world().operations.get(&key).filter(|o| o.status == OpStatus::Done).cloned();
+            let done = sim
+                .world()
+                .operations
+                .get(&key)
+                .filter(|o| o.status == OpStatus::Done)
+                .cloned();
             if let Some(o) = done {
                 if method == "insert" && o.error.is_some() {
-                    sim.world().pending_inserts.remove(&(project.clone(), zone.clone(), name.clone()));
+                    sim.world().pending_inserts.remove(&(
+                        project.clone(),
+                        zone.clone(),
+                        name.clone(),
+                    ));
                 }
-                sim.audit(audit_entry(&project, &zone, &name, id, method, &op, false, o.error.as_ref()));
+                sim.audit(audit_entry(
+                    &project,
+                    &zone,
+                    &name,
+                    id,
+                    method,
+                    &op,
+                    false,
+                    o.error.as_ref(),
+                ));
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
@@ -1133,29 +1228,57 @@ async fn delete_instance(
     method: Method,
     uri: Uri,
 ) -> Response {
-    run(&sim.clone(), "instances.delete", &method, &uri, &Bytes::new(), move |_| {
-        if let Err(a) = validate_location(&project, &zone) {
-            return a;
-        }
-        let rid = match request_id(&query_map(q.as_deref())) {
-            Ok(r) => r,
-            Err(a) => return a,
-        };
-        let key = (project.clone(), zone.clone(), name.clone());
-        let link = instance_link(&project, &zone, &name);
-        let Some(id) = sim.world().instances.get(&key).map(|i| i.id) else {
-            return Answer::not_found(&link);
-        };
-        let link2 = link.clone();
-        let mutation: Mutation = Box::new(move |w: &mut World| {
-            w.instances.remove(&key).map(|_| ()).ok_or_else(|| OpError::not_found(&link2))
-        });
-        let ans = sim.start_operation("instances.delete", &project, &zone, "delete", (&link, id), rid, mutation);
-        let op_name = ans.body["name"].as_str().unwrap_or_default().to_string();
-        sim.audit(audit_entry(&project, &zone, &name, id, "delete", &op_name, true, None));
-        spawn_last_entry(sim.clone(), project.clone(), zone.clone(), name.clone(), id, "delete", op_name);
-        ans
-    })
+    run(
+        &sim.clone(),
+        "instances.delete",
+        &method,
+        &uri,
+        &Bytes::new(),
+        move |_| {
+            if let Err(a) = validate_location(&project, &zone) {
+                return a;
+            }
+            let rid = match request_id(&query_map(q.as_deref())) {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+            let key = (project.clone(), zone.clone(), name.clone());
+            let link = instance_link(&project, &zone, &name);
+            let Some(id) = sim.world().instances.get(&key).map(|i| i.id) else {
+                return Answer::not_found(&link);
+            };
+            let link2 = link.clone();
+            let mutation: Mutation = Box::new(move |w: &mut World| {
+                w.instances
+                    .remove(&key)
+                    .map(|_| ())
+                    .ok_or_else(|| OpError::not_found(&link2))
+            });
+            let ans = sim.start_operation(
+                "instances.delete",
+                &project,
+                &zone,
+                "delete",
+                (&link, id),
+                rid,
+                mutation,
+            );
+            let op_name = ans.body["name"].as_str().unwrap_or_default().to_string();
+            sim.audit(audit_entry(
+                &project, &zone, &name, id, "delete", &op_name, true, None,
+            ));
+            spawn_last_entry(
+                sim.clone(),
+                project.clone(),
+                zone.clone(),
+                name.clone(),
+                id,
+                "delete",
+                op_name,
+            );
+            ans
+        },
+    )
     .await
 }
 
@@ -1165,12 +1288,21 @@ async fn get_operation(
     method: Method,
     uri: Uri,
 ) -> Response {
-    run(&sim, "zoneOperations.get", &method, &uri, &Bytes::new(), |sim| {
-        match sim.world().operations.get(&(project.clone(), zone.clone(), op.clone())) {
+    run(
+        &sim,
+        "zoneOperations.get",
+        &method,
+        &uri,
+        &Bytes::new(),
+        |sim| match sim
+            .world()
+            .operations
+            .get(&(project.clone(), zone.clone(), op.clone()))
+        {
             Some(o) => Answer::ok(o.to_json()),
             None => Answer::not_found(&format!("projects/{project}/zones/{zone}/operations/{op}")),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -1183,21 +1315,34 @@ async fn wait_operation(
     let key = (project.clone(), zone.clone(), op.clone());
     // Block (outside the request-log wrapper) until DONE, the deadline, or an early return.
     let early = sim.chaos.draw_bool(sim.config.wait_early_return);
-    let limit = if early { sim.config.wait_max / 4 } else { sim.config.wait_max };
+    let limit = if early {
+        sim.config.wait_max / 4
+    } else {
+        sim.config.wait_max
+    };
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let notified = sim.changed.notified();
-        let done = sim.world().operations.get(&key).is_none_or(|o| o.status == OpStatus::Done);
+        let done = sim
+            .world()
+            .operations
+            .get(&key)
+            .is_none_or(|o| o.status == OpStatus::Done);
         if done || tokio::time::Instant::now() >= deadline {
             break;
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
-    run(&sim, "zoneOperations.wait", &method, &uri, &Bytes::new(), |sim| {
-        match sim.world().operations.get(&key) {
+    run(
+        &sim,
+        "zoneOperations.wait",
+        &method,
+        &uri,
+        &Bytes::new(),
+        |sim| match sim.world().operations.get(&key) {
             Some(o) => Answer::ok(o.to_json()),
             None => Answer::not_found(&format!("projects/{project}/zones/{zone}/operations/{op}")),
-        }
-    })
+        },
+    )
     .await
 }

@@ -52,7 +52,10 @@ impl SubnetSpec {
     }
 
     pub fn network_link(&self) -> String {
-        format!("{API}projects/{}/global/networks/{}", self.project, self.network)
+        format!(
+            "{API}projects/{}/global/networks/{}",
+            self.project, self.network
+        )
     }
 
     pub fn range(&self, name: &str) -> Option<Cidr> {
@@ -131,7 +134,8 @@ impl Instance {
         if !self.tags.is_empty() {
             tags["items"] = json!(self.tags);
         }
-        let mut metadata = json!({"kind": "compute#metadata", "fingerprint": self.metadata_fp.encode()});
+        let mut metadata =
+            json!({"kind": "compute#metadata", "fingerprint": self.metadata_fp.encode()});
         if !self.metadata.is_empty() {
             metadata["items"] = Value::Array(
                 self.metadata
@@ -317,7 +321,11 @@ impl Operation {
 
 /// Google's JSON error body.
 pub fn error_body(code: u16, reason: &str, message: &str) -> Value {
-    let domain = if reason == "rateLimitExceeded" { "usageLimits" } else { "global" };
+    let domain = if reason == "rateLimitExceeded" {
+        "usageLimits"
+    } else {
+        "global"
+    };
     let mut err = json!({"message": message, "domain": domain, "reason": reason});
     if reason == "conditionNotMet" {
         err["location"] = json!("If-Match");

@@ -88,7 +88,9 @@ struct Sim {
 
 impl Sim {
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -145,8 +147,12 @@ impl ApiError {
             .with_details(json!({"name": name, "kind": resource}))
     }
     fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
-            .with_details(json!({"name": name, "kind": resource}))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .with_details(json!({"name": name, "kind": resource}))
     }
     fn conflict(resource: &str, name: &str) -> Self {
         Self::new(
@@ -157,7 +163,12 @@ impl ApiError {
         .with_details(json!({"name": name, "kind": resource}))
     }
     fn invalid(kind: &str, name: &str, field: &str, cause_reason: &str, message: &str) -> Self {
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {field}: {message}")).with_details(json!({
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {field}: {message}"),
+        )
+        .with_details(json!({
             "name": name, "kind": kind,
             "causes": [{"reason": cause_reason, "message": message, "field": field}]
         }))
@@ -207,7 +218,10 @@ impl K8sSim {
             .route("/api/v1/nodes", get(list_nodes).post(create_node))
             .route(
                 "/api/v1/nodes/{name}",
-                get(get_node).put(put_node).patch(patch_node).delete(delete_node),
+                get(get_node)
+                    .put(put_node)
+                    .patch(patch_node)
+                    .delete(delete_node),
             )
             .route(
                 "/api/v1/namespaces/{ns}/{resource}",
@@ -218,7 +232,14 @@ impl K8sSim {
                 get(get_ns).put(put_ns).patch(patch_ns).delete(delete_ns),
             )
             .fallback(|uri: Uri| async move {
-                let e = ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({})", uri.path()));
+                let e = ApiError::new(
+                    404,
+                    "NotFound",
+                    format!(
+                        "the server could not find the requested resource ({})",
+                        uri.path()
+                    ),
+                );
                 (StatusCode::NOT_FOUND, axum::Json(e.body())).into_response()
             })
             .with_state(sim.clone());
@@ -247,7 +268,11 @@ impl K8sSim {
         self.sim
             .store()
             .objects
-            .get(&(resource.to_string(), namespace.to_string(), name.to_string()))
+            .get(&(
+                resource.to_string(),
+                namespace.to_string(),
+                name.to_string(),
+            ))
             .cloned()
     }
 
@@ -289,7 +314,9 @@ fn pct_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -324,17 +351,29 @@ async fn run(
     }
     let (status, body_out, injected) = match sim.chaos.draw_error(method) {
         Some(InjectedError::Unavailable) => {
-            let e = ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request");
+            let e = ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            );
             (StatusCode::SERVICE_UNAVAILABLE, e.body(), true)
         }
         Some(InjectedError::TooManyRequests | InjectedError::RateLimitExceeded) => {
-            let e = ApiError::new(429, "TooManyRequests", "too many requests, please try again later")
-                .with_details(json!({"retryAfterSeconds": 1}));
+            let e = ApiError::new(
+                429,
+                "TooManyRequests",
+                "too many requests, please try again later",
+            )
+            .with_details(json!({"retryAfterSeconds": 1}));
             (StatusCode::TOO_MANY_REQUESTS, e.body(), true)
         }
         None => match f(sim) {
             Ok((s, v)) => (s, v, false),
-            Err(e) => (StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_REQUEST), e.body(), false),
+            Err(e) => (
+                StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_REQUEST),
+                e.body(),
+                false,
+            ),
         },
     };
     sim.chaos.record(LoggedRequest {
@@ -355,19 +394,30 @@ async fn version() -> Response {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request was in an unknown format: {e}"
+        ))
+    })
 }
 
 fn check_resource(resource: &str, namespaced: bool) -> Result<&'static str, ApiError> {
     match kind_of(resource) {
         Some((kind, ns)) if ns == namespaced => Ok(kind),
-        _ => Err(ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({resource})"))),
+        _ => Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({resource})"),
+        )),
     }
 }
 
 // ---- label selectors and lists ----
 
-fn selector_matches(sel: &str, labels: Option<&serde_json::Map<String, Value>>) -> Result<bool, ApiError> {
+fn selector_matches(
+    sel: &str,
+    labels: Option<&serde_json::Map<String, Value>>,
+) -> Result<bool, ApiError> {
     for term in sel.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         let ok = if let Some((k, v)) = term.split_once("!=") {
@@ -377,7 +427,9 @@ fn selector_matches(sel: &str, labels: Option<&serde_json::Map<String, Value>>) 
         } else if let Some(k) = term.strip_prefix('!') {
             get(k.trim()).is_none()
         } else if term.contains(' ') || term.contains('(') {
-            return Err(ApiError::bad_request(format!("unable to parse requirement: set-based selector {term:?} is not supported by the simulator")));
+            return Err(ApiError::bad_request(format!(
+                "unable to parse requirement: set-based selector {term:?} is not supported by the simulator"
+            )));
         } else {
             get(term).is_some()
         };
@@ -388,10 +440,19 @@ fn selector_matches(sel: &str, labels: Option<&serde_json::Map<String, Value>>) 
     Ok(true)
 }
 
-fn list(st: &Store, resource: &str, kind: &str, ns: Option<&str>, q: &BTreeMap<String, String>) -> Result<(StatusCode, Value), ApiError> {
+fn list(
+    st: &Store,
+    resource: &str,
+    kind: &str,
+    ns: Option<&str>,
+    q: &BTreeMap<String, String>,
+) -> Result<(StatusCode, Value), ApiError> {
     let limit = match q.get("limit").filter(|v| !v.is_empty()) {
         None => usize::MAX,
-        Some(v) => v.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?.max(1),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?
+            .max(1),
     };
     let after = match q.get("continue").filter(|v| !v.is_empty()) {
         None => None,
@@ -400,7 +461,9 @@ fn list(st: &Store, resource: &str, kind: &str, ns: Option<&str>, q: &BTreeMap<S
                 .decode(t)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::bad_request("continue key is not valid: illegal base64 data"))?,
+                .ok_or_else(|| {
+                    ApiError::bad_request("continue key is not valid: illegal base64 data")
+                })?,
         ),
     };
     let sel = q.get("labelSelector").cloned().unwrap_or_default();
@@ -415,7 +478,10 @@ fn list(st: &Store, resource: &str, kind: &str, ns: Option<&str>, q: &BTreeMap<S
         if after.as_deref().is_some_and(|a| key.as_str() <= a) {
             continue;
         }
-        if !selector_matches(&sel, obj.pointer("/metadata/labels").and_then(Value::as_object))? {
+        if !selector_matches(
+            &sel,
+            obj.pointer("/metadata/labels").and_then(Value::as_object),
+        )? {
             continue;
         }
         if items.len() < limit {
@@ -432,7 +498,10 @@ fn list(st: &Store, resource: &str, kind: &str, ns: Option<&str>, q: &BTreeMap<S
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l));
         meta["remainingItemCount"] = json!(remaining);
     }
-    Ok((StatusCode::OK, json!({"kind": format!("{kind}List"), "apiVersion": "v1", "metadata": meta, "items": items})))
+    Ok((
+        StatusCode::OK,
+        json!({"kind": format!("{kind}List"), "apiVersion": "v1", "metadata": meta, "items": items}),
+    ))
 }
 
 // ---- validation and writes ----
@@ -445,7 +514,10 @@ fn normalize(resource: &str, obj: &mut Value) -> Result<(), ApiError> {
     if resource == "nodes" {
         // Defaulting keeps podCIDR and podCIDRs in step.
         let single = str_at(obj, "/spec/podCIDR").to_string();
-        let list_first = obj.pointer("/spec/podCIDRs/0").and_then(Value::as_str).map(str::to_string);
+        let list_first = obj
+            .pointer("/spec/podCIDRs/0")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
             match (single.is_empty(), list_first) {
                 (false, None) => {
@@ -467,7 +539,10 @@ fn normalize(resource: &str, obj: &mut Value) -> Result<(), ApiError> {
         if let Some(Value::Object(d)) = data {
             for (k, v) in sd {
                 let s = v.as_str().unwrap_or_default();
-                d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                d.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
             }
         }
     }
@@ -482,45 +557,105 @@ fn secret_value(obj: &Value, key: &str) -> Option<String> {
         .and_then(|b| String::from_utf8(b).ok())
 }
 
-fn validate(resource: &str, kind: &str, name: &str, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
-    let inv = |field: &str, reason: &str, msg: &str| Err(ApiError::invalid(kind, name, field, reason, msg));
+fn validate(
+    resource: &str,
+    kind: &str,
+    name: &str,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let inv = |field: &str, reason: &str, msg: &str| {
+        Err(ApiError::invalid(kind, name, field, reason, msg))
+    };
     match resource {
         "nodes" => {
             if validate_node_name(name).is_err() {
-                return inv("metadata.name", "FieldValueInvalid", &format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"));
+                return inv(
+                    "metadata.name",
+                    "FieldValueInvalid",
+                    &format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"
+                    ),
+                );
             }
             let pod_cidr = str_at(obj, "/spec/podCIDR");
             if !pod_cidr.is_empty() && pod_cidr.parse::<Cidr>().is_err() {
-                return inv("spec.podCIDRs[0]", "FieldValueInvalid", &format!("Invalid value: {pod_cidr:?}: must be a valid CIDR"));
+                return inv(
+                    "spec.podCIDRs[0]",
+                    "FieldValueInvalid",
+                    &format!("Invalid value: {pod_cidr:?}: must be a valid CIDR"),
+                );
             }
             if let Some(list) = obj.pointer("/spec/podCIDRs").and_then(Value::as_array)
-                && list.first().and_then(Value::as_str).is_some_and(|f| f != pod_cidr)
+                && list
+                    .first()
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f != pod_cidr)
             {
-                return inv("spec.podCIDRs", "FieldValueInvalid", "Invalid value: podCIDRs[0] must match podCIDR");
+                return inv(
+                    "spec.podCIDRs",
+                    "FieldValueInvalid",
+                    "Invalid value: podCIDRs[0] must match podCIDR",
+                );
             }
             let mut seen = std::collections::HashSet::new();
-            for (i, t) in obj.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (i, t) in obj
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let key = str_at(t, "/key");
                 let effect = str_at(t, "/effect");
                 if key.is_empty() || key.len() > 316 || key.contains(' ') {
-                    return inv(&format!("spec.taints[{i}].key"), "FieldValueInvalid", &format!("Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"));
+                    return inv(
+                        &format!("spec.taints[{i}].key"),
+                        "FieldValueInvalid",
+                        &format!(
+                            "Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"
+                        ),
+                    );
                 }
                 if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-                    return inv(&format!("spec.taints[{i}].effect"), "FieldValueNotSupported", &format!("Unsupported value: {effect:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""));
+                    return inv(
+                        &format!("spec.taints[{i}].effect"),
+                        "FieldValueNotSupported",
+                        &format!(
+                            "Unsupported value: {effect:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""
+                        ),
+                    );
                 }
                 if !seen.insert((key.to_string(), effect.to_string())) {
-                    return inv(&format!("spec.taints[{i}]"), "FieldValueDuplicate", &format!("Duplicate value: {{\"key\":{key:?},\"effect\":{effect:?}}}: taints must be unique by key and effect pair"));
+                    return inv(
+                        &format!("spec.taints[{i}]"),
+                        "FieldValueDuplicate",
+                        &format!(
+                            "Duplicate value: {{\"key\":{key:?},\"effect\":{effect:?}}}: taints must be unique by key and effect pair"
+                        ),
+                    );
                 }
             }
             if let Some(old) = old {
-                let (op, np) = (str_at(old, "/spec/providerID"), str_at(obj, "/spec/providerID"));
+                let (op, np) = (
+                    str_at(old, "/spec/providerID"),
+                    str_at(obj, "/spec/providerID"),
+                );
                 if !op.is_empty() && op != np {
-                    return inv("spec.providerID", "FieldValueForbidden", "Forbidden: node updates may not change providerID except from \"\" to valid");
+                    return inv(
+                        "spec.providerID",
+                        "FieldValueForbidden",
+                        "Forbidden: node updates may not change providerID except from \"\" to valid",
+                    );
                 }
                 let (oc, nc) = (str_at(old, "/spec/podCIDR"), str_at(obj, "/spec/podCIDR"));
                 let (ol, nl) = (old.pointer("/spec/podCIDRs"), obj.pointer("/spec/podCIDRs"));
                 if !oc.is_empty() && (oc != nc || ol != nl) {
-                    return inv("spec.podCIDRs", "FieldValueForbidden", "Forbidden: node updates may not change podCIDR except from \"\" to valid");
+                    return inv(
+                        "spec.podCIDRs",
+                        "FieldValueForbidden",
+                        "Forbidden: node updates may not change podCIDR except from \"\" to valid",
+                    );
                 }
             }
         }
@@ -529,41 +664,95 @@ fn validate(resource: &str, kind: &str, name: &str, obj: &Value, old: Option<&Va
             if let Some(old) = old
                 && str_at(old, "/type") != ty
             {
-                return inv("type", "FieldValueInvalid", &format!("Invalid value: {ty:?}: field is immutable"));
+                return inv(
+                    "type",
+                    "FieldValueInvalid",
+                    &format!("Invalid value: {ty:?}: field is immutable"),
+                );
             }
-            for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
-                if v.as_str().is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err()) {
-                    return inv(&format!("data[{k}]"), "FieldValueInvalid", "Invalid value: illegal base64 data");
+            for (k, v) in obj
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if v.as_str()
+                    .is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err())
+                {
+                    return inv(
+                        &format!("data[{k}]"),
+                        "FieldValueInvalid",
+                        "Invalid value: illegal base64 data",
+                    );
                 }
             }
             if ty == "bootstrap.kubernetes.io/token" {
-                let lower_alnum = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-                let Some(id) = name.strip_prefix("bootstrap-token-").filter(|id| lower_alnum(id, 6)) else {
-                    return inv("metadata.name", "FieldValueInvalid", &format!("Invalid value: {name:?}: bootstrap token secrets must be named bootstrap-token-<[a-z0-9]{{6}}>"));
+                let lower_alnum = |s: &str, n: usize| {
+                    s.len() == n
+                        && s.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                };
+                let Some(id) = name
+                    .strip_prefix("bootstrap-token-")
+                    .filter(|id| lower_alnum(id, 6))
+                else {
+                    return inv(
+                        "metadata.name",
+                        "FieldValueInvalid",
+                        &format!(
+                            "Invalid value: {name:?}: bootstrap token secrets must be named bootstrap-token-<[a-z0-9]{{6}}>"
+                        ),
+                    );
                 };
                 if secret_value(obj, "token-id").as_deref() != Some(id) {
-                    return inv("data[token-id]", "FieldValueInvalid", "Invalid value: token-id must equal the name's suffix");
+                    return inv(
+                        "data[token-id]",
+                        "FieldValueInvalid",
+                        "Invalid value: token-id must equal the name's suffix",
+                    );
                 }
                 if !secret_value(obj, "token-secret").is_some_and(|s| lower_alnum(&s, 16)) {
-                    return inv("data[token-secret]", "FieldValueInvalid", "Invalid value: token-secret must be 16 characters of [a-z0-9]");
+                    return inv(
+                        "data[token-secret]",
+                        "FieldValueInvalid",
+                        "Invalid value: token-secret must be 16 characters of [a-z0-9]",
+                    );
                 }
                 if let Some(exp) = secret_value(obj, "expiration")
-                    && time::OffsetDateTime::parse(&exp, &time::format_description::well_known::Rfc3339).is_err()
+                    && time::OffsetDateTime::parse(
+                        &exp,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_err()
                 {
-                    return inv("data[expiration]", "FieldValueInvalid", &format!("Invalid value: {exp:?}: must be RFC 3339"));
+                    return inv(
+                        "data[expiration]",
+                        "FieldValueInvalid",
+                        &format!("Invalid value: {exp:?}: must be RFC 3339"),
+                    );
                 }
                 for usage in ["usage-bootstrap-authentication", "usage-bootstrap-signing"] {
                     if let Some(v) = secret_value(obj, usage)
                         && v != "true"
                         && v != "false"
                     {
-                        return inv(&format!("data[{usage}]"), "FieldValueInvalid", "Invalid value: must be \"true\" or \"false\"");
+                        return inv(
+                            &format!("data[{usage}]"),
+                            "FieldValueInvalid",
+                            "Invalid value: must be \"true\" or \"false\"",
+                        );
                     }
                 }
                 if let Some(groups) = secret_value(obj, "auth-extra-groups")
-                    && groups.split(',').any(|g| !g.trim().starts_with("system:bootstrappers:"))
+                    && groups
+                        .split(',')
+                        .any(|g| !g.trim().starts_with("system:bootstrappers:"))
                 {
-                    return inv("data[auth-extra-groups]", "FieldValueInvalid", "Invalid value: groups must start with \"system:bootstrappers:\"");
+                    return inv(
+                        "data[auth-extra-groups]",
+                        "FieldValueInvalid",
+                        "Invalid value: groups must start with \"system:bootstrappers:\"",
+                    );
                 }
             }
         }
@@ -571,13 +760,25 @@ fn validate(resource: &str, kind: &str, name: &str, obj: &Value, old: Option<&Va
             let io_kind = str_at(obj, "/involvedObject/kind");
             let io_name = str_at(obj, "/involvedObject/name");
             if io_kind.is_empty() || io_name.is_empty() {
-                return inv("involvedObject", "FieldValueRequired", "Required value: involvedObject kind and name are required");
+                return inv(
+                    "involvedObject",
+                    "FieldValueRequired",
+                    "Required value: involvedObject kind and name are required",
+                );
             }
             let io_ns = str_at(obj, "/involvedObject/namespace");
             let ns = str_at(obj, "/metadata/namespace");
-            let ok = if io_ns.is_empty() { ns.is_empty() || ns == "default" } else { ns == io_ns };
+            let ok = if io_ns.is_empty() {
+                ns.is_empty() || ns == "default"
+            } else {
+                ns == io_ns
+            };
             if !ok {
-                return inv("involvedObject.namespace", "FieldValueInvalid", &format!("Invalid value: {io_ns:?}: does not match event.namespace"));
+                return inv(
+                    "involvedObject.namespace",
+                    "FieldValueInvalid",
+                    &format!("Invalid value: {io_ns:?}: does not match event.namespace"),
+                );
             }
         }
         _ => {}
@@ -585,7 +786,15 @@ fn validate(resource: &str, kind: &str, name: &str, obj: &Value, old: Option<&Va
     Ok(())
 }
 
-fn stamp(st: &mut Store, obj: &mut Value, resource: &str, kind: &str, ns: &str, name: &str, old: Option<&Value>) {
+fn stamp(
+    st: &mut Store,
+    obj: &mut Value,
+    resource: &str,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    old: Option<&Value>,
+) {
     st.resource_version += 1;
     let rv = st.resource_version.to_string();
     if !obj.get("metadata").is_some_and(Value::is_object) {
@@ -607,7 +816,10 @@ fn stamp(st: &mut Store, obj: &mut Value, resource: &str, kind: &str, ns: &str, 
             m["creationTimestamp"] = o["metadata"]["creationTimestamp"].clone();
         }
         None => {
-            m["uid"] = json!(format!("{:08x}-0000-4000-8000-{:012x}", st.resource_version, st.resource_version));
+            m["uid"] = json!(format!(
+                "{:08x}-0000-4000-8000-{:012x}",
+                st.resource_version, st.resource_version
+            ));
             m["creationTimestamp"] = json!(now());
         }
     }
@@ -615,7 +827,8 @@ fn stamp(st: &mut Store, obj: &mut Value, resource: &str, kind: &str, ns: &str, 
 }
 
 fn create(st: &mut Store, resource: &str, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
-    let (kind, _) = kind_of(resource).ok_or_else(|| ApiError::bad_request(format!("unknown resource {resource}")))?;
+    let (kind, _) = kind_of(resource)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown resource {resource}")))?;
     if !obj.is_object() {
         return Err(ApiError::bad_request("the body must be an object"));
     }
@@ -623,13 +836,21 @@ fn create(st: &mut Store, resource: &str, ns: &str, mut obj: Value) -> Result<Va
     if name.is_empty() {
         let prefix = str_at(&obj, "/metadata/generateName").to_string();
         if prefix.is_empty() {
-            return Err(ApiError::invalid(kind, "", "metadata.name", "FieldValueRequired", "Required value: name or generateName is required"));
+            return Err(ApiError::invalid(
+                kind,
+                "",
+                "metadata.name",
+                "FieldValueRequired",
+                "Required value: name or generateName is required",
+            ));
         }
         name = format!("{prefix}{:05x}", st.resource_version + 1);
     }
     let body_ns = str_at(&obj, "/metadata/namespace");
     if !body_ns.is_empty() && body_ns != ns {
-        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     if !ns.is_empty() {
         obj["metadata"]["namespace"] = json!(ns);
@@ -645,17 +866,37 @@ fn create(st: &mut Store, resource: &str, ns: &str, mut obj: Value) -> Result<Va
     Ok(obj)
 }
 
-fn update(st: &mut Store, resource: &str, ns: &str, name: &str, mut obj: Value, require_rv: bool) -> Result<Value, ApiError> {
-    let (kind, _) = kind_of(resource).ok_or_else(|| ApiError::bad_request(format!("unknown resource {resource}")))?;
+fn update(
+    st: &mut Store,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    mut obj: Value,
+    require_rv: bool,
+) -> Result<Value, ApiError> {
+    let (kind, _) = kind_of(resource)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown resource {resource}")))?;
     let key = (resource.to_string(), ns.to_string(), name.to_string());
-    let old = st.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(resource, name))?;
+    let old = st
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(resource, name))?;
     let body_name = str_at(&obj, "/metadata/name");
     if !body_name.is_empty() && body_name != name {
-        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
     }
     let sent_rv = str_at(&obj, "/metadata/resourceVersion").to_string();
     if sent_rv.is_empty() && require_rv {
-        return Err(ApiError::invalid(kind, name, "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update"));
+        return Err(ApiError::invalid(
+            kind,
+            name,
+            "metadata.resourceVersion",
+            "FieldValueInvalid",
+            "Invalid value: 0x0: must be specified for an update",
+        ));
     }
     if !sent_rv.is_empty() && sent_rv != str_at(&old, "/metadata/resourceVersion") {
         return Err(ApiError::conflict(resource, name));
@@ -670,13 +911,24 @@ fn update(st: &mut Store, resource: &str, ns: &str, name: &str, mut obj: Value, 
 // ---- audit ----
 
 impl Sim {
-    fn audit_node(&self, verb: &str, name: &str, code: u16, user: &str, request_object: Option<Value>) {
+    fn audit_node(
+        &self,
+        verb: &str,
+        name: &str,
+        code: u16,
+        user: &str,
+        request_object: Option<Value>,
+    ) {
         let Some(tx) = &self.audit_tx else { return };
         let ts = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let id = self.chaos.draw_u64();
-        let uri = if verb == "create" { "/api/v1/nodes".to_string() } else { format!("/api/v1/nodes/{name}") };
+        let uri = if verb == "create" {
+            "/api/v1/nodes".to_string()
+        } else {
+            format!("/api/v1/nodes/{name}")
+        };
         let mut event = json!({
             "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Request",
             "auditID": format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", id >> 32, (id >> 16) & 0xffff, id & 0xfff, (id >> 4) & 0xfff, id & 0xffff_ffff_ffff),
@@ -704,14 +956,18 @@ impl Sim {
 
     /// Runs the node IPAM controller for a new Node after the configured delay.
     fn schedule_ipam(self: &Arc<Self>, name: String) {
-        let Some(ipam) = self.config.ipam.clone() else { return };
+        let Some(ipam) = self.config.ipam.clone() else {
+            return;
+        };
         let sim = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ipam.delay).await;
             let assigned = {
                 let mut st = sim.store();
                 let key = ("nodes".to_string(), String::new(), name.clone());
-                let Some(node) = st.objects.get(&key).cloned() else { return };
+                let Some(node) = st.objects.get(&key).cloned() else {
+                    return;
+                };
                 if !str_at(&node, "/spec/podCIDR").is_empty() {
                     return;
                 }
@@ -735,7 +991,8 @@ impl Sim {
                     return;
                 };
                 let mut updated = node.clone();
-                let patch = json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+                let patch =
+                    json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
                 patch::merge_patch(&mut updated, &patch);
                 if let Some(m) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("resourceVersion");
@@ -749,7 +1006,13 @@ impl Sim {
                 }
             };
             if let Some(patch) = assigned {
-                sim.audit_node("patch", &name, 200, "system:serviceaccount:kube-system:node-controller", Some(patch));
+                sim.audit_node(
+                    "patch",
+                    &name,
+                    200,
+                    "system:serviceaccount:kube-system:node-controller",
+                    Some(patch),
+                );
             }
         });
     }
@@ -758,7 +1021,16 @@ impl Sim {
 // ---- handlers ----
 
 #[allow(clippy::too_many_arguments)]
-async fn handle_item(sim: Arc<Sim>, http_method: Method, uri: Uri, headers: HeaderMap, resource: String, ns: String, name: String, body: Bytes) -> Response {
+async fn handle_item(
+    sim: Arc<Sim>,
+    http_method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    resource: String,
+    ns: String,
+    name: String,
+    body: Bytes,
+) -> Response {
     let verb = match http_method.as_str() {
         "GET" => "get",
         "PUT" => "update",
@@ -767,7 +1039,11 @@ async fn handle_item(sim: Arc<Sim>, http_method: Method, uri: Uri, headers: Head
         _ => "unknown",
     };
     let api_method = format!("{resource}.{verb}");
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let raw = body.clone();
     let sim2 = sim.clone();
     let mut after: Option<Box<dyn FnOnce() + Send>> = None;
@@ -862,8 +1138,19 @@ async fn handle_item(sim: Arc<Sim>, http_method: Method, uri: Uri, headers: Head
     resp
 }
 
-async fn handle_collection(sim: Arc<Sim>, http_method: Method, uri: Uri, resource: String, ns: String, body: Bytes) -> Response {
-    let verb = if http_method == Method::POST { "create" } else { "list" };
+async fn handle_collection(
+    sim: Arc<Sim>,
+    http_method: Method,
+    uri: Uri,
+    resource: String,
+    ns: String,
+    body: Bytes,
+) -> Response {
+    let verb = if http_method == Method::POST {
+        "create"
+    } else {
+        "list"
+    };
     let api_method = format!("{resource}.{verb}");
     let raw = body.clone();
     let mut created_node: Option<(String, Value)> = None;
@@ -872,7 +1159,13 @@ async fn handle_collection(sim: Arc<Sim>, http_method: Method, uri: Uri, resourc
         let mut st = s.store();
         if verb == "list" {
             let q = parse_query(uri.query());
-            return list(&st, &resource, kind, (!ns.is_empty()).then_some(ns.as_str()), &q);
+            return list(
+                &st,
+                &resource,
+                kind,
+                (!ns.is_empty()).then_some(ns.as_str()),
+                &q,
+            );
         }
         let obj = parse_body(&body)?;
         let out = create(&mut st, &resource, &ns, obj)?;
@@ -883,45 +1176,169 @@ async fn handle_collection(sim: Arc<Sim>, http_method: Method, uri: Uri, resourc
     })
     .await;
     if let Some((name, obj)) = created_node {
-        sim.audit_node("create", &name, 201, &format!("system:node:{name}"), Some(obj));
+        sim.audit_node(
+            "create",
+            &name,
+            201,
+            &format!("system:node:{name}"),
+            Some(obj),
+        );
         sim.schedule_ipam(name);
     }
     resp
 }
 
 async fn list_nodes(State(sim): State<Arc<Sim>>, method: Method, uri: Uri) -> Response {
-    handle_collection(sim, method, uri, "nodes".into(), String::new(), Bytes::new()).await
+    handle_collection(
+        sim,
+        method,
+        uri,
+        "nodes".into(),
+        String::new(),
+        Bytes::new(),
+    )
+    .await
 }
-async fn create_node(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn create_node(
+    State(sim): State<Arc<Sim>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     handle_collection(sim, method, uri, "nodes".into(), String::new(), body).await
 }
-async fn get_node(State(sim): State<Arc<Sim>>, Path(name): Path<String>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    handle_item(sim, method, uri, headers, "nodes".into(), String::new(), name, Bytes::new()).await
+async fn get_node(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    handle_item(
+        sim,
+        method,
+        uri,
+        headers,
+        "nodes".into(),
+        String::new(),
+        name,
+        Bytes::new(),
+    )
+    .await
 }
-async fn put_node(State(sim): State<Arc<Sim>>, Path(name): Path<String>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle_item(sim, method, uri, headers, "nodes".into(), String::new(), name, body).await
+async fn put_node(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_item(
+        sim,
+        method,
+        uri,
+        headers,
+        "nodes".into(),
+        String::new(),
+        name,
+        body,
+    )
+    .await
 }
-async fn patch_node(State(sim): State<Arc<Sim>>, Path(name): Path<String>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle_item(sim, method, uri, headers, "nodes".into(), String::new(), name, body).await
+async fn patch_node(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_item(
+        sim,
+        method,
+        uri,
+        headers,
+        "nodes".into(),
+        String::new(),
+        name,
+        body,
+    )
+    .await
 }
-async fn delete_node(State(sim): State<Arc<Sim>>, Path(name): Path<String>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle_item(sim, method, uri, headers, "nodes".into(), String::new(), name, body).await
+async fn delete_node(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_item(
+        sim,
+        method,
+        uri,
+        headers,
+        "nodes".into(),
+        String::new(),
+        name,
+        body,
+    )
+    .await
 }
-async fn list_ns(State(sim): State<Arc<Sim>>, Path((ns, resource)): Path<(String, String)>, method: Method, uri: Uri) -> Response {
+async fn list_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Response {
     handle_collection(sim, method, uri, resource, ns, Bytes::new()).await
 }
-async fn create_ns(State(sim): State<Arc<Sim>>, Path((ns, resource)): Path<(String, String)>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn create_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     handle_collection(sim, method, uri, resource, ns, body).await
 }
-async fn get_ns(State(sim): State<Arc<Sim>>, Path((ns, resource, name)): Path<(String, String, String)>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn get_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     handle_item(sim, method, uri, headers, resource, ns, name, Bytes::new()).await
 }
-async fn put_ns(State(sim): State<Arc<Sim>>, Path((ns, resource, name)): Path<(String, String, String)>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn put_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     handle_item(sim, method, uri, headers, resource, ns, name, body).await
 }
-async fn patch_ns(State(sim): State<Arc<Sim>>, Path((ns, resource, name)): Path<(String, String, String)>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn patch_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     handle_item(sim, method, uri, headers, resource, ns, name, body).await
 }
-async fn delete_ns(State(sim): State<Arc<Sim>>, Path((ns, resource, name)): Path<(String, String, String)>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn delete_ns(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     handle_item(sim, method, uri, headers, resource, ns, name, body).await
 }

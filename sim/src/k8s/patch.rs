@@ -77,10 +77,15 @@ fn parent_mut<'a>(doc: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value
     let mut cur = doc;
     for t in tokens {
         cur = match cur {
-            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("missing path segment {t:?}"))?,
+            Value::Object(m) => m
+                .get_mut(t)
+                .ok_or_else(|| format!("missing path segment {t:?}"))?,
             Value::Array(a) => {
-                let i: usize = t.parse().map_err(|_| format!("invalid array index {t:?}"))?;
-                a.get_mut(i).ok_or_else(|| format!("array index {i} out of range"))?
+                let i: usize = t
+                    .parse()
+                    .map_err(|_| format!("invalid array index {t:?}"))?;
+                a.get_mut(i)
+                    .ok_or_else(|| format!("array index {i} out of range"))?
             }
             _ => return Err(format!("cannot descend into {t:?}")),
         };
@@ -109,7 +114,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
                 a.push(value);
                 return Ok(());
             }
-            let i: usize = last.parse().map_err(|_| format!("invalid array index {last:?}"))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("invalid array index {last:?}"))?;
             if i > a.len() {
                 return Err(format!("array index {i} out of range"));
             }
@@ -126,9 +133,13 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
         return Err("cannot remove the whole document".into());
     };
     match parent_mut(doc, parents)? {
-        Value::Object(m) => m.remove(last).ok_or_else(|| format!("path {path:?} does not exist")),
+        Value::Object(m) => m
+            .remove(last)
+            .ok_or_else(|| format!("path {path:?} does not exist")),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| format!("invalid array index {last:?}"))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("invalid array index {last:?}"))?;
             if i >= a.len() {
                 return Err(format!("array index {i} out of range"));
             }
@@ -159,8 +170,13 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), JsonPatchError>
     for (i, op) in ops.iter().enumerate() {
         let name = op.get("op").and_then(Value::as_str).unwrap_or_default();
         let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
-        let inv = |e: String| JsonPatchError::Invalid(format!("operation {i} ({name} {path}): {e}"));
-        let value = || op.get("value").cloned().ok_or_else(|| inv("missing value".into()));
+        let inv =
+            |e: String| JsonPatchError::Invalid(format!("operation {i} ({name} {path}): {e}"));
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| inv("missing value".into()))
+        };
         match name {
             "add" => add(&mut doc, path, value()?).map_err(inv)?,
             "remove" => {
@@ -203,34 +219,58 @@ mod tests {
     #[test]
     fn merge() {
         let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]});
-        merge_patch(&mut v, &json!({"b": {"c": null, "e": 4}, "l": [3], "z": "x"}));
-        assert_eq!(v, json!({"a": 1, "b": {"d": 3, "e": 4}, "l": [3], "z": "x"}));
+        merge_patch(
+            &mut v,
+            &json!({"b": {"c": null, "e": 4}, "l": [3], "z": "x"}),
+        );
+        assert_eq!(
+            v,
+            json!({"a": 1, "b": {"d": 3, "e": 4}, "l": [3], "z": "x"})
+        );
     }
 
     #[test]
     fn strategic_taints_by_key() {
         let mut v = json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]}});
-        strategic_merge_patch(&mut v, &json!({"spec": {"taints": [{"key": "c", "effect": "NoExecute"}, {"key": "a", "$patch": "delete"}]}}));
-        assert_eq!(v, json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}, {"key": "c", "effect": "NoExecute"}]}}));
+        strategic_merge_patch(
+            &mut v,
+            &json!({"spec": {"taints": [{"key": "c", "effect": "NoExecute"}, {"key": "a", "$patch": "delete"}]}}),
+        );
+        assert_eq!(
+            v,
+            json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}, {"key": "c", "effect": "NoExecute"}]}})
+        );
     }
 
     #[test]
     fn json_patch_ops() {
-        let mut v = json!({"metadata": {"resourceVersion": "5"}, "spec": {"taints": [{"key": "a"}]}});
-        json_patch(&mut v, &json!([
-            {"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
-            {"op": "add", "path": "/spec/taints/-", "value": {"key": "b"}},
-            {"op": "remove", "path": "/spec/taints/0"},
-            {"op": "add", "path": "/spec/providerID", "value": "gce://p/z/n"},
-        ])).expect("applies");
+        let mut v =
+            json!({"metadata": {"resourceVersion": "5"}, "spec": {"taints": [{"key": "a"}]}});
+        json_patch(
+            &mut v,
+            &json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
+                {"op": "add", "path": "/spec/taints/-", "value": {"key": "b"}},
+                {"op": "remove", "path": "/spec/taints/0"},
+                {"op": "add", "path": "/spec/providerID", "value": "gce://p/z/n"},
+            ]),
+        )
+        .expect("applies");
         assert_eq!(v["spec"]["taints"], json!([{"key": "b"}]));
         let before = v.clone();
-        let err = json_patch(&mut v, &json!([
-            {"op": "add", "path": "/spec/x", "value": 1},
-            {"op": "test", "path": "/metadata/resourceVersion", "value": "4"},
-        ])).expect_err("test fails");
+        let err = json_patch(
+            &mut v,
+            &json!([
+                {"op": "add", "path": "/spec/x", "value": 1},
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "4"},
+            ]),
+        )
+        .expect_err("test fails");
         assert!(matches!(err, JsonPatchError::TestFailed(_)));
         assert_eq!(v, before, "atomic: nothing applied");
-        assert!(matches!(json_patch(&mut v, &json!([{"op": "remove", "path": "/nope"}])), Err(JsonPatchError::Invalid(_))));
+        assert!(matches!(
+            json_patch(&mut v, &json!([{"op": "remove", "path": "/nope"}])),
+            Err(JsonPatchError::Invalid(_))
+        ));
     }
 }
