@@ -115,3 +115,117 @@ pub async fn pull_until(
     }
     got
 }
+
+/// Fixtures shared by the simulator-backed tests.
+pub mod simfix {
+    use std::time::Duration;
+
+    use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
+    use shared::act::k8s::{Kube, KubeConnection, KubePolicy};
+    use shared::names::{Cidr, InstanceRef};
+    use sim::compute::{ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
+    use sim::k8s::{K8sConfig, K8sSim};
+
+    pub const P: &str = "example-project";
+    pub const Z: &str = "us-central1-a";
+    pub const REGION: &str = "us-central1";
+
+    pub fn cidr(s: &str) -> Cidr {
+        s.parse().expect("cidr")
+    }
+
+    /// The reference subnet: nodes `10.128.0.0/20`, pods `10.4.0.0/16`, services.
+    pub fn subnet(pods: &str) -> SubnetSpec {
+        SubnetSpec {
+            project: P.into(),
+            region: REGION.into(),
+            name: "k8s-nodes".into(),
+            network: "k8s-vpc".into(),
+            ip_cidr_range: cidr("10.128.0.0/20"),
+            secondary: vec![
+                ("pods".into(), cidr(pods)),
+                ("services".into(), cidr("172.16.16.0/21")),
+            ],
+        }
+    }
+
+    pub async fn compute_sim(op_latency_ms: u64) -> ComputeSim {
+        ComputeSim::start(ComputeConfig {
+            op_latency: Duration::from_millis(op_latency_ms),
+            wait_max: Duration::from_millis(500),
+            subnets: vec![subnet("10.4.0.0/16")],
+            ..ComputeConfig::default()
+        })
+        .await
+        .expect("compute sim")
+    }
+
+    pub fn seed(sim: &ComputeSim, name: &str) -> InstanceRef {
+        sim.seed_instance(InstanceSeed {
+            project: P.into(),
+            zone: Z.into(),
+            name: name.into(),
+            subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
+            can_ip_forward: true,
+            tags: vec!["base".into()],
+            labels: [("cluster".to_string(), "demo".to_string())].into(),
+            metadata: vec![("startup-script".into(), "#!/bin/sh".into())],
+            aliases: vec![],
+        })
+        .expect("seed");
+        InstanceRef::new(P, Z, name).expect("ref")
+    }
+
+    /// Short backoffs so that retry tests run in milliseconds.
+    pub fn fast_compute_policy() -> ComputePolicy {
+        ComputePolicy {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(10),
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(40),
+            max_resends: 8,
+            operation_deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub async fn compute_client(sim: &ComputeSim, policy: ComputePolicy) -> Compute {
+        Compute::new(
+            P,
+            &ComputeEndpoint {
+                url: Some(sim.endpoint()),
+            },
+            policy,
+        )
+        .await
+        .expect("compute client")
+    }
+
+    pub async fn k8s_sim(config: K8sConfig) -> K8sSim {
+        K8sSim::start(config).await.expect("k8s sim")
+    }
+
+    pub fn fast_kube_policy() -> KubePolicy {
+        KubePolicy {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(10),
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(40),
+            max_conflicts: 10,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub async fn kube_client(sim: &K8sSim, policy: KubePolicy) -> Kube {
+        Kube::new(
+            &KubeConnection::Direct {
+                url: sim.endpoint(),
+                token: None,
+                ca_pem: None,
+            },
+            policy,
+        )
+        .await
+        .expect("kube client")
+    }
+}

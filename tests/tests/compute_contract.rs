@@ -1,0 +1,441 @@
+//! Contract tests: the production Compute client against the Compute simulator over HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use integration_tests::simfix::*;
+use shared::act::compute::{AliasRange, ComputeError, WriteOutcome};
+use sim::faults::{FaultSpec, InjectedError};
+
+fn pods(c: &str) -> AliasRange {
+    AliasRange {
+        cidr: c.into(),
+        range_name: Some("pods".into()),
+    }
+}
+
+fn count(sim: &sim::compute::ComputeSim, method: &str) -> usize {
+    sim.chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == method)
+        .count()
+}
+
+#[tokio::test]
+async fn reads_lists_and_subnets() {
+    let sim = compute_sim(0).await;
+    for i in 0..1203 {
+        seed(&sim, &format!("vm-{i:04}"));
+    }
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let all = c.list_instances(None).await.expect("list");
+    assert_eq!(all.len(), 1203);
+    assert_eq!(
+        count(&sim, "instances.aggregatedList"),
+        3,
+        "maxResults=500: three pages"
+    );
+    assert!(
+        sim.chaos()
+            .requests()
+            .iter()
+            .all(|r| r.method != "instances.aggregatedList" || r.query.contains("maxResults=500"))
+    );
+    let some = c
+        .list_instances(Some("name eq \"vm-000.*\""))
+        .await
+        .expect("filtered");
+    assert_eq!(some.len(), 10);
+    let v = c
+        .get_instance(&all[0].instance)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(v.tags, vec!["base"]);
+    assert!(v.can_ip_forward);
+    assert_eq!(v.labels.get("cluster").map(String::as_str), Some("demo"));
+    assert!(v.nic0.as_ref().is_some_and(|n| {
+        n.subnetwork
+            .ends_with("/regions/us-central1/subnetworks/k8s-nodes")
+    }));
+    let missing = shared::names::InstanceRef::new(P, Z, "nope").expect("ref");
+    assert_eq!(c.get_instance(&missing).await.expect("404 is None"), None);
+    let s = c.get_subnetwork(REGION, "k8s-nodes").await.expect("subnet");
+    assert_eq!(s.secondary[0], ("pods".to_string(), cidr("10.4.0.0/16")));
+    assert!(matches!(
+        c.get_subnetwork(REGION, "nope").await,
+        Err(ComputeError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn tags_are_added_keeping_others_and_only_once() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let tags = vec!["k8s-node".to_string()];
+    assert_eq!(
+        c.add_tags(&vm, &tags).await.expect("add"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        c.add_tags(&vm, &tags).await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    assert_eq!(count(&sim, "instances.setTags"), 1, "no second write");
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert_eq!(v.tags, vec!["base", "k8s-node"]);
+    let body = &sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "instances.setTags")
+        .expect("logged")
+        .body;
+    assert!(
+        body["fingerprint"].is_string(),
+        "every mutation carries the fingerprint"
+    );
+    let q = sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "instances.setTags")
+        .expect("logged")
+        .query;
+    assert!(
+        q.contains("requestId="),
+        "every mutation carries a requestId: {q}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_read_modify_write_keeps_other_keys() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let out = c
+        .update_metadata(&vm, |m| {
+            m.insert("kubeadm-join".into(), "config".into());
+        })
+        .await
+        .expect("set");
+    assert_eq!(out, WriteOutcome::Changed);
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert_eq!(
+        v.metadata,
+        BTreeMap::from([
+            ("kubeadm-join".to_string(), "config".to_string()),
+            ("startup-script".to_string(), "#!/bin/sh".to_string())
+        ])
+    );
+    let out = c
+        .update_metadata(&vm, |m| {
+            m.remove("absent");
+        })
+        .await
+        .expect("noop");
+    assert_eq!(out, WriteOutcome::Unchanged);
+    c.update_metadata(&vm, |m| {
+        m.remove("kubeadm-join");
+    })
+    .await
+    .expect("remove");
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert_eq!(v.metadata.len(), 1);
+}
+
+#[tokio::test]
+async fn synchronous_412_race_is_resolved_by_re_reading() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    // Both writers read the same fingerprint; their setTags calls are held 200 ms and then
+    // handled one after the other: the second one meets a stale fingerprint (412).
+    sim.chaos().set_faults(
+        "instances.setTags",
+        FaultSpec {
+            latency: Duration::from_millis(200),
+            ..FaultSpec::default()
+        },
+    );
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let (ta, tb) = (["a".to_string()], ["b".to_string()]);
+    let (a, b) = tokio::join!(c.add_tags(&vm, &ta), c.add_tags(&vm, &tb));
+    assert_eq!(a.expect("a"), WriteOutcome::Changed);
+    assert_eq!(b.expect("b"), WriteOutcome::Changed);
+    let statuses: Vec<u16> = sim
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == "instances.setTags")
+        .map(|r| r.status)
+        .collect();
+    assert!(statuses.contains(&412), "a 412 happened: {statuses:?}");
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert!(
+        v.tags.contains(&"a".to_string()) && v.tags.contains(&"b".to_string()),
+        "{:?}",
+        v.tags
+    );
+}
+
+#[tokio::test]
+async fn asynchronous_condition_not_met_is_resolved_by_re_reading() {
+    // Operations apply when DONE (300 ms later): both writers pass the synchronous check and
+    // the second loses at DONE with CONDITION_NOT_MET.
+    let sim = compute_sim(300).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let (ta, tb) = (["a".to_string()], ["b".to_string()]);
+    let (a, b) = tokio::join!(c.add_tags(&vm, &ta), c.add_tags(&vm, &tb));
+    a.expect("a");
+    b.expect("b");
+    let failed = sim.with_world(|w| {
+        w.operations
+            .values()
+            .filter(|o| {
+                o.error
+                    .as_ref()
+                    .is_some_and(|e| e.code == "CONDITION_NOT_MET")
+            })
+            .count()
+    });
+    assert_eq!(
+        failed, 1,
+        "exactly one operation lost the race asynchronously"
+    );
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert!(
+        v.tags.contains(&"a".to_string()) && v.tags.contains(&"b".to_string()),
+        "{:?}",
+        v.tags
+    );
+    assert!(
+        count(&sim, "zoneOperations.wait") >= 2,
+        "operations were awaited"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_then_surface_as_transient_within_the_bound() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let mut policy = fast_compute_policy();
+    policy.max_attempts = 4;
+    let c = compute_client(&sim, policy).await;
+    sim.chaos().set_faults(
+        "instances.get",
+        FaultSpec {
+            error_rate: 1.0,
+            errors: vec![InjectedError::RateLimitExceeded],
+            ..FaultSpec::default()
+        },
+    );
+    let started = Instant::now();
+    let err = c
+        .get_instance(&vm)
+        .await
+        .expect_err("always 403 rateLimitExceeded");
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        matches!(err, ComputeError::Transient { attempts: 4, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(count(&sim, "instances.get"), 4, "bounded attempts");
+    // Half the calls fail (429 / 503 / 403): the call still succeeds.
+    sim.chaos().set_faults(
+        "instances.get",
+        FaultSpec {
+            error_rate: 0.5,
+            ..FaultSpec::default()
+        },
+    );
+    sim.chaos().set_faults(
+        "instances.setTags",
+        FaultSpec {
+            error_rate: 0.5,
+            ..FaultSpec::default()
+        },
+    );
+    let mut policy = fast_compute_policy();
+    policy.max_attempts = 12;
+    let c = compute_client(&sim, policy).await;
+    assert_eq!(
+        c.add_tags(&vm, &["x".to_string()])
+            .await
+            .expect("eventually"),
+        WriteOutcome::Changed
+    );
+}
+
+#[tokio::test]
+async fn alias_errors_are_typed_and_permanent() {
+    let sim = compute_sim(0).await;
+    let a = seed(&sim, "vm-a");
+    let b = seed(&sim, "vm-b");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    assert_eq!(
+        c.set_alias_ranges(&a, &[pods("10.4.1.0/24")])
+            .await
+            .expect("a"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        c.set_alias_ranges(&a, &[pods("10.4.1.0/24")])
+            .await
+            .expect("a again"),
+        WriteOutcome::Unchanged
+    );
+    let err = c
+        .set_alias_ranges(&b, &[pods("10.4.1.0/24")])
+        .await
+        .expect_err("in use");
+    assert!(matches!(err, ComputeError::AliasInUse { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        err.to_string().contains("10.4.1.0/24"),
+        "carries the API's message: {err}"
+    );
+    let err = c
+        .set_alias_ranges(&b, &[pods("192.168.0.0/24")])
+        .await
+        .expect_err("outside");
+    assert!(
+        matches!(err, ComputeError::Refused { status: 400, .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let v = c.get_instance(&b).await.expect("get").expect("exists");
+    assert!(v.nic0.expect("nic").aliases.is_empty());
+}
+
+#[tokio::test]
+async fn exhausted_range_is_typed() {
+    let sim = sim::compute::ComputeSim::start(sim::compute::ComputeConfig {
+        op_latency: Duration::ZERO,
+        subnets: vec![subnet("10.4.0.0/24")],
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let a = seed(&sim, "vm-a");
+    let b = seed(&sim, "vm-b");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    c.set_alias_ranges(&a, &[pods("/24")])
+        .await
+        .expect("allocated");
+    let err = c
+        .set_alias_ranges(&b, &[pods("/24")])
+        .await
+        .expect_err("exhausted");
+    assert!(matches!(err, ComputeError::RangeExhausted { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn operation_wait_returning_early_is_looped_until_done() {
+    let sim = sim::compute::ComputeSim::start(sim::compute::ComputeConfig {
+        op_latency: Duration::from_millis(900),
+        wait_max: Duration::from_millis(200),
+        wait_early_return: 1.0,
+        subnets: vec![subnet("10.4.0.0/16")],
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    c.add_tags(&vm, &["t".to_string()]).await.expect("done");
+    assert!(
+        count(&sim, "zoneOperations.wait") >= 3,
+        "wait was called again after early returns"
+    );
+    let mut policy = fast_compute_policy();
+    policy.operation_deadline = Duration::from_millis(300);
+    let c = compute_client(&sim, policy).await;
+    let err = c
+        .add_tags(&vm, &["u".to_string()])
+        .await
+        .expect_err("deadline");
+    assert!(
+        matches!(err, ComputeError::OperationTimeout { .. }) && err.is_retryable(),
+        "{err}"
+    );
+}
+
+/// 100 VMs driven concurrently with 20% injected faults on every method (errors and
+/// asynchronous operation failures): every VM reaches the requested state, and every
+/// effective write is explained — exactly one successful operation per VM and kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_vms_under_twenty_percent_faults() {
+    let sim = compute_sim(20).await;
+    let vms: Vec<_> = (0..100)
+        .map(|i| seed(&sim, &format!("vm-{i:03}")))
+        .collect();
+    sim.chaos().set_default_faults(FaultSpec::flaky(0.2));
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let mut tasks = Vec::new();
+    for (i, vm) in vms.iter().cloned().enumerate() {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let alias = [pods(&format!("10.4.{i}.0/24"))];
+            // A retryable failure is what a 503 and a redelivery would retry: do the same.
+            for _ in 0..6 {
+                let r: Result<(), ComputeError> = async {
+                    c.add_tags(&vm, &["k8s-node".to_string()]).await?;
+                    c.set_alias_ranges(&vm, &alias).await?;
+                    c.update_metadata(&vm, |m| {
+                        m.insert("nodewire".into(), "wired".into());
+                    })
+                    .await?;
+                    Ok(())
+                }
+                .await;
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(ComputeError::Setup("gave up".into()))
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("join")
+            .expect("every VM reaches the requested state");
+    }
+    sim.chaos().clear_faults();
+    for (i, vm) in vms.iter().enumerate() {
+        let v = c.get_instance(vm).await.expect("get").expect("exists");
+        assert!(v.tags.contains(&"k8s-node".to_string()));
+        assert_eq!(
+            v.nic0.expect("nic").aliases,
+            vec![pods(&format!("10.4.{i}.0/24"))]
+        );
+        assert_eq!(
+            v.metadata.get("nodewire").map(String::as_str),
+            Some("wired")
+        );
+    }
+    let successes: HashMap<(String, String), usize> = sim.with_world(|w| {
+        let mut m = HashMap::new();
+        for o in w.operations.values().filter(|o| o.error.is_none()) {
+            *m.entry((o.target_link.clone(), o.op_type.clone()))
+                .or_insert(0) += 1;
+        }
+        m
+    });
+    assert_eq!(
+        successes.len(),
+        300,
+        "one successful operation per VM and kind"
+    );
+    assert!(
+        successes.values().all(|n| *n == 1),
+        "no effective write beyond the first: {successes:?}"
+    );
+    let injected = sim.chaos().requests().iter().filter(|r| r.injected).count();
+    assert!(injected > 50, "faults were really injected ({injected})");
+}
