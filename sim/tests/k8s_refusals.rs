@@ -1,0 +1,251 @@
+//! The Kubernetes simulator refuses what the real API server refuses. Raw HTTP.
+
+use serde_json::{Value, json};
+use sim::k8s::{K8sConfig, K8sSim};
+
+async fn sim() -> K8sSim {
+    K8sSim::start(K8sConfig::default()).await.expect("start")
+}
+
+async fn call(method: reqwest::Method, url: &str, ct: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method, url)
+        .header("content-type", ct);
+    if let Some(b) = body {
+        r = r.body(b.to_string());
+    }
+    let resp = r.send().await.expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+const MERGE: &str = "application/merge-patch+json";
+const JSON: &str = "application/json";
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "a"}}, "spec": {}})
+}
+
+#[tokio::test]
+async fn provider_id_and_pod_cidr_are_set_once() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    let (st, created) = call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    assert_eq!(st, 201);
+    assert_eq!(created["metadata"]["resourceVersion"], "1");
+    let (st, _) = call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    assert_eq!(st, 409, "AlreadyExists");
+    let nu = format!("{u}/n1");
+    let (st, _) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"spec": {"providerID": "gce://p/z/n1", "podCIDR": "10.4.1.0/24"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "from empty to a value is allowed");
+    let (st, body) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"spec": {"providerID": "gce://p/z/other"}})),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert_eq!(body["reason"], "Invalid");
+    assert_eq!(
+        body["message"],
+        "Node \"n1\" is invalid: spec.providerID: Forbidden: node updates may not change providerID except from \"\" to valid"
+    );
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.providerID");
+    let (st, body) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"spec": {"podCIDR": "10.4.2.0/24", "podCIDRs": ["10.4.2.0/24"]}})),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("may not change podCIDR"))
+    );
+    let (st, got) = call(reqwest::Method::GET, &nu, JSON, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        got["spec"]["podCIDRs"],
+        json!(["10.4.1.0/24"]),
+        "podCIDRs defaulted from podCIDR"
+    );
+}
+
+#[tokio::test]
+async fn stale_resource_versions_conflict() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    let nu = format!("{u}/n1");
+    let (_, n) = call(reqwest::Method::GET, &nu, JSON, None).await;
+    let rv = n["metadata"]["resourceVersion"].clone();
+    let (st, _) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"metadata": {"resourceVersion": rv, "labels": {"x": "1"}}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, body) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"metadata": {"resourceVersion": rv, "labels": {"x": "2"}}})),
+    )
+    .await;
+    assert_eq!(st, 409);
+    assert_eq!(body["reason"], "Conflict");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the object has been modified"))
+    );
+    let mut stale = n.clone();
+    stale["metadata"]["labels"]["y"] = json!("1");
+    let (st, _) = call(reqwest::Method::PUT, &nu, JSON, Some(stale)).await;
+    assert_eq!(st, 409, "PUT with a stale resourceVersion");
+    let (st, body) = call(reqwest::Method::PATCH, &nu, "application/json-patch+json", Some(json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "add", "path": "/metadata/labels/z", "value": "1"}]))).await;
+    assert_eq!(st, 422, "failed JSON patch test: {body}");
+    let (st, _) = call(reqwest::Method::PATCH, &nu, "text/plain", Some(json!({}))).await;
+    assert_eq!(st, 415);
+    let (st, body) = call(reqwest::Method::GET, &format!("{u}/missing"), JSON, None).await;
+    assert_eq!(st, 404);
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "NotFound");
+    assert_eq!(body["message"], "nodes \"missing\" not found");
+}
+
+#[tokio::test]
+async fn taints_are_validated_and_strategic_merge_is_by_key() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    let nu = format!("{u}/n1");
+    let (st, _) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"spec": {"taints": [{"key": "a", "effect": "Sometimes"}]}})),
+    )
+    .await;
+    assert_eq!(st, 422);
+    let (st, _) = call(reqwest::Method::PATCH, &nu, MERGE, Some(json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "a", "effect": "NoSchedule"}]}}))).await;
+    assert_eq!(st, 422, "duplicate taint");
+    call(
+        reqwest::Method::PATCH,
+        &nu,
+        MERGE,
+        Some(json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]}})),
+    )
+    .await;
+    let (st, n) = call(
+        reqwest::Method::PATCH,
+        &nu,
+        "application/strategic-merge-patch+json",
+        Some(json!({"spec": {"taints": [{"key": "b", "effect": "NoExecute"}]}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(n["spec"]["taints"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn bootstrap_token_secrets_and_events_are_validated() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/namespaces/kube-system/secrets", s.endpoint());
+    let good = json!({"metadata": {"name": "bootstrap-token-abcdef"}, "type": "bootstrap.kubernetes.io/token",
+        "stringData": {"token-id": "abcdef", "token-secret": "0123456789abcdef", "expiration": "2030-01-01T00:00:00Z",
+        "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+        "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}});
+    let (st, created) = call(reqwest::Method::POST, &u, JSON, Some(good.clone())).await;
+    assert_eq!(st, 201, "{created}");
+    assert!(
+        created.get("stringData").is_none() && created["data"]["token-id"] == "YWJjZGVm",
+        "stringData is merged into data"
+    );
+    for (field, value) in [
+        ("/stringData/token-secret", json!("SHORT")),
+        ("/stringData/token-id", json!("zzzzzz")),
+        ("/stringData/expiration", json!("tomorrow")),
+        ("/stringData/auth-extra-groups", json!("system:masters")),
+        ("/metadata/name", json!("bootstrap-token-TOOLONG")),
+    ] {
+        let mut bad = good.clone();
+        *bad.pointer_mut(field).expect("field") = value;
+        if field != "/metadata/name" {
+            bad["metadata"]["name"] = json!("bootstrap-token-zyxwvu");
+            if field != "/stringData/token-id" {
+                bad["stringData"]["token-id"] = json!("zyxwvu");
+            }
+        }
+        let (st, body) = call(reqwest::Method::POST, &u, JSON, Some(bad)).await;
+        assert_eq!(st, 422, "{field}: {body}");
+    }
+    let ev = format!("{}/api/v1/namespaces/kube-system/events", s.endpoint());
+    let event = json!({"metadata": {"generateName": "n1."}, "involvedObject": {"kind": "Node", "name": "n1"}, "reason": "NodeWired", "message": "m", "type": "Normal"});
+    let (st, _) = call(reqwest::Method::POST, &ev, JSON, Some(event.clone())).await;
+    assert_eq!(
+        st, 422,
+        "an event about a cluster-scoped Node must live in default"
+    );
+    let (st, _) = call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/namespaces/default/events", s.endpoint()),
+        JSON,
+        Some(event),
+    )
+    .await;
+    assert_eq!(st, 201);
+}
+
+#[tokio::test]
+async fn lists_paginate_and_select() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    for i in 0..5 {
+        let mut n = node(&format!("n{i}"));
+        if i % 2 == 0 {
+            n["metadata"]["labels"]["pool"] = json!("b");
+        }
+        call(reqwest::Method::POST, &u, JSON, Some(n)).await;
+    }
+    let (_, page) = call(reqwest::Method::GET, &format!("{u}?&limit=2"), JSON, None).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let token = page["metadata"]["continue"].as_str().expect("continue");
+    let (_, page2) = call(
+        reqwest::Method::GET,
+        &format!("{u}?&limit=10&continue={token}"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(page2["items"].as_array().map(Vec::len), Some(3));
+    assert!(page2["metadata"].get("continue").is_none());
+    let (_, sel) = call(
+        reqwest::Method::GET,
+        &format!("{u}?&labelSelector=pool%3Db"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(sel["items"].as_array().map(Vec::len), Some(3));
+    let (st, _) = call(
+        reqwest::Method::GET,
+        &format!("{u}?&continue=%%%"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+}

@@ -1,0 +1,354 @@
+//! Contract tests: the production Kubernetes client against the API server simulator.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use integration_tests::simfix::*;
+use serde_json::json;
+use shared::act::k8s::{KubeError, UNWIRED_TAINT, WriteOutcome};
+use shared::bus::InProcessBus;
+use shared::event::{Decode, NodeEvent, NodeEvents};
+use shared::names::InstanceRef;
+use sim::faults::{FaultSpec, InjectedError};
+use sim::k8s::{AuditSink, IpamConfig, K8sConfig};
+
+fn node(name: &str, taints: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": {"taints": taints}})
+}
+
+fn count(sim: &sim::k8s::K8sSim, method: &str, status: Option<u16>) -> usize {
+    sim.chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && status.is_none_or(|s| r.status == s))
+        .count()
+}
+
+#[tokio::test]
+async fn nodes_list_in_pages() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    for i in 0..1201 {
+        sim.seed("nodes", "", node(&format!("n-{i:04}"), json!([])))
+            .expect("seed");
+    }
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let all = k.list_nodes(None).await.expect("list");
+    assert_eq!(all.len(), 1201);
+    let lists: Vec<_> = sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "nodes.list")
+        .collect();
+    assert_eq!(lists.len(), 3);
+    assert!(lists.iter().all(|r| r.query.contains("limit=500")));
+    assert!(k.get_node("n-0001").await.expect("get").is_some());
+    assert!(k.get_node("absent").await.expect("404 is None").is_none());
+}
+
+#[tokio::test]
+async fn provider_id_is_set_once() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    sim.seed("nodes", "", node("n1", json!([]))).expect("seed");
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let id = "gce://example-project/us-central1-a/n1";
+    assert_eq!(
+        k.set_provider_id("n1", id).await.expect("set"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        k.set_provider_id("n1", id).await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    assert_eq!(count(&sim, "nodes.patch", None), 1, "no second write");
+    let err = k
+        .set_provider_id("n1", "gce://example-project/us-central1-a/other")
+        .await
+        .expect_err("different");
+    assert!(matches!(err, KubeError::ProviderIdConflict { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("delete the Node"), "{err}");
+    assert_eq!(
+        count(&sim, "nodes.patch", None),
+        1,
+        "the conflict is detected before writing"
+    );
+    let patch = &sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "nodes.patch")
+        .expect("patch")
+        .body;
+    assert!(
+        patch["metadata"]["resourceVersion"].is_string(),
+        "writes carry the resourceVersion: {patch}"
+    );
+    assert!(matches!(
+        k.set_provider_id("absent", id).await,
+        Err(KubeError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn taints_change_without_losing_a_concurrent_writers_taint() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    sim.seed("nodes", "", node("n1", json!([{"key": "keep", "effect": "NoSchedule"}, {"key": "other", "effect": "NoExecute"}]))).expect("seed");
+    // Both writers read the same resourceVersion; their patches are held and then handled one
+    // after the other, so the second one conflicts (409), re-reads and recomputes.
+    sim.chaos().set_faults(
+        "nodes.patch",
+        FaultSpec {
+            latency: Duration::from_millis(200),
+            ..FaultSpec::default()
+        },
+    );
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let (a, b) = tokio::join!(
+        k.add_taint("n1", UNWIRED_TAINT, None, "NoSchedule"),
+        k.remove_taint("n1", "other")
+    );
+    assert_eq!(a.expect("add"), WriteOutcome::Changed);
+    assert_eq!(b.expect("remove"), WriteOutcome::Changed);
+    assert!(
+        count(&sim, "nodes.patch", Some(409)) >= 1,
+        "a conflict happened"
+    );
+    let n = k.get_node("n1").await.expect("get").expect("exists");
+    let mut keys: Vec<&str> = n.taints.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec!["keep", UNWIRED_TAINT]);
+    sim.chaos().clear_faults();
+    assert_eq!(
+        k.remove_taint("n1", UNWIRED_TAINT).await.expect("remove"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        k.remove_taint("n1", UNWIRED_TAINT).await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    let err = k
+        .add_taint("n1", "x", None, "Sometimes")
+        .await
+        .expect_err("invalid effect");
+    assert!(
+        matches!(err, KubeError::Invalid { .. }) && !err.is_retryable(),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("Unsupported value"),
+        "the API's message: {err}"
+    );
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_within_the_bound() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    sim.seed("nodes", "", node("n1", json!([]))).expect("seed");
+    let mut policy = fast_kube_policy();
+    policy.max_attempts = 3;
+    let k = kube_client(&sim, policy).await;
+    sim.chaos().set_faults(
+        "nodes.get",
+        FaultSpec {
+            error_rate: 1.0,
+            errors: vec![InjectedError::Unavailable],
+            ..FaultSpec::default()
+        },
+    );
+    let started = Instant::now();
+    let err = k.get_node("n1").await.expect_err("always 503");
+    assert!(
+        matches!(err, KubeError::Transient { attempts: 3, .. }) && err.is_retryable(),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    sim.chaos().set_default_faults(FaultSpec {
+        error_rate: 0.5,
+        errors: vec![InjectedError::TooManyRequests, InjectedError::Unavailable],
+        ..FaultSpec::default()
+    });
+    sim.chaos().set_faults(
+        "nodes.get",
+        FaultSpec {
+            error_rate: 0.5,
+            ..FaultSpec::default()
+        },
+    );
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    assert_eq!(
+        k.set_provider_id("n1", "gce://example-project/us-central1-a/n1")
+            .await
+            .expect("eventually"),
+        WriteOutcome::Changed
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_tokens_and_cluster_info() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    let ca = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/test-ca.crt"),
+    )
+    .expect("ca");
+    let pin = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/test-ca.pin"),
+    )
+    .expect("pin");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: https://10.128.0.2:6443\n    certificate-authority-data: {}\n",
+        base64::engine::general_purpose::STANDARD.encode(&ca)
+    );
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    assert!(matches!(
+        k.cluster_info().await,
+        Err(KubeError::ClusterInfo(_))
+    ));
+    sim.seed(
+        "configmaps",
+        "kube-public",
+        json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig}}),
+    )
+    .expect("seed");
+    let ci = k.cluster_info().await.expect("cluster-info");
+    assert_eq!(ci.server, "https://10.128.0.2:6443");
+    assert_eq!(ci.ca_pin, format!("sha256:{}", pin.trim()));
+
+    let vm = InstanceRef::new(P, Z, "k8s-worker-1").expect("ref");
+    let t = k
+        .create_bootstrap_token(
+            &vm,
+            Some("2525602744967966726"),
+            Duration::from_secs(900),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await
+        .expect("token");
+    let secret = sim
+        .object(
+            "secrets",
+            "kube-system",
+            &format!("bootstrap-token-{}", t.id),
+        )
+        .expect("stored");
+    assert_eq!(secret["type"], "bootstrap.kubernetes.io/token");
+    let data = |k: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"][k].as_str().expect(k))
+                .expect("b64"),
+        )
+        .expect("utf8")
+    };
+    assert_eq!(
+        format!("{}.{}", data("token-id"), data("token-secret")),
+        t.expose()
+    );
+    assert!(data("description").contains("2525602744967966726"));
+    assert_eq!(data("usage-bootstrap-authentication"), "true");
+    let exp = time::OffsetDateTime::parse(
+        &data("expiration"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    let ttl = exp - time::OffsetDateTime::now_utc();
+    assert!(
+        ttl > time::Duration::seconds(880) && ttl <= time::Duration::seconds(900),
+        "{ttl}"
+    );
+    let mine = k
+        .list_bootstrap_tokens(Some("k8s-worker-1"))
+        .await
+        .expect("list");
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].id, t.id);
+    assert!(
+        k.list_bootstrap_tokens(Some("other"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        k.delete_bootstrap_token(&t.id).await.expect("delete"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        k.delete_bootstrap_token(&t.id).await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    assert!(
+        !format!("{t:?}").contains(&data("token-secret")),
+        "Debug never shows the secret"
+    );
+}
+
+#[tokio::test]
+async fn ipam_and_audit_pipeline_speak_our_decoder() {
+    let bus = InProcessBus::new();
+    let topic = "projects/example-project/topics/k8s-audit";
+    let mut rx = bus.subscribe(topic);
+    let sim = k8s_sim(K8sConfig {
+        ipam: Some(IpamConfig {
+            cluster_cidr: cidr("10.4.0.0/16"),
+            node_mask: 24,
+            delay: Duration::from_millis(50),
+        }),
+        audit: Some(AuditSink {
+            bus: Arc::new(bus.clone()),
+            topic: topic.into(),
+        }),
+        ..K8sConfig::default()
+    })
+    .await;
+    // The kubelet registers.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/nodes", sim.endpoint()))
+        .json(&json!({"metadata": {"name": "k8s-worker-1"}, "spec": {"providerID": "gce://example-project/us-central1-a/k8s-worker-1"}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status().as_u16(), 201);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("entry");
+        let evs = NodeEvents::decode(&d.message.data)
+            .expect("our decoder reads the simulator's audit entries");
+        kinds.extend(evs.events);
+    }
+    assert!(
+        matches!(&kinds[0], NodeEvent::Registered(c) if c.instance.as_ref().is_some_and(|i| i.name() == "k8s-worker-1")),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(&kinds[1], NodeEvent::CidrAssigned(c) if c.pod_cidr == Some(cidr("10.4.0.0/24"))),
+        "{kinds:?}"
+    );
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    assert_eq!(
+        k.get_node("k8s-worker-1")
+            .await
+            .expect("get")
+            .expect("exists")
+            .pod_cidr
+            .as_deref(),
+        Some("10.4.0.0/24")
+    );
+    assert_eq!(
+        k.delete_node("k8s-worker-1").await.expect("delete"),
+        WriteOutcome::Changed
+    );
+    assert_eq!(
+        k.delete_node("k8s-worker-1").await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("in time")
+        .expect("entry");
+    let evs = NodeEvents::decode(&d.message.data).expect("decodes");
+    assert!(matches!(evs.events[0], NodeEvent::Deleted(_)));
+}
