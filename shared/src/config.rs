@@ -141,6 +141,19 @@ pub struct Selector {
     pub name_prefix: Option<String>,
 }
 
+/// How to reach the Kubernetes API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeSettings {
+    /// `NODEWIRE_KUBECONFIG`: a kubeconfig file (its current context).
+    Kubeconfig(std::path::PathBuf),
+    /// `NODEWIRE_KUBE_API_URL` (+ `NODEWIRE_KUBE_TOKEN_FILE`, `NODEWIRE_KUBE_CA_FILE`).
+    Direct {
+        url: String,
+        token_file: Option<std::path::PathBuf>,
+        ca_file: Option<std::path::PathBuf>,
+    },
+}
+
 /// Everything a function needs to know at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -157,6 +170,11 @@ pub struct Config {
     /// `LOG_FORMAT`: json, pretty or auto (default).
     pub log_format: LogFormat,
     pub limits: Limits,
+    /// `NODEWIRE_COMPUTE_ENDPOINT`: the Compute API's base URL (the simulator's in tests);
+    /// unset means Google's, with Application Default Credentials.
+    pub compute_endpoint: Option<String>,
+    /// The Kubernetes API server, when this function talks to it.
+    pub kube: Option<KubeSettings>,
 }
 
 fn parse_var<T: FromStr>(src: &impl Source, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -296,7 +314,51 @@ impl Config {
             max_retry_age: parse_secs(src, "NODEWIRE_MAX_RETRY_AGE_SECS", defaults.max_retry_age)?,
         };
 
+        let compute_endpoint = src.get("NODEWIRE_COMPUTE_ENDPOINT");
+        if let Some(e) = &compute_endpoint
+            && !(e.starts_with("https://") || crate::act::k8s::is_loopback_http(e))
+        {
+            return Err(err(
+                "NODEWIRE_COMPUTE_ENDPOINT",
+                format!(
+                    "{:?}: must be https://, or http:// on a loopback address",
+                    echo(e)
+                ),
+            ));
+        }
+        let kube = match (
+            src.get("NODEWIRE_KUBECONFIG"),
+            src.get("NODEWIRE_KUBE_API_URL"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "NODEWIRE_KUBE_API_URL",
+                    "set either NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL, not both",
+                ));
+            }
+            (Some(path), None) => Some(KubeSettings::Kubeconfig(path.into())),
+            (None, Some(url)) => {
+                if !(url.starts_with("https://") || crate::act::k8s::is_loopback_http(&url)) {
+                    return Err(err(
+                        "NODEWIRE_KUBE_API_URL",
+                        format!(
+                            "{:?}: must be https://, or http:// on a loopback address",
+                            echo(&url)
+                        ),
+                    ));
+                }
+                Some(KubeSettings::Direct {
+                    url,
+                    token_file: src.get("NODEWIRE_KUBE_TOKEN_FILE").map(Into::into),
+                    ca_file: src.get("NODEWIRE_KUBE_CA_FILE").map(Into::into),
+                })
+            }
+            (None, None) => None,
+        };
+
         Ok(Self {
+            compute_endpoint,
+            kube,
             port: parse_var(src, "PORT", 8080u16)?,
             service: src.get("K_SERVICE").unwrap_or_else(|| binary.to_string()),
             revision: src.get("K_REVISION"),
@@ -378,6 +440,19 @@ mod tests {
         assert_eq!(c.selector.name_prefix.as_deref(), Some("k8s-"));
         assert_eq!(c.limits.request_timeout, Duration::from_millis(2500));
         assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.compute_endpoint, None);
+        assert_eq!(c.kube, None);
+        let mut m = base();
+        m.extend([
+            ("NODEWIRE_COMPUTE_ENDPOINT", "http://127.0.0.1:8091"),
+            ("NODEWIRE_KUBE_API_URL", "https://10.0.0.2:6443"),
+            ("NODEWIRE_KUBE_TOKEN_FILE", "/var/run/token"),
+        ]);
+        let c = Config::from_source(&m, "x").expect("valid");
+        assert_eq!(c.compute_endpoint.as_deref(), Some("http://127.0.0.1:8091"));
+        assert!(
+            matches!(c.kube, Some(KubeSettings::Direct { ref url, token_file: Some(_), ca_file: None }) if url == "https://10.0.0.2:6443")
+        );
     }
 
     #[test]
@@ -396,6 +471,8 @@ mod tests {
             ("NODEWIRE_REQUEST_TIMEOUT_SECS", "NaN"),
             ("NODEWIRE_MAX_BODY_BYTES", "10"),
             ("LOG_FORMAT", "xml"),
+            ("NODEWIRE_COMPUTE_ENDPOINT", "http://compute.example.com"),
+            ("NODEWIRE_KUBE_API_URL", "http://10.0.0.2:6443"),
         ] {
             let mut m = base();
             m.insert(var, value);

@@ -17,6 +17,9 @@ pub enum LocateError {
     /// The lookup failed in a way that may pass (API error, timeout).
     #[error("looking up the VM of node {node} failed: {reason}")]
     Lookup { node: String, reason: String },
+    /// The lookup cannot succeed (several VMs of that name, a refused request).
+    #[error("the VM of node {node} cannot be determined: {reason}")]
+    Failed { node: String, reason: String },
 }
 
 impl LocateError {
@@ -81,5 +84,84 @@ impl Locator for TableLocator {
             .get(node)
             .cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+/// The production locator: the Node's `spec.providerID` when it names a GCE VM, else the
+/// project's VMs of that name (`aggregatedList` with a name filter).
+#[derive(Debug, Clone)]
+pub struct ClusterLocator {
+    pub kube: Option<crate::act::k8s::Kube>,
+    pub compute: Option<crate::act::compute::Compute>,
+}
+
+impl Locator for ClusterLocator {
+    fn locate<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Option<InstanceRef>, LocateError>> {
+        Box::pin(async move {
+            let err = |retryable: bool, reason: String| {
+                if retryable {
+                    LocateError::Lookup {
+                        node: node.to_string(),
+                        reason,
+                    }
+                } else {
+                    LocateError::Failed {
+                        node: node.to_string(),
+                        reason,
+                    }
+                }
+            };
+            if let Some(kube) = &self.kube {
+                let found = kube
+                    .get_node(node)
+                    .await
+                    .map_err(|e| err(e.is_retryable(), e.to_string()))?;
+                if let Some(r) = found
+                    .and_then(|n| n.provider_id)
+                    .and_then(|p| p.strip_prefix("gce://").map(str::to_string))
+                    .and_then(|p| {
+                        let parts: Vec<&str> = p.split('/').collect();
+                        match parts.as_slice() {
+                            [pr, z, n] => InstanceRef::new(*pr, *z, *n).ok(),
+                            _ => None,
+                        }
+                    })
+                {
+                    return Ok(Some(r));
+                }
+            }
+            let Some(compute) = &self.compute else {
+                return if self.kube.is_some() {
+                    Ok(None)
+                } else {
+                    Err(LocateError::NotConfigured)
+                };
+            };
+            if crate::names::validate_gce_name("node name", node).is_err() {
+                return Ok(None); // no VM can carry this name
+            }
+            let vms = compute
+                .list_instances(Some(&format!("name = \"{node}\"")))
+                .await
+                .map_err(|e| err(e.is_retryable(), e.to_string()))?;
+            match vms.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one.instance.clone())),
+                many => Err(err(
+                    false,
+                    format!(
+                        "{} VMs are named {node} (in zones {})",
+                        many.len(),
+                        many.iter()
+                            .map(|v| v.instance.zone().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        })
     }
 }

@@ -7,7 +7,8 @@ use shared::{adapter, config::Config, deps::Deps, handlers::node_events, telemet
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env_or_exit("node-events");
     telemetry::init(&config);
-    let deps = Deps::connect(config).await?;
+    // Events without spec.providerID are located through the Node and the VM list.
+    let deps = Deps::connect_with_clients(config).await?;
     adapter::serve(deps, node_events::handle).await?;
     Ok(())
 }

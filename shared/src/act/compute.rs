@@ -402,7 +402,7 @@ fn request_id() -> String {
 enum Change {
     Tags(model::Tags),
     Metadata(model::Metadata),
-    Nic(String, model::NetworkInterface),
+    Nic(String, Box<model::NetworkInterface>),
 }
 
 impl Compute {
@@ -655,7 +655,7 @@ impl Compute {
                 .set_or_clear_fingerprint(nic.fingerprint.clone());
             Some(Change::Nic(
                 nic.name.clone().unwrap_or_else(|| "nic0".into()),
-                body,
+                Box::new(body),
             ))
         })
         .await
@@ -795,7 +795,7 @@ impl Compute {
                     .set_instance(r.name())
                     .set_network_interface(name.clone())
                     .set_request_id(rid)
-                    .set_body(n.clone())
+                    .set_body(n.as_ref().clone())
                     .send()
                     .await
             }

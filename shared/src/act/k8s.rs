@@ -869,8 +869,11 @@ pub fn ca_pin(pem_text: &str) -> Result<String, String> {
     ))
 }
 
-/// One DER TLV: `(tag, whole element, content)`.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: tag, the whole element, its content, and what follows it.
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits the first DER element off `input`.
+fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
     let tag = *input.first()?;
     let first = *input.get(1)?;
     let (len, header) = if first < 0x80 {

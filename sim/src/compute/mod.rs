@@ -621,6 +621,7 @@ fn subnet_ref(project: &str, s: &str) -> Option<(String, String, String)> {
 
 impl Sim {
     /// Registers an operation for `target`; the mutation is applied when it completes.
+    #[allow(clippy::too_many_arguments)]
     fn start_operation(
         self: &Arc<Self>,
         method: &str,
@@ -778,7 +779,7 @@ async fn instance_action(
                 None => return Answer::not_found(&link),
             }
         };
-        let fp_of = |field: &str| body.get(field).and_then(Value::as_str).map(|s| Fingerprint::parse(s));
+        let fp_of = |field: &str| body.get(field).and_then(Value::as_str).map(Fingerprint::parse);
         let mutation: Mutation = match action.as_str() {
             "setTags" => {
                 let sent = fp_of("fingerprint");
@@ -1043,6 +1044,7 @@ async fn update_nic(
     .await
 }
 
+#[allow(clippy::too_many_arguments)]
 fn audit_entry(
     project: &str,
     zone: &str,
@@ -1154,7 +1156,7 @@ async fn insert_instance(
             metadata_fp: sim.fp(),
             nics: vec![Nic { name: "nic0".into(), network_link: subnet.network_link(), subnet: subnet_key, network_ip: ip, aliases: vec![], fingerprint: sim.fp() }],
         };
-        let answer = {
+        {
             let sim2 = sim.clone();
             let (p, z, n) = (project.clone(), zone.clone(), name.clone());
             let mutation: Mutation = Box::new(move |w: &mut World| {
@@ -1167,8 +1169,7 @@ async fn insert_instance(
             sim2.audit(audit_entry(&p, &z, &n, id, "insert", &op_name, true, None));
             spawn_last_entry(sim2, p, z, n, id, "insert", op_name);
             ans
-        };
-        answer
+        }
     })
     .await
 }

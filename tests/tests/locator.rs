@@ -1,0 +1,41 @@
+//! The production locator against both simulators: Node providerID first, then the VM list.
+
+use integration_tests::simfix::*;
+use serde_json::json;
+use shared::locate::{ClusterLocator, LocateError, Locator};
+use sim::k8s::K8sConfig;
+
+#[tokio::test]
+async fn locates_by_provider_id_then_by_name() {
+    let csim = compute_sim(0).await;
+    let ksim = k8s_sim(K8sConfig::default()).await;
+    let a = seed(&csim, "vm-a");
+    seed(&csim, "vm-b");
+    ksim.seed("nodes", "", json!({"metadata": {"name": "node-x"}, "spec": {"providerID": "gce://example-project/us-central1-a/vm-a"}})).expect("seed");
+    let loc = ClusterLocator {
+        kube: Some(kube_client(&ksim, fast_kube_policy()).await),
+        compute: Some(compute_client(&csim, fast_compute_policy()).await),
+    };
+    assert_eq!(loc.locate("node-x").await.expect("by providerID"), Some(a));
+    assert_eq!(loc.locate("vm-b").await.expect("by name").map(|r| r.name().to_string()), Some("vm-b".into()));
+    assert_eq!(loc.locate("vm-none").await.expect("absent"), None);
+    let filters: Vec<String> = csim.chaos().requests().into_iter().filter(|r| r.method == "instances.aggregatedList").map(|r| r.query).collect();
+    assert!(filters.iter().all(|q| q.contains("filter=")), "{filters:?}");
+    // The same name in two zones cannot be resolved.
+    csim.seed_instance(sim::compute::InstanceSeed {
+        project: P.into(),
+        zone: "us-central1-b".into(),
+        name: "vm-b".into(),
+        subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
+        can_ip_forward: true,
+        tags: vec![],
+        labels: Default::default(),
+        metadata: vec![],
+        aliases: vec![],
+    })
+    .expect("seed");
+    let err = loc.locate("vm-b").await.expect_err("ambiguous");
+    assert!(matches!(err, LocateError::Failed { .. }) && !err.is_retryable(), "{err}");
+    let none = ClusterLocator { kube: None, compute: None };
+    assert!(matches!(none.locate("x").await, Err(LocateError::NotConfigured)));
+}
