@@ -17,9 +17,21 @@ async fn locates_by_provider_id_then_by_name() {
         compute: Some(compute_client(&csim, fast_compute_policy()).await),
     };
     assert_eq!(loc.locate("node-x").await.expect("by providerID"), Some(a));
-    assert_eq!(loc.locate("vm-b").await.expect("by name").map(|r| r.name().to_string()), Some("vm-b".into()));
+    assert_eq!(
+        loc.locate("vm-b")
+            .await
+            .expect("by name")
+            .map(|r| r.name().to_string()),
+        Some("vm-b".into())
+    );
     assert_eq!(loc.locate("vm-none").await.expect("absent"), None);
-    let filters: Vec<String> = csim.chaos().requests().into_iter().filter(|r| r.method == "instances.aggregatedList").map(|r| r.query).collect();
+    let filters: Vec<String> = csim
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "instances.aggregatedList")
+        .map(|r| r.query)
+        .collect();
     assert!(filters.iter().all(|q| q.contains("filter=")), "{filters:?}");
     // The same name in two zones cannot be resolved.
     csim.seed_instance(sim::compute::InstanceSeed {
@@ -35,7 +47,16 @@ async fn locates_by_provider_id_then_by_name() {
     })
     .expect("seed");
     let err = loc.locate("vm-b").await.expect_err("ambiguous");
-    assert!(matches!(err, LocateError::Failed { .. }) && !err.is_retryable(), "{err}");
-    let none = ClusterLocator { kube: None, compute: None };
-    assert!(matches!(none.locate("x").await, Err(LocateError::NotConfigured)));
+    assert!(
+        matches!(err, LocateError::Failed { .. }) && !err.is_retryable(),
+        "{err}"
+    );
+    let none = ClusterLocator {
+        kube: None,
+        compute: None,
+    };
+    assert!(matches!(
+        none.locate("x").await,
+        Err(LocateError::NotConfigured)
+    ));
 }
