@@ -22,6 +22,7 @@ pub mod event;
 pub mod handlers;
 pub mod locate;
 pub mod names;
+pub mod plan;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

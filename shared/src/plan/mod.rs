@@ -1,0 +1,560 @@
+//! PLAN: pure and synchronous. From what was observed of one VM, its Node and its bootstrap
+//! tokens, and the configuration, decide what a step must do and which step comes next. No
+//! clients, no clock, no environment: `observe` reduces the world to [`Observed`], `act`
+//! executes the [`Action`]s.
+//!
+//! There is one definition of "wired" ([`gaps`] is empty), shared by every step and by the
+//! drift sweep, so the chain and the sweep can never disagree about it.
+
+use std::collections::BTreeMap;
+
+use crate::event::Step;
+use crate::names::{Cidr, InstanceRef};
+
+#[cfg(test)]
+mod tests;
+
+/// What the planner needs to know of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// The cluster's project.
+    pub project: String,
+    /// A VM is nodewire's only when it carries all these labels (empty: no label condition).
+    pub selector_labels: BTreeMap<String, String>,
+    /// nic0 must be on this subnetwork: `(region, name)`.
+    pub subnet: (String, String),
+    /// The secondary range Pods come from.
+    pub pod_range_name: String,
+    pub pod_range: Cidr,
+    /// Network tags every node VM carries.
+    pub node_tags: Vec<String>,
+}
+
+/// An alias range as observed on nic0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    pub cidr: String,
+    pub range_name: Option<String>,
+}
+
+/// The facts of a VM the planner looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmFacts {
+    pub instance: InstanceRef,
+    pub labels: BTreeMap<String, String>,
+    pub can_ip_forward: bool,
+    /// nic0's subnetwork self link.
+    pub subnet_link: Option<String>,
+    pub aliases: Vec<Alias>,
+    pub tags: Vec<String>,
+    /// The `kubeadm-join` metadata key is present.
+    pub join_metadata: bool,
+}
+
+/// The facts of a Node the planner looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    pub provider_id: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub unwired_taint: bool,
+}
+
+/// A bootstrap token minted for this VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub id: String,
+    pub expired: bool,
+}
+
+/// Everything observed about one VM, as of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The VM key the step is about (present even when the VM is gone).
+    pub instance: InstanceRef,
+    pub vm: Option<VmFacts>,
+    pub node: Option<NodeFacts>,
+    pub tokens: Vec<TokenFacts>,
+}
+
+/// One change to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Mint a bootstrap token and write the `kubeadm-join` metadata.
+    Bootstrap,
+    /// Delete these bootstrap tokens.
+    RevokeTokens(Vec<String>),
+    /// Set nic0's alias ranges to exactly this one.
+    SetAlias { cidr: Cidr, range_name: String },
+    /// Remove nic0's alias ranges from the pod range, keeping any others.
+    ReleaseAlias { keep: Vec<Alias> },
+    /// Add these network tags.
+    AddTags(Vec<String>),
+    /// Set `spec.providerID`.
+    SetProviderId(String),
+    /// Remove the `nodewire.io/unwired` taint.
+    RemoveTaint,
+    /// Remove the `kubeadm-join` metadata key.
+    ClearJoinMetadata,
+    /// Delete the Node.
+    DeleteNode,
+    /// Publish `node-wired` and record the `NodeWired` event.
+    AnnounceWired,
+}
+
+/// Why a VM can never be wired as it is (permanent; the message says what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "VM {0} does not have IP forwarding (canIpForward) enabled; recreate it with --can-ip-forward"
+    )]
+    NoIpForwarding(String),
+    #[error("VM {vm}'s nic0 is on subnetwork {found:?}, not the configured {wanted}")]
+    WrongSubnet {
+        vm: String,
+        found: String,
+        wanted: String,
+    },
+    #[error("Node {node} has podCIDR {cidr}, outside the pod range {range}")]
+    PodCidrOutsideRange {
+        node: String,
+        cidr: String,
+        range: String,
+    },
+    #[error("Node {node} has podCIDR {cidr:?}, which is not a valid IPv4 CIDR")]
+    InvalidPodCidr { node: String, cidr: String },
+    #[error(
+        "Node {node} has spec.providerID {current:?}, not {wanted:?}; providerID cannot change once set \
+         — delete the Node and let the kubelet register again"
+    )]
+    ProviderIdConflict {
+        node: String,
+        current: String,
+        wanted: String,
+    },
+}
+
+/// The planner's answer for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Do these actions (possibly none), then publish `next` (if any).
+    Act {
+        actions: Vec<Action>,
+        next: Option<Step>,
+    },
+    /// Not yet possible; try again later (the delivery is retried).
+    Wait(String),
+    /// Not nodewire's business; acknowledge.
+    Ignore(String),
+    /// Can never succeed as things are.
+    Refuse(Refusal),
+}
+
+/// One aspect of "wired" that does not hold yet, in chain order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Gap {
+    /// The VM has not joined: no Node.
+    NoNode,
+    /// The Node has no podCIDR yet.
+    NoPodCidr,
+    /// nic0's aliases are not exactly `[podCIDR]`.
+    Alias,
+    /// A node tag is missing.
+    Tag,
+    /// `spec.providerID` is not `gce://PROJECT/ZONE/NAME`.
+    ProviderId,
+    /// The unwired taint is still there.
+    Taint,
+    /// A bootstrap token is left.
+    Token,
+    /// The `kubeadm-join` metadata is left.
+    JoinMetadata,
+}
+
+impl Gap {
+    /// The step that closes this gap (`None`: waits for the kubelet or the IPAM controller).
+    pub fn step(self) -> Option<Step> {
+        match self {
+            Gap::NoNode | Gap::NoPodCidr => None,
+            Gap::Alias => Some(Step::AssignAlias),
+            Gap::Tag => Some(Step::TagInstance),
+            Gap::ProviderId => Some(Step::ProviderId),
+            Gap::Taint | Gap::Token | Gap::JoinMetadata => Some(Step::Finalize),
+        }
+    }
+}
+
+impl PlanConfig {
+    /// `None` when the VM is nodewire's; otherwise why not.
+    pub fn not_selected(&self, vm: &VmFacts) -> Option<String> {
+        if vm.instance.project() != self.project {
+            return Some(format!(
+                "VM {} is in project {}, not {}",
+                vm.instance,
+                vm.instance.project(),
+                self.project
+            ));
+        }
+        for (k, v) in &self.selector_labels {
+            if vm.labels.get(k) != Some(v) {
+                return Some(format!(
+                    "VM {} lacks the selector label {k}={v}",
+                    vm.instance
+                ));
+            }
+        }
+        None
+    }
+
+    fn subnet_matches(&self, link: Option<&str>) -> bool {
+        let suffix = format!("regions/{}/subnetworks/{}", self.subnet.0, self.subnet.1);
+        link.is_some_and(|l| l == suffix || l.ends_with(&format!("/{suffix}")))
+    }
+
+    fn wanted_alias(&self, cidr: Cidr) -> Alias {
+        Alias {
+            cidr: cidr.to_string(),
+            range_name: Some(self.pod_range_name.clone()),
+        }
+    }
+
+    fn in_pod_range(&self, a: &Alias) -> bool {
+        a.range_name.as_deref() == Some(self.pod_range_name.as_str())
+            || a.cidr
+                .parse::<Cidr>()
+                .is_ok_and(|c| self.pod_range.overlaps(&c))
+    }
+}
+
+/// The Node's podCIDR, validated against the pod range.
+fn pod_cidr(node: &NodeFacts, cfg: &PlanConfig) -> Result<Option<Cidr>, Refusal> {
+    let Some(raw) = node.pod_cidr.as_deref() else {
+        return Ok(None);
+    };
+    let cidr: Cidr = raw.parse().map_err(|_| Refusal::InvalidPodCidr {
+        node: node.name.clone(),
+        cidr: raw.to_string(),
+    })?;
+    if !cfg.pod_range.contains(&cidr) {
+        return Err(Refusal::PodCidrOutsideRange {
+            node: node.name.clone(),
+            cidr: raw.to_string(),
+            range: cfg.pod_range.to_string(),
+        });
+    }
+    Ok(Some(cidr))
+}
+
+/// Every aspect of "wired" that does not hold, in chain order. Empty means wired: the VM has
+/// exactly one alias range on nic0, equal to the Node's podCIDR, inside the pod range; the VM
+/// carries the node tags; `spec.providerID` names the VM; the unwired taint is gone; no join
+/// token or join metadata is left. The VM must exist.
+pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
+    let mut out = Vec::new();
+    let Some(vm) = &obs.vm else {
+        return vec![Gap::NoNode];
+    };
+    match &obs.node {
+        None => out.push(Gap::NoNode),
+        Some(node) => {
+            match pod_cidr(node, cfg) {
+                Ok(Some(c)) => {
+                    if vm.aliases != [cfg.wanted_alias(c)] {
+                        out.push(Gap::Alias);
+                    }
+                }
+                Ok(None) | Err(_) => out.push(Gap::NoPodCidr),
+            }
+            if node.provider_id.as_deref() != Some(vm.instance.provider_id().as_str()) {
+                out.push(Gap::ProviderId);
+            }
+            if node.unwired_taint {
+                out.push(Gap::Taint);
+            }
+        }
+    }
+    if cfg.node_tags.iter().any(|t| !vm.tags.contains(t)) {
+        out.push(Gap::Tag);
+    }
+    if !obs.tokens.is_empty() {
+        out.push(Gap::Token);
+    }
+    if vm.join_metadata {
+        out.push(Gap::JoinMetadata);
+    }
+    out.sort();
+    out
+}
+
+/// True when the VM is a wired node.
+pub fn is_wired(obs: &Observed, cfg: &PlanConfig) -> bool {
+    gaps(obs, cfg).is_empty()
+}
+
+/// The step of the first gap that a step can close, other than `current`.
+fn next_step(obs: &Observed, cfg: &PlanConfig, current: Step) -> Option<Step> {
+    let gaps = gaps(obs, cfg);
+    // Waiting for the kubelet or the IPAM controller: their events restart the chain.
+    if gaps.contains(&Gap::NoNode) || gaps.contains(&Gap::NoPodCidr) {
+        return None;
+    }
+    gaps.iter().filter_map(|g| g.step()).find(|s| *s != current)
+}
+
+/// Applies actions to the observed state as they would change the world (assuming they
+/// succeed). Used to pick the next step, and by the tests to drive plans to convergence.
+pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
+    let mut o = obs.clone();
+    for a in actions {
+        match a {
+            Action::Bootstrap => {
+                if let Some(vm) = &mut o.vm {
+                    vm.join_metadata = true;
+                }
+                o.tokens.push(TokenFacts {
+                    id: format!("new{}", o.tokens.len()),
+                    expired: false,
+                });
+            }
+            Action::RevokeTokens(ids) => o.tokens.retain(|t| !ids.contains(&t.id)),
+            Action::SetAlias { cidr, .. } => {
+                if let Some(vm) = &mut o.vm {
+                    vm.aliases = vec![cfg.wanted_alias(*cidr)];
+                }
+            }
+            Action::ReleaseAlias { keep } => {
+                if let Some(vm) = &mut o.vm {
+                    vm.aliases = keep.clone();
+                }
+            }
+            Action::AddTags(t) => {
+                if let Some(vm) = &mut o.vm {
+                    vm.tags.extend(t.iter().cloned());
+                }
+            }
+            Action::SetProviderId(p) => {
+                if let Some(n) = &mut o.node {
+                    n.provider_id = Some(p.clone());
+                }
+            }
+            Action::RemoveTaint => {
+                if let Some(n) = &mut o.node {
+                    n.unwired_taint = false;
+                }
+            }
+            Action::ClearJoinMetadata => {
+                if let Some(vm) = &mut o.vm {
+                    vm.join_metadata = false;
+                }
+            }
+            Action::DeleteNode => o.node = None,
+            Action::AnnounceWired => {}
+        }
+    }
+    o
+}
+
+/// Decides what `step` must do for the observed VM.
+pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
+    match step {
+        Step::Decommission => return plan_decommission(obs),
+        Step::ReleaseAlias => return plan_release(obs, cfg),
+        _ => {}
+    }
+    let Some(vm) = &obs.vm else {
+        return Plan::Ignore(format!("VM {} does not exist (any more)", obs.instance));
+    };
+    if let Some(why) = cfg.not_selected(vm) {
+        return Plan::Ignore(why);
+    }
+    if is_wired(obs, cfg) {
+        return Plan::Act {
+            actions: vec![],
+            next: None,
+        };
+    }
+    let actions = match step {
+        Step::Bootstrap => {
+            if !vm.can_ip_forward {
+                return Plan::Refuse(Refusal::NoIpForwarding(vm.instance.to_string()));
+            }
+            if !cfg.subnet_matches(vm.subnet_link.as_deref()) {
+                return Plan::Refuse(Refusal::WrongSubnet {
+                    vm: vm.instance.to_string(),
+                    found: vm.subnet_link.clone().unwrap_or_default(),
+                    wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
+                });
+            }
+            if obs.node.is_some() {
+                vec![] // joined already: hand over to the chain
+            } else if vm.join_metadata && obs.tokens.iter().any(|t| !t.expired) {
+                vec![] // bootstrapped; waiting for the kubelet to register
+            } else {
+                let expired: Vec<String> = obs
+                    .tokens
+                    .iter()
+                    .filter(|t| t.expired)
+                    .map(|t| t.id.clone())
+                    .collect();
+                let mut a = Vec::new();
+                if !expired.is_empty() {
+                    a.push(Action::RevokeTokens(expired));
+                }
+                a.push(Action::Bootstrap);
+                a
+            }
+        }
+        Step::AssignAlias => {
+            let Some(node) = &obs.node else {
+                return Plan::Ignore(format!(
+                    "no Node for VM {} (not registered, or deleted)",
+                    vm.instance
+                ));
+            };
+            let cidr = match pod_cidr(node, cfg) {
+                Ok(Some(c)) => c,
+                Ok(None) => return Plan::Wait(format!("Node {} has no podCIDR yet", node.name)),
+                Err(r) => return Plan::Refuse(r),
+            };
+            if vm.aliases == [cfg.wanted_alias(cidr)] {
+                vec![]
+            } else {
+                vec![Action::SetAlias {
+                    cidr,
+                    range_name: cfg.pod_range_name.clone(),
+                }]
+            }
+        }
+        Step::TagInstance => {
+            let missing: Vec<String> = cfg
+                .node_tags
+                .iter()
+                .filter(|t| !vm.tags.contains(t))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                vec![]
+            } else {
+                vec![Action::AddTags(missing)]
+            }
+        }
+        Step::ProviderId => {
+            let Some(node) = &obs.node else {
+                return Plan::Ignore(format!(
+                    "no Node for VM {} (not registered, or deleted)",
+                    vm.instance
+                ));
+            };
+            let wanted = vm.instance.provider_id();
+            match node.provider_id.as_deref() {
+                Some(p) if p == wanted => vec![],
+                None => vec![Action::SetProviderId(wanted)],
+                Some(other) => {
+                    return Plan::Refuse(Refusal::ProviderIdConflict {
+                        node: node.name.clone(),
+                        current: other.to_string(),
+                        wanted,
+                    });
+                }
+            }
+        }
+        Step::Finalize => {
+            let blocking: Vec<Gap> = gaps(obs, cfg)
+                .into_iter()
+                .filter(|g| !matches!(g, Gap::Taint | Gap::Token | Gap::JoinMetadata))
+                .collect();
+            if let Some(first) = blocking.first() {
+                // Not wired yet: send the chain back to the first open aspect.
+                return Plan::Act {
+                    actions: vec![],
+                    next: first.step(),
+                };
+            }
+            let mut a = Vec::new();
+            if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
+                a.push(Action::RemoveTaint);
+            }
+            if !obs.tokens.is_empty() {
+                a.push(Action::RevokeTokens(
+                    obs.tokens.iter().map(|t| t.id.clone()).collect(),
+                ));
+            }
+            if vm.join_metadata {
+                a.push(Action::ClearJoinMetadata);
+            }
+            if !a.is_empty() {
+                a.push(Action::AnnounceWired);
+            }
+            a
+        }
+        Step::ReleaseAlias | Step::Decommission => vec![],
+    };
+    let after = apply(obs, &actions, cfg);
+    Plan::Act {
+        next: next_step(&after, cfg, step),
+        actions,
+    }
+}
+
+/// The VM is gone: delete its Node (if it is this VM's) and its tokens.
+fn plan_decommission(obs: &Observed) -> Plan {
+    if obs.vm.is_some() {
+        return Plan::Ignore(format!(
+            "VM {} exists (re-created?); nothing to decommission",
+            obs.instance
+        ));
+    }
+    let mut actions = Vec::new();
+    if let Some(node) = &obs.node {
+        let ours = node
+            .provider_id
+            .as_deref()
+            .is_none_or(|p| p == obs.instance.provider_id());
+        if ours {
+            actions.push(Action::DeleteNode);
+        }
+    }
+    if !obs.tokens.is_empty() {
+        actions.push(Action::RevokeTokens(
+            obs.tokens.iter().map(|t| t.id.clone()).collect(),
+        ));
+    }
+    Plan::Act {
+        actions,
+        next: None,
+    }
+}
+
+/// The Node is gone but the VM stays: give the pod range back.
+fn plan_release(obs: &Observed, cfg: &PlanConfig) -> Plan {
+    let Some(vm) = &obs.vm else {
+        return Plan::Ignore(format!(
+            "VM {} does not exist; decommission cleans up",
+            obs.instance
+        ));
+    };
+    if let Some(why) = cfg.not_selected(vm) {
+        return Plan::Ignore(why);
+    }
+    if obs.node.is_some() {
+        return Plan::Ignore(format!(
+            "the Node of VM {} exists again; nothing to release",
+            vm.instance
+        ));
+    }
+    let keep: Vec<Alias> = vm
+        .aliases
+        .iter()
+        .filter(|a| !cfg.in_pod_range(a))
+        .cloned()
+        .collect();
+    let actions = if keep.len() == vm.aliases.len() {
+        vec![]
+    } else {
+        vec![Action::ReleaseAlias { keep }]
+    };
+    Plan::Act {
+        actions,
+        next: None,
+    }
+}
