@@ -31,6 +31,8 @@ pub struct Deps {
     pub compute: Option<Compute>,
     /// The Kubernetes API, when configured.
     pub kube: Option<Kube>,
+    /// The chain's settings (step functions only).
+    pub chain: Option<Arc<crate::config::ChainConfig>>,
 }
 
 /// A dependency that could not be set up.
@@ -97,7 +99,15 @@ impl Deps {
             locator: Arc::new(NoLocator),
             compute: None,
             kube: None,
+            chain: None,
         }
+    }
+
+    /// Adds the chain's settings.
+    #[must_use]
+    pub fn with_chain(mut self, chain: crate::config::ChainConfig) -> Self {
+        self.chain = Some(Arc::new(chain));
+        self
     }
 
     /// Adds the Compute and Kubernetes clients (and the locator that uses them).

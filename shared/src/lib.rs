@@ -20,6 +20,7 @@ pub mod deps;
 pub mod emulator;
 pub mod event;
 pub mod handlers;
+pub mod join;
 pub mod locate;
 pub mod names;
 pub mod plan;

@@ -353,6 +353,150 @@ pub struct Compute {
     subnetworks: Subnetworks,
     project: String,
     policy: ComputePolicy,
+    /// For the one request the library cannot express (see [`Compute::set_alias_ranges`]).
+    raw: RawClient,
+}
+
+/// Direct HTTP to the Compute API, authenticated like the library clients.
+#[derive(Clone)]
+struct RawClient {
+    base: String,
+    http: reqwest::Client,
+    /// `None` for a loopback `http://` endpoint (the simulator).
+    credentials:
+        Option<std::sync::Arc<tokio::sync::OnceCell<google_cloud_auth::credentials::Credentials>>>,
+}
+
+impl RawClient {
+    fn new(endpoint: &ComputeEndpoint, policy: &ComputePolicy) -> Result<Self, ComputeError> {
+        let base = endpoint
+            .url
+            .clone()
+            .unwrap_or_else(|| "https://compute.googleapis.com".into())
+            .trim_end_matches('/')
+            .to_string();
+        let anonymous = base.starts_with("http://");
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(policy.attempt_timeout)
+                .build()
+                .map_err(|e| ComputeError::Setup(e.to_string()))?,
+            credentials: (!anonymous).then(|| std::sync::Arc::new(tokio::sync::OnceCell::new())),
+            base,
+        })
+    }
+
+    async fn auth_headers(&self) -> Result<Option<http::HeaderMap>, Class> {
+        let Some(cell) = &self.credentials else {
+            return Ok(None);
+        };
+        let creds = cell
+            .get_or_try_init(|| async {
+                google_cloud_auth::credentials::Builder::default()
+                    .build()
+                    .map_err(|e| Class::Fail(ComputeError::Setup(e.to_string())))
+            })
+            .await?;
+        match creds.headers(http::Extensions::new()).await {
+            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => {
+                Ok(Some(data))
+            }
+            Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => Ok(None),
+            Err(e) => Err(Class::Retry(format!("credentials: {e}"))),
+        }
+    }
+
+    /// `updateNetworkInterface` with an explicit (possibly empty) alias list.
+    async fn update_aliases(
+        &self,
+        call: &'static str,
+        r: &InstanceRef,
+        nic: &str,
+        fingerprint: &[u8],
+        aliases: &[AliasRange],
+        rid: &str,
+    ) -> Result<model::Operation, Class> {
+        use base64::Engine as _;
+        let url = format!(
+            "{}/compute/v1/projects/{}/zones/{}/instances/{}/updateNetworkInterface",
+            self.base,
+            r.project(),
+            r.zone(),
+            r.name()
+        );
+        let ranges: Vec<serde_json::Value> = aliases
+            .iter()
+            .map(|a| {
+                let mut v = serde_json::json!({"ipCidrRange": a.cidr});
+                if let Some(n) = &a.range_name {
+                    v["subnetworkRangeName"] = serde_json::json!(n);
+                }
+                v
+            })
+            .collect();
+        let body = serde_json::json!({
+            "fingerprint": base64::engine::general_purpose::URL_SAFE.encode(fingerprint),
+            "aliasIpRanges": ranges,
+        });
+        let mut req = self
+            .http
+            .patch(url)
+            .query(&[("networkInterface", nic), ("requestId", rid)])
+            .json(&body);
+        if let Some(h) = self.auth_headers().await? {
+            req = req.headers(h);
+        }
+        let resp = req.send().await.map_err(|e| Class::Retry(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Class::Retry(e.to_string()))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                Class::Fail(ComputeError::Refused {
+                    call,
+                    status,
+                    reason: "response".into(),
+                    message: e.to_string(),
+                })
+            });
+        }
+        Err(classify_body(call, status, &bytes))
+    }
+}
+
+/// Google's JSON error body (`{"error":{"code","message","errors":[{"reason"}]}}`) of a
+/// request sent without the library.
+fn classify_body(call: &'static str, status: u16, body: &[u8]) -> Class {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let message = echo_long(v["error"]["message"].as_str().unwrap_or("(no message)"));
+    let reasons: Vec<&str> = v["error"]["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    match status {
+        412 => Class::Precondition,
+        429 | 500..=599 => Class::Retry(format!("HTTP {status}: {message}")),
+        403 if reasons
+            .iter()
+            .any(|r| *r == "rateLimitExceeded" || *r == "userRateLimitExceeded") =>
+        {
+            Class::Retry(format!("HTTP 403 rateLimitExceeded: {message}"))
+        }
+        404 => Class::Fail(ComputeError::NotFound { call, message }),
+        _ => Class::Fail(ComputeError::Refused {
+            call,
+            status,
+            reason: reasons
+                .first()
+                .map(|r| (*r).to_string())
+                .unwrap_or_default(),
+            message,
+        }),
+    }
 }
 
 impl std::fmt::Debug for Compute {
@@ -403,6 +547,11 @@ enum Change {
     Tags(model::Tags),
     Metadata(model::Metadata),
     Nic(String, Box<model::NetworkInterface>),
+    /// An empty alias list, which the library would leave out of the body.
+    ClearAliases {
+        nic: String,
+        fingerprint: Vec<u8>,
+    },
 }
 
 impl Compute {
@@ -421,6 +570,7 @@ impl Compute {
             subnetworks: build_client!(Subnetworks, endpoint, policy),
             project: project.to_string(),
             policy,
+            raw: RawClient::new(endpoint, &policy)?,
         })
     }
 
@@ -622,6 +772,10 @@ impl Compute {
 
     /// Sets nic0's alias ranges to exactly `ranges` (`(cidr, secondary range name)`).
     ///
+    /// The library leaves an empty list out of the request body, which under PATCH semantics
+    /// changes nothing; an empty `ranges` is therefore sent directly over HTTP with the same
+    /// credentials, fingerprint and `requestId` rules.
+    ///
     /// # Idempotency
     /// No request is sent when nic0 already has exactly these ranges.
     ///
@@ -646,6 +800,17 @@ impl Compute {
             if current == ranges {
                 return None;
             }
+            let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+            if ranges.is_empty() {
+                return Some(Change::ClearAliases {
+                    nic: nic_name,
+                    fingerprint: nic
+                        .fingerprint
+                        .clone()
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default(),
+                });
+            }
             let body = model::NetworkInterface::new()
                 .set_alias_ip_ranges(ranges.iter().map(|a| {
                     let mut x = model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
@@ -653,10 +818,7 @@ impl Compute {
                     x
                 }))
                 .set_or_clear_fingerprint(nic.fingerprint.clone());
-            Some(Change::Nic(
-                nic.name.clone().unwrap_or_else(|| "nic0".into()),
-                Box::new(body),
-            ))
+            Some(Change::Nic(nic_name, Box::new(body)))
         })
         .await
     }
@@ -786,6 +948,12 @@ impl Compute {
                     .set_body(m.clone())
                     .send()
                     .await
+            }
+            Change::ClearAliases { nic, fingerprint } => {
+                return self
+                    .raw
+                    .update_aliases(call, r, nic, fingerprint, &[], rid)
+                    .await;
             }
             Change::Nic(name, n) => {
                 self.instances

@@ -776,6 +776,55 @@ impl Kube {
         }
     }
 
+    /// Records a core/v1 Event about a Node (in `default`, where Events about cluster-scoped
+    /// objects live). `type_` is `Normal` or `Warning`.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn node_event(
+        &self,
+        node: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
+        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        const CALL: &str = "events.create";
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let ev = Event {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{node}.")),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(echo_long(message)),
+            type_: Some(type_.to_string()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                host: None,
+            }),
+            reporting_component: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let pp = PostParams::default();
+        self.retrying(CALL, || events.create(&pp, &ev))
+            .await
+            .map(|_| ())
+            .map_err(|c| fail(CALL, c))
+    }
+
     /// Reads `kube-public/cluster-info` and computes the CA pin.
     ///
     /// # Errors

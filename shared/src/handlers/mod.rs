@@ -6,6 +6,7 @@
 
 pub mod instance_events;
 pub mod node_events;
+pub mod steps;
 
 use crate::adapter::Classify;
 use crate::bus::BusError;
