@@ -159,16 +159,50 @@ pub fn init(config: &Config) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    init_with_writer(json, labels_for(config), std::io::stdout);
+    if init_with_writer(json, labels_for(config), std::io::stdout) {
+        route_panics_to_log();
+    }
 }
 
-/// Installs the global subscriber with a given writer (tests capture logs this way).
-pub fn init_with_writer<W>(json: bool, labels: BTreeMap<String, String>, writer: W)
+/// Replaces the panic hook with one that writes an ERROR log line (structured on Cloud Run).
+pub fn route_panics_to_log() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        tracing::error!(panic = %message, %location, "panic");
+    }));
+}
+
+/// Installs the global subscriber with a given writer (tests capture logs this way); false
+/// when one was already installed.
+pub fn init_with_writer<W>(json: bool, labels: BTreeMap<String, String>, writer: W) -> bool
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let installed = if json {
+    init_with_filter(json, labels, writer, "info")
+}
+
+/// Like [`init_with_writer`], with the filter used when `RUST_LOG` is unset.
+pub fn init_with_filter<W>(
+    json: bool,
+    labels: BTreeMap<String, String>,
+    writer: W,
+    default_filter: &str,
+) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    if json {
         let layer = tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(CloudLoggingFormat::new(labels))
@@ -187,21 +221,6 @@ where
             .with(layer)
             .try_init()
             .is_ok()
-    };
-    if installed {
-        std::panic::set_hook(Box::new(|info| {
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".into());
-            tracing::error!(panic = %message, %location, "panic");
-        }));
     }
 }
 

@@ -4,6 +4,7 @@
 //! refuse — a simulator that accepts anything proves nothing. They are the substrate of the
 //! contract tests, the end-to-end tests and the local sandbox.
 
+pub mod agent;
 pub mod audit;
 pub mod compute;
 pub mod faults;

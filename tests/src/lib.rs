@@ -51,6 +51,15 @@ impl FnServer {
         H: for<'a> Handler<'a, T>,
     {
         let deps = Deps::connect(config).await.expect("Pub/Sub client");
+        Self::start_with_deps(deps, handler).await
+    }
+
+    /// Serves `handler` with the given dependencies on `127.0.0.1:0`.
+    pub async fn start_with_deps<T, H>(deps: Deps, handler: H) -> Self
+    where
+        T: Decode + Send + 'static,
+        H: for<'a> Handler<'a, T>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -229,3 +238,5 @@ pub mod simfix {
         .expect("kube client")
     }
 }
+
+pub mod world;

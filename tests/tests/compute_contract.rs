@@ -439,3 +439,40 @@ async fn hundred_vms_under_twenty_percent_faults() {
     let injected = sim.chaos().requests().iter().filter(|r| r.injected).count();
     assert!(injected > 50, "faults were really injected ({injected})");
 }
+
+#[tokio::test]
+async fn clearing_aliases_sends_an_explicit_empty_list() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    c.set_alias_ranges(&vm, &[pods("10.4.1.0/24")])
+        .await
+        .expect("set");
+    assert_eq!(
+        c.set_alias_ranges(&vm, &[]).await.expect("clear"),
+        WriteOutcome::Changed
+    );
+    assert!(
+        c.get_instance(&vm)
+            .await
+            .expect("get")
+            .expect("exists")
+            .nic0
+            .expect("nic")
+            .aliases
+            .is_empty()
+    );
+    assert_eq!(
+        c.set_alias_ranges(&vm, &[]).await.expect("again"),
+        WriteOutcome::Unchanged
+    );
+    let last = sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "instances.updateNetworkInterface")
+        .last()
+        .expect("logged");
+    assert_eq!(last.body["aliasIpRanges"], serde_json::json!([]));
+    assert!(last.body["fingerprint"].is_string() && last.query.contains("requestId="));
+}

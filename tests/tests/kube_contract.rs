@@ -352,3 +352,22 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
     let evs = NodeEvents::decode(&d.message.data).expect("decodes");
     assert!(matches!(evs.events[0], NodeEvent::Deleted(_)));
 }
+
+#[tokio::test]
+async fn node_events_are_recorded_in_default() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    k.node_event(
+        "n1",
+        "Warning",
+        "AliasRangeInUse",
+        "alias 10.4.1.0/24 is held by vm-b",
+    )
+    .await
+    .expect("event");
+    let evs = sim.objects("events");
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["metadata"]["namespace"], "default");
+    assert_eq!(evs[0]["involvedObject"]["kind"], "Node");
+    assert_eq!(evs[0]["reason"], "AliasRangeInUse");
+}

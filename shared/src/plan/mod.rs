@@ -385,10 +385,12 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
                     wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
                 });
             }
-            if obs.node.is_some() {
-                vec![] // joined already: hand over to the chain
-            } else if vm.join_metadata && obs.tokens.iter().any(|t| !t.expired) {
-                vec![] // bootstrapped; waiting for the kubelet to register
+            // Joined already (hand over to the chain), or bootstrapped and waiting for the
+            // kubelet to register: nothing to do.
+            let joined = obs.node.is_some();
+            let pending = vm.join_metadata && obs.tokens.iter().any(|t| !t.expired);
+            if joined || pending {
+                vec![]
             } else {
                 let expired: Vec<String> = obs
                     .tokens

@@ -198,6 +198,11 @@ impl ComputeSim {
         f(&self.sim.world())
     }
 
+    /// A cloneable read handle on the world (for the VM agent).
+    pub fn view(&self) -> ComputeView {
+        ComputeView(self.sim.clone())
+    }
+
     /// A VM as the API would return it.
     pub fn instance_json(&self, project: &str, zone: &str, name: &str) -> Option<Value> {
         self.sim
@@ -249,6 +254,23 @@ impl ComputeSim {
         };
         w.instances.insert(key, inst);
         Ok(())
+    }
+}
+
+/// A cloneable read handle on a running simulator's world.
+#[derive(Clone)]
+pub struct ComputeView(Arc<Sim>);
+
+impl std::fmt::Debug for ComputeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ComputeView")
+    }
+}
+
+impl ComputeView {
+    /// Reads the world.
+    pub fn with_world<R>(&self, f: impl FnOnce(&World) -> R) -> R {
+        f(&self.0.world())
     }
 }
 

@@ -276,6 +276,11 @@ impl K8sSim {
             .cloned()
     }
 
+    /// A cloneable read handle (for the VM agent).
+    pub fn view(&self) -> K8sView {
+        K8sView(self.sim.clone())
+    }
+
     /// Every object of a resource.
     pub fn objects(&self, resource: &str) -> Vec<Value> {
         self.sim
@@ -294,6 +299,31 @@ impl K8sSim {
     pub fn seed(&self, resource: &str, namespace: &str, object: Value) -> Result<Value, ApiError> {
         let mut st = self.sim.store();
         create(&mut st, resource, namespace, object)
+    }
+}
+
+/// A cloneable read handle on a running simulator's objects.
+#[derive(Clone)]
+pub struct K8sView(Arc<Sim>);
+
+impl std::fmt::Debug for K8sView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("K8sView")
+    }
+}
+
+impl K8sView {
+    /// One object as stored (`namespace` empty for Nodes).
+    pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.0
+            .store()
+            .objects
+            .get(&(
+                resource.to_string(),
+                namespace.to_string(),
+                name.to_string(),
+            ))
+            .cloned()
     }
 }
 
