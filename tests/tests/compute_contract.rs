@@ -471,7 +471,7 @@ async fn clearing_aliases_sends_an_explicit_empty_list() {
         .requests()
         .into_iter()
         .filter(|r| r.method == "instances.updateNetworkInterface")
-        .last()
+        .next_back()
         .expect("logged");
     assert_eq!(last.body["aliasIpRanges"], serde_json::json!([]));
     assert!(last.body["fingerprint"].is_string() && last.query.contains("requestId="));
