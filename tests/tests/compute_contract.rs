@@ -470,8 +470,7 @@ async fn clearing_aliases_sends_an_explicit_empty_list() {
         .chaos()
         .requests()
         .into_iter()
-        .filter(|r| r.method == "instances.updateNetworkInterface")
-        .next_back()
+        .rfind(|r| r.method == "instances.updateNetworkInterface")
         .expect("logged");
     assert_eq!(last.body["aliasIpRanges"], serde_json::json!([]));
     assert!(last.body["fingerprint"].is_string() && last.query.contains("requestId="));
