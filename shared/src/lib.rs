@@ -25,5 +25,6 @@ pub mod locate;
 pub mod names;
 pub mod plan;
 pub mod shutdown;
+pub mod sweep;
 pub mod telemetry;
 pub mod trace;

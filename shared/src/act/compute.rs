@@ -669,10 +669,23 @@ impl Compute {
         &self,
         filter: Option<&str>,
     ) -> Result<Vec<InstanceView>, ComputeError> {
+        Ok(self.list_instances_paged(filter).await?.0)
+    }
+
+    /// Like [`Compute::list_instances`], also returning how many pages were read.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when a page cannot be read.
+    pub async fn list_instances_paged(
+        &self,
+        filter: Option<&str>,
+    ) -> Result<(Vec<InstanceView>, usize), ComputeError> {
         const CALL: &str = "instances.aggregatedList";
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = 0;
         loop {
+            pages += 1;
             let page = self
                 .retrying(CALL, || async {
                     self.instances
@@ -701,7 +714,7 @@ impl Compute {
             }
         }
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
-        Ok(out)
+        Ok((out, pages))
     }
 
     /// Reads a subnetwork's ranges.

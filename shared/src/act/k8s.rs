@@ -26,6 +26,8 @@ pub use crate::act::compute::WriteOutcome;
 pub const UNWIRED_TAINT: &str = "nodewire.io/unwired";
 /// Label on nodewire's bootstrap-token Secrets naming the VM they were minted for.
 pub const TOKEN_INSTANCE_LABEL: &str = "nodewire.io/instance";
+/// Label on nodewire's bootstrap-token Secrets naming that VM's zone.
+pub const TOKEN_ZONE_LABEL: &str = "nodewire.io/zone";
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "nodewire";
 
@@ -283,6 +285,7 @@ impl BootstrapToken {
 pub struct TokenInfo {
     pub id: String,
     pub instance: Option<String>,
+    pub zone: Option<String>,
     pub expiration: Option<String>,
     pub description: Option<String>,
 }
@@ -456,7 +459,19 @@ impl Kube {
         &self,
         label_selector: Option<&str>,
     ) -> Result<Vec<NodeView>, KubeError> {
+        Ok(self.list_nodes_paged(label_selector).await?.0)
+    }
+
+    /// Like [`Kube::list_nodes`], also returning how many pages were read.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn list_nodes_paged(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<(Vec<NodeView>, usize), KubeError> {
         const CALL: &str = "nodes.list";
+        let mut pages = 0;
         let mut lp = ListParams::default().limit(500);
         if let Some(s) = label_selector {
             lp = lp.labels(s);
@@ -467,13 +482,14 @@ impl Kube {
                 .retrying(CALL, || self.nodes.list(&lp))
                 .await
                 .map_err(|c| fail(CALL, c))?;
+            pages += 1;
             out.extend(page.items.iter().map(NodeView::from_node));
             match page.metadata.continue_.as_deref() {
                 Some(t) if !t.is_empty() => lp = lp.continue_token(t),
                 _ => break,
             }
         }
-        Ok(out)
+        Ok((out, pages))
     }
 
     /// Re-read, compute a merge patch from the Node (None = nothing to do), send it with the
@@ -667,6 +683,7 @@ impl Kube {
                             TOKEN_INSTANCE_LABEL.to_string(),
                             instance.name().to_string(),
                         ),
+                        (TOKEN_ZONE_LABEL.to_string(), instance.zone().to_string()),
                         (
                             "app.kubernetes.io/managed-by".to_string(),
                             FIELD_MANAGER.to_string(),
@@ -709,7 +726,19 @@ impl Kube {
         &self,
         instance_name: Option<&str>,
     ) -> Result<Vec<TokenInfo>, KubeError> {
+        Ok(self.list_bootstrap_tokens_paged(instance_name).await?.0)
+    }
+
+    /// Like [`Kube::list_bootstrap_tokens`], also returning how many pages were read.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn list_bootstrap_tokens_paged(
+        &self,
+        instance_name: Option<&str>,
+    ) -> Result<(Vec<TokenInfo>, usize), KubeError> {
         const CALL: &str = "secrets.list";
+        let mut pages = 0;
         let selector = match instance_name {
             Some(n) => format!("{TOKEN_INSTANCE_LABEL}={n}"),
             None => TOKEN_INSTANCE_LABEL.to_string(),
@@ -721,6 +750,7 @@ impl Kube {
                 .retrying(CALL, || self.secrets.list(&lp))
                 .await
                 .map_err(|c| fail(CALL, c))?;
+            pages += 1;
             for s in &page.items {
                 if s.type_.as_deref() != Some("bootstrap.kubernetes.io/token") {
                     continue;
@@ -746,6 +776,11 @@ impl Kube {
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(TOKEN_INSTANCE_LABEL).cloned()),
+                    zone: s
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(TOKEN_ZONE_LABEL).cloned()),
                     expiration: get("expiration"),
                     description: get("description"),
                 });
@@ -755,7 +790,7 @@ impl Kube {
                 _ => break,
             }
         }
-        Ok(out)
+        Ok((out, pages))
     }
 
     /// Deletes a bootstrap token; `Unchanged` when it was already gone.

@@ -162,6 +162,10 @@ where
                 tracing::info!(verdict = "ack", elapsed_ms, "delivery handled");
                 verdict.status()
             }
+            Verdict::Report(report) => {
+                tracing::info!(verdict = "ack", elapsed_ms, %report, "delivery handled");
+                verdict.status()
+            }
             Verdict::Ignored(reason) => {
                 tracing::debug!(verdict = "ignored", %reason, elapsed_ms, "delivery ignored");
                 verdict.status()
@@ -186,6 +190,7 @@ where
             },
         };
         match &verdict {
+            Verdict::Report(v) => (status, axum::Json(v.clone())).into_response(),
             Verdict::Retry(r) | Verdict::Panic(r) if status != StatusCode::NO_CONTENT => {
                 (status, r.clone()).into_response()
             }

@@ -25,6 +25,8 @@ pub enum Transport {
     CloudEventBinary,
     /// Eventarc, CloudEvent structured mode (`application/cloudevents+json`).
     CloudEventStructured,
+    /// A Cloud Scheduler HTTP target (`X-CloudScheduler` header): the body is the payload.
+    Scheduler,
 }
 
 /// What the adapter knows about a delivery besides its payload.
@@ -165,6 +167,21 @@ fn parse_envelope(body: &[u8], headers: &HeaderMap) -> Result<PushMeta, Envelope
 /// # Errors
 /// [`EnvelopeError`] when the request is neither a Pub/Sub push nor a CloudEvent.
 pub fn parse_delivery(headers: &HeaderMap, body: &[u8]) -> Result<PushMeta, EnvelopeError> {
+    if header(headers, "x-cloudscheduler").is_some() {
+        let job = header(headers, "x-cloudscheduler-jobname").unwrap_or("scheduler");
+        let at = header(headers, "x-cloudscheduler-scheduletime").unwrap_or("");
+        let attributes = BTreeMap::new();
+        return Ok(PushMeta {
+            trace: trace_of(headers, &attributes),
+            message_id: format!("{}@{}", echo(job), echo(at)),
+            subscription: format!("scheduler:{}", echo(job)),
+            publish_time: Some(at.to_string()).filter(|t| !t.is_empty()),
+            attributes,
+            transport: Transport::Scheduler,
+            data: bytes::Bytes::copy_from_slice(body),
+            ..PushMeta::default()
+        });
+    }
     if let Some(ce_type) = header(headers, "ce-specversion").and(header(headers, "ce-type")) {
         return parse_binary_cloudevent(headers, ce_type, body);
     }

@@ -19,6 +19,8 @@ pub enum Outcome {
     Done,
     /// Nothing to do for this message; the reason is logged at DEBUG.
     Ignored(String),
+    /// Done, with a JSON report for the caller (answered 200 with the report as body).
+    Report(serde_json::Value),
 }
 
 /// How a handler's error is classified. Implemented by every handler error type.
@@ -60,6 +62,8 @@ impl Failure {
 pub enum Verdict {
     /// Handled: 204.
     Ack,
+    /// Handled, with a report: 200 and the JSON body.
+    Report(serde_json::Value),
     /// Nothing to do: 204, reason at DEBUG.
     Ignored(String),
     /// Transient failure: 503, redelivered.
@@ -76,6 +80,7 @@ impl Verdict {
         match r {
             Ok(Outcome::Done) => Verdict::Ack,
             Ok(Outcome::Ignored(why)) => Verdict::Ignored(why),
+            Ok(Outcome::Report(v)) => Verdict::Report(v),
             Err(f) if f.retryable => Verdict::Retry(f.message),
             Err(f) => Verdict::Reject(f.message),
         }
@@ -85,6 +90,7 @@ impl Verdict {
     pub fn status(&self) -> StatusCode {
         match self {
             Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => StatusCode::NO_CONTENT,
+            Verdict::Report(_) => StatusCode::OK,
             Verdict::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
             Verdict::Panic(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,7 +99,7 @@ impl Verdict {
     /// A short label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Verdict::Ack => "ack",
+            Verdict::Ack | Verdict::Report(_) => "ack",
             Verdict::Ignored(_) => "ignored",
             Verdict::Retry(_) => "retry",
             Verdict::Reject(_) => "dead-letter",
@@ -105,7 +111,7 @@ impl Verdict {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Verdict::Ack => f.write_str("ack"),
+            Verdict::Ack | Verdict::Report(_) => f.write_str("ack"),
             Verdict::Ignored(r) | Verdict::Retry(r) | Verdict::Reject(r) | Verdict::Panic(r) => {
                 write!(f, "{}: {r}", self.label())
             }

@@ -4,6 +4,7 @@
 //! - [`instance_events`]: Compute Engine audit → `bootstrap` / `decommission`
 //! - [`node_events`]: Kubernetes audit → `assign-alias` / `release-alias`
 
+pub mod drift_sweep;
 pub mod instance_events;
 pub mod node_events;
 pub mod steps;

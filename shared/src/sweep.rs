@@ -1,0 +1,466 @@
+//! The drift sweep: list every Node, every VM of the project and every nodewire bootstrap
+//! token, join them, and find what has drifted from "wired" — with the same planner facts
+//! and the same definition of wired as the chain. The sweep writes nothing itself; it
+//! publishes one step per drifted aspect and reports.
+//!
+//! [`assess`] is pure; [`run`] observes, assesses and publishes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::act::compute::{Compute, InstanceView};
+use crate::act::k8s::{Kube, NodeView, TokenInfo, UNWIRED_TAINT};
+use crate::event::{Cause, CauseSource, Decode, DecodeError, Step, StepMessage};
+use crate::join::JOIN_METADATA_KEY;
+use crate::names::{Cidr, InstanceRef};
+use crate::plan::{Alias, Gap, NodeFacts, Observed, PlanConfig, TokenFacts, VmFacts, gaps};
+
+/// Names listed per drift kind in a report, at most.
+pub const AFFECTED_CAP: usize = 20;
+
+/// A kind of drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftKind {
+    /// A VM of ours with no Node, no join metadata and no token.
+    NeverBootstrapped,
+    /// A VM of ours with no Node whose join token expired (or whose metadata has no valid token).
+    BootstrapExpired,
+    /// nic0's aliases are not exactly `[podCIDR]`.
+    AliasMismatch,
+    /// A VM still holds a pod-range alias but its Node is gone.
+    AliasWithoutNode,
+    /// A node tag is missing.
+    TagMissing,
+    /// `spec.providerID` is empty or names another VM.
+    ProviderIdWrong,
+    /// The unwired taint is left on a node that is otherwise wired.
+    TaintLeft,
+    /// A join token is left for a VM that has a Node.
+    LeftoverToken,
+    /// `kubeadm-join` is left in the metadata of a VM that has a Node.
+    LeftoverJoinMetadata,
+    /// A Node whose providerID names a VM of this project that does not exist.
+    NodeWithoutVm,
+    /// A join token for a VM that does not exist.
+    OrphanToken,
+    /// Two VMs hold overlapping pod-range aliases.
+    AliasOverlap,
+}
+
+/// One drifted aspect, and the step that heals it (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: DriftKind,
+    /// The VM or Node the finding is about.
+    pub subject: String,
+    /// `(step, VM, node name)` to publish.
+    pub heal: Option<(Step, InstanceRef, Option<String>)>,
+}
+
+/// What the sweep read.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub vms: Vec<InstanceView>,
+    pub nodes: Vec<NodeView>,
+    pub tokens: Vec<TokenInfo>,
+}
+
+fn provider_ref(pid: &str) -> Option<InstanceRef> {
+    let path = pid.strip_prefix("gce://")?;
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [p, z, n] => InstanceRef::new(*p, *z, *n).ok(),
+        _ => None,
+    }
+}
+
+fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
+    t.expiration
+        .as_deref()
+        .and_then(|e| {
+            time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .is_none_or(|e| e <= now)
+}
+
+fn vm_facts(v: &InstanceView) -> VmFacts {
+    VmFacts {
+        instance: v.instance.clone(),
+        labels: v.labels.clone(),
+        can_ip_forward: v.can_ip_forward,
+        subnet_link: v.nic0.as_ref().map(|n| n.subnetwork.clone()),
+        aliases: v
+            .nic0
+            .as_ref()
+            .map(|n| {
+                n.aliases
+                    .iter()
+                    .map(|a| Alias {
+                        cidr: a.cidr.clone(),
+                        range_name: a.range_name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        tags: v.tags.clone(),
+        join_metadata: v.metadata.contains_key(JOIN_METADATA_KEY),
+    }
+}
+
+fn node_facts(n: &NodeView) -> NodeFacts {
+    NodeFacts {
+        name: n.name.clone(),
+        provider_id: n.provider_id.clone(),
+        pod_cidr: n.pod_cidr.clone(),
+        unwired_taint: n.has_taint(UNWIRED_TAINT),
+    }
+}
+
+/// Finds every drifted aspect. Pure.
+pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let nodes_by_name: HashMap<&str, &NodeView> =
+        inv.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut tokens_by_vm: HashMap<&str, Vec<&TokenInfo>> = HashMap::new();
+    for t in &inv.tokens {
+        if let Some(i) = t.instance.as_deref() {
+            tokens_by_vm.entry(i).or_default().push(t);
+        }
+    }
+    let existing: BTreeSet<&InstanceRef> = inv.vms.iter().map(|v| &v.instance).collect();
+    let existing_names: BTreeSet<&str> = inv.vms.iter().map(|v| v.instance.name()).collect();
+    let mut pod_aliases: Vec<(&InstanceRef, Cidr)> = Vec::new();
+
+    for v in &inv.vms {
+        let facts = vm_facts(v);
+        if cfg.not_selected(&facts).is_some() {
+            continue;
+        }
+        let r = &v.instance;
+        let name = r.name().to_string();
+        let node = nodes_by_name.get(r.name()).copied();
+        let tokens: Vec<TokenFacts> = tokens_by_vm
+            .get(r.name())
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| TokenFacts {
+                        id: t.id.clone(),
+                        expired: expired(t, now),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for a in &facts.aliases {
+            if a.range_name.as_deref() == Some(cfg.pod_range_name.as_str())
+                && let Ok(c) = a.cidr.parse::<Cidr>()
+            {
+                pod_aliases.push((r, c));
+            }
+        }
+        let finding = |kind, step: Step| Finding {
+            kind,
+            subject: name.clone(),
+            heal: Some((step, r.clone(), Some(name.clone()))),
+        };
+        let Some(node) = node else {
+            if facts
+                .aliases
+                .iter()
+                .any(|a| a.range_name.as_deref() == Some(cfg.pod_range_name.as_str()))
+            {
+                out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
+            }
+            let valid_token = tokens.iter().any(|t| !t.expired);
+            if !valid_token {
+                if tokens.is_empty() && !facts.join_metadata {
+                    out.push(finding(DriftKind::NeverBootstrapped, Step::Bootstrap));
+                } else {
+                    out.push(finding(DriftKind::BootstrapExpired, Step::Bootstrap));
+                }
+            }
+            continue;
+        };
+        let obs = Observed {
+            instance: r.clone(),
+            vm: Some(facts),
+            node: Some(node_facts(node)),
+            tokens,
+        };
+        for g in gaps(&obs, cfg) {
+            let f = match g {
+                Gap::Alias => finding(DriftKind::AliasMismatch, Step::AssignAlias),
+                Gap::Tag => finding(DriftKind::TagMissing, Step::TagInstance),
+                Gap::ProviderId => finding(DriftKind::ProviderIdWrong, Step::ProviderId),
+                Gap::Taint => finding(DriftKind::TaintLeft, Step::Finalize),
+                Gap::Token => finding(DriftKind::LeftoverToken, Step::Finalize),
+                Gap::JoinMetadata => finding(DriftKind::LeftoverJoinMetadata, Step::Finalize),
+                // Waiting for the IPAM controller (or the kubelet): not drift.
+                Gap::NoPodCidr | Gap::NoNode => continue,
+            };
+            out.push(f);
+        }
+    }
+
+    for n in &inv.nodes {
+        let Some(r) = n.provider_id.as_deref().and_then(provider_ref) else {
+            continue;
+        };
+        if r.project() == cfg.project && !existing.contains(&r) {
+            out.push(Finding {
+                kind: DriftKind::NodeWithoutVm,
+                subject: n.name.clone(),
+                heal: Some((Step::Decommission, r, Some(n.name.clone()))),
+            });
+        }
+    }
+
+    for t in &inv.tokens {
+        let Some(name) = t.instance.as_deref() else {
+            continue;
+        };
+        if existing_names.contains(name) {
+            continue;
+        }
+        let heal = t
+            .zone
+            .as_deref()
+            .and_then(|z| InstanceRef::new(cfg.project.as_str(), z, name).ok())
+            .map(|r| (Step::Decommission, r, Some(name.to_string())));
+        out.push(Finding {
+            kind: DriftKind::OrphanToken,
+            subject: name.to_string(),
+            heal,
+        });
+    }
+
+    pod_aliases.sort_by_key(|(_, c)| *c);
+    for (i, (a, ca)) in pod_aliases.iter().enumerate() {
+        for (b, cb) in &pod_aliases[i + 1..] {
+            if !ca.overlaps(cb) {
+                break; // sorted by network: no later block can overlap
+            }
+            for who in [a, b] {
+                out.push(Finding {
+                    kind: DriftKind::AliasOverlap,
+                    subject: who.name().to_string(),
+                    heal: nodes_by_name.contains_key(who.name()).then(|| {
+                        (
+                            Step::AssignAlias,
+                            (*who).clone(),
+                            Some(who.name().to_string()),
+                        )
+                    }),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What one sweep found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub vms: usize,
+    pub nodes: usize,
+    pub tokens: usize,
+    /// Findings per drift kind.
+    pub drift: BTreeMap<DriftKind, usize>,
+    /// Affected names per drift kind (at most [`AFFECTED_CAP`] each).
+    pub affected: BTreeMap<DriftKind, Vec<String>>,
+    /// Steps published (planned, in a dry run).
+    pub steps: usize,
+    /// List calls made, per API.
+    pub api_calls: BTreeMap<String, usize>,
+    pub duration_ms: u64,
+}
+
+impl Report {
+    /// Total findings.
+    pub fn total(&self) -> usize {
+        self.drift.values().sum()
+    }
+}
+
+/// The body of a sweep request (`{}` or `{"dryRun": true}`); an empty body is a real sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SweepRequest {
+    #[serde(alias = "dry_run")]
+    pub dry_run: bool,
+}
+
+impl Decode for SweepRequest {
+    fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        if data.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        serde_json::from_slice(data).map_err(|e| DecodeError::Json(format!("sweep request: {e}")))
+    }
+}
+
+/// Why a sweep failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Compute(#[from] crate::act::compute::ComputeError),
+    #[error(transparent)]
+    Kube(#[from] crate::act::k8s::KubeError),
+    #[error("publishing a step failed")]
+    Publish(#[from] crate::bus::BusError),
+    #[error("the sweep is not configured: {0}")]
+    NotConfigured(&'static str),
+}
+
+impl crate::adapter::Classify for SweepError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SweepError::Compute(e) => e.is_retryable(),
+            SweepError::Kube(e) => e.is_retryable(),
+            SweepError::Publish(_) => true,
+            SweepError::NotConfigured(_) => false,
+        }
+    }
+}
+
+/// Reads everything the sweep needs: every VM of the project (the selector is applied in
+/// code, so that a Node whose VM exists but is not selected is not taken for orphaned), every
+/// Node, every nodewire token. Returns the list calls made per API.
+///
+/// # Errors
+/// [`SweepError`] when a list fails.
+pub async fn observe(
+    compute: &Compute,
+    kube: &Kube,
+) -> Result<(Inventory, BTreeMap<String, usize>), SweepError> {
+    let (vms, nodes, tokens) = tokio::join!(
+        compute.list_instances_paged(None),
+        kube.list_nodes_paged(None),
+        kube.list_bootstrap_tokens_paged(None)
+    );
+    let (vms, vm_pages) = vms?;
+    let (nodes, node_pages) = nodes?;
+    let (tokens, token_pages) = tokens?;
+    let calls = BTreeMap::from([
+        ("compute.instances.aggregatedList".to_string(), vm_pages),
+        ("k8s.nodes.list".to_string(), node_pages),
+        ("k8s.secrets.list".to_string(), token_pages),
+    ]);
+    Ok((Inventory { vms, nodes, tokens }, calls))
+}
+
+/// Assesses an inventory and publishes one step per drifted aspect (none in a dry run).
+///
+/// # Errors
+/// [`SweepError::Publish`] when a step cannot be published.
+pub async fn heal(
+    deps: &crate::deps::Deps,
+    inv: &Inventory,
+    cfg: &PlanConfig,
+    dry_run: bool,
+    trace: &crate::trace::TraceContext,
+) -> Result<(Vec<Finding>, usize), SweepError> {
+    let findings = assess(inv, cfg, time::OffsetDateTime::now_utc());
+    let mut planned: BTreeSet<(String, Step)> = BTreeSet::new();
+    let mut steps = Vec::new();
+    for f in &findings {
+        if let Some((step, r, node)) = &f.heal
+            && planned.insert((r.to_string(), *step))
+        {
+            let mut msg = StepMessage::new(
+                *step,
+                r.clone(),
+                Cause {
+                    source: CauseSource::Sweep,
+                    id: None,
+                },
+                trace.trace_id(),
+            );
+            msg.node = node.clone();
+            steps.push(msg);
+        }
+    }
+    // Within one VM, release before bootstrap and the chain's order otherwise.
+    steps.sort_by_key(|m| (m.instance.to_string(), release_first(m.step)));
+    if !dry_run {
+        for m in &steps {
+            deps.publish_step(m, trace).await?;
+        }
+    }
+    Ok((findings, steps.len()))
+}
+
+fn release_first(s: Step) -> u8 {
+    match s {
+        Step::ReleaseAlias => 0,
+        Step::Decommission => 1,
+        Step::Bootstrap => 2,
+        Step::AssignAlias => 3,
+        Step::TagInstance => 4,
+        Step::ProviderId => 5,
+        Step::Finalize => 6,
+    }
+}
+
+/// Builds the report.
+pub fn report(
+    inv: &Inventory,
+    findings: &[Finding],
+    steps: usize,
+    api_calls: BTreeMap<String, usize>,
+    dry_run: bool,
+    started: Instant,
+) -> Report {
+    let mut drift: BTreeMap<DriftKind, usize> = BTreeMap::new();
+    let mut affected: BTreeMap<DriftKind, Vec<String>> = BTreeMap::new();
+    for f in findings {
+        *drift.entry(f.kind).or_insert(0) += 1;
+        let list = affected.entry(f.kind).or_default();
+        if list.len() < AFFECTED_CAP && !list.contains(&f.subject) {
+            list.push(f.subject.clone());
+        }
+    }
+    Report {
+        dry_run,
+        vms: inv.vms.len(),
+        nodes: inv.nodes.len(),
+        tokens: inv.tokens.len(),
+        drift,
+        affected,
+        steps,
+        api_calls,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Runs one sweep with the process's clients: observe, assess, publish (unless `dry_run`),
+/// report.
+///
+/// # Errors
+/// [`SweepError`].
+pub async fn run(
+    deps: &crate::deps::Deps,
+    dry_run: bool,
+    trace: &crate::trace::TraceContext,
+) -> Result<Report, SweepError> {
+    let started = Instant::now();
+    let compute = deps
+        .compute
+        .as_ref()
+        .ok_or(SweepError::NotConfigured("Compute client"))?;
+    let kube = deps
+        .kube
+        .as_ref()
+        .ok_or(SweepError::NotConfigured("Kubernetes client"))?;
+    let chain = deps
+        .chain
+        .as_deref()
+        .ok_or(SweepError::NotConfigured("chain settings"))?;
+    let cfg = chain.plan_config(&deps.config.project);
+    let (inv, calls) = observe(compute, kube).await?;
+    let (findings, steps) = heal(deps, &inv, &cfg, dry_run, trace).await?;
+    Ok(report(&inv, &findings, steps, calls, dry_run, started))
+}
