@@ -14,7 +14,7 @@ use shared::bus::{BoxFuture, Bus, BusError, OutboundMessage, PubSubBus};
 use shared::config::{ChainConfig, Config};
 use shared::deps::Deps;
 use shared::event::Step;
-use shared::handlers::{instance_events, node_events, steps};
+use shared::handlers::{drift_sweep, instance_events, node_events, steps};
 use shared::join::JOIN_METADATA_KEY;
 use sim::agent::{AgentConfig, VmAgent};
 use sim::audit::AuditSink;
@@ -69,6 +69,7 @@ pub struct World {
     pub agent: VmAgent,
     servers: Vec<(String, FnServer)>,
     subscriptions: Vec<String>,
+    sweep_server: FnServer,
     http: reqwest::Client,
 }
 
@@ -236,6 +237,9 @@ impl World {
             };
             servers.push((step.as_str().to_string(), server));
         }
+        // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
+        let sweep_server =
+            FnServer::start_with_deps(deps_for("drift-sweep").await, drift_sweep::handle).await;
         // Observers first, then the push subscriptions.
         emu.create_subscription(
             "dead-letter-observer",
@@ -303,8 +307,28 @@ impl World {
             agent,
             servers,
             subscriptions,
+            sweep_server,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Runs the drift sweep as Cloud Scheduler would (HTTP POST) and returns its report.
+    pub async fn sweep(&self, dry_run: bool) -> shared::sweep::Report {
+        let resp = self
+            .http
+            .post(self.sweep_server.endpoint())
+            .header("x-cloudscheduler", "true")
+            .header("x-cloudscheduler-jobname", "nodewire-sweep")
+            .json(&json!({"dryRun": dry_run}))
+            .send()
+            .await
+            .expect("sweep request");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "the sweep answers 200 with its report"
+        );
+        resp.json().await.expect("sweep report")
     }
 
     /// Creates a VM through `instances.insert`, as a user or an instance group would.
@@ -474,6 +498,7 @@ impl World {
         for (_, s) in self.servers {
             s.stop().await;
         }
+        self.sweep_server.stop().await;
     }
 }
 

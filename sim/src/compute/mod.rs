@@ -198,6 +198,12 @@ impl ComputeSim {
         f(&self.sim.world())
     }
 
+    /// Changes the world directly, bypassing the API (no validation, no operation, no audit):
+    /// for tests that need a drifted state the API would not produce, or a lost event.
+    pub fn tamper<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        f(&mut self.sim.world())
+    }
+
     /// A cloneable read handle on the world (for the VM agent).
     pub fn view(&self) -> ComputeView {
         ComputeView(self.sim.clone())

@@ -276,6 +276,15 @@ impl K8sSim {
             .cloned()
     }
 
+    /// Removes an object directly, without the API (no audit entry): a lost event.
+    pub fn forget(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.sim.store().objects.remove(&(
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        ))
+    }
+
     /// A cloneable read handle (for the VM agent).
     pub fn view(&self) -> K8sView {
         K8sView(self.sim.clone())

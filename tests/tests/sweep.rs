@@ -1,0 +1,236 @@
+//! The drift sweep against the whole system: a converged cluster costs list calls only; every
+//! drift kind is detected, reported, healed by the chain, and nothing else is touched; a dry
+//! run publishes nothing.
+
+use std::time::Duration;
+
+use integration_tests::simfix::{P, REGION};
+use integration_tests::world::{NODE_TAG, World, WorldOptions};
+use serde_json::json;
+use shared::sweep::DriftKind;
+use sim::compute::{Alias, InstanceSeed};
+
+const Z: &str = "us-central1-a";
+
+async fn wired_world(n: usize) -> World {
+    let w = World::start(WorldOptions::default()).await;
+    for i in 0..n {
+        w.insert_vm(P, Z, &format!("k8s-node-{i}"), &[("cluster", "demo")], true)
+            .await;
+    }
+    let ok = w
+        .wait_until(Duration::from_secs(90), |w| {
+            (0..n).all(|i| w.wired(Z, &format!("k8s-node-{i}")).is_ok())
+        })
+        .await;
+    assert!(ok, "the cluster converged first");
+    w
+}
+
+fn writes(w: &World) -> Vec<String> {
+    let mut out: Vec<String> = w
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.http_method != "GET" && !r.method.starts_with("zoneOperations"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    out.extend(
+        w.k8s
+            .chaos()
+            .requests()
+            .into_iter()
+            .filter(|r| r.http_method != "GET")
+            .map(|r| format!("{} {}", r.method, r.path)),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_converged_cluster_sweeps_to_nothing() {
+    let w = wired_world(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.compute.chaos().clear_requests();
+    w.k8s.chaos().clear_requests();
+    for dry_run in [true, false] {
+        let r = w.sweep(dry_run).await;
+        assert_eq!(r.total(), 0, "{r:?}");
+        assert_eq!(r.steps, 0);
+        assert_eq!(r.vms, 3);
+        assert_eq!(r.nodes, 3);
+        assert_eq!(
+            r.api_calls.get("compute.instances.aggregatedList"),
+            Some(&1)
+        );
+        assert_eq!(r.api_calls.get("k8s.nodes.list"), Some(&1));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(writes(&w).is_empty(), "zero writes: {:?}", writes(&w));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_drift_kind_is_detected_and_healed() {
+    // k8s-node-8 stays as it is: the control that must not be touched.
+    let w = wired_world(9).await;
+    let name = |i: usize| format!("k8s-node-{i}");
+    let pod = |i: usize| w.wired(Z, &name(i)).expect("wired");
+    let pod1 = pod(1);
+    // 0: tag stripped.
+    w.compute.tamper(|world| {
+        world
+            .instances
+            .get_mut(&(P.into(), Z.into(), name(0)))
+            .expect("vm")
+            .tags
+            .retain(|t| t != NODE_TAG)
+    });
+    // 1: alias removed.
+    w.compute.tamper(|world| {
+        world
+            .instances
+            .get_mut(&(P.into(), Z.into(), name(1)))
+            .expect("vm")
+            .nics[0]
+            .aliases
+            .clear()
+    });
+    // 2: alias overlapping node 3's range (two VMs claim one block).
+    let pod3 = pod(3);
+    w.compute.tamper(|world| {
+        world
+            .instances
+            .get_mut(&(P.into(), Z.into(), name(2)))
+            .expect("vm")
+            .nics[0]
+            .aliases = vec![Alias {
+            cidr: pod3.parse().expect("cidr"),
+            range_name: Some("pods".into()),
+        }];
+    });
+    // 4: taint left on a wired node.
+    let url = format!("{}/api/v1/nodes/{}", w.k8s.endpoint(), name(4));
+    reqwest::Client::new()
+        .patch(&url)
+        .header("content-type", "application/merge-patch+json")
+        .json(
+            &json!({"spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}}),
+        )
+        .send()
+        .await
+        .expect("taint");
+    // 5: leftover join metadata.
+    w.compute.tamper(|world| {
+        world
+            .instances
+            .get_mut(&(P.into(), Z.into(), name(5)))
+            .expect("vm")
+            .metadata
+            .push(("kubeadm-join".into(), "stale".into()));
+    });
+    // 6: Node deleted and the audit event lost: the alias stays.
+    w.k8s.forget("nodes", "", &name(6)).expect("node 6");
+    // 7: VM deleted and the audit event lost: the Node stays.
+    w.compute
+        .tamper(|world| world.instances.remove(&(P.into(), Z.into(), name(7))))
+        .expect("vm 7");
+    // A VM of ours that never got its creation event; a leftover token for a VM that is gone.
+    w.compute
+        .seed_instance(InstanceSeed {
+            project: P.into(),
+            zone: Z.into(),
+            name: "k8s-quiet".into(),
+            subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
+            can_ip_forward: true,
+            tags: vec![],
+            labels: [("cluster".to_string(), "demo".to_string())].into(),
+            metadata: vec![],
+            aliases: vec![],
+        })
+        .expect("seed");
+    w.k8s
+        .seed(
+            "secrets",
+            "kube-system",
+            json!({"metadata": {"name": "bootstrap-token-zzzzzz", "labels": {"nodewire.io/instance": "k8s-ghost", "nodewire.io/zone": Z}},
+                   "type": "bootstrap.kubernetes.io/token",
+                   "stringData": {"token-id": "zzzzzz", "token-secret": "0123456789abcdef", "expiration": "2020-01-01T00:00:00Z",
+                                  "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"}}),
+        )
+        .expect("orphan token");
+
+    // A dry run reports and publishes nothing.
+    w.compute.chaos().clear_requests();
+    w.k8s.chaos().clear_requests();
+    let dry = w.sweep(true).await;
+    let expect = [
+        (DriftKind::TagMissing, name(0)),
+        (DriftKind::AliasMismatch, name(1)),
+        (DriftKind::AliasOverlap, name(2)),
+        (DriftKind::AliasOverlap, name(3)),
+        (DriftKind::TaintLeft, name(4)),
+        (DriftKind::LeftoverJoinMetadata, name(5)),
+        (DriftKind::AliasWithoutNode, name(6)),
+        (DriftKind::NodeWithoutVm, name(7)),
+        (DriftKind::NeverBootstrapped, "k8s-quiet".to_string()),
+        (DriftKind::OrphanToken, "k8s-ghost".to_string()),
+    ];
+    for (kind, who) in &expect {
+        assert!(
+            dry.affected.get(kind).is_some_and(|l| l.contains(who)),
+            "{kind:?} for {who}: {dry:?}"
+        );
+    }
+    assert!(dry.dry_run && dry.steps >= expect.len() - 1, "{dry:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(writes(&w).is_empty(), "the dry run wrote: {:?}", writes(&w));
+    assert!(
+        w.wired(Z, &name(0)).is_err(),
+        "still drifted after the dry run"
+    );
+
+    // The real sweep heals every kind through the chain; the untouched VM gets no write.
+    let report = w.sweep(false).await;
+    assert!(report.steps >= expect.len() - 1, "{report:?}");
+    let healed = w
+        .wait_until(Duration::from_secs(90), |w| {
+            [0, 1, 2, 3, 4, 5]
+                .iter()
+                .all(|i| w.wired(Z, &name(*i)).is_ok())
+                && w.k8s.object("nodes", "", &name(7)).is_none()
+                && w.k8s
+                    .object("secrets", "kube-system", "bootstrap-token-zzzzzz")
+                    .is_none()
+                && w.wired(Z, "k8s-quiet").is_ok()
+                && w.wired(Z, &name(6)).is_ok() // released, bootstrapped again, rejoined
+        })
+        .await;
+    let state: Vec<String> = [0, 1, 2, 3, 4, 5, 6]
+        .iter()
+        .map(|i| format!("{}: {:?}", name(*i), w.wired(Z, &name(*i))))
+        .collect();
+    assert!(
+        healed,
+        "not healed: {state:?}, quiet: {:?}",
+        w.wired(Z, "k8s-quiet")
+    );
+    assert_ne!(
+        w.wired(Z, &name(2)).expect("wired"),
+        pod3,
+        "node 2 got its own block back"
+    );
+    assert_eq!(w.wired(Z, &name(1)).expect("wired"), pod1);
+    let touched: Vec<String> = writes(&w)
+        .into_iter()
+        .filter(|x| x.contains(&format!("/{}", name(8))))
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "the undrifted VM was written to: {touched:?}"
+    );
+    let after = w.sweep(false).await;
+    assert_eq!(after.total(), 0, "converged again: {after:?}");
+    assert_eq!(after.steps, 0);
+    w.stop().await;
+}
