@@ -9,3 +9,4 @@ pub mod audit;
 pub mod compute;
 pub mod faults;
 pub mod k8s;
+pub mod stack;

@@ -2,7 +2,6 @@
 //! loopback, push subscriptions between them, and polling with a deadline.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -11,7 +10,6 @@ use shared::config::Config;
 use shared::deps::Deps;
 pub use shared::emulator::{Emulator, PulledMessage};
 use shared::event::Decode;
-use tokio::net::TcpListener;
 
 /// The project every test uses, in the emulator and in the functions' configuration.
 pub const PROJECT: &str = "example-project";
@@ -36,60 +34,16 @@ pub fn config(emu: &Emulator, service: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_source(&env, service).expect("valid test configuration")
 }
 
-/// A function served in-process on a loopback port.
-pub struct FnServer {
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
+pub use sim::stack::FnServer;
 
-impl FnServer {
-    /// Connects the function's Pub/Sub bus and serves `handler` on `127.0.0.1:0`.
-    pub async fn start<T, H>(config: Config, handler: H) -> Self
-    where
-        T: Decode + Send + 'static,
-        H: for<'a> Handler<'a, T>,
-    {
-        let deps = Deps::connect(config).await.expect("Pub/Sub client");
-        Self::start_with_deps(deps, handler).await
-    }
-
-    /// Serves `handler` with the given dependencies on `127.0.0.1:0`.
-    pub async fn start_with_deps<T, H>(deps: Deps, handler: H) -> Self
-    where
-        T: Decode + Send + 'static,
-        H: for<'a> Handler<'a, T>,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(shared::adapter::serve_on(
-            listener,
-            deps,
-            handler,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    /// `http://127.0.0.1:PORT/`: the push endpoint.
-    pub fn endpoint(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    /// Stops the server (graceful) and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
+/// Connects a function's Pub/Sub bus (only) and serves `handler` on `127.0.0.1:0`.
+pub async fn serve_fn<T, H>(config: Config, handler: H) -> FnServer
+where
+    T: Decode + Send + 'static,
+    H: for<'a> Handler<'a, T>,
+{
+    let deps = Deps::connect(config).await.expect("Pub/Sub client");
+    FnServer::start_with_deps(deps, handler).await
 }
 
 /// A push subscription body: ordering on, short ack deadline, fast retries.

@@ -151,7 +151,11 @@ async fn twenty_vms_become_wired_nodes_and_are_cleaned_up() {
             assert!(!cidr(a).overlaps(&cidr(b)), "{a} overlaps {b}");
         }
     }
-    let wired_events = w.emu.pull("node-wired-observer", 100).await.expect("pull");
+    let wired_events = w
+        .emu()
+        .pull("node-wired-observer", 100)
+        .await
+        .expect("pull");
     assert!(
         wired_events.len() >= 20,
         "node-wired announced for every VM ({})",
@@ -176,7 +180,11 @@ async fn twenty_vms_become_wired_nodes_and_are_cleaned_up() {
         assert!(w.tokens_of(name).is_empty(), "{name} got a token");
         assert!(w.k8s.object("nodes", "", name).is_none());
     }
-    let dl = w.emu.pull("dead-letter-observer", 100).await.expect("pull");
+    let dl = w
+        .emu()
+        .pull("dead-letter-observer", 100)
+        .await
+        .expect("pull");
     let noforward: Vec<_> = dl
         .iter()
         .filter(|m| {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration_tests::{FnServer, PROJECT, config, emulator, pull_body, pull_until, push_body};
+use integration_tests::{PROJECT, config, emulator, pull_body, pull_until, push_body};
 use shared::adapter::{Classify, Outcome, PushEvent, dead_letter_attr};
 use shared::bus::OutboundMessage;
 use shared::deps::Deps;
@@ -51,7 +51,7 @@ async fn instance_events_publishes_the_next_step_on_the_emulator() {
     emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
         .await
         .expect("sub");
-    let f = FnServer::start(
+    let f = integration_tests::serve_fn(
         config(&emu, "instance-events", &[]),
         instance_events::handle,
     )
@@ -130,7 +130,8 @@ async fn node_events_routes_registrations_on_the_emulator() {
     emu.create_subscription("assign-observer", "nodewire-assign-alias", pull_body())
         .await
         .expect("sub");
-    let f = FnServer::start(config(&emu, "node-events", &[]), node_events::handle).await;
+    let f =
+        integration_tests::serve_fn(config(&emu, "node-events", &[]), node_events::handle).await;
     emu.create_subscription("k8s-audit-push", "k8s-audit", push_body(&f.endpoint()))
         .await
         .expect("push sub");
@@ -211,7 +212,7 @@ async fn a_503_leads_to_redelivery() {
     emu.create_subscription("done-observer", "flaky-done", pull_body())
         .await
         .expect("sub");
-    let f = FnServer::start(config(&emu, "flaky", &[]), flaky).await;
+    let f = integration_tests::serve_fn(config(&emu, "flaky", &[]), flaky).await;
     emu.create_subscription("flaky-push", "flaky-in", push_body(&f.endpoint()))
         .await
         .expect("push sub");
@@ -246,7 +247,7 @@ async fn a_poison_message_is_dead_lettered_exactly_once() {
     emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
         .await
         .expect("sub");
-    let f = FnServer::start(
+    let f = integration_tests::serve_fn(
         config(&emu, "instance-events", &[]),
         instance_events::handle,
     )

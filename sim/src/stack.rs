@@ -1,0 +1,766 @@
+//! The whole system on one machine: both simulators (with their Logging sinks), the simulated
+//! VM agent, every function as its own HTTP server on loopback, and Pub/Sub — the real
+//! emulator with topics and push subscriptions wired as the Terraform wires them (ordering,
+//! retry and dead-letter policies), or, when the emulator is not installed, the in-process bus
+//! with an in-process pusher that delivers push envelopes to the same servers. Used by the
+//! end-to-end tests, the sweep tests and `nodewire sandbox`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
+use shared::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, UNWIRED_TAINT};
+use shared::adapter::Handler;
+use shared::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
+use shared::config::{ChainConfig, Config};
+use shared::deps::Deps;
+use shared::emulator::Emulator;
+use shared::event::{Decode, Step};
+use shared::handlers::{drift_sweep, instance_events, node_events, steps};
+use shared::join::JOIN_METADATA_KEY;
+use shared::names::Cidr;
+use tokio::net::TcpListener;
+
+use crate::agent::{AgentConfig, VmAgent};
+use crate::audit::AuditSink;
+use crate::compute::{ComputeConfig, ComputeSim, SubnetSpec};
+use crate::faults::FaultSpec;
+use crate::k8s::{IpamConfig, K8sConfig, K8sSim};
+
+/// A function served in-process on a loopback port.
+pub struct FnServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for FnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl FnServer {
+    /// Serves `handler` with the given dependencies on `127.0.0.1:0`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start_with_deps<T, H>(deps: Deps, handler: H) -> Self
+    where
+        T: Decode + Send + 'static,
+        H: for<'a> Handler<'a, T>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shared::adapter::serve_on(
+            listener,
+            deps,
+            handler,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/`: the push endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops the server (graceful) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Which Pub/Sub to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BusChoice {
+    /// The real emulator (must be installed).
+    #[default]
+    Emulator,
+    /// The in-process bus and pusher (no Java, no emulator).
+    InProcess,
+}
+
+/// How the stack is set up.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub bus: BusChoice,
+    /// Probability of an injected fault on every method of both simulators.
+    pub faults: f64,
+    /// Publish every step message twice.
+    pub duplicate_steps: bool,
+    pub project: String,
+    /// A second project with the same subnet, for "another project: untouched".
+    pub other_project: Option<String>,
+    pub region: String,
+    pub nodes_range: Cidr,
+    pub pods_range: Cidr,
+    pub services_range: Cidr,
+    pub node_tag: String,
+    /// `key=value` every node VM carries.
+    pub selector: (String, String),
+    pub op_latency: Duration,
+    pub ipam_delay: Duration,
+    pub join_delay: Duration,
+}
+
+impl Default for StackOptions {
+    /// The test cluster: `us-central1`, pods `10.4.0.0/16`.
+    fn default() -> Self {
+        Self {
+            bus: BusChoice::Emulator,
+            faults: 0.0,
+            duplicate_steps: false,
+            project: "example-project".into(),
+            other_project: Some("other-project".into()),
+            region: "us-central1".into(),
+            nodes_range: parse("10.128.0.0/20"),
+            pods_range: parse("10.4.0.0/16"),
+            services_range: parse("172.16.16.0/21"),
+            node_tag: "k8s-node".into(),
+            selector: ("cluster".into(), "demo".into()),
+            op_latency: Duration::from_millis(60),
+            ipam_delay: Duration::from_millis(200),
+            join_delay: Duration::from_millis(300),
+        }
+    }
+}
+
+fn parse(s: &str) -> Cidr {
+    s.parse().unwrap_or_else(|_| panic!("constant CIDR {s}"))
+}
+
+/// The CA whose pin the simulated cluster publishes (public certificate only).
+const TEST_CA: &str = include_str!("../../shared/fixtures/test-ca.crt");
+
+/// Publishes every message twice (at-least-once delivery, made visible).
+struct Doubling(Arc<dyn Bus>);
+
+impl Bus for Doubling {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        msg: OutboundMessage,
+    ) -> BoxFuture<'a, Result<String, BusError>> {
+        Box::pin(async move {
+            let id = self.0.publish(topic, msg.clone()).await?;
+            self.0.publish(topic, msg).await?;
+            Ok(id)
+        })
+    }
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        self.0.flush()
+    }
+}
+
+/// Everything running.
+pub struct Stack {
+    pub opts: StackOptions,
+    /// The emulator, when [`BusChoice::Emulator`].
+    pub emu: Option<Emulator>,
+    /// The in-process bus, when [`BusChoice::InProcess`].
+    pub in_process: Option<InProcessBus>,
+    pub compute: ComputeSim,
+    pub k8s: K8sSim,
+    pub agent: VmAgent,
+    servers: Vec<(String, FnServer)>,
+    subscriptions: Vec<String>,
+    pushers: Vec<tokio::task::JoinHandle<()>>,
+    sweep_server: FnServer,
+    env: BTreeMap<String, String>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("bus", &self.opts.bus)
+            .finish_non_exhaustive()
+    }
+}
+
+fn subnet(project: &str, o: &StackOptions) -> SubnetSpec {
+    SubnetSpec {
+        project: project.into(),
+        region: o.region.clone(),
+        name: "k8s-nodes".into(),
+        network: "k8s-vpc".into(),
+        ip_cidr_range: o.nodes_range,
+        secondary: vec![
+            ("pods".into(), o.pods_range),
+            ("services".into(), o.services_range),
+        ],
+    }
+}
+
+/// Which topic each function is pushed from.
+fn source_topic(function: &str) -> String {
+    match function {
+        "instance-events" => "gce-audit".to_string(),
+        "node-events" => "k8s-audit".to_string(),
+        step => format!("nodewire-{step}"),
+    }
+}
+
+impl Stack {
+    /// Starts everything.
+    ///
+    /// # Errors
+    /// A message when a part cannot start (e.g. the emulator is not installed).
+    pub async fn start(opts: StackOptions) -> Result<Self, String> {
+        let p = opts.project.clone();
+        let (emu, base_bus, in_process): (Option<Emulator>, Arc<dyn Bus>, Option<InProcessBus>) =
+            match opts.bus {
+                BusChoice::Emulator => {
+                    let emu = Emulator::start(&p).await.map_err(|e| e.to_string())?;
+                    let cfg = shared::config::PubSubConfig {
+                        project: p.clone(),
+                        emulator_endpoint: Some(emu.endpoint()),
+                        topic_prefix: String::new(),
+                        dead_letter_topic: String::new(),
+                        publish_timeout: Duration::from_secs(10),
+                    };
+                    let bus: Arc<dyn Bus> =
+                        Arc::new(PubSubBus::connect(&cfg).await.map_err(|e| e.to_string())?);
+                    (Some(emu), bus, None)
+                }
+                BusChoice::InProcess => {
+                    let b = InProcessBus::new();
+                    (None, Arc::new(b.clone()), Some(b))
+                }
+            };
+        if let Some(emu) = &emu {
+            let mut topics: Vec<String> = vec!["gce-audit".into(), "k8s-audit".into()];
+            topics.extend(Step::ALL.iter().map(|s| format!("nodewire-{s}")));
+            topics.extend([
+                "nodewire-node-wired".into(),
+                "nodewire-dead-letter".into(),
+                "nodewire-undeliverable".into(),
+            ]);
+            for t in &topics {
+                emu.create_topic(t).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let mut subnets = vec![subnet(&p, &opts)];
+        if let Some(o) = &opts.other_project {
+            subnets.push(subnet(o, &opts));
+        }
+        let compute = ComputeSim::start(ComputeConfig {
+            seed: 7,
+            op_latency: opts.op_latency,
+            wait_max: Duration::from_secs(2),
+            subnets,
+            audit: Some(AuditSink {
+                bus: base_bus.clone(),
+                topic: format!("projects/{p}/topics/gce-audit"),
+            }),
+            ..ComputeConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let k8s = K8sSim::start(K8sConfig {
+            seed: 11,
+            ipam: Some(IpamConfig {
+                cluster_cidr: opts.pods_range,
+                node_mask: 24,
+                delay: opts.ipam_delay,
+            }),
+            audit: Some(AuditSink {
+                bus: base_bus.clone(),
+                topic: format!("projects/{p}/topics/k8s-audit"),
+            }),
+            audit_project: p.clone(),
+            audit_zone: format!("{}-a", opts.region),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {}\n",
+            opts.nodes_range
+                .net()
+                .hosts()
+                .next()
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+            base64::engine::general_purpose::STANDARD.encode(TEST_CA)
+        );
+        k8s.seed(
+            "configmaps",
+            "kube-public",
+            json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig}}),
+        )
+        .map_err(|e| e.message.clone())?;
+        let agent = VmAgent::start(
+            compute.view(),
+            k8s.view(),
+            AgentConfig {
+                join_delay: opts.join_delay,
+                poll: Duration::from_millis(100),
+                k8s_endpoint: k8s.endpoint(),
+            },
+        );
+
+        let mut env: BTreeMap<String, String> = BTreeMap::from([
+            ("NODEWIRE_PROJECT".into(), p.clone()),
+            ("NODEWIRE_COMPUTE_ENDPOINT".into(), compute.endpoint()),
+            ("NODEWIRE_KUBE_API_URL".into(), k8s.endpoint()),
+            (
+                "NODEWIRE_SUBNET".into(),
+                format!("{}/k8s-nodes", opts.region),
+            ),
+            ("NODEWIRE_POD_RANGE".into(), opts.pods_range.to_string()),
+            ("NODEWIRE_NODE_TAGS".into(), opts.node_tag.clone()),
+            (
+                "NODEWIRE_SELECTOR_LABELS".into(),
+                format!("{}={}", opts.selector.0, opts.selector.1),
+            ),
+            ("NODEWIRE_REQUEST_TIMEOUT_SECS".into(), "25".into()),
+        ]);
+        if let Some(emu) = &emu {
+            env.insert("PUBSUB_EMULATOR_HOST".into(), emu.host());
+        }
+        let src: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let chain = ChainConfig::from_source(&src).map_err(|e| e.to_string())?;
+        let kube_url = k8s.endpoint();
+        let deps_for = |service: &str| {
+            let config = Config::from_source(&src, service).map_err(|e| e.to_string());
+            let chain = chain.clone();
+            let duplicate = opts.duplicate_steps;
+            let base_bus = base_bus.clone();
+            let kube_url = kube_url.clone();
+            let emulated = emu.is_some();
+            async move {
+                let config = config?;
+                let bus: Arc<dyn Bus> = if emulated {
+                    Arc::new(
+                        PubSubBus::connect(&config.pubsub)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    )
+                } else {
+                    base_bus
+                };
+                let bus: Arc<dyn Bus> = if duplicate {
+                    Arc::new(Doubling(bus))
+                } else {
+                    bus
+                };
+                let compute = Compute::new(
+                    &config.project,
+                    &ComputeEndpoint {
+                        url: config.compute_endpoint.clone(),
+                    },
+                    ComputePolicy::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let kube = Kube::new(
+                    &KubeConnection::Direct {
+                        url: kube_url,
+                        token: None,
+                        ca_pem: None,
+                    },
+                    KubePolicy::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok::<Deps, String>(
+                    Deps::new(config, bus)
+                        .with_clients(Some(compute), Some(kube))
+                        .with_chain(chain),
+                )
+            }
+        };
+        let mut servers = Vec::new();
+        servers.push((
+            "instance-events".to_string(),
+            FnServer::start_with_deps(deps_for("instance-events").await?, instance_events::handle)
+                .await,
+        ));
+        servers.push((
+            "node-events".to_string(),
+            FnServer::start_with_deps(deps_for("node-events").await?, node_events::handle).await,
+        ));
+        for step in Step::ALL {
+            let d = deps_for(step.as_str()).await?;
+            let server = match step {
+                Step::Bootstrap => FnServer::start_with_deps(d, steps::bootstrap).await,
+                Step::AssignAlias => FnServer::start_with_deps(d, steps::assign_alias).await,
+                Step::TagInstance => FnServer::start_with_deps(d, steps::tag_instance).await,
+                Step::ProviderId => FnServer::start_with_deps(d, steps::provider_id).await,
+                Step::Finalize => FnServer::start_with_deps(d, steps::finalize).await,
+                Step::ReleaseAlias => FnServer::start_with_deps(d, steps::release_alias).await,
+                Step::Decommission => FnServer::start_with_deps(d, steps::decommission).await,
+            };
+            servers.push((step.as_str().to_string(), server));
+        }
+        // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
+        let sweep_server =
+            FnServer::start_with_deps(deps_for("drift-sweep").await?, drift_sweep::handle).await;
+
+        let mut subscriptions = Vec::new();
+        let mut pushers = Vec::new();
+        if let Some(emu) = &emu {
+            // Observers first, then the push subscriptions.
+            for (sub, topic) in [
+                ("dead-letter-observer", "nodewire-dead-letter"),
+                ("node-wired-observer", "nodewire-node-wired"),
+                ("undeliverable-observer", "nodewire-undeliverable"),
+            ] {
+                emu.create_subscription(sub, topic, json!({"ackDeadlineSeconds": 30}))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            for (name, server) in &servers {
+                let sub = format!("{name}-push");
+                emu.create_subscription(
+                    &sub,
+                    &source_topic(name),
+                    json!({
+                        "pushConfig": {"pushEndpoint": server.endpoint()},
+                        "ackDeadlineSeconds": 30,
+                        "enableMessageOrdering": true,
+                        "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "3s"},
+                        "deadLetterPolicy": {"deadLetterTopic": format!("projects/{p}/topics/nodewire-undeliverable"), "maxDeliveryAttempts": 30},
+                    }),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                subscriptions.push(sub);
+            }
+        } else if let Some(bus) = &in_process {
+            for (name, server) in &servers {
+                let topic = format!("projects/{p}/topics/{}", source_topic(name));
+                pushers.push(spawn_pusher(
+                    bus,
+                    &topic,
+                    format!("projects/{p}/subscriptions/{name}-push"),
+                    server.endpoint(),
+                ));
+            }
+        }
+        if opts.faults > 0.0 {
+            compute
+                .chaos()
+                .set_default_faults(FaultSpec::flaky(opts.faults));
+            k8s.chaos()
+                .set_default_faults(FaultSpec::flaky(opts.faults));
+            // VM creations and deletions stand for a user's; only nodewire's calls fail.
+            compute
+                .chaos()
+                .set_faults("instances.insert", FaultSpec::default());
+            compute
+                .chaos()
+                .set_faults("instances.delete", FaultSpec::default());
+        }
+        Ok(Self {
+            opts,
+            emu,
+            in_process,
+            compute,
+            k8s,
+            agent,
+            servers,
+            subscriptions,
+            pushers,
+            sweep_server,
+            env,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The environment a function (or the CLI) needs to talk to this stack.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// Runs the drift sweep as Cloud Scheduler would (HTTP POST) and returns its report.
+    ///
+    /// # Errors
+    /// A message when the sweep does not answer 200 with a report.
+    pub async fn sweep(&self, dry_run: bool) -> Result<shared::sweep::Report, String> {
+        let resp = self
+            .http
+            .post(self.sweep_server.endpoint())
+            .header("x-cloudscheduler", "true")
+            .header("x-cloudscheduler-jobname", "nodewire-sweep")
+            .json(&json!({"dryRun": dry_run}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(format!(
+                "the sweep answered HTTP {status}: {}",
+                resp.text().await.unwrap_or_default()
+            ));
+        }
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Creates a VM through `instances.insert`, as a user or an instance group would.
+    ///
+    /// # Errors
+    /// A message when the simulator keeps refusing.
+    pub async fn insert_vm(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        can_ip_forward: bool,
+    ) -> Result<(), String> {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let body = json!({
+            "name": name,
+            "machineType": format!("zones/{zone}/machineTypes/n2-standard-4"),
+            "canIpForward": can_ip_forward,
+            "labels": labels,
+            "networkInterfaces": [{"subnetwork": format!("projects/{project}/regions/{}/subnetworks/k8s-nodes", self.opts.region)}],
+            "metadata": {"items": [{"key": "startup-script", "value": "#!/bin/sh\n/opt/nodewire/join.sh"}]},
+        });
+        self.compute_call(
+            reqwest::Method::POST,
+            &format!("projects/{project}/zones/{zone}/instances"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Deletes a VM through `instances.delete`.
+    ///
+    /// # Errors
+    /// A message when the simulator keeps refusing.
+    pub async fn delete_vm(&self, zone: &str, name: &str) -> Result<(), String> {
+        let p = self.opts.project.clone();
+        self.compute_call(
+            reqwest::Method::DELETE,
+            &format!("projects/{p}/zones/{zone}/instances/{name}"),
+            None,
+        )
+        .await
+    }
+
+    /// Sends a Compute request, retrying injected faults as gcloud would.
+    async fn compute_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        for _ in 0..50 {
+            let mut req = self.http.request(
+                method.clone(),
+                format!("{}/compute/v1/{path}", self.compute.endpoint()),
+            );
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            if !(status == 429 || status == 403 || status >= 500) {
+                return Err(format!(
+                    "{method} {path}: HTTP {status}: {}",
+                    resp.text().await.unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("{method} {path}: still failing"))
+    }
+
+    /// Deletes a Node as `kubectl delete node` would.
+    ///
+    /// # Errors
+    /// A message when the simulator keeps refusing.
+    pub async fn delete_node(&self, name: &str) -> Result<(), String> {
+        for _ in 0..50 {
+            let resp = self
+                .http
+                .delete(format!("{}/api/v1/nodes/{name}", self.k8s.endpoint()))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("deleting node {name} kept failing"))
+    }
+
+    /// `Ok(podCIDR)` when the VM is a wired node (read straight from the simulators' state);
+    /// otherwise what is still missing.
+    pub fn wired(&self, zone: &str, name: &str) -> Result<String, String> {
+        let p = &self.opts.project;
+        let vm = self.compute.instance_json(p, zone, name).ok_or("no VM")?;
+        let node = self.k8s.object("nodes", "", name).ok_or("no Node")?;
+        let pod = node
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .ok_or("no podCIDR")?
+            .to_string();
+        let pod_cidr: Cidr = pod
+            .parse()
+            .map_err(|_| format!("podCIDR {pod} is not a CIDR"))?;
+        if !self.opts.pods_range.contains(&pod_cidr) {
+            return Err(format!("podCIDR {pod} outside the pod range"));
+        }
+        let aliases = vm
+            .pointer("/networkInterfaces/0/aliasIpRanges")
+            .cloned()
+            .unwrap_or(json!([]));
+        if aliases != json!([{"ipCidrRange": pod, "subnetworkRangeName": "pods"}]) {
+            return Err(format!("aliases {aliases} != [{pod}]"));
+        }
+        if !vm["tags"]["items"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| *x == self.opts.node_tag))
+        {
+            return Err("tag missing".into());
+        }
+        if node.pointer("/spec/providerID").and_then(Value::as_str)
+            != Some(format!("gce://{p}/{zone}/{name}").as_str())
+        {
+            return Err(format!("providerID {:?}", node.pointer("/spec/providerID")));
+        }
+        if node
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|x| x["key"] == UNWIRED_TAINT))
+        {
+            return Err("taint left".into());
+        }
+        if !self.tokens_of(name).is_empty() {
+            return Err("token left".into());
+        }
+        if vm["metadata"]["items"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|i| i["key"] == JOIN_METADATA_KEY))
+        {
+            return Err("join metadata left".into());
+        }
+        Ok(pod)
+    }
+
+    /// Bootstrap-token Secrets minted for a VM.
+    pub fn tokens_of(&self, name: &str) -> Vec<Value> {
+        let ptr = format!(
+            "/metadata/labels/{}",
+            TOKEN_INSTANCE_LABEL.replace('/', "~1")
+        );
+        self.k8s
+            .objects("secrets")
+            .into_iter()
+            .filter(|s| s.pointer(&ptr).and_then(Value::as_str) == Some(name))
+            .collect()
+    }
+
+    /// Polls `check` until it returns true or `timeout` passes.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check(self) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        check(self)
+    }
+
+    /// Stops pushing and serving.
+    pub async fn stop(self) {
+        if let Some(emu) = &self.emu {
+            for s in &self.subscriptions {
+                let _ = emu.delete_subscription(s).await;
+            }
+        }
+        for p in &self.pushers {
+            p.abort();
+        }
+        for (_, s) in self.servers {
+            s.stop().await;
+        }
+        self.sweep_server.stop().await;
+    }
+}
+
+/// Delivers the in-process bus's messages of one topic to a function as Pub/Sub push would:
+/// the wrapped envelope, redelivery with backoff on any non-2xx answer (bounded), one message
+/// at a time per ordering key (other keys are not held up).
+fn spawn_pusher(
+    bus: &InProcessBus,
+    topic: &str,
+    subscription: String,
+    endpoint: String,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = bus.subscribe(topic);
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let locks: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+            Arc::default();
+        while let Some(d) = rx.recv().await {
+            let key = d
+                .message
+                .ordering_key
+                .clone()
+                .unwrap_or_else(|| d.message_id.clone());
+            let lock = locks.lock().await.entry(key).or_default().clone();
+            let (http, subscription, endpoint) =
+                (http.clone(), subscription.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                // Tokio's mutex is fair: per key, deliveries queue in arrival order.
+                let _guard = lock.lock_owned().await;
+                let publish_time = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                let body = json!({
+                    "subscription": subscription,
+                    "message": {
+                        "data": base64::engine::general_purpose::STANDARD.encode(&d.message.data),
+                        "attributes": d.message.attributes,
+                        "messageId": d.message_id,
+                        "publishTime": publish_time,
+                    }
+                });
+                let mut backoff = Duration::from_millis(200);
+                for _ in 0..30 {
+                    if let Ok(r) = http.post(&endpoint).json(&body).send().await
+                        && r.status().is_success()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                tracing::warn!(%subscription, message_id = %d.message_id, "in-process push: gave up after 30 attempts");
+            });
+        }
+    })
+}
