@@ -97,6 +97,11 @@ pub struct PubSubConfig {
     pub dead_letter_topic: String,
     /// Upper bound for one publish, retries included.
     pub publish_timeout: Duration,
+    /// Full name of the topic the Compute audit sink publishes to (`NODEWIRE_GCE_AUDIT_TOPIC`,
+    /// default `gce-audit`): where `nodewire replay` sends Compute entries.
+    pub gce_audit_topic: String,
+    /// Likewise for Kubernetes audit entries (`NODEWIRE_K8S_AUDIT_TOPIC`, default `k8s-audit`).
+    pub k8s_audit_topic: String,
 }
 
 impl PubSubConfig {
@@ -261,7 +266,17 @@ impl Config {
             .get("NODEWIRE_DEAD_LETTER_TOPIC")
             .unwrap_or_else(|| format!("{topic_prefix}dead-letter"));
         validate_topic_part("NODEWIRE_DEAD_LETTER_TOPIC", &dlq_id, false)?;
+        let gce_audit = src
+            .get("NODEWIRE_GCE_AUDIT_TOPIC")
+            .unwrap_or_else(|| "gce-audit".into());
+        validate_topic_part("NODEWIRE_GCE_AUDIT_TOPIC", &gce_audit, false)?;
+        let k8s_audit = src
+            .get("NODEWIRE_K8S_AUDIT_TOPIC")
+            .unwrap_or_else(|| "k8s-audit".into());
+        validate_topic_part("NODEWIRE_K8S_AUDIT_TOPIC", &k8s_audit, false)?;
         let pubsub = PubSubConfig {
+            gce_audit_topic: format!("projects/{pubsub_project}/topics/{gce_audit}"),
+            k8s_audit_topic: format!("projects/{pubsub_project}/topics/{k8s_audit}"),
             dead_letter_topic: format!("projects/{pubsub_project}/topics/{dlq_id}"),
             project: pubsub_project,
             emulator_endpoint,

@@ -77,7 +77,8 @@ fn provider_ref(pid: &str) -> Option<InstanceRef> {
     }
 }
 
-fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
+/// True when a token's expiration has passed (or cannot be read).
+pub fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
     t.expiration
         .as_deref()
         .and_then(|e| {
@@ -86,7 +87,8 @@ fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
         .is_none_or(|e| e <= now)
 }
 
-fn vm_facts(v: &InstanceView) -> VmFacts {
+/// The planner's facts of a VM.
+pub fn vm_facts(v: &InstanceView) -> VmFacts {
     VmFacts {
         instance: v.instance.clone(),
         labels: v.labels.clone(),
@@ -110,7 +112,8 @@ fn vm_facts(v: &InstanceView) -> VmFacts {
     }
 }
 
-fn node_facts(n: &NodeView) -> NodeFacts {
+/// The planner's facts of a Node.
+pub fn node_facts(n: &NodeView) -> NodeFacts {
     NodeFacts {
         name: n.name.clone(),
         provider_id: n.provider_id.clone(),

@@ -238,6 +238,8 @@ impl Stack {
                         topic_prefix: String::new(),
                         dead_letter_topic: String::new(),
                         publish_timeout: Duration::from_secs(10),
+                        gce_audit_topic: String::new(),
+                        k8s_audit_topic: String::new(),
                     };
                     let bus: Arc<dyn Bus> =
                         Arc::new(PubSubBus::connect(&cfg).await.map_err(|e| e.to_string())?);

@@ -85,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
                 topic_prefix: String::new(),
                 dead_letter_topic: String::new(),
                 publish_timeout: Duration::from_secs(10),
+                gce_audit_topic: String::new(),
+                k8s_audit_topic: String::new(),
             };
             let bus: Arc<dyn shared::bus::Bus> =
                 Arc::new(shared::bus::PubSubBus::connect(&cfg).await?);

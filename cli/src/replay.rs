@@ -1,0 +1,393 @@
+//! `nodewire replay`: republish logged events, dead-lettered messages, or a step for one VM.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use shared::bus::{Bus, OutboundMessage};
+use shared::config::Config;
+use shared::event::{Cause, CauseSource, Step, StepMessage};
+use shared::names::InstanceRef;
+
+/// Where a logged entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Compute Engine audit → the `gce-audit` topic (instance-events).
+    Compute,
+    /// Kubernetes API server audit → the `k8s-audit` topic (node-events).
+    Kubernetes,
+}
+
+/// Reads a replay file: one LogEntry, a JSON array of them (which is what
+/// `gcloud logging read --format=json` prints), or JSON lines.
+///
+/// # Errors
+/// When the file is not JSON of one of those shapes.
+pub fn entries(text: &str) -> anyhow::Result<Vec<Value>> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        bail!("the file is empty");
+    }
+    match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(v @ Value::Object(_)) => Ok(vec![v]),
+        Ok(_) => bail!("expected a LogEntry object or an array of them"),
+        Err(first) => {
+            // JSON lines (one entry per line), as some exports write them.
+            let mut out = Vec::new();
+            for (i, line) in trimmed
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: Value = serde_json::from_str(line).with_context(|| {
+                    format!("not JSON ({first}); line {} is not JSON either", i + 1)
+                })?;
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Which topic an entry belongs to, or why it belongs to none.
+pub fn classify(entry: &Value) -> Result<Source, String> {
+    let is_audit_event = |v: &Value| {
+        matches!(
+            v.get("kind").and_then(Value::as_str),
+            Some("Event" | "EventList")
+        ) && v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.starts_with("audit.k8s.io/"))
+    };
+    if let Some(p) = entry.get("protoPayload") {
+        let service = p.get("serviceName").and_then(Value::as_str).unwrap_or("");
+        let method = p.get("methodName").and_then(Value::as_str).unwrap_or("");
+        if service == "compute.googleapis.com" {
+            return Ok(Source::Compute);
+        }
+        if method.starts_with("io.k8s.") {
+            return Ok(Source::Kubernetes);
+        }
+        return Err(format!(
+            "an audit entry of {service:?} ({method:?}) is not a nodewire event"
+        ));
+    }
+    if entry.get("jsonPayload").is_some_and(is_audit_event) || is_audit_event(entry) {
+        return Ok(Source::Kubernetes);
+    }
+    Err("neither a Compute Engine nor a Kubernetes audit entry".into())
+}
+
+/// What a replay did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReplaySummary {
+    pub published: Vec<String>,
+    pub skipped: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// Republishes each entry to its source topic, wrapped as a Logging sink would (data = the
+/// LogEntry JSON, attribute `logging.googleapis.com/timestamp`).
+pub async fn from_file(
+    bus: &dyn Bus,
+    config: &Config,
+    entries: &[Value],
+    dry_run: bool,
+) -> ReplaySummary {
+    let mut s = ReplaySummary::default();
+    for (i, e) in entries.iter().enumerate() {
+        let label = e
+            .get("insertId")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("entry {i}"), |id| format!("entry {i} ({id})"));
+        let source = match classify(e) {
+            Ok(s) => s,
+            Err(why) => {
+                s.skipped.push(format!("{label}: {why}"));
+                continue;
+            }
+        };
+        let topic = match source {
+            Source::Compute => config.pubsub.gce_audit_topic.clone(),
+            Source::Kubernetes => config.pubsub.k8s_audit_topic.clone(),
+        };
+        if dry_run {
+            s.published.push(format!("{label} → {topic} (dry run)"));
+            continue;
+        }
+        let ts = e
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let msg = OutboundMessage {
+            data: serde_json::to_vec(e).unwrap_or_default(),
+            attributes: BTreeMap::from([("logging.googleapis.com/timestamp".to_string(), ts)]),
+            ordering_key: None,
+        };
+        match bus.publish(&topic, msg).await {
+            Ok(id) => s
+                .published
+                .push(format!("{label} → {topic} (message {id})")),
+            Err(err) => s.failed.push(format!("{label}: {err}")),
+        }
+    }
+    s
+}
+
+/// The step to start for one VM: `--step`, or what the planner says is missing first.
+pub fn step_message(instance: &str, step: Step) -> anyhow::Result<StepMessage> {
+    let r: InstanceRef = instance
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
+    let trace = shared::trace::TraceContext::new_root();
+    let mut m = StepMessage::new(
+        step,
+        r.clone(),
+        Cause {
+            source: CauseSource::Replay,
+            id: None,
+        },
+        trace.trace_id(),
+    );
+    m.node = Some(r.name().to_string());
+    Ok(m)
+}
+
+/// A dead-lettered message as shown to the operator.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub reason: String,
+    pub service: String,
+    pub instance: String,
+    pub source_subscription: String,
+    pub chosen: bool,
+    pub republished_to: Option<String>,
+}
+
+const DL_PREFIXES: [&str; 2] = ["nodewire-dead-letter-", "CloudPubSubDeadLetter"];
+
+fn source_subscription(attrs: &HashMap<String, String>, project: &str) -> Option<String> {
+    if let Some(s) = attrs
+        .get(shared::adapter::dead_letter_attr::SUBSCRIPTION)
+        .filter(|s| !s.is_empty())
+    {
+        return Some(s.clone());
+    }
+    let sub = attrs.get("CloudPubSubDeadLetterSourceSubscription")?;
+    if sub.starts_with("projects/") {
+        return Some(sub.clone());
+    }
+    let p = attrs
+        .get("CloudPubSubDeadLetterSourceSubscriptionProject")
+        .map_or(project, String::as_str);
+    Some(format!("projects/{p}/subscriptions/{sub}"))
+}
+
+/// Pulls the dead-letter subscription until it is quiet for `quiet`, shows why each message
+/// died, republishes the chosen ones to the topic they came from, and acknowledges only those.
+///
+/// # Errors
+/// When the subscription cannot be read or a topic cannot be resolved.
+pub async fn dead_letters(
+    config: &Config,
+    bus: &dyn Bus,
+    subscription: &str,
+    filter: Option<&str>,
+    all: bool,
+    dry_run: bool,
+    quiet: Duration,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
+    let sub_name = if subscription.starts_with("projects/") {
+        subscription.to_string()
+    } else {
+        format!(
+            "projects/{}/subscriptions/{subscription}",
+            config.pubsub.project
+        )
+    };
+    let mut sb = Subscriber::builder();
+    let mut ab = SubscriptionAdmin::builder();
+    if let Some(ep) = &config.pubsub.emulator_endpoint {
+        sb = sb
+            .with_endpoint(ep.clone())
+            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+        ab = ab
+            .with_endpoint(ep.clone())
+            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+    }
+    let subscriber = sb.build().await.context("connecting to Pub/Sub")?;
+    let admin = ab.build().await.context("connecting to Pub/Sub (admin)")?;
+    let mut stream = subscriber.subscribe(sub_name.clone()).build();
+    let mut topics: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    loop {
+        let next = match tokio::time::timeout(quiet, stream.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(r)) => r.with_context(|| format!("pulling {sub_name}"))?,
+        };
+        let (msg, handler) = next;
+        let attrs: HashMap<String, String> = msg
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let reason = attrs
+            .get(shared::adapter::dead_letter_attr::REASON)
+            .cloned()
+            .or_else(|| {
+                attrs
+                    .get("CloudPubSubDeadLetterSourceDeliveryCount")
+                    .map(|n| format!("undeliverable after {n} attempts"))
+            })
+            .unwrap_or_else(|| "(no reason recorded)".into());
+        let instance = attrs.get("instance").cloned().unwrap_or_default();
+        let source = source_subscription(&attrs, &config.pubsub.project).unwrap_or_default();
+        let data_text = String::from_utf8_lossy(&msg.data).into_owned();
+        let chosen = all
+            || filter.is_some_and(|f| {
+                reason.contains(f) || instance.contains(f) || data_text.contains(f)
+            });
+        let mut dl = DeadLetter {
+            message_id: msg.message_id.clone(),
+            reason,
+            service: attrs
+                .get(shared::adapter::dead_letter_attr::SERVICE)
+                .cloned()
+                .unwrap_or_default(),
+            instance: instance.clone(),
+            source_subscription: source.clone(),
+            chosen,
+            republished_to: None,
+        };
+        if !chosen || dry_run || source.is_empty() {
+            handler.nack();
+            out.push(dl);
+            continue;
+        }
+        let topic = match topics.get(&source) {
+            Some(t) => t.clone(),
+            None => {
+                let s = admin
+                    .get_subscription()
+                    .set_subscription(source.clone())
+                    .send()
+                    .await
+                    .with_context(|| format!("reading subscription {source}"))?;
+                topics.insert(source.clone(), s.topic.clone());
+                s.topic
+            }
+        };
+        let attributes: BTreeMap<String, String> = attrs
+            .into_iter()
+            .filter(|(k, _)| !DL_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .collect();
+        let ordering_key = instance
+            .parse::<InstanceRef>()
+            .ok()
+            .map(|r| r.ordering_key());
+        let out_msg = OutboundMessage {
+            data: msg.data.to_vec(),
+            attributes,
+            ordering_key,
+        };
+        match bus.publish(&topic, out_msg).await {
+            Ok(_) => {
+                handler.ack();
+                dl.republished_to = Some(topic);
+            }
+            Err(e) => {
+                handler.nack();
+                tracing::warn!(error = %e, message_id = %dl.message_id, "republishing failed; left on the dead-letter subscription");
+            }
+        }
+        out.push(dl);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture(name: &str) -> Value {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures")
+            .join(name);
+        serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("json")
+    }
+
+    #[test]
+    fn file_shapes() {
+        let one = fixture("gce-insert-last.json");
+        assert_eq!(entries(&one.to_string()).expect("object").len(), 1);
+        let arr = json!([one, fixture("opsagent-k8s-audit-logentry.json")]);
+        assert_eq!(entries(&arr.to_string()).expect("array").len(), 2);
+        let pretty = serde_json::to_string_pretty(&arr).expect("pretty");
+        assert_eq!(entries(&pretty).expect("gcloud's pretty array").len(), 2);
+        let lines = format!(
+            "{}\n{}\n",
+            fixture("gce-insert-last.json"),
+            fixture("gce-delete-first.json")
+        );
+        assert_eq!(entries(&lines).expect("json lines").len(), 2);
+        assert!(entries("").is_err());
+        assert!(entries("5").is_err());
+        assert!(entries("{not json").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            classify(&fixture("gce-insert-last.json")),
+            Ok(Source::Compute)
+        );
+        assert_eq!(
+            classify(&fixture("opsagent-k8s-audit-logentry.json")),
+            Ok(Source::Kubernetes)
+        );
+        assert_eq!(
+            classify(&fixture("k8s-audit-node-create.json")),
+            Ok(Source::Kubernetes)
+        );
+        let gke = json!({"protoPayload": {"serviceName": "k8s.io", "methodName": "io.k8s.core.v1.nodes.create"}});
+        assert_eq!(classify(&gke), Ok(Source::Kubernetes));
+        assert!(
+            classify(&json!({"protoPayload": {"serviceName": "storage.googleapis.com"}})).is_err()
+        );
+        assert!(classify(&json!({"textPayload": "hello"})).is_err());
+    }
+
+    #[test]
+    fn dead_letter_sources() {
+        let ours = HashMap::from([(
+            "nodewire-dead-letter-subscription".to_string(),
+            "projects/p/subscriptions/gce-audit-push".to_string(),
+        )]);
+        assert_eq!(
+            source_subscription(&ours, "p").as_deref(),
+            Some("projects/p/subscriptions/gce-audit-push")
+        );
+        let native = HashMap::from([
+            (
+                "CloudPubSubDeadLetterSourceSubscription".to_string(),
+                "bootstrap-push".to_string(),
+            ),
+            (
+                "CloudPubSubDeadLetterSourceSubscriptionProject".to_string(),
+                "proj".to_string(),
+            ),
+        ]);
+        assert_eq!(
+            source_subscription(&native, "p").as_deref(),
+            Some("projects/proj/subscriptions/bootstrap-push")
+        );
+        assert_eq!(source_subscription(&HashMap::new(), "p"), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! `nodewire status` and the tables of `nodewire sweep`.
+
+use serde::Serialize;
+use shared::deps::Deps;
+use shared::event::Step;
+use shared::names::InstanceRef;
+use shared::plan::{Gap, Observed, TokenFacts, gaps};
+use shared::sweep::{Report, expired, node_facts, vm_facts};
+
+/// One VM (or orphaned Node) and each aspect of "wired".
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub vm: String,
+    pub zone: String,
+    pub node: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub alias: bool,
+    pub tag: bool,
+    pub provider_id: bool,
+    pub taint_removed: bool,
+    pub no_token: bool,
+    pub no_join_metadata: bool,
+    pub state: String,
+    pub missing: Vec<String>,
+}
+
+fn gap_name(g: Gap) -> &'static str {
+    match g {
+        Gap::NoNode => "node",
+        Gap::NoPodCidr => "podCIDR",
+        Gap::Alias => "alias",
+        Gap::Tag => "tag",
+        Gap::ProviderId => "providerID",
+        Gap::Taint => "taint",
+        Gap::Token => "token",
+        Gap::JoinMetadata => "kubeadm-join",
+    }
+}
+
+/// Reads everything and reduces it to rows (only `name` when given).
+///
+/// # Errors
+/// When a list fails or the clients are not configured.
+pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let compute = deps
+        .compute
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no Compute client"))?;
+    let kube = deps
+        .kube
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no Kubernetes client"))?;
+    let chain = deps
+        .chain
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no chain settings"))?;
+    let cfg = chain.plan_config(&deps.config.project);
+    let (inv, _) = shared::sweep::observe(compute, kube)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut rows = Vec::new();
+    for v in &inv.vms {
+        let facts = vm_facts(v);
+        if cfg.not_selected(&facts).is_some() || name.is_some_and(|n| n != v.instance.name()) {
+            continue;
+        }
+        let node = inv.nodes.iter().find(|n| n.name == v.instance.name());
+        let tokens: Vec<TokenFacts> = inv
+            .tokens
+            .iter()
+            .filter(|t| t.instance.as_deref() == Some(v.instance.name()))
+            .map(|t| TokenFacts {
+                id: t.id.clone(),
+                expired: expired(t, now),
+            })
+            .collect();
+        let obs = Observed {
+            instance: v.instance.clone(),
+            vm: Some(facts),
+            node: node.map(node_facts),
+            tokens,
+        };
+        let g = gaps(&obs, &cfg);
+        let state = if g.is_empty() {
+            "wired".to_string()
+        } else if g.contains(&Gap::NoNode) {
+            if obs.tokens.iter().any(|t| !t.expired) {
+                "joining".into()
+            } else {
+                "not bootstrapped".into()
+            }
+        } else if g.contains(&Gap::NoPodCidr) {
+            "waiting for podCIDR".into()
+        } else {
+            "wiring".into()
+        };
+        rows.push(Row {
+            vm: v.instance.name().to_string(),
+            zone: v.instance.zone().to_string(),
+            node: node.map(|n| n.name.clone()),
+            pod_cidr: node.and_then(|n| n.pod_cidr.clone()),
+            alias: node.is_some() && !g.contains(&Gap::Alias) && !g.contains(&Gap::NoPodCidr),
+            tag: !g.contains(&Gap::Tag),
+            provider_id: node.is_some() && !g.contains(&Gap::ProviderId),
+            taint_removed: node.is_some() && !g.contains(&Gap::Taint),
+            no_token: !g.contains(&Gap::Token),
+            no_join_metadata: !g.contains(&Gap::JoinMetadata),
+            missing: g.iter().map(|x| gap_name(*x).to_string()).collect(),
+            state,
+        });
+    }
+    for n in &inv.nodes {
+        let has_vm = inv.vms.iter().any(|v| v.instance.name() == n.name);
+        if has_vm || name.is_some_and(|x| x != n.name) {
+            continue;
+        }
+        rows.push(Row {
+            vm: "(none)".into(),
+            zone: String::new(),
+            node: Some(n.name.clone()),
+            pod_cidr: n.pod_cidr.clone(),
+            alias: false,
+            tag: false,
+            provider_id: false,
+            taint_removed: !n.has_taint(shared::act::k8s::UNWIRED_TAINT),
+            no_token: true,
+            no_join_metadata: true,
+            missing: vec!["vm".into()],
+            state: "node without VM".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The step to start for one VM: the first open aspect, `None` when wired or waiting.
+///
+/// # Errors
+/// When the instance path is invalid or a read fails.
+pub async fn first_step(deps: &Deps, instance: &str) -> anyhow::Result<Option<Step>> {
+    let r: InstanceRef = instance
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
+    let compute = deps
+        .compute
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no Compute client"))?;
+    let kube = deps
+        .kube
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no Kubernetes client"))?;
+    let chain = deps
+        .chain
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no chain settings"))?;
+    let cfg = chain.plan_config(&deps.config.project);
+    let vm = compute
+        .get_instance(&r)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let node = kube
+        .get_node(r.name())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = kube
+        .list_bootstrap_tokens(Some(r.name()))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let Some(vm) = vm else {
+        return Ok((node.is_some() || !tokens.is_empty()).then_some(Step::Decommission));
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let obs = Observed {
+        instance: r.clone(),
+        vm: Some(vm_facts(&vm)),
+        node: node.as_ref().map(node_facts),
+        tokens: tokens
+            .iter()
+            .map(|t| TokenFacts {
+                id: t.id.clone(),
+                expired: expired(t, now),
+            })
+            .collect(),
+    };
+    let g = gaps(&obs, &cfg);
+    if g.contains(&Gap::NoNode) {
+        return Ok(if obs.tokens.iter().any(|t| !t.expired) {
+            None
+        } else {
+            Some(Step::Bootstrap)
+        });
+    }
+    Ok(g.iter().find_map(|x| x.step()))
+}
+
+fn mark(b: bool) -> &'static str {
+    if b { "ok" } else { "-" }
+}
+
+/// Prints rows as a table.
+pub fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<24} {:<18} {:<18} {:<5} {:<5} {:<8} {:<6} {:<6} {:<8} STATE",
+        "VM", "ZONE", "POD CIDR", "ALIAS", "TAG", "PROVIDER", "TAINT", "TOKEN", "JOIN-MD"
+    );
+    for r in rows {
+        let state = if r.missing.is_empty() {
+            r.state.clone()
+        } else {
+            format!("{} (missing: {})", r.state, r.missing.join(", "))
+        };
+        println!(
+            "{:<24} {:<18} {:<18} {:<5} {:<5} {:<8} {:<6} {:<6} {:<8} {}",
+            r.vm,
+            r.zone,
+            r.pod_cidr.as_deref().unwrap_or("-"),
+            mark(r.alias),
+            mark(r.tag),
+            mark(r.provider_id),
+            mark(r.taint_removed),
+            mark(r.no_token),
+            mark(r.no_join_metadata),
+            state
+        );
+    }
+}
+
+/// Prints a sweep report as a drift table.
+pub fn print_report(r: &Report) {
+    println!(
+        "swept {} VM(s), {} Node(s), {} token(s) in {} ms{}",
+        r.vms,
+        r.nodes,
+        r.tokens,
+        r.duration_ms,
+        if r.dry_run {
+            " (dry run: nothing published)"
+        } else {
+            ""
+        }
+    );
+    if r.drift.is_empty() {
+        println!("no drift");
+    } else {
+        println!("{:<26} {:>5}  AFFECTED", "DRIFT", "COUNT");
+        for (kind, n) in &r.drift {
+            let names = r
+                .affected
+                .get(kind)
+                .map(|v| v.join(", "))
+                .unwrap_or_default();
+            let kind = serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!("{kind:<26} {n:>5}  {names}");
+        }
+    }
+    let calls: Vec<String> = r
+        .api_calls
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "steps {}: {}; list calls: {}",
+        if r.dry_run { "planned" } else { "published" },
+        r.steps,
+        calls.join(", ")
+    );
+}
