@@ -57,7 +57,8 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-#[group(id = "source", required = true, multiple = false, args = ["file", "dead_letter", "instance"])]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("source").required(true).multiple(false).args(["file", "dead_letter", "instance"]))]
 struct ReplayArgs {
     /// A LogEntry, a JSON array of them, or `gcloud logging read --format=json` output.
     #[arg(long)]

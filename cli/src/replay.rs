@@ -188,8 +188,75 @@ fn source_subscription(attrs: &HashMap<String, String>, project: &str) -> Option
     Some(format!("projects/{p}/subscriptions/{sub}"))
 }
 
-/// Pulls the dead-letter subscription until it is quiet for `quiet`, shows why each message
-/// died, republishes the chosen ones to the topic they came from, and acknowledges only those.
+/// Pub/Sub's REST API, for the unary pull / acknowledge / modifyAckDeadline the dead-letter
+/// review needs (the client library offers streaming pull only, whose acknowledgements are
+/// sent in the background).
+struct PubSubRest {
+    base: String,
+    http: reqwest::Client,
+    credentials: Option<google_cloud_auth::credentials::Credentials>,
+}
+
+impl PubSubRest {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let (base, credentials) = match &config.pubsub.emulator_endpoint {
+            Some(ep) => (ep.clone(), None),
+            None => (
+                "https://pubsub.googleapis.com".to_string(),
+                Some(
+                    google_cloud_auth::credentials::Builder::default()
+                        .build()
+                        .context("Application Default Credentials")?,
+                ),
+            ),
+        };
+        Ok(Self {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            credentials,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/v1/{path}", self.base));
+        if let Some(c) = &self.credentials
+            && let google_cloud_auth::credentials::CacheableResource::New { data, .. } =
+                c.headers(http::Extensions::new()).await?
+        {
+            req = req.headers(data);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: HTTP {status}: {text}");
+        }
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+}
+
+/// Pulls the dead-letter subscription until it is empty for `quiet`, shows why each message
+/// died, republishes the chosen ones to the topic they came from, acknowledges only those,
+/// and makes the others available again at once.
 ///
 /// # Errors
 /// When the subscription cannot be read or a topic cannot be resolved.
@@ -202,7 +269,7 @@ pub async fn dead_letters(
     dry_run: bool,
     quiet: Duration,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
+    use base64::Engine as _;
     let sub_name = if subscription.starts_with("projects/") {
         subscription.to_string()
     } else {
@@ -211,102 +278,140 @@ pub async fn dead_letters(
             config.pubsub.project
         )
     };
-    let mut sb = Subscriber::builder();
-    let mut ab = SubscriptionAdmin::builder();
-    if let Some(ep) = &config.pubsub.emulator_endpoint {
-        sb = sb
-            .with_endpoint(ep.clone())
-            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        ab = ab
-            .with_endpoint(ep.clone())
-            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-    }
-    let subscriber = sb.build().await.context("connecting to Pub/Sub")?;
-    let admin = ab.build().await.context("connecting to Pub/Sub (admin)")?;
-    let mut stream = subscriber.subscribe(sub_name.clone()).build();
+    let rest = PubSubRest::new(config)?;
     let mut topics: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
+    let mut keep: Vec<String> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
+    let mut last_message = tokio::time::Instant::now();
     loop {
-        let next = match tokio::time::timeout(quiet, stream.next()).await {
-            Err(_) | Ok(None) => break,
-            Ok(Some(r)) => r.with_context(|| format!("pulling {sub_name}"))?,
-        };
-        let (msg, handler) = next;
-        let attrs: HashMap<String, String> = msg
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let reason = attrs
-            .get(shared::adapter::dead_letter_attr::REASON)
+        let v = rest
+            .call(
+                reqwest::Method::POST,
+                &format!("{sub_name}:pull"),
+                Some(serde_json::json!({"maxMessages": 100, "returnImmediately": true})),
+            )
+            .await?;
+        let received = v["receivedMessages"]
+            .as_array()
             .cloned()
-            .or_else(|| {
-                attrs
-                    .get("CloudPubSubDeadLetterSourceDeliveryCount")
-                    .map(|n| format!("undeliverable after {n} attempts"))
-            })
-            .unwrap_or_else(|| "(no reason recorded)".into());
-        let instance = attrs.get("instance").cloned().unwrap_or_default();
-        let source = source_subscription(&attrs, &config.pubsub.project).unwrap_or_default();
-        let data_text = String::from_utf8_lossy(&msg.data).into_owned();
-        let chosen = all
-            || filter.is_some_and(|f| {
-                reason.contains(f) || instance.contains(f) || data_text.contains(f)
-            });
-        let mut dl = DeadLetter {
-            message_id: msg.message_id.clone(),
-            reason,
-            service: attrs
-                .get(shared::adapter::dead_letter_attr::SERVICE)
-                .cloned()
-                .unwrap_or_default(),
-            instance: instance.clone(),
-            source_subscription: source.clone(),
-            chosen,
-            republished_to: None,
-        };
-        if !chosen || dry_run || source.is_empty() {
-            handler.nack();
-            out.push(dl);
+            .unwrap_or_default();
+        if received.is_empty() {
+            if last_message.elapsed() >= quiet {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         }
-        let topic = match topics.get(&source) {
-            Some(t) => t.clone(),
-            None => {
-                let s = admin
-                    .get_subscription()
-                    .set_subscription(source.clone())
-                    .send()
-                    .await
-                    .with_context(|| format!("reading subscription {source}"))?;
-                topics.insert(source.clone(), s.topic.clone());
-                s.topic
+        last_message = tokio::time::Instant::now();
+        for rm in received {
+            let ack_id = rm["ackId"].as_str().unwrap_or_default().to_string();
+            let m = &rm["message"];
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(m["data"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+            let attrs: HashMap<String, String> = m["attributes"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let reason = attrs
+                .get(shared::adapter::dead_letter_attr::REASON)
+                .cloned()
+                .or_else(|| {
+                    attrs
+                        .get("CloudPubSubDeadLetterSourceDeliveryCount")
+                        .map(|n| format!("undeliverable after {n} attempts"))
+                })
+                .unwrap_or_else(|| "(no reason recorded)".into());
+            let instance = attrs.get("instance").cloned().unwrap_or_default();
+            let source = source_subscription(&attrs, &config.pubsub.project).unwrap_or_default();
+            let data_text = String::from_utf8_lossy(&data).into_owned();
+            let chosen = all
+                || filter.is_some_and(|f| {
+                    reason.contains(f) || instance.contains(f) || data_text.contains(f)
+                });
+            let mut dl = DeadLetter {
+                message_id: m["messageId"].as_str().unwrap_or_default().to_string(),
+                reason,
+                service: attrs
+                    .get(shared::adapter::dead_letter_attr::SERVICE)
+                    .cloned()
+                    .unwrap_or_default(),
+                instance: instance.clone(),
+                source_subscription: source.clone(),
+                chosen,
+                republished_to: None,
+            };
+            if !chosen || dry_run || source.is_empty() {
+                keep.push(ack_id);
+                out.push(dl);
+                continue;
             }
-        };
-        let attributes: BTreeMap<String, String> = attrs
-            .into_iter()
-            .filter(|(k, _)| !DL_PREFIXES.iter().any(|p| k.starts_with(p)))
-            .collect();
-        let ordering_key = instance
-            .parse::<InstanceRef>()
-            .ok()
-            .map(|r| r.ordering_key());
-        let out_msg = OutboundMessage {
-            data: msg.data.to_vec(),
-            attributes,
-            ordering_key,
-        };
-        match bus.publish(&topic, out_msg).await {
-            Ok(_) => {
-                handler.ack();
-                dl.republished_to = Some(topic);
+            let topic = match topics.get(&source) {
+                Some(t) => t.clone(),
+                None => {
+                    let s = rest
+                        .call(reqwest::Method::GET, &source, None)
+                        .await
+                        .with_context(|| format!("reading subscription {source}"))?;
+                    let t = s["topic"].as_str().unwrap_or_default().to_string();
+                    if t.is_empty() {
+                        bail!("subscription {source} names no topic");
+                    }
+                    topics.insert(source.clone(), t.clone());
+                    t
+                }
+            };
+            let attributes: BTreeMap<String, String> = attrs
+                .into_iter()
+                .filter(|(k, _)| !DL_PREFIXES.iter().any(|p| k.starts_with(p)))
+                .collect();
+            let ordering_key = instance
+                .parse::<InstanceRef>()
+                .ok()
+                .map(|r| r.ordering_key());
+            match bus
+                .publish(
+                    &topic,
+                    OutboundMessage {
+                        data,
+                        attributes,
+                        ordering_key,
+                    },
+                )
+                .await
+            {
+                Ok(_) => {
+                    done.push(ack_id);
+                    dl.republished_to = Some(topic);
+                }
+                Err(e) => {
+                    keep.push(ack_id);
+                    tracing::warn!(error = %e, message_id = %dl.message_id, "republishing failed; left on the dead-letter subscription");
+                }
             }
-            Err(e) => {
-                handler.nack();
-                tracing::warn!(error = %e, message_id = %dl.message_id, "republishing failed; left on the dead-letter subscription");
-            }
+            out.push(dl);
         }
-        out.push(dl);
+    }
+    if !done.is_empty() {
+        rest.call(
+            reqwest::Method::POST,
+            &format!("{sub_name}:acknowledge"),
+            Some(serde_json::json!({"ackIds": done})),
+        )
+        .await?;
+    }
+    if !keep.is_empty() {
+        rest.call(
+            reqwest::Method::POST,
+            &format!("{sub_name}:modifyAckDeadline"),
+            Some(serde_json::json!({"ackIds": keep, "ackDeadlineSeconds": 0})),
+        )
+        .await?;
     }
     Ok(out)
 }

@@ -1,0 +1,413 @@
+//! The `nodewire` binary as an operator runs it: subprocesses against the real Pub/Sub
+//! emulator and the simulators.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::emulator::Emulator;
+use sim::stack::{Stack, StackOptions};
+
+const P: &str = "example-project";
+
+async fn nodewire(args: &[&str], env: &BTreeMap<String, String>) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodewire"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("nodewire finished in time")
+        .expect("nodewire ran")
+}
+
+fn stdout_json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn fixture(name: &str) -> Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("json")
+}
+
+async fn emulator() -> Emulator {
+    Emulator::start(P)
+        .await
+        .unwrap_or_else(|e| panic!("the Pub/Sub emulator is required: {e}"))
+}
+
+fn env_for(emu: &Emulator) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("NODEWIRE_PROJECT".to_string(), P.to_string()),
+        ("PUBSUB_EMULATOR_HOST".to_string(), emu.host()),
+    ])
+}
+
+#[tokio::test]
+async fn sandbox_runs_to_a_healed_summary() {
+    for args in [
+        vec!["--json", "sandbox", "--vms", "3"],
+        vec!["--json", "sandbox", "--vms", "3", "--in-process"],
+    ] {
+        let out = nodewire(&args, &BTreeMap::new()).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: exit {:?}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json_start = text.find("\n{").map_or(0, |i| i + 1);
+        let summary: Value =
+            serde_json::from_str(&text[json_start..]).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(summary["vms"], 3);
+        assert_eq!(summary["wired"], 3, "{summary}");
+        assert_eq!(summary["healed"], true);
+        assert!(
+            summary["drift_found"].as_u64().is_some_and(|n| n >= 3),
+            "{summary}"
+        );
+        assert_eq!(summary["nodes"].as_array().map(Vec::len), Some(3));
+        let expected_bus = if args.contains(&"--in-process") {
+            "in-process"
+        } else {
+            "emulator"
+        };
+        assert_eq!(summary["bus"], expected_bus);
+    }
+    let bad = nodewire(&["sandbox", "--vms", "9"], &BTreeMap::new()).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--pods-range"));
+}
+
+#[tokio::test]
+async fn replay_file_sends_each_entry_to_its_source_topic() {
+    let emu = emulator().await;
+    for t in ["gce-audit", "k8s-audit"] {
+        emu.create_topic(t).await.expect("topic");
+        emu.create_subscription(&format!("{t}-observer"), t, json!({}))
+            .await
+            .expect("sub");
+    }
+    let env = env_for(&emu);
+    let dir = std::env::temp_dir().join(format!("nodewire-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // `gcloud logging read --format=json` prints a pretty JSON array.
+    let gcloud = json!([fixture("gce-insert-last.json"), fixture("opsagent-k8s-audit-logentry.json"), {"insertId": "x", "textPayload": "hello"}]);
+    let file = dir.join("gcloud.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&gcloud).expect("json")).expect("write");
+    let out = nodewire(
+        &[
+            "replay",
+            "--file",
+            file.to_str().expect("path"),
+            "--dry-run",
+        ],
+        &env,
+    )
+    .await;
+    assert!(
+        out.status.code() == Some(3),
+        "one entry is skipped: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        emu.pull("gce-audit-observer", 10)
+            .await
+            .expect("pull")
+            .is_empty(),
+        "a dry run publishes nothing"
+    );
+    let out = nodewire(
+        &["--json", "replay", "--file", file.to_str().expect("path")],
+        &env,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let summary = stdout_json(&out);
+    assert_eq!(summary["published"].as_array().map(Vec::len), Some(2));
+    assert!(
+        summary["skipped"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("neither"))
+    );
+    let gce = emu.pull("gce-audit-observer", 10).await.expect("pull");
+    assert_eq!(gce.len(), 1);
+    assert_eq!(
+        gce[0].attributes["logging.googleapis.com/timestamp"],
+        "2024-11-19T13:13:47.971786Z"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&gce[0].data).expect("json"),
+        fixture("gce-insert-last.json")
+    );
+    assert_eq!(
+        emu.pull("k8s-audit-observer", 10)
+            .await
+            .expect("pull")
+            .len(),
+        1
+    );
+    // A single LogEntry.
+    let one = dir.join("one.json");
+    std::fs::write(&one, fixture("gce-insert-last.json").to_string()).expect("write");
+    let out = nodewire(&["replay", "--file", one.to_str().expect("path")], &env).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        emu.pull("gce-audit-observer", 10)
+            .await
+            .expect("pull")
+            .len(),
+        1
+    );
+    // Not JSON: a clear error, exit 1.
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "not json at all").expect("write");
+    let out = nodewire(&["replay", "--file", junk.to_str().expect("path")], &env).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not JSON"));
+    // Missing configuration: exit 64 naming the variable.
+    let out = nodewire(
+        &["replay", "--file", one.to_str().expect("path")],
+        &BTreeMap::new(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NODEWIRE_PROJECT"));
+}
+
+#[tokio::test]
+async fn dead_letters_are_shown_then_republished_by_choice() {
+    let emu = emulator().await;
+    for t in ["gce-audit", "nodewire-dead-letter"] {
+        emu.create_topic(t).await.expect("topic");
+    }
+    // The subscription the messages died on, and an observer of the topic it reads.
+    emu.create_subscription("gce-audit-push", "gce-audit", json!({}))
+        .await
+        .expect("sub");
+    emu.create_subscription("gce-audit-observer", "gce-audit", json!({}))
+        .await
+        .expect("sub");
+    emu.create_subscription(
+        "dlq",
+        "nodewire-dead-letter",
+        json!({"ackDeadlineSeconds": 10}),
+    )
+    .await
+    .expect("sub");
+    let source = format!("projects/{P}/subscriptions/gce-audit-push");
+    emu.publish(
+        "nodewire-dead-letter",
+        b"{truncated",
+        &[
+            (
+                "nodewire-dead-letter-reason",
+                "undecodable payload: malformed JSON",
+            ),
+            ("nodewire-dead-letter-subscription", &source),
+            ("origin", "a"),
+        ],
+    )
+    .await
+    .expect("publish");
+    let entry = fixture("gce-insert-last.json").to_string();
+    emu.publish(
+        "nodewire-dead-letter",
+        entry.as_bytes(),
+        &[
+            ("nodewire-dead-letter-reason", "VM has no canIpForward"),
+            ("nodewire-dead-letter-subscription", &source),
+            (
+                "instance",
+                "projects/example-project/zones/us-central1-a/instances/k8s-worker-1",
+            ),
+            ("origin", "b"),
+        ],
+    )
+    .await
+    .expect("publish");
+    let env = env_for(&emu);
+    let out = nodewire(
+        &[
+            "--json",
+            "replay",
+            "--dead-letter",
+            "dlq",
+            "--quiet-secs",
+            "2",
+        ],
+        &env,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = stdout_json(&out);
+    assert_eq!(shown.as_array().map(Vec::len), Some(2), "{shown}");
+    assert!(
+        shown
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|d| d["republished_to"].is_null())
+    );
+    assert!(
+        emu.pull("gce-audit-observer", 10)
+            .await
+            .expect("pull")
+            .is_empty()
+    );
+    // Only the chosen one is republished (and acknowledged).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = nodewire(
+        &[
+            "--json",
+            "replay",
+            "--dead-letter",
+            "dlq",
+            "--filter",
+            "canIpForward",
+            "--quiet-secs",
+            "3",
+        ],
+        &env,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = emu.pull("gce-audit-observer", 10).await.expect("pull");
+    assert_eq!(back.len(), 1, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(back[0].data, entry.as_bytes());
+    assert_eq!(
+        back[0].attributes.get("origin").map(String::as_str),
+        Some("b")
+    );
+    assert!(
+        !back[0]
+            .attributes
+            .keys()
+            .any(|k| k.starts_with("nodewire-dead-letter-")),
+        "{:?}",
+        back[0].attributes
+    );
+    let out = nodewire(
+        &[
+            "--json",
+            "replay",
+            "--dead-letter",
+            "dlq",
+            "--all",
+            "--quiet-secs",
+            "3",
+        ],
+        &env,
+    )
+    .await;
+    assert!(out.status.success());
+    let rest = stdout_json(&out);
+    assert_eq!(
+        rest.as_array().map(Vec::len),
+        Some(1),
+        "the republished one was acknowledged: {rest}"
+    );
+    assert_eq!(
+        emu.pull("gce-audit-observer", 10)
+            .await
+            .expect("pull")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_replay_instance_and_sweep_against_a_running_system() {
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let env: BTreeMap<String, String> = stack.env().clone();
+    // A VM whose creation event was lost.
+    stack
+        .compute
+        .seed_instance(sim::compute::InstanceSeed {
+            project: P.into(),
+            zone: "us-central1-a".into(),
+            name: "k8s-lost".into(),
+            subnet: (P.into(), "us-central1".into(), "k8s-nodes".into()),
+            can_ip_forward: true,
+            tags: vec![],
+            labels: [("cluster".to_string(), "demo".to_string())].into(),
+            metadata: vec![],
+            aliases: vec![],
+        })
+        .expect("seed");
+    let out = nodewire(&["--json", "status", "k8s-lost"], &env).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stdout_json(&out);
+    assert_eq!(rows[0]["state"], "not bootstrapped", "{rows}");
+    let out = nodewire(&["--json", "sweep", "--dry-run"], &env).await;
+    let report = stdout_json(&out);
+    assert_eq!(report["drift"]["never-bootstrapped"], 1, "{report}");
+    assert_eq!(report["dry_run"], true);
+    let path = "projects/example-project/zones/us-central1-a/instances/k8s-lost";
+    let out = nodewire(&["replay", "--instance", path, "--dry-run"], &env).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would publish bootstrap"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = nodewire(&["replay", "--instance", path], &env).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s
+                .wired("us-central1-a", "k8s-lost")
+                .is_ok())
+            .await,
+        "replayed VM wired"
+    );
+    let out = nodewire(&["--json", "status"], &env).await;
+    let rows = stdout_json(&out);
+    assert!(
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["vm"] == "k8s-lost" && r["state"] == "wired"),
+        "{rows}"
+    );
+    let out = nodewire(&["--json", "sweep"], &env).await;
+    assert_eq!(stdout_json(&out)["steps"], 0);
+    let out = nodewire(&["status", "nope"], &env).await;
+    assert_eq!(out.status.code(), Some(1));
+    let out = nodewire(&["replay", "--instance", "not/a/path"], &env).await;
+    assert_eq!(out.status.code(), Some(1));
+    stack.stop().await;
+}
