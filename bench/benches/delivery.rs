@@ -1,0 +1,80 @@
+//! Per-delivery overhead of a function (criterion): one HTTP push delivery through the adapter
+//! — envelope parse, decode, observe against the simulators at zero latency, plan, publish.
+//!
+//! `cargo bench -p nodewire-bench --bench delivery`
+
+use axum::body::Body;
+use base64::Engine as _;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use nodewire_bench::{P, deps, wired_cluster};
+use serde_json::json;
+use tower::ServiceExt as _;
+
+fn envelope(data: &[u8]) -> String {
+    json!({"subscription": "projects/example-project/subscriptions/bench",
+           "message": {"data": base64::engine::general_purpose::STANDARD.encode(data), "messageId": "1",
+                       "publishTime": "2030-01-01T00:00:00Z"}})
+    .to_string()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (compute, k8s) = rt.block_on(wired_cluster(10));
+    let audit = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/gce-insert-last.json"),
+    )
+    .expect("fixture");
+    let audit = envelope(&audit);
+    let mut step = shared::event::StepMessage::new(
+        shared::event::Step::TagInstance,
+        shared::names::InstanceRef::new(P, "us-central1-a", "node-00000").expect("ref"),
+        shared::event::Cause {
+            source: shared::event::CauseSource::Sweep,
+            id: None,
+        },
+        "bench",
+    );
+    step.node = Some("node-00000".into());
+    let step = envelope(&step.to_bytes());
+    let (ie, ti) = rt.block_on(async {
+        (
+            shared::adapter::router(
+                deps(&compute, &k8s, "instance-events").await,
+                shared::handlers::instance_events::handle,
+            ),
+            shared::adapter::router(
+                deps(&compute, &k8s, "tag-instance").await,
+                shared::handlers::steps::tag_instance,
+            ),
+        )
+    });
+    let post = |body: &str| {
+        Request::post("/")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    let mut g = c.benchmark_group("delivery");
+    g.bench_function("instance-events: audit entry → bootstrap step", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = ie.clone().oneshot(post(&audit)).await.expect("response");
+            assert_eq!(r.status().as_u16(), 204);
+        });
+    });
+    g.bench_function("tag-instance: observe (3 reads) + plan, wired VM", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = ti.clone().oneshot(post(&step)).await.expect("response");
+            assert_eq!(r.status().as_u16(), 204);
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,260 @@
+//! nodewire's benchmark binary (the per-delivery overhead is a criterion bench):
+//!
+//! ```text
+//! cargo build --release -p instance-events -p nodewire-bench
+//! target/release/nodewire-bench cold-start     # exec → first delivery; RSS after 1,000
+//! target/release/nodewire-bench sweep          # 1,000 / 5,000 / 15,000 nodes, converged and 1% drift
+//! target/release/nodewire-bench chain          # insert → wired, 1 VM and 100 VMs at once
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use nodewire_bench::{
+    P, ZONES, deps, peak_rss_kib, peak_rss_kib_of, reset_peak_rss, wired_cluster,
+};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(about = "nodewire benchmarks (release build recommended)")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// A fresh instance-events process: exec to first successful delivery; peak RSS after 1,000.
+    ColdStart {
+        /// The function binary.
+        #[arg(long, default_value = "target/release/instance-events")]
+        binary: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 1000)]
+        deliveries: usize,
+    },
+    /// The drift sweep at several cluster sizes, converged and with 1% drift.
+    Sweep {
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
+        sizes: Vec<usize>,
+    },
+    /// The whole chain on the emulator: insert → wired.
+    Chain {
+        #[arg(long, default_value_t = 100)]
+        vms: usize,
+    },
+}
+
+fn envelope(data: &[u8], id: usize) -> String {
+    json!({"subscription": "projects/example-project/subscriptions/bench",
+           "message": {"data": base64::engine::general_purpose::STANDARD.encode(data), "messageId": id.to_string(),
+                       "publishTime": "2030-01-01T00:00:00Z"}})
+    .to_string()
+}
+
+async fn cold_start(binary: &str, runs: usize, deliveries: usize) -> anyhow::Result<()> {
+    if !std::path::Path::new(binary).is_file() {
+        bail!("{binary} not found: cargo build --release -p instance-events");
+    }
+    let emu = shared::emulator::Emulator::start(P).await?;
+    emu.create_topic("nodewire-bootstrap").await?;
+    let audit = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/gce-insert-last.json"),
+    )?;
+    let http = reqwest::Client::new();
+    let mut starts = Vec::new();
+    for run in 0..runs {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new(binary)
+            .env("PORT", port.to_string())
+            .env("NODEWIRE_PROJECT", P)
+            .env("PUBSUB_EMULATOR_HOST", emu.host())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the function")?;
+        let url = format!("http://127.0.0.1:{port}/");
+        loop {
+            let ok = http
+                .post(&url)
+                .body(envelope(&audit, run))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 204);
+            if ok {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("no successful delivery within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        starts.push(t0.elapsed());
+        if run + 1 == runs {
+            let pid = child.id().unwrap_or_default();
+            let rss_first = peak_rss_kib_of(pid).unwrap_or_default();
+            let t1 = Instant::now();
+            for i in 0..deliveries {
+                let r = http
+                    .post(&url)
+                    .body(envelope(&audit, 1000 + i))
+                    .send()
+                    .await?;
+                if r.status().as_u16() != 204 {
+                    bail!("delivery {i}: HTTP {}", r.status());
+                }
+            }
+            let took = t1.elapsed();
+            let rss = peak_rss_kib_of(pid).unwrap_or_default();
+            println!(
+                "| peak RSS after the first delivery | {:.1} MiB |",
+                rss_first as f64 / 1024.0
+            );
+            println!(
+                "| peak RSS after {deliveries} more deliveries | {:.1} MiB |",
+                rss as f64 / 1024.0
+            );
+            println!(
+                "| {deliveries} sequential deliveries (each publishes to the emulator) | {:.2} s ({:.2} ms each) |",
+                took.as_secs_f64(),
+                took.as_secs_f64() * 1000.0 / deliveries as f64
+            );
+        }
+        let _ = child.kill().await;
+    }
+    starts.sort();
+    println!(
+        "| exec → first successful delivery, {runs} runs | min {:.0} ms, median {:.0} ms, max {:.0} ms |",
+        starts[0].as_secs_f64() * 1000.0,
+        starts[starts.len() / 2].as_secs_f64() * 1000.0,
+        starts[starts.len() - 1].as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+async fn sweep(sizes: &[usize]) -> anyhow::Result<()> {
+    println!(
+        "| nodes | drift | wall time | list calls (compute / nodes / secrets) | findings | steps | peak RSS growth |"
+    );
+    println!("|---:|---|---:|---|---:|---:|---:|");
+    for &n in sizes {
+        let (compute, k8s) = wired_cluster(n).await;
+        let d = deps(&compute, &k8s, "drift-sweep").await;
+        for drift in [false, true] {
+            if drift {
+                compute.tamper(|w| {
+                    for (i, inst) in w.instances.values_mut().enumerate() {
+                        if i % 100 == 0 {
+                            inst.tags.clear();
+                        }
+                    }
+                });
+            }
+            let before = peak_rss_kib().unwrap_or_default();
+            reset_peak_rss();
+            let base = peak_rss_kib().unwrap_or(before);
+            let t = Instant::now();
+            let report = shared::sweep::run(&d, false, &shared::trace::TraceContext::new_root())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let took = t.elapsed();
+            let peak = peak_rss_kib().unwrap_or_default();
+            let calls = &report.api_calls;
+            println!(
+                "| {n} | {} | {:.2} s | {} / {} / {} | {} | {} | {:.1} MiB |",
+                if drift { "1%" } else { "none" },
+                took.as_secs_f64(),
+                calls.get("compute.instances.aggregatedList").unwrap_or(&0),
+                calls.get("k8s.nodes.list").unwrap_or(&0),
+                calls.get("k8s.secrets.list").unwrap_or(&0),
+                report.total(),
+                report.steps,
+                peak.saturating_sub(base) as f64 / 1024.0
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn chain(vms: usize) -> anyhow::Result<()> {
+    let stack = sim::stack::Stack::start(sim::stack::StackOptions::default())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let t = Instant::now();
+    stack
+        .insert_vm(P, ZONES[0], "bench-single", &[("cluster", "demo")], true)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if !stack
+        .wait_until(Duration::from_secs(60), |s| {
+            s.wired(ZONES[0], "bench-single").is_ok()
+        })
+        .await
+    {
+        bail!("the single VM was not wired");
+    }
+    println!(
+        "| 1 VM: instances.insert → wired | {:.2} s |",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    for i in 0..vms {
+        stack
+            .insert_vm(
+                P,
+                ZONES[i % 2],
+                &format!("bench-{i:03}"),
+                &[("cluster", "demo")],
+                true,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let mut wired_at: BTreeMap<usize, Duration> = BTreeMap::new();
+    while wired_at.len() < vms && t.elapsed() < Duration::from_secs(300) {
+        for i in 0..vms {
+            if !wired_at.contains_key(&i)
+                && stack.wired(ZONES[i % 2], &format!("bench-{i:03}")).is_ok()
+            {
+                wired_at.insert(i, t.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut times: Vec<Duration> = wired_at.values().copied().collect();
+    times.sort();
+    if times.len() < vms {
+        bail!("only {} of {vms} VMs wired within 300 s", times.len());
+    }
+    println!(
+        "| {vms} VMs inserted at once → all wired | {:.2} s (median VM {:.2} s, first {:.2} s) |",
+        times[vms - 1].as_secs_f64(),
+        times[vms / 2].as_secs_f64(),
+        times[0].as_secs_f64()
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::ColdStart {
+            binary,
+            runs,
+            deliveries,
+        } => cold_start(&binary, runs.max(1), deliveries).await,
+        Cmd::Sweep { sizes } => sweep(&sizes).await,
+        Cmd::Chain { vms } => chain(vms).await,
+    }
+}
