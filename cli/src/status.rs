@@ -4,8 +4,9 @@ use serde::Serialize;
 use shared::deps::Deps;
 use shared::event::Step;
 use shared::names::InstanceRef;
+use shared::observe::{node_facts, token_facts, vm_facts};
 use shared::plan::{Gap, Observed, TokenFacts, gaps};
-use shared::sweep::{Report, expired, node_facts, vm_facts};
+use shared::sweep::Report;
 
 /// One VM (or orphaned Node) and each aspect of "wired".
 #[derive(Debug, Clone, Serialize)]
@@ -70,10 +71,7 @@ pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>
             .tokens
             .iter()
             .filter(|t| t.instance.as_deref() == Some(v.instance.name()))
-            .map(|t| TokenFacts {
-                id: t.id.clone(),
-                expired: expired(t, now),
-            })
+            .map(|t| token_facts(t, now))
             .collect();
         let obs = Observed {
             instance: v.instance.clone(),
@@ -174,13 +172,7 @@ pub async fn first_step(deps: &Deps, instance: &str) -> anyhow::Result<Option<St
         instance: r.clone(),
         vm: Some(vm_facts(&vm)),
         node: node.as_ref().map(node_facts),
-        tokens: tokens
-            .iter()
-            .map(|t| TokenFacts {
-                id: t.id.clone(),
-                expired: expired(t, now),
-            })
-            .collect(),
+        tokens: tokens.iter().map(|t| token_facts(t, now)).collect(),
     };
     let g = gaps(&obs, &cfg);
     if g.contains(&Gap::NoNode) {

@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod join;
 pub mod locate;
 pub mod names;
+pub mod observe;
 pub mod plan;
 pub mod shutdown;
 pub mod sweep;

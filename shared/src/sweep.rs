@@ -11,11 +11,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::act::compute::{Compute, InstanceView};
-use crate::act::k8s::{Kube, NodeView, TokenInfo, UNWIRED_TAINT};
+use crate::act::k8s::{Kube, NodeView, TokenInfo};
 use crate::event::{Cause, CauseSource, Decode, DecodeError, Step, StepMessage};
-use crate::join::JOIN_METADATA_KEY;
 use crate::names::{Cidr, InstanceRef};
-use crate::plan::{Alias, Gap, NodeFacts, Observed, PlanConfig, TokenFacts, VmFacts, gaps};
+use crate::observe::{node_facts, token_facts, vm_facts};
+use crate::plan::{Gap, Observed, PlanConfig, TokenFacts, gaps};
 
 /// Names listed per drift kind in a report, at most.
 pub const AFFECTED_CAP: usize = 20;
@@ -77,51 +77,6 @@ fn provider_ref(pid: &str) -> Option<InstanceRef> {
     }
 }
 
-/// True when a token's expiration has passed (or cannot be read).
-pub fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
-    t.expiration
-        .as_deref()
-        .and_then(|e| {
-            time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
-        })
-        .is_none_or(|e| e <= now)
-}
-
-/// The planner's facts of a VM.
-pub fn vm_facts(v: &InstanceView) -> VmFacts {
-    VmFacts {
-        instance: v.instance.clone(),
-        labels: v.labels.clone(),
-        can_ip_forward: v.can_ip_forward,
-        subnet_link: v.nic0.as_ref().map(|n| n.subnetwork.clone()),
-        aliases: v
-            .nic0
-            .as_ref()
-            .map(|n| {
-                n.aliases
-                    .iter()
-                    .map(|a| Alias {
-                        cidr: a.cidr.clone(),
-                        range_name: a.range_name.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        tags: v.tags.clone(),
-        join_metadata: v.metadata.contains_key(JOIN_METADATA_KEY),
-    }
-}
-
-/// The planner's facts of a Node.
-pub fn node_facts(n: &NodeView) -> NodeFacts {
-    NodeFacts {
-        name: n.name.clone(),
-        provider_id: n.provider_id.clone(),
-        pod_cidr: n.pod_cidr.clone(),
-        unwired_taint: n.has_taint(UNWIRED_TAINT),
-    }
-}
-
 /// Finds every drifted aspect. Pure.
 pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -147,14 +102,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
         let node = nodes_by_name.get(r.name()).copied();
         let tokens: Vec<TokenFacts> = tokens_by_vm
             .get(r.name())
-            .map(|ts| {
-                ts.iter()
-                    .map(|t| TokenFacts {
-                        id: t.id.clone(),
-                        expired: expired(t, now),
-                    })
-                    .collect()
-            })
+            .map(|ts| ts.iter().map(|t| token_facts(t, now)).collect())
             .unwrap_or_default();
         for a in &facts.aliases {
             if a.range_name.as_deref() == Some(cfg.pod_range_name.as_str())

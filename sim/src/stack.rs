@@ -295,22 +295,15 @@ impl Stack {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {}\n",
-            opts.nodes_range
-                .net()
-                .hosts()
-                .next()
-                .map(|h| h.to_string())
-                .unwrap_or_default(),
-            base64::engine::general_purpose::STANDARD.encode(TEST_CA)
-        );
-        k8s.seed(
-            "configmaps",
-            "kube-public",
-            json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig}}),
-        )
-        .map_err(|e| e.message.clone())?;
+        let host = opts
+            .nodes_range
+            .net()
+            .hosts()
+            .next()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        k8s.publish_cluster_info(&host, TEST_CA)
+            .map_err(|e| e.message.clone())?;
         let agent = VmAgent::start(
             compute.view(),
             k8s.view(),

@@ -17,7 +17,8 @@ use crate::bus::{BusError, OutboundMessage};
 use crate::deps::{Deps, attr};
 use crate::event::{Step, StepMessage};
 use crate::join::{JOIN_METADATA_KEY, JoinParams, join_configuration};
-use crate::plan::{self, Action, Alias, NodeFacts, Observed, Plan, Refusal, TokenFacts, VmFacts};
+use crate::observe::{node_facts, token_facts, vm_facts};
+use crate::plan::{self, Action, Observed, Plan, Refusal};
 use crate::trace::TraceContext;
 
 /// Why a step did not complete.
@@ -225,47 +226,9 @@ async fn observe(deps: &Deps, msg: &StepMessage) -> Result<Observed, StepError> 
         kube.list_bootstrap_tokens(Some(msg.instance.name())),
     );
     let now = time::OffsetDateTime::now_utc();
-    let vm = vm?.map(|v| VmFacts {
-        instance: v.instance.clone(),
-        labels: v.labels.clone(),
-        can_ip_forward: v.can_ip_forward,
-        subnet_link: v.nic0.as_ref().map(|n| n.subnetwork.clone()),
-        aliases: v
-            .nic0
-            .as_ref()
-            .map(|n| {
-                n.aliases
-                    .iter()
-                    .map(|a| Alias {
-                        cidr: a.cidr.clone(),
-                        range_name: a.range_name.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        tags: v.tags.clone(),
-        join_metadata: v.metadata.contains_key(JOIN_METADATA_KEY),
-    });
-    let node = node?.map(|n| NodeFacts {
-        unwired_taint: n.has_taint(UNWIRED_TAINT),
-        name: n.name,
-        provider_id: n.provider_id,
-        pod_cidr: n.pod_cidr,
-    });
-    let tokens = tokens?
-        .into_iter()
-        .map(|t| TokenFacts {
-            expired: t
-                .expiration
-                .as_deref()
-                .and_then(|e| {
-                    time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .is_none_or(|e| e <= now),
-            id: t.id,
-        })
-        .collect();
+    let vm = vm?.as_ref().map(vm_facts);
+    let node = node?.as_ref().map(node_facts);
+    let tokens = tokens?.iter().map(|t| token_facts(t, now)).collect();
     Ok(Observed {
         instance: msg.instance.clone(),
         vm,

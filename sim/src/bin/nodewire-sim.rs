@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use clap::Parser;
-use serde_json::json;
 use shared::names::Cidr;
 use sim::audit::AuditSink;
 use sim::compute::{ComputeConfig, ComputeSim, SubnetSpec};
@@ -138,22 +136,15 @@ async fn main() -> anyhow::Result<()> {
             audit_zone: format!("{}-a", a.region),
         },
     )?;
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {}\ncontexts: []\nusers: []\n",
-        a.nodes_range
-            .net()
-            .hosts()
-            .next()
-            .map(|h| h.to_string())
-            .unwrap_or_default(),
-        base64::engine::general_purpose::STANDARD.encode(TEST_CA)
-    );
-    k8s.seed(
-        "configmaps",
-        "kube-public",
-        json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig}}),
-    )
-    .map_err(|e| anyhow::anyhow!("seeding cluster-info: {}", e.message))?;
+    let host = a
+        .nodes_range
+        .net()
+        .hosts()
+        .next()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    k8s.publish_cluster_info(&host, TEST_CA)
+        .map_err(|e| anyhow::anyhow!("seeding cluster-info: {}", e.message))?;
     println!(
         "Compute Engine simulator: {}  (project {}, subnet {}/{})",
         compute.endpoint(),
