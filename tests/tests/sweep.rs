@@ -73,7 +73,7 @@ async fn a_converged_cluster_sweeps_to_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_drift_kind_is_detected_and_healed() {
     // k8s-node-8 stays as it is: the control that must not be touched.
-    let w = wired_world(9).await;
+    let w = wired_world(10).await;
     let name = |i: usize| format!("k8s-node-{i}");
     let pod = |i: usize| w.wired(Z, &name(i)).expect("wired");
     let pod1 = pod(1);
@@ -160,6 +160,58 @@ async fn every_drift_kind_is_detected_and_healed() {
         )
         .expect("orphan token");
 
+    // 9: a join token left behind on a wired node.
+    let token = |id: &str, vm: &str, exp: &str| {
+        json!({"metadata": {"name": format!("bootstrap-token-{id}"), "labels": {"nodewire.io/instance": vm, "nodewire.io/zone": Z}},
+               "type": "bootstrap.kubernetes.io/token",
+               "stringData": {"token-id": id, "token-secret": "0123456789abcdef", "expiration": exp,
+                              "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                              "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}})
+    };
+    w.k8s
+        .seed(
+            "secrets",
+            "kube-system",
+            token("leftov", &name(9), "2099-01-01T00:00:00Z"),
+        )
+        .expect("leftover token");
+    // A VM whose bootstrap expired before it joined.
+    let seed_vm = |n: &str, metadata: Vec<(String, String)>| InstanceSeed {
+        project: P.into(),
+        zone: Z.into(),
+        name: n.into(),
+        subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
+        can_ip_forward: true,
+        tags: vec![],
+        labels: [("cluster".to_string(), "demo".to_string())].into(),
+        metadata,
+        aliases: vec![],
+    };
+    w.compute
+        .seed_instance(seed_vm(
+            "k8s-expired",
+            vec![("kubeadm-join".into(), "expired join configuration".into())],
+        ))
+        .expect("seed");
+    w.k8s
+        .seed(
+            "secrets",
+            "kube-system",
+            token("expird", "k8s-expired", "2020-01-01T00:00:00Z"),
+        )
+        .expect("expired token");
+    // A Node registered without a providerID (and its VM without alias or tag).
+    w.compute
+        .seed_instance(seed_vm("k8s-noprov", vec![]))
+        .expect("seed");
+    w.k8s
+        .seed(
+            "nodes",
+            "",
+            json!({"metadata": {"name": "k8s-noprov"}, "spec": {"podCIDR": "10.4.250.0/24"}}),
+        )
+        .expect("node without providerID");
+
     // A dry run reports and publishes nothing.
     w.compute.chaos().clear_requests();
     w.k8s.chaos().clear_requests();
@@ -175,6 +227,9 @@ async fn every_drift_kind_is_detected_and_healed() {
         (DriftKind::NodeWithoutVm, name(7)),
         (DriftKind::NeverBootstrapped, "k8s-quiet".to_string()),
         (DriftKind::OrphanToken, "k8s-ghost".to_string()),
+        (DriftKind::LeftoverToken, name(9)),
+        (DriftKind::BootstrapExpired, "k8s-expired".to_string()),
+        (DriftKind::ProviderIdWrong, "k8s-noprov".to_string()),
     ];
     for (kind, who) in &expect {
         assert!(
@@ -203,6 +258,9 @@ async fn every_drift_kind_is_detected_and_healed() {
                     .object("secrets", "kube-system", "bootstrap-token-zzzzzz")
                     .is_none()
                 && w.wired(Z, "k8s-quiet").is_ok()
+                && w.wired(Z, &name(9)).is_ok()
+                && w.wired(Z, "k8s-expired").is_ok()
+                && w.wired(Z, "k8s-noprov").is_ok()
                 && w.wired(Z, &name(6)).is_ok() // released, bootstrapped again, rejoined
         })
         .await;
