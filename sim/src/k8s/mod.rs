@@ -215,21 +215,21 @@ impl K8sSim {
         });
         let app = Router::new()
             .route("/version", get(version))
-            .route("/api/v1/nodes", get(list_nodes).post(create_node))
+            .route("/api/v1/nodes", get(node_collection).post(node_collection))
             .route(
                 "/api/v1/nodes/{name}",
-                get(get_node)
-                    .put(put_node)
-                    .patch(patch_node)
-                    .delete(delete_node),
+                get(node_item)
+                    .put(node_item)
+                    .patch(node_item)
+                    .delete(node_item),
             )
             .route(
                 "/api/v1/namespaces/{ns}/{resource}",
-                get(list_ns).post(create_ns),
+                get(ns_collection).post(ns_collection),
             )
             .route(
                 "/api/v1/namespaces/{ns}/{resource}/{name}",
-                get(get_ns).put(put_ns).patch(patch_ns).delete(delete_ns),
+                get(ns_item).put(ns_item).patch(ns_item).delete(ns_item),
             )
             .fallback(|uri: Uri| async move {
                 let e = ApiError::new(
@@ -1244,18 +1244,7 @@ async fn handle_collection(
     resp
 }
 
-async fn list_nodes(State(sim): State<Arc<Sim>>, method: Method, uri: Uri) -> Response {
-    handle_collection(
-        sim,
-        method,
-        uri,
-        "nodes".into(),
-        String::new(),
-        Bytes::new(),
-    )
-    .await
-}
-async fn create_node(
+async fn node_collection(
     State(sim): State<Arc<Sim>>,
     method: Method,
     uri: Uri,
@@ -1263,26 +1252,8 @@ async fn create_node(
 ) -> Response {
     handle_collection(sim, method, uri, "nodes".into(), String::new(), body).await
 }
-async fn get_node(
-    State(sim): State<Arc<Sim>>,
-    Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    handle_item(
-        sim,
-        method,
-        uri,
-        headers,
-        "nodes".into(),
-        String::new(),
-        name,
-        Bytes::new(),
-    )
-    .await
-}
-async fn put_node(
+
+async fn node_item(
     State(sim): State<Arc<Sim>>,
     Path(name): Path<String>,
     method: Method,
@@ -1302,55 +1273,8 @@ async fn put_node(
     )
     .await
 }
-async fn patch_node(
-    State(sim): State<Arc<Sim>>,
-    Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle_item(
-        sim,
-        method,
-        uri,
-        headers,
-        "nodes".into(),
-        String::new(),
-        name,
-        body,
-    )
-    .await
-}
-async fn delete_node(
-    State(sim): State<Arc<Sim>>,
-    Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle_item(
-        sim,
-        method,
-        uri,
-        headers,
-        "nodes".into(),
-        String::new(),
-        name,
-        body,
-    )
-    .await
-}
-async fn list_ns(
-    State(sim): State<Arc<Sim>>,
-    Path((ns, resource)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    handle_collection(sim, method, uri, resource, ns, Bytes::new()).await
-}
-async fn create_ns(
+
+async fn ns_collection(
     State(sim): State<Arc<Sim>>,
     Path((ns, resource)): Path<(String, String)>,
     method: Method,
@@ -1359,36 +1283,8 @@ async fn create_ns(
 ) -> Response {
     handle_collection(sim, method, uri, resource, ns, body).await
 }
-async fn get_ns(
-    State(sim): State<Arc<Sim>>,
-    Path((ns, resource, name)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    handle_item(sim, method, uri, headers, resource, ns, name, Bytes::new()).await
-}
-async fn put_ns(
-    State(sim): State<Arc<Sim>>,
-    Path((ns, resource, name)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle_item(sim, method, uri, headers, resource, ns, name, body).await
-}
-async fn patch_ns(
-    State(sim): State<Arc<Sim>>,
-    Path((ns, resource, name)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle_item(sim, method, uri, headers, resource, ns, name, body).await
-}
-async fn delete_ns(
+
+async fn ns_item(
     State(sim): State<Arc<Sim>>,
     Path((ns, resource, name)): Path<(String, String, String)>,
     method: Method,
