@@ -328,3 +328,64 @@ async fn graceful_shutdown_lets_in_flight_delivery_finish() {
     // After shutdown, nothing listens any more.
     assert!(client.post(format!("http://{addr}/")).send().await.is_err());
 }
+
+async fn reporting(
+    ev: PushEvent<crate::sweep::SweepRequest>,
+    _: &Deps,
+) -> Result<Outcome, TestError> {
+    Ok(Outcome::Report(
+        serde_json::json!({"dryRun": ev.payload.dry_run, "transport": format!("{:?}", ev.meta.transport)}),
+    ))
+}
+
+#[tokio::test]
+async fn scheduler_http_targets_and_reports() {
+    let (deps, _bus) = deps_with(&[]);
+    let app = router(deps, reporting);
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/")
+                .header("x-cloudscheduler", "true")
+                .header("x-cloudscheduler-jobname", "nodewire-sweep")
+                .header("x-cloudscheduler-scheduletime", "2026-11-27T00:00:00Z")
+                .body(Body::from(r#"{"dryRun": true}"#))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a report is answered 200 with its body"
+    );
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["dryRun"], true);
+    assert_eq!(v["transport"], "Scheduler");
+    // An empty Scheduler body is a real sweep; the same handler also takes a Pub/Sub push.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/")
+                .header("x-cloudscheduler", "true")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app
+        .oneshot(post(envelope(br#"{"dryRun": false}"#, &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["transport"], "PubSubPush");
+    assert_eq!(v["dryRun"], false);
+}
