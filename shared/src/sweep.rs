@@ -415,3 +415,165 @@ pub async fn run(
     let (findings, steps) = heal(deps, &inv, &cfg, dry_run, trace).await?;
     Ok(report(&inv, &findings, steps, calls, dry_run, started))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::compute::{AliasRange, NicView};
+
+    fn cfg() -> PlanConfig {
+        PlanConfig {
+            project: "example-project".into(),
+            selector_labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+            subnet: ("us-central1".into(), "k8s-nodes".into()),
+            pod_range_name: "pods".into(),
+            pod_range: "10.4.0.0/16".parse().expect("cidr"),
+            node_tags: vec!["k8s-node".into()],
+        }
+    }
+
+    fn vm(name: &str, alias: Option<&str>, selected: bool) -> InstanceView {
+        InstanceView {
+            instance: InstanceRef::new("example-project", "us-central1-a", name).expect("ref"),
+            id: Some(1),
+            status: "RUNNING".into(),
+            can_ip_forward: true,
+            tags: vec!["k8s-node".into()],
+            labels: if selected {
+                BTreeMap::from([("cluster".to_string(), "demo".to_string())])
+            } else {
+                BTreeMap::new()
+            },
+            metadata: BTreeMap::new(),
+            nic0: Some(NicView {
+                name: "nic0".into(),
+                subnetwork: "projects/example-project/regions/us-central1/subnetworks/k8s-nodes"
+                    .into(),
+                network_ip: None,
+                aliases: alias
+                    .map(|a| {
+                        vec![AliasRange {
+                            cidr: a.into(),
+                            range_name: Some("pods".into()),
+                        }]
+                    })
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn node(name: &str, zone: &str, cidr: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            provider_id: Some(format!("gce://example-project/{zone}/{name}")),
+            pod_cidr: Some(cidr.into()),
+            taints: vec![],
+            resource_version: Some("1".into()),
+        }
+    }
+
+    fn kinds(f: &[Finding]) -> Vec<(DriftKind, String)> {
+        let mut v: Vec<_> = f.iter().map(|x| (x.kind, x.subject.clone())).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn converged_has_no_findings() {
+        let inv = Inventory {
+            vms: vec![
+                vm("a", Some("10.4.1.0/24"), true),
+                vm("b", Some("10.4.2.0/24"), true),
+            ],
+            nodes: vec![
+                node("a", "us-central1-a", "10.4.1.0/24"),
+                node("b", "us-central1-a", "10.4.2.0/24"),
+            ],
+            tokens: vec![],
+        };
+        assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
+    }
+
+    #[test]
+    fn unselected_vms_are_neither_drift_nor_orphans() {
+        // A VM outside the selector with a Node of its own: not ours, and not a Node without VM.
+        let inv = Inventory {
+            vms: vec![vm("control-plane", None, false)],
+            nodes: vec![node("control-plane", "us-central1-a", "10.4.9.0/24")],
+            tokens: vec![],
+        };
+        assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
+        // A Node naming a VM of another project is not ours to decommission.
+        let mut n = node("x", "us-central1-a", "10.4.3.0/24");
+        n.provider_id = Some("gce://other-project/us-central1-a/x".into());
+        let inv = Inventory {
+            vms: vec![],
+            nodes: vec![n],
+            tokens: vec![],
+        };
+        assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
+    }
+
+    #[test]
+    fn overlaps_and_orphans() {
+        let inv = Inventory {
+            vms: vec![
+                vm("a", Some("10.4.1.0/24"), true),
+                vm("b", Some("10.4.1.0/25"), true),
+            ],
+            nodes: vec![
+                node("a", "us-central1-a", "10.4.1.0/24"),
+                node("b", "us-central1-a", "10.4.2.0/24"),
+                node("gone", "us-central1-b", "10.4.3.0/24"),
+            ],
+            tokens: vec![TokenInfo {
+                id: "abcdef".into(),
+                instance: Some("ghost".into()),
+                zone: Some("us-central1-c".into()),
+                expiration: None,
+                description: None,
+            }],
+        };
+        let f = assess(&inv, &cfg(), time::OffsetDateTime::now_utc());
+        assert_eq!(
+            kinds(&f),
+            vec![
+                (DriftKind::AliasMismatch, "b".into()),
+                (DriftKind::NodeWithoutVm, "gone".into()),
+                (DriftKind::OrphanToken, "ghost".into()),
+                (DriftKind::AliasOverlap, "a".into()),
+                (DriftKind::AliasOverlap, "b".into()),
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        let orphan = f
+            .iter()
+            .find(|x| x.kind == DriftKind::OrphanToken)
+            .expect("orphan");
+        assert!(
+            matches!(&orphan.heal, Some((Step::Decommission, r, _)) if r.zone() == "us-central1-c")
+        );
+    }
+
+    #[test]
+    fn sweep_requests_decode() {
+        assert_eq!(
+            SweepRequest::decode(b"").expect("empty"),
+            SweepRequest::default()
+        );
+        assert!(
+            SweepRequest::decode(br#"{"dryRun": true}"#)
+                .expect("camel")
+                .dry_run
+        );
+        assert!(
+            SweepRequest::decode(br#"{"dry_run": true}"#)
+                .expect("snake")
+                .dry_run
+        );
+        assert!(SweepRequest::decode(b"[").is_err());
+    }
+}

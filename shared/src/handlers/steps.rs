@@ -178,6 +178,12 @@ async fn run(step: Step, event: PushEvent<StepMessage>, deps: &Deps) -> Result<O
             for a in &actions {
                 execute(deps, &msg, &obs, &node_name, a, &event.meta.trace).await?;
             }
+            let next = match next {
+                None if actions.contains(&Action::Bootstrap) => {
+                    after_bootstrap(deps, &node_name).await?
+                }
+                n => n,
+            };
             if let Some(n) = next {
                 deps.publish_step(&msg.next(n), &event.meta.trace).await?;
             }
@@ -186,6 +192,18 @@ async fn run(step: Step, event: PushEvent<StepMessage>, deps: &Deps) -> Result<O
             Ok(Outcome::Done)
         }
     }
+}
+
+/// A bootstrap that observed no Node can finish after the VM has joined with an earlier token
+/// and the chain has already finalized (a redelivered bootstrap, slowed by retries): its token
+/// and join metadata would then be left behind. Re-reading the Node after writing closes the
+/// race: if it exists now, `finalize` runs again and cleans up.
+async fn after_bootstrap(deps: &Deps, node: &str) -> Result<Option<Step>, StepError> {
+    let kube = deps
+        .kube
+        .as_ref()
+        .ok_or(StepError::NotConfigured("Kubernetes client"))?;
+    Ok(kube.get_node(node).await?.map(|_| Step::Finalize))
 }
 
 fn node_name(msg: &StepMessage) -> String {
