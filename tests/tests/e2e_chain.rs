@@ -59,6 +59,30 @@ fn vm_name(i: usize) -> (String, &'static str) {
     (format!("k8s-worker-{i:02}"), ZONES[i % 2])
 }
 
+/// Waits until the first `n` VMs are wired; fails the test naming what is missing otherwise.
+async fn wait_all_wired(w: &World, n: usize, bound: Duration) {
+    let ok = w
+        .wait_until(bound, |w| {
+            (0..n).all(|i| {
+                let (name, zone) = vm_name(i);
+                w.wired(zone, &name).is_ok()
+            })
+        })
+        .await;
+    if !ok {
+        let missing: Vec<String> = (0..n)
+            .filter_map(|i| {
+                let (name, zone) = vm_name(i);
+                w.wired(zone, &name).err().map(|e| format!("{name}: {e}"))
+            })
+            .collect();
+        panic!(
+            "not wired within {bound:?}: {missing:?}\nagent: {:?}",
+            w.agent.events()
+        );
+    }
+}
+
 /// The token secrets minted during the run, from the API server's request log.
 fn minted_secrets(w: &World) -> Vec<String> {
     w.k8s
@@ -119,26 +143,7 @@ async fn twenty_vms_become_wired_nodes_and_are_cleaned_up() {
     w.insert_vm(P, "us-central1-a", "k8s-noforward", &demo, false)
         .await;
 
-    let all_wired = w
-        .wait_until(Duration::from_secs(120), |w| {
-            (0..20).all(|i| {
-                let (n, z) = vm_name(i);
-                w.wired(z, &n).is_ok()
-            })
-        })
-        .await;
-    if !all_wired {
-        let missing: Vec<String> = (0..20)
-            .filter_map(|i| {
-                let (n, z) = vm_name(i);
-                w.wired(z, &n).err().map(|e| format!("{n}: {e}"))
-            })
-            .collect();
-        panic!(
-            "not wired within the bound: {missing:?}\nagent: {:?}",
-            w.agent.events()
-        );
-    }
+    wait_all_wired(&w, 20, Duration::from_secs(120)).await;
     // No two VMs' aliases overlap.
     let pods: Vec<String> = (0..20)
         .map(|i| {
@@ -290,23 +295,7 @@ async fn duplicated_steps_and_twenty_percent_faults_reach_the_same_end_state() {
         w.insert_vm(P, zone, &name, &[("cluster", "demo")], true)
             .await;
     }
-    let all_wired = w
-        .wait_until(Duration::from_secs(180), |w| {
-            (0..20).all(|i| {
-                let (n, z) = vm_name(i);
-                w.wired(z, &n).is_ok()
-            })
-        })
-        .await;
-    if !all_wired {
-        let missing: Vec<String> = (0..20)
-            .filter_map(|i| {
-                let (n, z) = vm_name(i);
-                w.wired(z, &n).err().map(|e| format!("{n}: {e}"))
-            })
-            .collect();
-        panic!("not wired within the bound: {missing:?}");
-    }
+    wait_all_wired(&w, 20, Duration::from_secs(180)).await;
     let injected = w
         .compute
         .chaos()

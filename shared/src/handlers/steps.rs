@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::act::compute::{AliasRange, ComputeError};
-use crate::act::k8s::{KubeError, UNWIRED_TAINT};
+use crate::act::compute::{AliasRange, Compute, ComputeError};
+use crate::act::k8s::{Kube, KubeError, UNWIRED_TAINT};
 use crate::adapter::{Classify, Outcome, PushEvent};
 use crate::bus::{BusError, OutboundMessage};
 use crate::deps::{Deps, attr};
@@ -40,7 +40,7 @@ pub enum StepError {
         node: String,
         holder: String,
         #[source]
-        source: ComputeError,
+        source: Box<ComputeError>,
     },
     #[error(transparent)]
     Compute(#[from] ComputeError),
@@ -194,15 +194,25 @@ async fn run(step: Step, event: PushEvent<StepMessage>, deps: &Deps) -> Result<O
     }
 }
 
+/// The two clients every step uses.
+fn clients(deps: &Deps) -> Result<(&Compute, &Kube), StepError> {
+    let compute = deps
+        .compute
+        .as_ref()
+        .ok_or(StepError::NotConfigured("Compute client"))?;
+    let kube = deps
+        .kube
+        .as_ref()
+        .ok_or(StepError::NotConfigured("Kubernetes client"))?;
+    Ok((compute, kube))
+}
+
 /// A bootstrap that observed no Node can finish after the VM has joined with an earlier token
 /// and the chain has already finalized (a redelivered bootstrap, slowed by retries): its token
 /// and join metadata would then be left behind. Re-reading the Node after writing closes the
 /// race: if it exists now, `finalize` runs again and cleans up.
 async fn after_bootstrap(deps: &Deps, node: &str) -> Result<Option<Step>, StepError> {
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or(StepError::NotConfigured("Kubernetes client"))?;
+    let (_, kube) = clients(deps)?;
     Ok(kube.get_node(node).await?.map(|_| Step::Finalize))
 }
 
@@ -229,14 +239,7 @@ fn action_name(a: &Action) -> &'static str {
 
 /// Reads the VM, the Node and the VM's tokens, concurrently, and reduces them to facts.
 async fn observe(deps: &Deps, msg: &StepMessage) -> Result<Observed, StepError> {
-    let compute = deps
-        .compute
-        .as_ref()
-        .ok_or(StepError::NotConfigured("Compute client"))?;
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or(StepError::NotConfigured("Kubernetes client"))?;
+    let (compute, kube) = clients(deps)?;
     let name = node_name(msg);
     let (vm, node, tokens) = tokio::join!(
         compute.get_instance(&msg.instance),
@@ -263,14 +266,7 @@ async fn execute(
     action: &Action,
     trace: &TraceContext,
 ) -> Result<(), StepError> {
-    let compute = deps
-        .compute
-        .as_ref()
-        .ok_or(StepError::NotConfigured("Compute client"))?;
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or(StepError::NotConfigured("Kubernetes client"))?;
+    let (compute, kube) = clients(deps)?;
     let chain = deps
         .chain
         .as_deref()
@@ -334,7 +330,7 @@ async fn execute(
                         cidr: cidr.to_string(),
                         node: node.to_string(),
                         holder,
-                        source,
+                        source: Box::new(source),
                     };
                     let _ = kube
                         .node_event(node, "Warning", "AliasRangeInUse", &err.to_string())

@@ -773,6 +773,47 @@ fn request_id(q: &HashMap<String, String>) -> Result<Option<String>, Answer> {
     }
 }
 
+/// What every instance mutation starts from: a valid location, the query, its `requestId`, the
+/// body, and the instance as it is now.
+struct Mutating {
+    q: HashMap<String, String>,
+    rid: Option<String>,
+    body: Value,
+    key: (String, String, String),
+    link: String,
+    current: Instance,
+}
+
+fn mutating(
+    sim: &Sim,
+    project: &str,
+    zone: &str,
+    name: &str,
+    q: Option<&str>,
+    body: &Bytes,
+) -> Result<Mutating, Answer> {
+    validate_location(project, zone)?;
+    let q = query_map(q);
+    let rid = request_id(&q)?;
+    let body = parse_body(body)?;
+    let key = (project.to_string(), zone.to_string(), name.to_string());
+    let link = instance_link(project, zone, name);
+    let current = sim
+        .world()
+        .instances
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| Answer::not_found(&link))?;
+    Ok(Mutating {
+        q,
+        rid,
+        body,
+        key,
+        link,
+        current,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn instance_action(
     State(sim): State<Arc<Sim>>,
@@ -786,27 +827,12 @@ async fn instance_action(
     let raw = body.clone();
     let m = api_method.clone();
     run(&sim.clone(), &m, &method, &uri, &raw, move |_| {
-        if let Err(a) = validate_location(&project, &zone) {
-            return a;
-        }
-        let q = query_map(q.as_deref());
-        let rid = match request_id(&q) {
-            Ok(r) => r,
-            Err(a) => return a,
-        };
-        let body = match parse_body(&body) {
-            Ok(b) => b,
-            Err(a) => return a,
-        };
-        let key = (project.clone(), zone.clone(), name.clone());
-        let link = instance_link(&project, &zone, &name);
-        let (target_id, current) = {
-            let w = sim.world();
-            match w.instances.get(&key) {
-                Some(i) => (i.id, i.clone()),
-                None => return Answer::not_found(&link),
-            }
-        };
+        let Mutating { rid, body, key, link, current, .. } =
+            match mutating(&sim, &project, &zone, &name, q.as_deref(), &body) {
+                Ok(m) => m,
+                Err(a) => return a,
+            };
+        let target_id = current.id;
         let fp_of = |field: &str| body.get(field).and_then(Value::as_str).map(Fingerprint::parse);
         let mutation: Mutation = match action.as_str() {
             "setTags" => {
@@ -928,28 +954,17 @@ async fn update_nic(
 ) -> Response {
     let raw = body.clone();
     run(&sim.clone(), "instances.updateNetworkInterface", &method, &uri, &raw, move |_| {
-        if let Err(a) = validate_location(&project, &zone) {
-            return a;
-        }
-        let q = query_map(q.as_deref());
-        let rid = match request_id(&q) {
-            Ok(r) => r,
-            Err(a) => return a,
-        };
+        let Mutating { q, rid, body, key, link, current } =
+            match mutating(&sim, &project, &zone, &name, q.as_deref(), &body) {
+                Ok(m) => m,
+                Err(a) => return a,
+            };
         let Some(nic_name) = q.get("networkInterface").cloned() else {
             return Answer::invalid("Required field 'networkInterface' not specified");
         };
-        let body = match parse_body(&body) {
-            Ok(b) => b,
-            Err(a) => return a,
-        };
-        let key = (project.clone(), zone.clone(), name.clone());
-        let link = instance_link(&project, &zone, &name);
         let (target_id, nic, subnet) = {
             let w = sim.world();
-            let Some(inst) = w.instances.get(&key) else {
-                return Answer::not_found(&link);
-            };
+            let inst = &current;
             let Some(nic) = inst.nics.iter().find(|n| n.name == nic_name).cloned() else {
                 return Answer::invalid(&format!("Invalid value for field 'networkInterface': '{nic_name}'. The network interface does not exist."));
             };
