@@ -44,14 +44,21 @@ fn bench(c: &mut Criterion) {
     let step = envelope(&step.to_bytes());
     let (ie, ti) = rt.block_on(async {
         (
-            shared::adapter::router(
-                deps(&compute, &k8s, "instance-events").await,
-                shared::handlers::instance_events::handle,
-            ),
-            shared::adapter::router(
-                deps(&compute, &k8s, "tag-instance").await,
-                shared::handlers::steps::tag_instance,
-            ),
+            {
+                let d = deps(&compute, &k8s, "instance-events").await.base;
+                let state = d.clone();
+                shared::adapter::router(d, move |ev| {
+                    let deps = state.clone();
+                    async move { shared::handlers::instance_events::handle(ev, &deps).await }
+                })
+            },
+            {
+                let d = deps(&compute, &k8s, "tag-instance").await;
+                shared::adapter::router(
+                    d.base.clone(),
+                    shared::handlers::steps::handler(shared::event::Step::TagInstance, d),
+                )
+            },
         )
     });
     let post = |body: &str| {

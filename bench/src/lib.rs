@@ -9,7 +9,7 @@ use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
 use shared::act::k8s::{Kube, KubeConnection, KubePolicy};
 use shared::bus::{BoxFuture, Bus, BusError, OutboundMessage};
 use shared::config::{ChainConfig, Config};
-use shared::deps::Deps;
+use shared::deps::{ChainDeps, Deps};
 use shared::names::Cidr;
 use sim::compute::{Alias, ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
 use sim::k8s::{K8sConfig, K8sSim};
@@ -112,7 +112,7 @@ pub async fn wired_cluster(n: usize) -> (ComputeSim, K8sSim) {
 }
 
 /// Deps over the simulators with a [`NullBus`].
-pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> Deps {
+pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> ChainDeps {
     let env = std::collections::BTreeMap::from([
         ("NODEWIRE_PROJECT", P),
         ("NODEWIRE_SUBNET", "us-central1/k8s-nodes"),
@@ -141,7 +141,5 @@ pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> Deps {
     )
     .await
     .expect("kube");
-    Deps::new(config, Arc::new(NullBus))
-        .with_clients(Some(c), Some(k))
-        .with_chain(chain)
+    ChainDeps::new(Deps::new(config, Arc::new(NullBus)), c, k, chain)
 }

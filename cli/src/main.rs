@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use shared::config::{ChainConfig, Config, Env};
-use shared::deps::Deps;
+use shared::config::Config;
+use shared::deps::ChainDeps;
 use shared::event::Step;
 
 #[derive(Debug, Parser)]
@@ -87,35 +87,14 @@ struct ReplayArgs {
 }
 
 fn config() -> Config {
-    match Config::from_source(&Env, "nodewire") {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nodewire: {e}");
-            std::process::exit(shared::config::EXIT_CONFIG);
-        }
-    }
+    shared::startup::config_or_exit("nodewire")
 }
 
-fn chain() -> ChainConfig {
-    match ChainConfig::from_source(&Env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nodewire: {e}");
-            std::process::exit(shared::config::EXIT_CONFIG);
-        }
-    }
-}
-
-async fn deps_with_clients() -> anyhow::Result<Deps> {
+/// The chain's clients, as the step functions build them (exit 64 on a bad configuration).
+async fn deps_with_clients() -> anyhow::Result<ChainDeps> {
     let cfg = config();
-    if cfg.kube.is_none() {
-        eprintln!(
-            "nodewire: configuration variable NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL: is required by this command"
-        );
-        std::process::exit(shared::config::EXIT_CONFIG);
-    }
-    let chain = chain();
-    Ok(Deps::connect_with_clients(cfg).await?.with_chain(chain))
+    let chain = shared::startup::chain_config_or_exit("nodewire", &cfg);
+    Ok(shared::startup::connect_chain(cfg, chain).await?)
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -131,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shared::sweep::run(&deps, dry_run, &shared::trace::TraceContext::new_root())
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
-            deps.bus.flush().await;
+            deps.base.bus.flush().await;
             if cli.json {
                 print_json(&report);
             } else {
@@ -247,9 +226,10 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("would publish {step} for {instance}");
     } else {
         let id = deps
+            .base
             .publish_step(&msg, &shared::trace::TraceContext::new_root())
             .await?;
-        deps.bus.flush().await;
+        deps.base.bus.flush().await;
         println!("published {step} for {instance} (message {id})");
     }
     Ok(ExitCode::SUCCESS)

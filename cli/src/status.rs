@@ -1,7 +1,7 @@
 //! `nodewire status` and the tables of `nodewire sweep`.
 
 use serde::Serialize;
-use shared::deps::Deps;
+use shared::deps::ChainDeps;
 use shared::event::Step;
 use shared::names::InstanceRef;
 use shared::observe::{node_facts, token_facts, vm_facts};
@@ -42,21 +42,9 @@ fn gap_name(g: Gap) -> &'static str {
 ///
 /// # Errors
 /// When a list fails or the clients are not configured.
-pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>> {
-    let compute = deps
-        .compute
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no Compute client"))?;
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no Kubernetes client"))?;
-    let chain = deps
-        .chain
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no chain settings"))?;
-    let cfg = chain.plan_config(&deps.config.project);
-    let (inv, _) = shared::sweep::observe(compute, kube)
+pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let cfg = &deps.plan;
+    let (inv, _) = shared::observe::inventory(&deps.compute, &deps.kube)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let now = time::OffsetDateTime::now_utc();
@@ -79,7 +67,7 @@ pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>
             node: node.map(node_facts),
             tokens,
         };
-        let g = gaps(&obs, &cfg);
+        let g = gaps(&obs, cfg);
         let state = if g.is_empty() {
             "wired".to_string()
         } else if g.contains(&Gap::NoNode) {
@@ -110,7 +98,9 @@ pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>
     }
     for n in &inv.nodes {
         let has_vm = inv.vms.iter().any(|v| v.instance.name() == n.name);
-        if has_vm || name.is_some_and(|x| x != n.name) {
+        // A Node named outside the selector's prefix is not ours to report.
+        if has_vm || name.is_some_and(|x| x != n.name) || cfg.selector.admits_name(&n.name).is_err()
+        {
             continue;
         }
         rows.push(Row {
@@ -135,46 +125,21 @@ pub async fn collect(deps: &Deps, name: Option<&str>) -> anyhow::Result<Vec<Row>
 ///
 /// # Errors
 /// When the instance path is invalid or a read fails.
-pub async fn first_step(deps: &Deps, instance: &str) -> anyhow::Result<Option<Step>> {
+pub async fn first_step(deps: &ChainDeps, instance: &str) -> anyhow::Result<Option<Step>> {
     let r: InstanceRef = instance
         .parse()
         .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
-    let compute = deps
-        .compute
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no Compute client"))?;
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no Kubernetes client"))?;
-    let chain = deps
-        .chain
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no chain settings"))?;
-    let cfg = chain.plan_config(&deps.config.project);
-    let vm = compute
-        .get_instance(&r)
+    deps.plan
+        .selector
+        .admits(&r)
+        .map_err(|e| anyhow::anyhow!("{e}: the step functions would ignore it"))?;
+    let obs = shared::observe::one_vm(&deps.compute, &deps.kube, &r, r.name())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let node = kube
-        .get_node(r.name())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let tokens = kube
-        .list_bootstrap_tokens(Some(r.name()))
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let Some(vm) = vm else {
-        return Ok((node.is_some() || !tokens.is_empty()).then_some(Step::Decommission));
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let obs = Observed {
-        instance: r.clone(),
-        vm: Some(vm_facts(&vm)),
-        node: node.as_ref().map(node_facts),
-        tokens: tokens.iter().map(|t| token_facts(t, now)).collect(),
-    };
-    let g = gaps(&obs, &cfg);
+    if obs.vm.is_none() {
+        return Ok((obs.node.is_some() || !obs.tokens.is_empty()).then_some(Step::Decommission));
+    }
+    let g = gaps(&obs, &deps.plan);
     if g.contains(&Gap::NoNode) {
         return Ok(if obs.tokens.iter().any(|t| !t.expired) {
             None

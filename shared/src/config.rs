@@ -139,12 +139,7 @@ impl Default for Limits {
     }
 }
 
-/// Which VMs are nodewire's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
-    /// Only VMs whose name starts with this.
-    pub name_prefix: Option<String>,
-}
+pub use crate::select::Selector;
 
 /// How to reach the Kubernetes API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +216,35 @@ fn validate_topic_part(var: &'static str, v: &str, allow_empty: bool) -> Result<
         ));
     }
     Ok(())
+}
+
+/// `NODEWIRE_SELECTOR_LABELS` (`k=v,k2=v2`): GCE labels every VM of ours carries.
+fn parse_selector_labels(src: &impl Source) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut selector_labels = BTreeMap::new();
+    if let Some(raw) = src.get("NODEWIRE_SELECTOR_LABELS") {
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(err(
+                    "NODEWIRE_SELECTOR_LABELS",
+                    format!("{:?} is not key=value", echo(pair)),
+                ));
+            };
+            let label_ok = |s: &str| {
+                s.len() <= 63
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    })
+            };
+            if k.is_empty() || !label_ok(k) || !label_ok(v) {
+                return Err(err(
+                    "NODEWIRE_SELECTOR_LABELS",
+                    format!("{:?} is not a valid GCE label", echo(pair)),
+                ));
+            }
+            selector_labels.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok(selector_labels)
 }
 
 impl Config {
@@ -371,6 +395,11 @@ impl Config {
             (None, None) => None,
         };
 
+        let selector = Selector {
+            project: project.clone(),
+            name_prefix,
+            labels: parse_selector_labels(src)?,
+        };
         Ok(Self {
             compute_endpoint,
             kube,
@@ -379,21 +408,10 @@ impl Config {
             revision: src.get("K_REVISION"),
             project,
             pubsub,
-            selector: Selector { name_prefix },
+            selector,
             log_format: parse_var(src, "LOG_FORMAT", LogFormat::Auto)?,
             limits,
         })
-    }
-
-    /// Parses from the process environment, or prints the problem and exits with code 64.
-    pub fn from_env_or_exit(binary: &str) -> Self {
-        match Self::from_source(&Env, binary) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{binary}: {e}");
-                std::process::exit(EXIT_CONFIG);
-            }
-        }
     }
 }
 
@@ -453,6 +471,15 @@ mod tests {
             "projects/other-project/topics/t1-dead-letter"
         );
         assert_eq!(c.selector.name_prefix.as_deref(), Some("k8s-"));
+        assert_eq!(c.selector.project, "example-project");
+        let mut m = base();
+        m.insert("NODEWIRE_SELECTOR_LABELS", "cluster=demo, tier=node");
+        let labels = Config::from_source(&m, "x")
+            .expect("labels")
+            .selector
+            .labels;
+        assert_eq!(labels.get("cluster").map(String::as_str), Some("demo"));
+        assert_eq!(labels.len(), 2);
         assert_eq!(c.limits.request_timeout, Duration::from_millis(2500));
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.compute_endpoint, None);
@@ -488,6 +515,8 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("NODEWIRE_COMPUTE_ENDPOINT", "http://compute.example.com"),
             ("NODEWIRE_KUBE_API_URL", "http://10.0.0.2:6443"),
+            ("NODEWIRE_SELECTOR_LABELS", "novalue"),
+            ("NODEWIRE_SELECTOR_LABELS", "Bad=1"),
         ] {
             let mut m = base();
             m.insert(var, value);
@@ -518,8 +547,6 @@ pub struct ChainConfig {
     pub pod_range: crate::names::Cidr,
     /// `NODEWIRE_NODE_TAGS` (comma-separated): network tags every node VM gets.
     pub node_tags: Vec<String>,
-    /// `NODEWIRE_SELECTOR_LABELS` (`k=v,k2=v2`): only VMs with these labels are nodewire's.
-    pub selector_labels: BTreeMap<String, String>,
     /// `NODEWIRE_TOKEN_TTL_SECS` (default 900): lifetime of a join token.
     pub token_ttl: Duration,
     /// `NODEWIRE_JOIN_API_VERSION` (`v1beta4` default, or `v1beta3`).
@@ -589,30 +616,6 @@ impl ChainConfig {
             crate::names::validate_gce_name("tag", t)
                 .map_err(|e| err("NODEWIRE_NODE_TAGS", e.to_string()))?;
         }
-        let mut selector_labels = BTreeMap::new();
-        if let Some(raw) = src.get("NODEWIRE_SELECTOR_LABELS") {
-            for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let Some((k, v)) = pair.split_once('=') else {
-                    return Err(err(
-                        "NODEWIRE_SELECTOR_LABELS",
-                        format!("{:?} is not key=value", echo(pair)),
-                    ));
-                };
-                let label_ok = |s: &str| {
-                    s.len() <= 63
-                        && s.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                        })
-                };
-                if k.is_empty() || !label_ok(k) || !label_ok(v) {
-                    return Err(err(
-                        "NODEWIRE_SELECTOR_LABELS",
-                        format!("{:?} is not a valid GCE label", echo(pair)),
-                    ));
-                }
-                selector_labels.insert(k.to_string(), v.to_string());
-            }
-        }
         let token_ttl = parse_secs(src, "NODEWIRE_TOKEN_TTL_SECS", Duration::from_secs(900))?;
         let join_api = match src.get("NODEWIRE_JOIN_API_VERSION").as_deref() {
             None | Some("v1beta4") => JoinApi::V1beta4,
@@ -653,7 +656,6 @@ impl ChainConfig {
             pod_range_name,
             pod_range,
             node_tags,
-            selector_labels,
             token_ttl,
             join_api,
             api_server_endpoint,
@@ -661,22 +663,10 @@ impl ChainConfig {
         })
     }
 
-    /// Parses from the process environment, or prints the problem and exits with code 64.
-    pub fn from_env_or_exit(binary: &str) -> Self {
-        match Self::from_source(&Env) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{binary}: {e}");
-                std::process::exit(EXIT_CONFIG);
-            }
-        }
-    }
-
     /// The planner's view of this configuration.
-    pub fn plan_config(&self, project: &str) -> crate::plan::PlanConfig {
+    pub fn plan_config(&self, selector: &Selector) -> crate::plan::PlanConfig {
         crate::plan::PlanConfig {
-            project: project.to_string(),
-            selector_labels: self.selector_labels.clone(),
+            selector: selector.clone(),
             subnet: self.subnet.clone(),
             pod_range_name: self.pod_range_name.clone(),
             pod_range: self.pod_range,
@@ -695,7 +685,6 @@ mod chain_tests {
             ("NODEWIRE_SUBNET", "asia-southeast1/k8s-nodes"),
             ("NODEWIRE_POD_RANGE", "192.168.16.0/21"),
             ("NODEWIRE_NODE_TAGS", "k8s-node, k8s-cluster-demo"),
-            ("NODEWIRE_SELECTOR_LABELS", "cluster=demo"),
         ]);
         let c = ChainConfig::from_source(&m).expect("valid");
         assert_eq!(
@@ -705,15 +694,10 @@ mod chain_tests {
         assert_eq!(c.node_tags, vec!["k8s-node", "k8s-cluster-demo"]);
         assert_eq!(c.token_ttl, Duration::from_secs(900));
         assert_eq!(c.join_api, JoinApi::V1beta4);
-        assert_eq!(
-            c.selector_labels.get("cluster").map(String::as_str),
-            Some("demo")
-        );
         for (var, bad) in [
             ("NODEWIRE_SUBNET", "k8s-nodes"),
             ("NODEWIRE_POD_RANGE", "192.168.16.1/21"),
             ("NODEWIRE_NODE_TAGS", "Bad_Tag"),
-            ("NODEWIRE_SELECTOR_LABELS", "novalue"),
             ("NODEWIRE_JOIN_API_VERSION", "v1"),
             ("NODEWIRE_API_SERVER_ENDPOINT", "https://x"),
             ("NODEWIRE_TOKEN_GROUPS", "system:masters"),

@@ -1,5 +1,6 @@
-//! Process setup: the clients a function uses, built once from [`Config`] and shared by every
-//! delivery.
+//! Process setup: the dependencies a function uses, built once from [`Config`] and shared by
+//! every delivery: [`Deps`] (configuration and bus) for every function, [`ChainDeps`] (also
+//! the Compute and Kubernetes clients and the chain's settings) for the steps and the sweep.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,9 +8,9 @@ use std::sync::Arc;
 use crate::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
 use crate::act::k8s::{Kube, KubeConnection, KubePolicy};
 use crate::bus::{Bus, BusError, OutboundMessage, PubSubBus};
-use crate::config::{Config, KubeSettings};
+use crate::config::{ChainConfig, Config, KubeSettings};
 use crate::event::StepMessage;
-use crate::locate::{ClusterLocator, Locator, NoLocator};
+use crate::plan::PlanConfig;
 use crate::trace::TraceContext;
 
 /// Message attribute names nodewire sets on every step.
@@ -20,19 +21,52 @@ pub mod attr {
     pub const CHAIN: &str = "chain";
 }
 
-/// Everything a handler may use. Cheap to clone.
+/// What every function has: its configuration and its bus. The adapter runs on it (the
+/// dead-letter topic, the limits, the flush at shutdown), and the routing functions need
+/// nothing else. Cheap to clone.
 #[derive(Clone)]
 pub struct Deps {
     pub config: Arc<Config>,
     pub bus: Arc<dyn Bus>,
-    /// Finds the VM behind a Node name when an event does not say.
-    pub locator: Arc<dyn Locator>,
-    /// Compute Engine, when configured.
-    pub compute: Option<Compute>,
-    /// The Kubernetes API, when configured.
-    pub kube: Option<Kube>,
-    /// The chain's settings (step functions only).
-    pub chain: Option<Arc<crate::config::ChainConfig>>,
+}
+
+/// What the step functions, the drift sweep and the CLI use: every client is present, so
+/// "not configured" cannot happen at run time (start-up refuses, exit 64). Cheap to clone.
+#[derive(Clone)]
+pub struct ChainDeps {
+    pub base: Deps,
+    pub compute: Compute,
+    pub kube: Kube,
+    pub chain: Arc<ChainConfig>,
+    /// The planner's configuration, derived once from [`ChainConfig`] and the selector.
+    pub plan: Arc<PlanConfig>,
+}
+
+impl ChainDeps {
+    /// Puts the chain's clients and settings together.
+    pub fn new(base: Deps, compute: Compute, kube: Kube, chain: ChainConfig) -> Self {
+        let plan = chain.plan_config(&base.config.selector);
+        Self {
+            base,
+            compute,
+            kube,
+            chain: Arc::new(chain),
+            plan: Arc::new(plan),
+        }
+    }
+
+    /// The process configuration.
+    pub fn config(&self) -> &Config {
+        &self.base.config
+    }
+}
+
+impl std::fmt::Debug for ChainDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainDeps")
+            .field("service", &self.base.config.service)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A dependency that could not be set up.
@@ -44,7 +78,9 @@ pub enum SetupError {
     Compute(#[from] crate::act::compute::ComputeError),
     #[error(transparent)]
     Kube(#[from] crate::act::k8s::KubeError),
-    #[error("reading {path}: {source}")]
+    #[error("the Kubernetes API is not configured (NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL)")]
+    NoKube,
+    #[error("reading {path}")]
     File {
         path: String,
         #[source]
@@ -96,43 +132,10 @@ impl Deps {
         Self {
             config: Arc::new(config),
             bus,
-            locator: Arc::new(NoLocator),
-            compute: None,
-            kube: None,
-            chain: None,
         }
     }
 
-    /// Adds the chain's settings.
-    #[must_use]
-    pub fn with_chain(mut self, chain: crate::config::ChainConfig) -> Self {
-        self.chain = Some(Arc::new(chain));
-        self
-    }
-
-    /// Adds the Compute and Kubernetes clients (and the locator that uses them).
-    #[must_use]
-    pub fn with_clients(mut self, compute: Option<Compute>, kube: Option<Kube>) -> Self {
-        if compute.is_some() || kube.is_some() {
-            self.locator = Arc::new(ClusterLocator {
-                kube: kube.clone(),
-                compute: compute.clone(),
-            });
-        }
-        self.compute = compute;
-        self.kube = kube;
-        self
-    }
-
-    /// Replaces the locator.
-    #[must_use]
-    pub fn with_locator(mut self, locator: Arc<dyn Locator>) -> Self {
-        self.locator = locator;
-        self
-    }
-
-    /// Connects to Pub/Sub only (the emulator when `PUBSUB_EMULATOR_HOST` is set): for the
-    /// functions that only route events.
+    /// Connects to Pub/Sub (the emulator when `PUBSUB_EMULATOR_HOST` is set).
     ///
     /// # Errors
     /// [`SetupError::Bus`] when the client cannot be built.
@@ -141,27 +144,28 @@ impl Deps {
         Ok(Self::new(config, Arc::new(bus)))
     }
 
-    /// Connects to Pub/Sub, Compute Engine (`NODEWIRE_COMPUTE_ENDPOINT`, else Google with
-    /// Application Default Credentials) and, when configured, the Kubernetes API: for the
-    /// functions that read VMs or Nodes.
+    /// The Compute Engine client of this configuration (`NODEWIRE_COMPUTE_ENDPOINT`, else
+    /// Google with Application Default Credentials).
     ///
     /// # Errors
-    /// [`SetupError`] when a client cannot be built.
-    pub async fn connect_with_clients(config: Config) -> Result<Self, SetupError> {
-        let bus = PubSubBus::connect(&config.pubsub).await?;
-        let compute = Compute::new(
-            &config.project,
+    /// [`SetupError::Compute`] when the client cannot be built.
+    pub async fn compute(&self) -> Result<Compute, SetupError> {
+        Ok(Compute::new(
+            &self.config.project,
             &ComputeEndpoint {
-                url: config.compute_endpoint.clone(),
+                url: self.config.compute_endpoint.clone(),
             },
             ComputePolicy::default(),
         )
-        .await?;
-        let kube = match &config.kube {
-            Some(k) => Some(Kube::new(&kube_connection(k)?, KubePolicy::default()).await?),
-            None => None,
-        };
-        Ok(Self::new(config, Arc::new(bus)).with_clients(Some(compute), kube))
+        .await?)
+    }
+
+    /// The Kubernetes client of `settings`.
+    ///
+    /// # Errors
+    /// [`SetupError`] when a file cannot be read or the client cannot be built.
+    pub async fn kube(settings: &KubeSettings) -> Result<Kube, SetupError> {
+        Ok(Kube::new(&kube_connection(settings)?, KubePolicy::default()).await?)
     }
 
     /// Publishes a step to its topic with the attributes `step`, `instance`, `chain` and

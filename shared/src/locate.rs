@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::bus::BoxFuture;
+use crate::error::Classify as _;
 use crate::names::InstanceRef;
 
 /// Why a VM could not be located.
@@ -22,8 +23,8 @@ pub enum LocateError {
     Failed { node: String, reason: String },
 }
 
-impl LocateError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::error::Classify for LocateError {
+    fn is_retryable(&self) -> bool {
         matches!(self, LocateError::Lookup { .. })
     }
 }
@@ -121,14 +122,7 @@ impl Locator for ClusterLocator {
                     .map_err(|e| err(e.is_retryable(), e.to_string()))?;
                 if let Some(r) = found
                     .and_then(|n| n.provider_id)
-                    .and_then(|p| p.strip_prefix("gce://").map(str::to_string))
-                    .and_then(|p| {
-                        let parts: Vec<&str> = p.split('/').collect();
-                        match parts.as_slice() {
-                            [pr, z, n] => InstanceRef::new(*pr, *z, *n).ok(),
-                            _ => None,
-                        }
-                    })
+                    .and_then(|p| InstanceRef::from_provider_id(&p).ok().flatten())
                 {
                     return Ok(Some(r));
                 }

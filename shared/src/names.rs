@@ -30,6 +30,15 @@ fn invalid(kind: &'static str, value: &str, why: &'static str) -> NameError {
     }
 }
 
+/// A `gce://` providerID that does not name a VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderIdError {
+    #[error("spec.providerID {0:?} is not gce://PROJECT/ZONE/NAME")]
+    Shape(String),
+    #[error(transparent)]
+    Invalid(NameError),
+}
+
 /// Shortens a value for inclusion in an error message or a log line.
 pub fn echo(value: &str) -> String {
     if value.chars().count() <= ECHO_MAX {
@@ -247,6 +256,25 @@ impl InstanceRef {
         format!("gce://{}/{}/{}", self.project, self.zone, self.name)
     }
 
+    /// The VM a `spec.providerID` names; the inverse of [`InstanceRef::provider_id`].
+    /// `Ok(None)` for another provider's id (not `gce://`), which is not malformed.
+    ///
+    /// # Errors
+    /// [`ProviderIdError`] for a `gce://` id that is not `gce://PROJECT/ZONE/NAME` with valid
+    /// parts.
+    pub fn from_provider_id(pid: &str) -> Result<Option<Self>, ProviderIdError> {
+        let Some(path) = pid.strip_prefix("gce://") else {
+            return Ok(None);
+        };
+        let mut parts = path.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(p), Some(z), Some(n), None) => Self::new(p, z, n)
+                .map(Some)
+                .map_err(ProviderIdError::Invalid),
+            _ => Err(ProviderIdError::Shape(echo(pid))),
+        }
+    }
+
     /// The region of the zone (`us-central1-a` → `us-central1`).
     pub fn region(&self) -> &str {
         self.zone
@@ -412,6 +440,21 @@ mod tests {
             r.provider_id(),
             "gce://example-project/us-central1-a/k8s-worker-1"
         );
+        assert_eq!(
+            InstanceRef::from_provider_id(&r.provider_id()),
+            Ok(Some(r.clone()))
+        );
+        assert_eq!(
+            InstanceRef::from_provider_id("aws:///us-east-1a/i-1"),
+            Ok(None)
+        );
+        for bad in [
+            "gce://p/z",
+            "gce://p/z/n/x",
+            "gce://example-project/../../x",
+        ] {
+            assert!(InstanceRef::from_provider_id(bad).is_err(), "{bad}");
+        }
         assert_eq!(r.region(), "us-central1");
         let full: InstanceRef = format!("https://www.googleapis.com/compute/v1/{r}")
             .parse()

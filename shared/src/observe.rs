@@ -1,9 +1,92 @@
-//! OBSERVE: the big API objects reduced to the planner's small facts. Pure.
+//! OBSERVE: read what the steps and the sweep decide on, and reduce the big API objects to
+//! the planner's small facts. The reads go through the clients in `act` (which own retries);
+//! the reducers are pure. Nothing here writes.
 
-use crate::act::compute::InstanceView;
-use crate::act::k8s::{NodeView, TokenInfo, UNWIRED_TAINT};
+use std::collections::BTreeMap;
+
+use crate::act::compute::{Compute, ComputeError, InstanceView};
+use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo, UNWIRED_TAINT};
+use crate::error::Classify;
 use crate::join::JOIN_METADATA_KEY;
-use crate::plan::{Alias, NodeFacts, TokenFacts, VmFacts};
+use crate::names::InstanceRef;
+use crate::plan::{Alias, NodeFacts, Observed, TokenFacts, VmFacts};
+
+/// A read that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl Classify for ObserveError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            ObserveError::Compute(e) => e.is_retryable(),
+            ObserveError::Kube(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// Reads one VM, its Node (`node`) and the VM's tokens, concurrently, and reduces them to the
+/// planner's facts as of now.
+///
+/// # Errors
+/// [`ObserveError`] when a read fails.
+pub async fn one_vm(
+    compute: &Compute,
+    kube: &Kube,
+    instance: &InstanceRef,
+    node: &str,
+) -> Result<Observed, ObserveError> {
+    let (vm, node, tokens) = tokio::join!(
+        compute.get_instance(instance),
+        kube.get_node(node),
+        kube.list_bootstrap_tokens(Some(instance.name())),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    Ok(Observed {
+        instance: instance.clone(),
+        vm: vm?.as_ref().map(vm_facts),
+        node: node?.as_ref().map(node_facts),
+        tokens: tokens?.iter().map(|t| token_facts(t, now)).collect(),
+    })
+}
+
+/// Everything the drift sweep reads.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub vms: Vec<InstanceView>,
+    pub nodes: Vec<NodeView>,
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Reads everything the sweep needs: every VM of the project (the selector is applied in
+/// code, so that a Node whose VM exists but is not selected is not taken for orphaned), every
+/// Node, every nodewire token. Returns the list calls made per API.
+///
+/// # Errors
+/// [`ObserveError`] when a list fails.
+pub async fn inventory(
+    compute: &Compute,
+    kube: &Kube,
+) -> Result<(Inventory, BTreeMap<String, usize>), ObserveError> {
+    let (vms, nodes, tokens) = tokio::join!(
+        compute.list_instances_paged(None),
+        kube.list_nodes_paged(None),
+        kube.list_bootstrap_tokens_paged(None)
+    );
+    let (vms, vm_pages) = vms?;
+    let (nodes, node_pages) = nodes?;
+    let (tokens, token_pages) = tokens?;
+    let calls = BTreeMap::from([
+        ("compute.instances.aggregatedList".to_string(), vm_pages),
+        ("k8s.nodes.list".to_string(), node_pages),
+        ("k8s.secrets.list".to_string(), token_pages),
+    ]);
+    Ok((Inventory { vms, nodes, tokens }, calls))
+}
 
 /// True when a token's expiration has passed (or cannot be read).
 pub fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {

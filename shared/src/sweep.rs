@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::act::compute::{Compute, InstanceView};
-use crate::act::k8s::{Kube, NodeView, TokenInfo};
+use crate::act::k8s::{NodeView, TokenInfo};
+use crate::deps::{ChainDeps, Deps};
 use crate::event::{Cause, CauseSource, Decode, DecodeError, Step, StepMessage};
 use crate::names::{Cidr, InstanceRef};
+use crate::observe::ObserveError;
 use crate::observe::{node_facts, token_facts, vm_facts};
 use crate::plan::{Gap, Observed, PlanConfig, TokenFacts, gaps};
 
@@ -60,22 +61,7 @@ pub struct Finding {
     pub heal: Option<(Step, InstanceRef, Option<String>)>,
 }
 
-/// What the sweep read.
-#[derive(Debug, Clone, Default)]
-pub struct Inventory {
-    pub vms: Vec<InstanceView>,
-    pub nodes: Vec<NodeView>,
-    pub tokens: Vec<TokenInfo>,
-}
-
-fn provider_ref(pid: &str) -> Option<InstanceRef> {
-    let path = pid.strip_prefix("gce://")?;
-    let parts: Vec<&str> = path.split('/').collect();
-    match parts.as_slice() {
-        [p, z, n] => InstanceRef::new(*p, *z, *n).ok(),
-        _ => None,
-    }
-}
+pub use crate::observe::Inventory;
 
 /// Finds every drifted aspect. Pure.
 pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> Vec<Finding> {
@@ -156,10 +142,15 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
     }
 
     for n in &inv.nodes {
-        let Some(r) = n.provider_id.as_deref().and_then(provider_ref) else {
+        let Some(r) = n
+            .provider_id
+            .as_deref()
+            .and_then(|p| InstanceRef::from_provider_id(p).ok().flatten())
+        else {
             continue;
         };
-        if r.project() == cfg.project && !existing.contains(&r) {
+        // A Node of a VM that is not ours (another project, outside the prefix) is not drift.
+        if cfg.selector.admits(&r).is_ok() && !existing.contains(&r) {
             out.push(Finding {
                 kind: DriftKind::NodeWithoutVm,
                 subject: n.name.clone(),
@@ -172,13 +163,13 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
         let Some(name) = t.instance.as_deref() else {
             continue;
         };
-        if existing_names.contains(name) {
+        if existing_names.contains(name) || cfg.selector.admits_name(name).is_err() {
             continue;
         }
         let heal = t
             .zone
             .as_deref()
-            .and_then(|z| InstanceRef::new(cfg.project.as_str(), z, name).ok())
+            .and_then(|z| InstanceRef::new(cfg.selector.project.as_str(), z, name).ok())
             .map(|r| (Step::Decommission, r, Some(name.to_string())));
         out.push(Finding {
             kind: DriftKind::OrphanToken,
@@ -257,50 +248,18 @@ impl Decode for SweepRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error(transparent)]
-    Compute(#[from] crate::act::compute::ComputeError),
-    #[error(transparent)]
-    Kube(#[from] crate::act::k8s::KubeError),
+    Observe(#[from] ObserveError),
     #[error("publishing a step failed")]
     Publish(#[from] crate::bus::BusError),
-    #[error("the sweep is not configured: {0}")]
-    NotConfigured(&'static str),
 }
 
 impl crate::adapter::Classify for SweepError {
     fn is_retryable(&self) -> bool {
         match self {
-            SweepError::Compute(e) => e.is_retryable(),
-            SweepError::Kube(e) => e.is_retryable(),
+            SweepError::Observe(e) => e.is_retryable(),
             SweepError::Publish(_) => true,
-            SweepError::NotConfigured(_) => false,
         }
     }
-}
-
-/// Reads everything the sweep needs: every VM of the project (the selector is applied in
-/// code, so that a Node whose VM exists but is not selected is not taken for orphaned), every
-/// Node, every nodewire token. Returns the list calls made per API.
-///
-/// # Errors
-/// [`SweepError`] when a list fails.
-pub async fn observe(
-    compute: &Compute,
-    kube: &Kube,
-) -> Result<(Inventory, BTreeMap<String, usize>), SweepError> {
-    let (vms, nodes, tokens) = tokio::join!(
-        compute.list_instances_paged(None),
-        kube.list_nodes_paged(None),
-        kube.list_bootstrap_tokens_paged(None)
-    );
-    let (vms, vm_pages) = vms?;
-    let (nodes, node_pages) = nodes?;
-    let (tokens, token_pages) = tokens?;
-    let calls = BTreeMap::from([
-        ("compute.instances.aggregatedList".to_string(), vm_pages),
-        ("k8s.nodes.list".to_string(), node_pages),
-        ("k8s.secrets.list".to_string(), token_pages),
-    ]);
-    Ok((Inventory { vms, nodes, tokens }, calls))
 }
 
 /// Assesses an inventory and publishes one step per drifted aspect (none in a dry run).
@@ -308,7 +267,7 @@ pub async fn observe(
 /// # Errors
 /// [`SweepError::Publish`] when a step cannot be published.
 pub async fn heal(
-    deps: &crate::deps::Deps,
+    deps: &Deps,
     inv: &Inventory,
     cfg: &PlanConfig,
     dry_run: bool,
@@ -387,44 +346,34 @@ pub fn report(
     }
 }
 
-/// Runs one sweep with the process's clients: observe, assess, publish (unless `dry_run`),
+/// Runs one sweep with the chain's clients: observe, assess, publish (unless `dry_run`),
 /// report.
 ///
 /// # Errors
 /// [`SweepError`].
 pub async fn run(
-    deps: &crate::deps::Deps,
+    deps: &ChainDeps,
     dry_run: bool,
     trace: &crate::trace::TraceContext,
 ) -> Result<Report, SweepError> {
     let started = Instant::now();
-    let compute = deps
-        .compute
-        .as_ref()
-        .ok_or(SweepError::NotConfigured("Compute client"))?;
-    let kube = deps
-        .kube
-        .as_ref()
-        .ok_or(SweepError::NotConfigured("Kubernetes client"))?;
-    let chain = deps
-        .chain
-        .as_deref()
-        .ok_or(SweepError::NotConfigured("chain settings"))?;
-    let cfg = chain.plan_config(&deps.config.project);
-    let (inv, calls) = observe(compute, kube).await?;
-    let (findings, steps) = heal(deps, &inv, &cfg, dry_run, trace).await?;
+    let (inv, calls) = crate::observe::inventory(&deps.compute, &deps.kube).await?;
+    let (findings, steps) = heal(&deps.base, &inv, &deps.plan, dry_run, trace).await?;
     Ok(report(&inv, &findings, steps, calls, dry_run, started))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::act::compute::{AliasRange, NicView};
+    use crate::act::compute::{AliasRange, InstanceView, NicView};
 
     fn cfg() -> PlanConfig {
         PlanConfig {
-            project: "example-project".into(),
-            selector_labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+            selector: crate::select::Selector {
+                project: "example-project".into(),
+                name_prefix: None,
+                labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+            },
             subnet: ("us-central1".into(), "k8s-nodes".into()),
             pod_range_name: "pods".into(),
             pod_range: "10.4.0.0/16".parse().expect("cidr"),

@@ -17,11 +17,12 @@ use shared::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, U
 use shared::adapter::Handler;
 use shared::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
 use shared::config::{ChainConfig, Config};
-use shared::deps::Deps;
+use shared::deps::{ChainDeps, Deps};
 use shared::emulator::Emulator;
 use shared::event::{Decode, Step};
 use shared::handlers::{drift_sweep, instance_events, node_events, steps};
 use shared::join::JOIN_METADATA_KEY;
+use shared::locate::ClusterLocator;
 use shared::names::Cidr;
 use tokio::net::TcpListener;
 
@@ -54,7 +55,7 @@ impl FnServer {
     pub async fn start_with_deps<T, H>(deps: Deps, handler: H) -> Self
     where
         T: Decode + Send + 'static,
-        H: for<'a> Handler<'a, T>,
+        H: Handler<T>,
     {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -118,6 +119,8 @@ pub struct StackOptions {
     pub node_tag: String,
     /// `key=value` every node VM carries.
     pub selector: (String, String),
+    /// `NODEWIRE_INSTANCE_PREFIX`, when set.
+    pub name_prefix: Option<String>,
     pub op_latency: Duration,
     pub ipam_delay: Duration,
     pub join_delay: Duration,
@@ -138,6 +141,7 @@ impl Default for StackOptions {
             services_range: parse("172.16.16.0/21"),
             node_tag: "k8s-node".into(),
             selector: ("cluster".into(), "demo".into()),
+            name_prefix: None,
             op_latency: Duration::from_millis(60),
             ipam_delay: Duration::from_millis(200),
             join_delay: Duration::from_millis(300),
@@ -333,6 +337,9 @@ impl Stack {
         if let Some(emu) = &emu {
             env.insert("PUBSUB_EMULATOR_HOST".into(), emu.host());
         }
+        if let Some(prefix) = &opts.name_prefix {
+            env.insert("NODEWIRE_INSTANCE_PREFIX".into(), prefix.clone());
+        }
         let src: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let chain = ChainConfig::from_source(&src).map_err(|e| e.to_string())?;
         let kube_url = k8s.endpoint();
@@ -378,39 +385,52 @@ impl Stack {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-                Ok::<Deps, String>(
-                    Deps::new(config, bus)
-                        .with_clients(Some(compute), Some(kube))
-                        .with_chain(chain),
-                )
+                Ok::<ChainDeps, String>(ChainDeps::new(
+                    Deps::new(config, bus),
+                    compute,
+                    kube,
+                    chain,
+                ))
             }
         };
         let mut servers = Vec::new();
+        let d = deps_for("instance-events").await?;
+        let base = d.base.clone();
         servers.push((
             "instance-events".to_string(),
-            FnServer::start_with_deps(deps_for("instance-events").await?, instance_events::handle)
-                .await,
+            FnServer::start_with_deps(d.base.clone(), move |event| {
+                let deps = base.clone();
+                async move { instance_events::handle(event, &deps).await }
+            })
+            .await,
         ));
+        let d = deps_for("node-events").await?;
+        let locator: Arc<dyn shared::locate::Locator> = Arc::new(ClusterLocator {
+            kube: Some(d.kube.clone()),
+            compute: Some(d.compute.clone()),
+        });
+        let base = d.base.clone();
         servers.push((
             "node-events".to_string(),
-            FnServer::start_with_deps(deps_for("node-events").await?, node_events::handle).await,
+            FnServer::start_with_deps(d.base.clone(), move |event| {
+                let (deps, locator) = (base.clone(), locator.clone());
+                async move { node_events::handle(event, &deps, locator.as_ref()).await }
+            })
+            .await,
         ));
         for step in Step::ALL {
             let d = deps_for(step.as_str()).await?;
-            let server = match step {
-                Step::Bootstrap => FnServer::start_with_deps(d, steps::bootstrap).await,
-                Step::AssignAlias => FnServer::start_with_deps(d, steps::assign_alias).await,
-                Step::TagInstance => FnServer::start_with_deps(d, steps::tag_instance).await,
-                Step::ProviderId => FnServer::start_with_deps(d, steps::provider_id).await,
-                Step::Finalize => FnServer::start_with_deps(d, steps::finalize).await,
-                Step::ReleaseAlias => FnServer::start_with_deps(d, steps::release_alias).await,
-                Step::Decommission => FnServer::start_with_deps(d, steps::decommission).await,
-            };
+            let server = FnServer::start_with_deps(d.base.clone(), steps::handler(step, d)).await;
             servers.push((step.as_str().to_string(), server));
         }
         // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
-        let sweep_server =
-            FnServer::start_with_deps(deps_for("drift-sweep").await?, drift_sweep::handle).await;
+        let d = deps_for("drift-sweep").await?;
+        let state = d.clone();
+        let sweep_server = FnServer::start_with_deps(d.base, move |event| {
+            let deps = state.clone();
+            async move { drift_sweep::handle(event, &deps).await }
+        })
+        .await;
 
         let mut subscriptions = Vec::new();
         let mut pushers = Vec::new();

@@ -36,14 +36,15 @@ pub fn config(emu: &Emulator, service: &str, extra: &[(&str, &str)]) -> Config {
 
 pub use sim::stack::FnServer;
 
-/// Connects a function's Pub/Sub bus (only) and serves `handler` on `127.0.0.1:0`.
-pub async fn serve_fn<T, H>(config: Config, handler: H) -> FnServer
+/// Connects a function's Pub/Sub bus (only) and serves `handler` on `127.0.0.1:0`; the
+/// handler gets the connected [`Deps`].
+pub async fn serve_fn<T, H>(config: Config, handler: impl FnOnce(Deps) -> H) -> FnServer
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
 {
     let deps = Deps::connect(config).await.expect("Pub/Sub client");
-    FnServer::start_with_deps(deps, handler).await
+    FnServer::start_with_deps(deps.clone(), handler(deps)).await
 }
 
 /// A push subscription body: ordering on, short ack deadline, fast retries.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::simfix::*;
 use shared::act::compute::{AliasRange, ComputeError, WriteOutcome};
+use shared::error::Classify as _;
 use sim::faults::{FaultSpec, InjectedError};
 
 fn pods(c: &str) -> AliasRange {

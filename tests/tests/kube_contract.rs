@@ -8,6 +8,7 @@ use integration_tests::simfix::*;
 use serde_json::json;
 use shared::act::k8s::{KubeError, UNWIRED_TAINT, WriteOutcome};
 use shared::bus::InProcessBus;
+use shared::error::Classify as _;
 use shared::event::{Decode, NodeEvent, NodeEvents};
 use shared::names::InstanceRef;
 use sim::faults::{FaultSpec, InjectedError};

@@ -2,6 +2,7 @@
 
 use integration_tests::simfix::*;
 use serde_json::json;
+use shared::error::Classify as _;
 use shared::locate::{ClusterLocator, LocateError, Locator};
 use sim::k8s::K8sConfig;
 

@@ -51,10 +51,12 @@ async fn instance_events_publishes_the_next_step_on_the_emulator() {
     emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(
-        config(&emu, "instance-events", &[]),
-        instance_events::handle,
-    )
+    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), |d: Deps| {
+        move |ev| {
+            let d = d.clone();
+            async move { instance_events::handle(ev, &d).await }
+        }
+    })
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await
@@ -130,8 +132,13 @@ async fn node_events_routes_registrations_on_the_emulator() {
     emu.create_subscription("assign-observer", "nodewire-assign-alias", pull_body())
         .await
         .expect("sub");
-    let f =
-        integration_tests::serve_fn(config(&emu, "node-events", &[]), node_events::handle).await;
+    let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), |d: Deps| {
+        move |ev| {
+            let d = d.clone();
+            async move { node_events::handle(ev, &d, &shared::locate::NoLocator).await }
+        }
+    })
+    .await;
     emu.create_subscription("k8s-audit-push", "k8s-audit", push_body(&f.endpoint()))
         .await
         .expect("push sub");
@@ -212,7 +219,13 @@ async fn a_503_leads_to_redelivery() {
     emu.create_subscription("done-observer", "flaky-done", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(config(&emu, "flaky", &[]), flaky).await;
+    let f = integration_tests::serve_fn(config(&emu, "flaky", &[]), |d: Deps| {
+        move |ev| {
+            let d = d.clone();
+            async move { flaky(ev, &d).await }
+        }
+    })
+    .await;
     emu.create_subscription("flaky-push", "flaky-in", push_body(&f.endpoint()))
         .await
         .expect("push sub");
@@ -247,10 +260,12 @@ async fn a_poison_message_is_dead_lettered_exactly_once() {
     emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(
-        config(&emu, "instance-events", &[]),
-        instance_events::handle,
-    )
+    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), |d: Deps| {
+        move |ev| {
+            let d = d.clone();
+            async move { instance_events::handle(ev, &d).await }
+        }
+    })
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await

@@ -1,7 +1,11 @@
 //! Cloud Run service `assign-alias`: sets nic0's alias range to the Node's podCIDR.
-//! The handler is `shared::handlers::steps::assign_alias`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::AssignAlias).await
+    let deps = startup::chain(Step::AssignAlias.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::AssignAlias, deps)).await?;
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! Cloud Run service `bootstrap`: mints a join token and writes the JoinConfiguration into the VM's metadata.
-//! The handler is `shared::handlers::steps::bootstrap`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::Bootstrap).await
+    let deps = startup::chain(Step::Bootstrap.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::Bootstrap, deps)).await?;
+    Ok(())
 }

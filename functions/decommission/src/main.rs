@@ -1,7 +1,11 @@
 //! Cloud Run service `decommission`: deletes the Node and tokens of a deleted VM.
-//! The handler is `shared::handlers::steps::decommission`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::Decommission).await
+    let deps = startup::chain(Step::Decommission.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::Decommission, deps)).await?;
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! Cloud Run service `finalize`: verifies the node is wired, removes the taint, revokes the token, clears the join metadata.
-//! The handler is `shared::handlers::steps::finalize`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::Finalize).await
+    let deps = startup::chain(Step::Finalize.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::Finalize, deps)).await?;
+    Ok(())
 }

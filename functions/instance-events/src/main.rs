@@ -1,13 +1,16 @@
 //! Cloud Run service `instance-events`: Compute Engine audit entries (instance inserted or
 //! deleted) → the `bootstrap` or `decommission` step of that VM's chain.
 
-use shared::{adapter, config::Config, deps::Deps, handlers::instance_events, telemetry};
+use shared::{adapter, handlers::instance_events, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env_or_exit("instance-events");
-    telemetry::init(&config);
-    let deps = Deps::connect(config).await?;
-    adapter::serve(deps, instance_events::handle).await?;
+    let deps = startup::router("instance-events").await?;
+    let state = deps.clone();
+    adapter::serve(deps, move |event| {
+        let deps = state.clone();
+        async move { instance_events::handle(event, &deps).await }
+    })
+    .await?;
     Ok(())
 }

@@ -1,14 +1,17 @@
 //! Cloud Run service `node-events`: Kubernetes API server audit events about Nodes
 //! (registered, podCIDR set, deleted) → the `assign-alias` or `release-alias` step.
 
-use shared::{adapter, config::Config, deps::Deps, handlers::node_events, telemetry};
+use shared::{adapter, handlers::node_events, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env_or_exit("node-events");
-    telemetry::init(&config);
     // Events without spec.providerID are located through the Node and the VM list.
-    let deps = Deps::connect_with_clients(config).await?;
-    adapter::serve(deps, node_events::handle).await?;
+    let (deps, locator) = startup::node_router("node-events").await?;
+    let state = deps.clone();
+    adapter::serve(deps, move |event| {
+        let (deps, locator) = (state.clone(), locator.clone());
+        async move { node_events::handle(event, &deps, locator.as_ref()).await }
+    })
+    .await?;
     Ok(())
 }

@@ -1,7 +1,11 @@
 //! Cloud Run service `provider-id`: sets the Node's spec.providerID while it is empty.
-//! The handler is `shared::handlers::steps::provider_id`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::ProviderId).await
+    let deps = startup::chain(Step::ProviderId.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::ProviderId, deps)).await?;
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! Cloud Run service `release-alias`: gives the pod range back when a Node is deleted and its VM stays.
-//! The handler is `shared::handlers::steps::release_alias`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::ReleaseAlias).await
+    let deps = startup::chain(Step::ReleaseAlias.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::ReleaseAlias, deps)).await?;
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! Cloud Run service `tag-instance`: adds the node network tags to the VM.
-//! The handler is `shared::handlers::steps::tag_instance`.
+//! The handler is `shared::handlers::steps::handle` for this step.
+
+use shared::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::handlers::steps::main(shared::event::Step::TagInstance).await
+    let deps = startup::chain(Step::TagInstance.as_str()).await?;
+    adapter::serve(deps.base.clone(), steps::handler(Step::TagInstance, deps)).await?;
+    Ok(())
 }

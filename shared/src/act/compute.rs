@@ -110,9 +110,9 @@ pub enum ComputeError {
     Setup(String),
 }
 
-impl ComputeError {
+impl crate::error::Classify for ComputeError {
     /// True when trying the same thing again later may succeed.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(
             self,
             ComputeError::Transient { .. }
@@ -1051,6 +1051,7 @@ fn class_to_error(call: &'static str) -> impl Fn(Class) -> ComputeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify as _;
 
     #[test]
     fn request_ids_are_uuids() {

@@ -144,8 +144,8 @@ pub enum KubeError {
     Setup(String),
 }
 
-impl KubeError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::error::Classify for KubeError {
+    fn is_retryable(&self) -> bool {
         matches!(self, KubeError::Transient { .. })
     }
 }

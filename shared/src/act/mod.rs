@@ -1,5 +1,7 @@
 //! ACT (and OBSERVE): every call to Compute Engine and Kubernetes lives here, behind clients
-//! that reduce the APIs' objects to small views and own the retry and conflict rules.
+//! that reduce the APIs' objects to small views and own the retry and conflict rules, and
+//! [`execute`], which carries out the planner's actions with them.
 
 pub mod compute;
+pub mod execute;
 pub mod k8s;

@@ -1,4 +1,6 @@
-//! ARRIVE: our lambda_http-style adapter on axum. A function author writes
+//! ARRIVE: our lambda_http-style adapter on axum. A function author writes a plain async fn
+//! and hands the adapter a closure that owns (or shares, in an `Arc`) what it needs — the way
+//! axum's `State` and the AWS Lambda runtime's `service_fn` do:
 //!
 //! ```no_run
 //! # use shared::adapter::{Outcome, PushEvent, Classify};
@@ -9,7 +11,12 @@
 //!     Ok(Outcome::Done)
 //! }
 //! # async fn run(deps: Deps) -> std::io::Result<()> {
-//! shared::adapter::serve(deps, handle).await
+//! let state = deps.clone();
+//! shared::adapter::serve(deps, move |event| {
+//!     let deps = state.clone();
+//!     async move { handle(event, &deps).await }
+//! })
+//! .await
 //! # }
 //! ```
 //!
@@ -31,17 +38,17 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use futures::FutureExt as _;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 pub use push::{EnvelopeError, PushEvent, PushMeta, Transport, parse_delivery};
 pub use verdict::{Classify, Failure, Outcome, Verdict};
 
-use crate::bus::{BoxFuture, OutboundMessage};
+use crate::bus::OutboundMessage;
 use crate::deps::Deps;
 use crate::event::Decode;
 
@@ -65,39 +72,26 @@ const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// How long the publisher may take to flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// A handler: any `async fn(PushEvent<T>, &Deps) -> Result<Outcome, E>` where `E` is an error
-/// that says whether it is retryable. Implemented for such functions; not meant to be
-/// implemented by hand.
-pub trait Handler<'a, T>: Send + Sync + 'static {
+/// A handler: any `Fn(PushEvent<T>) -> impl Future<Output = Result<Outcome, E>>` where `E`
+/// says whether it is retryable — typically a closure that owns its state. Implemented for
+/// such functions; not meant to be implemented by hand.
+pub trait Handler<T>: Send + Sync + 'static {
     type Error: std::error::Error + Classify + Send + 'static;
-    type Future: Future<Output = Result<Outcome, Self::Error>> + Send + 'a;
-    fn call(&self, event: PushEvent<T>, deps: &'a Deps) -> Self::Future;
+    type Future: Future<Output = Result<Outcome, Self::Error>> + Send + 'static;
+    fn call(&self, event: PushEvent<T>) -> Self::Future;
 }
 
-impl<'a, T, F, Fut, E> Handler<'a, T> for F
+impl<T, F, Fut, E> Handler<T> for F
 where
-    F: Fn(PushEvent<T>, &'a Deps) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, E>> + Send + 'a,
+    F: Fn(PushEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, E>> + Send + 'static,
     E: std::error::Error + Classify + Send + 'static,
 {
     type Error = E;
     type Future = Fut;
-    fn call(&self, event: PushEvent<T>, deps: &'a Deps) -> Fut {
-        self(event, deps)
+    fn call(&self, event: PushEvent<T>) -> Fut {
+        self(event)
     }
-}
-
-/// Calls the handler and erases its error type.
-fn invoke<'a, T, H>(
-    handler: &'a H,
-    event: PushEvent<T>,
-    deps: &'a Deps,
-) -> BoxFuture<'a, Result<Outcome, Failure>>
-where
-    H: Handler<'a, T>,
-{
-    let fut = handler.call(event, deps);
-    Box::pin(async move { fut.await.map_err(|e| Failure::from_error(&e)) })
 }
 
 struct App<T, H> {
@@ -110,7 +104,7 @@ struct App<T, H> {
 pub fn router<T, H>(deps: Deps, handler: H) -> Router
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
 {
     let limit = deps.config.limits.max_body_bytes;
     let app = Arc::new(App {
@@ -132,14 +126,34 @@ async fn deliver<T, H>(
 ) -> Response
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
 {
-    let meta = match parse_delivery(&headers, &body) {
+    // The last guard: whatever panics in a delivery (envelope parsing, logging, dead-lettering)
+    // answers 500 instead of dropping the connection.
+    match AssertUnwindSafe(deliver_guarded(&app, &headers, &body))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let reason = panic_message(panic.as_ref());
+            tracing::error!(verdict = "panic", %reason, "delivery panicked; answering 500");
+            Verdict::Panic(reason).into_response()
+        }
+    }
+}
+
+async fn deliver_guarded<T, H>(app: &App<T, H>, headers: &HeaderMap, body: &Bytes) -> Response
+where
+    T: Decode + Send + 'static,
+    H: Handler<T>,
+{
+    let meta = match parse_delivery(headers, body) {
         Ok(m) => m,
         Err(e) => {
             // Not a delivery: there is no message to ack or to dead-letter.
             tracing::error!(error = %e, bytes = body.len(), "request refused: not a delivery");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            return Verdict::NotADelivery(e.to_string()).into_response();
         }
     };
     let cfg = app.deps.config.clone();
@@ -154,71 +168,74 @@ where
     );
     async move {
         let started = Instant::now();
-        let verdict = process(&app, meta.clone()).await;
+        let verdict = process(app, meta.clone()).await;
         let verdict = give_up_if_too_old(verdict, &meta, cfg.limits.max_retry_age);
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let status = match &verdict {
-            Verdict::Ack => {
-                tracing::info!(verdict = "ack", elapsed_ms, "delivery handled");
-                verdict.status()
-            }
-            Verdict::Report(report) => {
-                tracing::info!(verdict = "ack", elapsed_ms, %report, "delivery handled");
-                verdict.status()
-            }
-            Verdict::Ignored(reason) => {
-                tracing::debug!(verdict = "ignored", %reason, elapsed_ms, "delivery ignored");
-                verdict.status()
-            }
-            Verdict::Retry(reason) => {
-                tracing::warn!(verdict = "retry", %reason, elapsed_ms, "delivery failed transiently; asking for redelivery");
-                verdict.status()
-            }
-            Verdict::Panic(reason) => {
-                tracing::error!(verdict = "panic", %reason, elapsed_ms, "handler panicked; answering 500");
-                verdict.status()
-            }
-            Verdict::Reject(reason) => match dead_letter(&app.deps, &meta, reason).await {
+        let verdict = match verdict {
+            Verdict::Reject(reason) => match dead_letter(&app.deps, &meta, &reason).await {
                 Ok(id) => {
                     tracing::error!(verdict = "dead-letter", %reason, dead_letter_message_id = %id, elapsed_ms, "delivery failed permanently; forwarded to the dead-letter topic and acked");
-                    verdict.status()
+                    Verdict::Reject(reason)
                 }
                 Err(e) => {
                     tracing::error!(verdict = "retry", %reason, error = %e, elapsed_ms, "delivery failed permanently but dead-lettering failed; asking for redelivery");
-                    StatusCode::SERVICE_UNAVAILABLE
+                    Verdict::DeadLetterFailed(reason)
                 }
             },
-        };
-        match &verdict {
-            Verdict::Report(v) => (status, axum::Json(v.clone())).into_response(),
-            Verdict::Retry(r) | Verdict::Panic(r) if status != StatusCode::NO_CONTENT => {
-                (status, r.clone()).into_response()
+            v => {
+                log_verdict(&v, elapsed_ms);
+                v
             }
-            _ => status.into_response(),
-        }
+        };
+        verdict.into_response()
     }
     .instrument(span)
     .await
 }
 
+fn log_verdict(verdict: &Verdict, elapsed_ms: u64) {
+    match verdict {
+        Verdict::Ack => tracing::info!(verdict = "ack", elapsed_ms, "delivery handled"),
+        Verdict::Report(report) => {
+            tracing::info!(verdict = "ack", elapsed_ms, %report, "delivery handled");
+        }
+        Verdict::Ignored(reason) => {
+            tracing::debug!(verdict = "ignored", %reason, elapsed_ms, "delivery ignored");
+        }
+        Verdict::Retry(reason) => {
+            tracing::warn!(verdict = "retry", %reason, elapsed_ms, "delivery failed transiently; asking for redelivery");
+        }
+        Verdict::Panic(reason) => {
+            tracing::error!(verdict = "panic", %reason, elapsed_ms, "handler panicked; answering 500");
+        }
+        Verdict::Reject(_) | Verdict::DeadLetterFailed(_) | Verdict::NotADelivery(_) => {}
+    }
+}
+
 async fn process<T, H>(app: &App<T, H>, meta: PushMeta) -> Verdict
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
 {
-    let payload = match T::decode(&meta.data) {
-        Ok(p) => p,
-        Err(e) => return Verdict::Reject(format!("undecodable payload: {e}")),
+    // Decoding runs inside the panic guard too: a decoder bug must answer 500, not drop the
+    // connection (which Pub/Sub would redeliver forever).
+    let work = async {
+        let payload = match T::decode(&meta.data) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Reject(format!("undecodable payload: {e}")),
+        };
+        let event = PushEvent { payload, meta };
+        let result = app.handler.call(event).await;
+        Verdict::from_result(result.map_err(|e| Failure::from_error(&e)))
     };
-    let event = PushEvent { payload, meta };
-    let fut = AssertUnwindSafe(invoke(&app.handler, event, &app.deps)).catch_unwind();
-    match tokio::time::timeout(app.deps.config.limits.request_timeout, fut).await {
+    let guarded = AssertUnwindSafe(work).catch_unwind();
+    match tokio::time::timeout(app.deps.config.limits.request_timeout, guarded).await {
         Err(_) => Verdict::Retry(format!(
             "the delivery deadline of {:?} passed",
             app.deps.config.limits.request_timeout
         )),
         Ok(Err(panic)) => Verdict::Panic(panic_message(panic.as_ref())),
-        Ok(Ok(result)) => Verdict::from_result(result),
+        Ok(Ok(verdict)) => verdict,
     }
 }
 
@@ -258,18 +275,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Cuts a string to at most `max` bytes on a character boundary.
-fn truncate_to(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max.saturating_sub(3);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
 /// Forwards the original message to the dead-letter topic with the reason in attributes.
 async fn dead_letter(
     deps: &Deps,
@@ -279,7 +284,7 @@ async fn dead_letter(
     use dead_letter_attr as a;
     let mut attributes = meta.attributes.clone();
     let mut put = |k: &str, v: &str| {
-        attributes.insert(k.to_string(), truncate_to(v, MAX_ATTRIBUTE_BYTES));
+        attributes.insert(k.to_string(), crate::text::shorten(v, MAX_ATTRIBUTE_BYTES));
     };
     put(a::REASON, reason);
     put(a::SERVICE, &deps.config.service);
@@ -305,7 +310,7 @@ async fn dead_letter(
 pub async fn serve<T, H>(deps: Deps, handler: H) -> std::io::Result<()>
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
 {
     let addr = SocketAddr::from(([0, 0, 0, 0], deps.config.port));
     let listener = TcpListener::bind(addr).await?;
@@ -325,7 +330,7 @@ pub async fn serve_on<T, H, S>(
 ) -> std::io::Result<()>
 where
     T: Decode + Send + 'static,
-    H: for<'a> Handler<'a, T>,
+    H: Handler<T>,
     S: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr()?;

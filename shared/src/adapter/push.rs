@@ -155,8 +155,7 @@ fn from_envelope(env: WireEnvelope, headers: &HeaderMap) -> Result<PushMeta, Env
 
 fn parse_envelope(body: &[u8], headers: &HeaderMap) -> Result<PushMeta, EnvelopeError> {
     let env: WireEnvelope = serde_json::from_slice(body).map_err(|e| {
-        let mut m = e.to_string();
-        m.truncate(200);
+        let m = crate::text::shorten(&e.to_string(), crate::text::ERROR_MAX);
         EnvelopeError(format!("push body: {m}"))
     })?;
     from_envelope(env, headers)
@@ -188,16 +187,14 @@ pub fn parse_delivery(headers: &HeaderMap, body: &[u8]) -> Result<PushMeta, Enve
     let structured = header(headers, "content-type")
         .is_some_and(|ct| ct.starts_with("application/cloudevents+json"));
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        let mut m = e.to_string();
-        m.truncate(200);
+        let m = crate::text::shorten(&e.to_string(), crate::text::ERROR_MAX);
         EnvelopeError(format!("body is not JSON: {m}"))
     })?;
     if structured || value.get("specversion").is_some() {
         return parse_structured_cloudevent(headers, value);
     }
     let env: WireEnvelope = serde_json::from_value(value).map_err(|e| {
-        let mut m = e.to_string();
-        m.truncate(200);
+        let m = crate::text::shorten(&e.to_string(), crate::text::ERROR_MAX);
         EnvelopeError(format!("push body: {m}"))
     })?;
     from_envelope(env, headers)

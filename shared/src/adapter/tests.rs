@@ -25,6 +25,15 @@ fn deps_with(extra: &[(&'static str, &'static str)]) -> (Deps, InProcessBus) {
     (Deps::new(cfg, Arc::new(bus.clone())), bus)
 }
 
+/// The `instance-events` handler over `deps`, as its binary wires it.
+fn instance_events_handler(deps: &Deps) -> impl Handler<crate::event::InstanceEvent> {
+    let deps = deps.clone();
+    move |ev| {
+        let deps = deps.clone();
+        async move { instance_events::handle(ev, &deps).await }
+    }
+}
+
 fn envelope(data: &[u8], publish_time: &str) -> String {
     serde_json::json!({
         "subscription": "projects/example-project/subscriptions/s",
@@ -67,19 +76,19 @@ impl Classify for TestError {
     }
 }
 
-async fn transient(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+async fn transient(_: PushEvent<bytes::Bytes>) -> Result<Outcome, TestError> {
     Err(TestError(true))
 }
-async fn permanent(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+async fn permanent(_: PushEvent<bytes::Bytes>) -> Result<Outcome, TestError> {
     Err(TestError(false))
 }
-async fn panics(ev: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+async fn panics(ev: PushEvent<bytes::Bytes>) -> Result<Outcome, TestError> {
     if &ev.payload[..] == b"boom" {
         panic!("handler exploded");
     }
     Ok(Outcome::Done)
 }
-async fn slow(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError> {
+async fn slow(_: PushEvent<bytes::Bytes>) -> Result<Outcome, TestError> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     Ok(Outcome::Done)
 }
@@ -87,7 +96,7 @@ async fn slow(_: PushEvent<bytes::Bytes>, _: &Deps) -> Result<Outcome, TestError
 #[tokio::test]
 async fn audit_entry_publishes_bootstrap() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps, instance_events::handle);
+    let app = router(deps.clone(), instance_events_handler(&deps));
     let body = fixture_bytes("pubsub-push-envelope.json");
     let resp = app.oneshot(post(body)).await.expect("response");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -100,7 +109,7 @@ async fn audit_entry_publishes_bootstrap() {
 #[tokio::test]
 async fn eventarc_binary_and_structured() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps, instance_events::handle);
+    let app = router(deps.clone(), instance_events_handler(&deps));
     let structured = fixture_bytes("eventarc-auditlog-structured.json");
     let resp = app
         .clone()
@@ -144,7 +153,7 @@ async fn eventarc_binary_and_structured() {
 #[tokio::test]
 async fn not_a_delivery_is_400_and_publishes_nothing() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps, instance_events::handle);
+    let app = router(deps.clone(), instance_events_handler(&deps));
     for body in [
         "",
         "not json",
@@ -159,7 +168,7 @@ async fn not_a_delivery_is_400_and_publishes_nothing() {
 #[tokio::test]
 async fn body_over_the_cap_is_413() {
     let (deps, _bus) = deps_with(&[("NODEWIRE_MAX_BODY_BYTES", "2048")]);
-    let app = router(deps, instance_events::handle);
+    let app = router(deps.clone(), instance_events_handler(&deps));
     let big = envelope(&vec![b'a'; 4096], &now());
     let resp = app.oneshot(post(big)).await.expect("response");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -168,7 +177,7 @@ async fn body_over_the_cap_is_413() {
 #[tokio::test]
 async fn undecodable_payload_is_dead_lettered_once_and_acked() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps, instance_events::handle);
+    let app = router(deps.clone(), instance_events_handler(&deps));
     let resp = app
         .oneshot(post(envelope(b"{truncated", &now())))
         .await
@@ -255,6 +264,56 @@ async fn panic_is_500_and_the_server_keeps_serving() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 }
 
+/// A payload type whose decoder panics: decoding runs inside the panic guard.
+struct Exploding;
+impl Decode for Exploding {
+    fn decode(_: &[u8]) -> Result<Self, crate::event::DecodeError> {
+        panic!("decoder exploded")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_decoder_is_500_not_a_dropped_connection() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps, |_: PushEvent<Exploding>| async {
+        Ok::<_, TestError>(Outcome::Done)
+    });
+    let resp = app
+        .oneshot(post(envelope(b"x", &now())))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"decoder exploded");
+    assert!(bus.published().is_empty());
+}
+
+/// Non-ASCII text quoted by serde in a decoding error used to panic when the message was cut
+/// at a byte index; now it is a permanent error: dead-lettered with the reason, acked.
+#[tokio::test]
+async fn non_ascii_in_a_wrongly_typed_field_is_dead_lettered() {
+    let (deps, bus) = deps_with(&[]);
+    let app = router(deps.clone(), instance_events_handler(&deps));
+    for pad in 0..3 {
+        let mut entry: serde_json::Value =
+            serde_json::from_slice(&fixture_bytes("gce-insert-last.json")).expect("fixture");
+        entry["operation"]["last"] =
+            serde_json::json!(format!("{}{}", "x".repeat(pad), "€".repeat(150)));
+        let resp = app
+            .clone()
+            .oneshot(post(envelope(entry.to_string().as_bytes(), &now())))
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "pad {pad}");
+    }
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 3);
+    let reason = &dl[0].message.attributes[dead_letter_attr::REASON];
+    assert!(reason.contains("invalid type"), "{reason}");
+}
+
 #[tokio::test]
 async fn deadline_is_503() {
     let (deps, _bus) = deps_with(&[("NODEWIRE_REQUEST_TIMEOUT_SECS", "0.2")]);
@@ -271,7 +330,7 @@ async fn deadline_is_503() {
 async fn ignored_is_204_without_publishing() {
     let (deps, bus) = deps_with(&[]);
     let first = fixture_bytes("gce-insert-first.json");
-    let resp = router(deps, instance_events::handle)
+    let resp = router(deps.clone(), instance_events_handler(&deps))
         .oneshot(post(envelope(&first, &now())))
         .await
         .expect("response");
@@ -306,7 +365,12 @@ async fn graceful_shutdown_lets_in_flight_delivery_finish() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(listener, deps, two_secs, async move {
+    let state = deps.clone();
+    let handler = move |ev| {
+        let deps = state.clone();
+        async move { two_secs(ev, &deps).await }
+    };
+    let server = tokio::spawn(serve_on(listener, deps, handler, async move {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::new();
@@ -329,10 +393,7 @@ async fn graceful_shutdown_lets_in_flight_delivery_finish() {
     assert!(client.post(format!("http://{addr}/")).send().await.is_err());
 }
 
-async fn reporting(
-    ev: PushEvent<crate::sweep::SweepRequest>,
-    _: &Deps,
-) -> Result<Outcome, TestError> {
+async fn reporting(ev: PushEvent<crate::sweep::SweepRequest>) -> Result<Outcome, TestError> {
     Ok(Outcome::Report(
         serde_json::json!({"dryRun": ev.payload.dry_run, "transport": format!("{:?}", ev.meta.transport)}),
     ))

@@ -5,11 +5,14 @@
 //! - success, or "not ours / nothing to do" → 204;
 //! - transient → 503 (redelivered with the subscription's backoff);
 //! - permanent → logged at ERROR, forwarded once to the dead-letter topic, then 204;
-//! - a panic → 500.
+//! - a panic → 500;
+//! - a permanent failure whose dead-lettering failed → 503 (redelivered, so it is not lost);
+//! - a request that is not a delivery at all → 400 (there is no message to ack).
 
 use std::error::Error as StdError;
 use std::fmt;
 
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
 /// What a handler reports when it did not fail.
@@ -23,12 +26,7 @@ pub enum Outcome {
     Report(serde_json::Value),
 }
 
-/// How a handler's error is classified. Implemented by every handler error type.
-pub trait Classify {
-    /// True when redelivering the same message may succeed (429, 5xx, timeouts, a state
-    /// not reached yet). False when it never will (bad input, a refused change).
-    fn is_retryable(&self) -> bool;
-}
+pub use crate::error::Classify;
 
 /// A handler error reduced to what the adapter needs: its class and its message chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +70,10 @@ pub enum Verdict {
     Reject(String),
     /// The handler panicked: 500.
     Panic(String),
+    /// Permanent, but forwarding to the dead-letter topic failed: 503, so Pub/Sub keeps it.
+    DeadLetterFailed(String),
+    /// Not a Pub/Sub push, CloudEvent or Scheduler request: 400.
+    NotADelivery(String),
 }
 
 impl Verdict {
@@ -91,8 +93,9 @@ impl Verdict {
         match self {
             Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => StatusCode::NO_CONTENT,
             Verdict::Report(_) => StatusCode::OK,
-            Verdict::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Verdict::Retry(_) | Verdict::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Verdict::Panic(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Verdict::NotADelivery(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -101,9 +104,10 @@ impl Verdict {
         match self {
             Verdict::Ack | Verdict::Report(_) => "ack",
             Verdict::Ignored(_) => "ignored",
-            Verdict::Retry(_) => "retry",
+            Verdict::Retry(_) | Verdict::DeadLetterFailed(_) => "retry",
             Verdict::Reject(_) => "dead-letter",
             Verdict::Panic(_) => "panic",
+            Verdict::NotADelivery(_) => "refused",
         }
     }
 }
@@ -112,9 +116,29 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Verdict::Ack | Verdict::Report(_) => f.write_str("ack"),
-            Verdict::Ignored(r) | Verdict::Retry(r) | Verdict::Reject(r) | Verdict::Panic(r) => {
-                write!(f, "{}: {r}", self.label())
-            }
+            Verdict::Ignored(r)
+            | Verdict::Retry(r)
+            | Verdict::Reject(r)
+            | Verdict::Panic(r)
+            | Verdict::DeadLetterFailed(r)
+            | Verdict::NotADelivery(r) => write!(f, "{}: {r}", self.label()),
+        }
+    }
+}
+
+/// The HTTP answer: the status, with the report as JSON body, or the reason as text for the
+/// answers Pub/Sub does not count as an ack (useful in the push subscription's metrics and
+/// for a human calling by hand).
+impl IntoResponse for Verdict {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match self {
+            Verdict::Report(v) => (status, axum::Json(v)).into_response(),
+            Verdict::Retry(r)
+            | Verdict::Panic(r)
+            | Verdict::DeadLetterFailed(r)
+            | Verdict::NotADelivery(r) => (status, r).into_response(),
+            Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => status.into_response(),
         }
     }
 }

@@ -187,6 +187,24 @@ mod tests {
         fixture("gce-insert-last.json")
     }
 
+    /// serde quotes the offending value in its error; non-ASCII text there must be shortened
+    /// on a character boundary (cutting at a byte index used to panic before the adapter's
+    /// panic guard, and Pub/Sub redelivered forever).
+    #[test]
+    fn non_ascii_in_a_wrongly_typed_field_is_a_clear_permanent_error() {
+        for pad in 0..4 {
+            let mut e = last_entry();
+            e["operation"]["last"] = json!(format!("{}{}", "x".repeat(pad), "€😀".repeat(80)));
+            match decode_value(&e) {
+                Err(DecodeError::Json(m)) => {
+                    assert!(m.contains("invalid type"), "{m}");
+                    assert!(m.len() < 300, "{}", m.len());
+                }
+                other => panic!("pad {pad}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn insert_last_is_created() {
         let ev = InstanceEvent::decode(fixture("gce-insert-last.json").to_string().as_bytes())

@@ -54,8 +54,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<T, DecodeError> {
     serde_json::from_slice(data).map_err(|e| {
-        let mut msg = e.to_string();
-        msg.truncate(200);
+        let msg = crate::text::shorten(&e.to_string(), crate::text::ERROR_MAX);
         DecodeError::Json(format!("{what}: {msg}"))
     })
 }

@@ -248,20 +248,11 @@ fn provider_instance(obj: Option<&Value>) -> Result<Option<InstanceRef>, DecodeE
     else {
         return Ok(None);
     };
-    let Some(path) = pid.strip_prefix("gce://") else {
-        // Another provider's id: not a VM nodewire can act on, but not malformed either.
-        return Ok(None);
-    };
-    let parts: Vec<&str> = path.split('/').collect();
-    match parts.as_slice() {
-        [p, z, n] => InstanceRef::new(*p, *z, *n)
-            .map(Some)
-            .map_err(DecodeError::Invalid),
-        _ => Err(DecodeError::Shape(format!(
-            "spec.providerID {:?} is not gce://PROJECT/ZONE/NAME",
-            echo(pid)
-        ))),
-    }
+    // Another provider's id is not a VM nodewire can act on, but not malformed either.
+    InstanceRef::from_provider_id(pid).map_err(|e| match e {
+        crate::names::ProviderIdError::Invalid(n) => DecodeError::Invalid(n),
+        shape @ crate::names::ProviderIdError::Shape(_) => DecodeError::Shape(shape.to_string()),
+    })
 }
 
 fn classify(

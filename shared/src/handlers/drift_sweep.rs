@@ -1,16 +1,37 @@
 //! Function `drift-sweep` (Cloud Scheduler, through an HTTP target or a Pub/Sub message): one
 //! sweep per delivery; answers and logs the JSON report.
 
-use crate::adapter::{Outcome, PushEvent};
-use crate::deps::Deps;
+use crate::adapter::{Classify, Outcome, PushEvent};
+use crate::deps::ChainDeps;
 use crate::sweep::{self, SweepError, SweepRequest};
+
+/// Why a sweep delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftSweepError {
+    #[error(transparent)]
+    Sweep(#[from] SweepError),
+    #[error("serializing the sweep report failed")]
+    Report(#[source] serde_json::Error),
+}
+
+impl Classify for DriftSweepError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            DriftSweepError::Sweep(e) => e.is_retryable(),
+            DriftSweepError::Report(_) => false,
+        }
+    }
+}
 
 /// # Idempotency
 /// The sweep writes nothing itself; the steps it publishes are idempotent.
 ///
 /// # Errors
-/// [`SweepError`] when a list or a publish fails.
-pub async fn handle(event: PushEvent<SweepRequest>, deps: &Deps) -> Result<Outcome, SweepError> {
+/// [`DriftSweepError`] when a list or a publish fails.
+pub async fn handle(
+    event: PushEvent<SweepRequest>,
+    deps: &ChainDeps,
+) -> Result<Outcome, DriftSweepError> {
     let report = sweep::run(deps, event.payload.dry_run, &event.meta.trace).await?;
     tracing::info!(
         drift = report.total(),
@@ -21,7 +42,6 @@ pub async fn handle(event: PushEvent<SweepRequest>, deps: &Deps) -> Result<Outco
         duration_ms = report.duration_ms,
         "drift sweep done"
     );
-    Ok(Outcome::Report(
-        serde_json::to_value(&report).unwrap_or_default(),
-    ))
+    let body = serde_json::to_value(&report).map_err(DriftSweepError::Report)?;
+    Ok(Outcome::Report(body))
 }

@@ -5,7 +5,7 @@ use crate::adapter::{Outcome, PushEvent};
 use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, InstanceEvent, Step, StepMessage};
 
-use super::{RouteError, not_ours};
+use super::RouteError;
 
 /// # Idempotency
 /// A redelivered entry publishes the same step again; steps re-read state, so that is harmless.
@@ -18,8 +18,8 @@ pub async fn handle(event: PushEvent<InstanceEvent>, deps: &Deps) -> Result<Outc
         InstanceEvent::Created(c) => (c, Step::Bootstrap),
         InstanceEvent::Deleted(c) => (c, Step::Decommission),
     };
-    if let Some(why) = not_ours(&deps.config, &change.instance) {
-        return Ok(Outcome::Ignored(why));
+    if let Err(why) = deps.config.selector.admits(&change.instance) {
+        return Ok(Outcome::Ignored(why.0));
     }
     let trace = &event.meta.trace;
     let mut msg = StepMessage::new(

@@ -1,8 +1,10 @@
-//! The handlers of the functions, each a plain `async fn(PushEvent<T>, &Deps)`; the binaries
-//! under `functions/` only wire one of them to the adapter.
+//! The handlers of the functions, each a plain `async fn` over a typed event and the
+//! dependencies it uses; the binaries under `functions/` only wire one of them to the adapter.
 //!
 //! - [`instance_events`]: Compute Engine audit → `bootstrap` / `decommission`
 //! - [`node_events`]: Kubernetes audit → `assign-alias` / `release-alias`
+//! - [`steps`]: the seven step functions (one handler, parameterised by the step)
+//! - [`drift_sweep`]: Cloud Scheduler → one sweep, answered with its report
 
 pub mod drift_sweep;
 pub mod instance_events;
@@ -11,10 +13,8 @@ pub mod steps;
 
 use crate::adapter::Classify;
 use crate::bus::BusError;
-use crate::config::Config;
 use crate::event::Step;
 use crate::locate::LocateError;
-use crate::names::InstanceRef;
 
 /// Errors of the routing functions (the two that turn audit events into steps).
 #[derive(Debug, thiserror::Error)]
@@ -47,27 +47,4 @@ impl Classify for RouteError {
             RouteError::Refused { .. } => false,
         }
     }
-}
-
-/// `None` when the VM is one nodewire manages; otherwise the reason it is not.
-///
-/// At this point only the project and the name prefix can be checked: the audit entry that
-/// triggers a chain carries no labels or network, so the label/subnet part of the selector is
-/// checked by `bootstrap`, which reads the VM.
-pub fn not_ours(config: &Config, instance: &InstanceRef) -> Option<String> {
-    if instance.project() != config.project {
-        return Some(format!(
-            "VM {instance} is in project {}, not the configured {}",
-            instance.project(),
-            config.project
-        ));
-    }
-    if let Some(prefix) = &config.selector.name_prefix
-        && !instance.name().starts_with(prefix.as_str())
-    {
-        return Some(format!(
-            "VM {instance} does not match the name prefix {prefix:?}"
-        ));
-    }
-    None
 }

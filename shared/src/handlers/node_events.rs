@@ -6,7 +6,8 @@ use crate::adapter::{Outcome, PushEvent};
 use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, NodeChange, NodeEvent, NodeEvents, Step, StepMessage};
 
-use super::{RouteError, not_ours};
+use super::RouteError;
+use crate::locate::Locator;
 
 /// # Idempotency
 /// A redelivered event publishes the same step again; steps re-read state.
@@ -15,7 +16,11 @@ use super::{RouteError, not_ours};
 /// [`RouteError::Publish`] (retryable); [`RouteError::Locate`] when the VM behind a Node cannot
 /// be determined; [`RouteError::Refused`] (permanent) when some events of the delivery were
 /// malformed — after the valid ones were routed.
-pub async fn handle(event: PushEvent<NodeEvents>, deps: &Deps) -> Result<Outcome, RouteError> {
+pub async fn handle(
+    event: PushEvent<NodeEvents>,
+    deps: &Deps,
+    locator: &dyn Locator,
+) -> Result<Outcome, RouteError> {
     let NodeEvents { events, rejected } = event.payload;
     let mut routed = 0usize;
     let mut ignored = Vec::new();
@@ -28,7 +33,7 @@ pub async fn handle(event: PushEvent<NodeEvents>, deps: &Deps) -> Result<Outcome
             NodeEvent::Registered(c) | NodeEvent::CidrAssigned(c) => (c, Step::AssignAlias),
             NodeEvent::Deleted(c) => (c, Step::ReleaseAlias),
         };
-        match route(change, step, &event.meta, deps).await? {
+        match route(change, step, &event.meta, deps, locator).await? {
             Some(why) => ignored.push(why),
             None => routed += 1,
         }
@@ -63,18 +68,15 @@ async fn route(
     step: Step,
     meta: &crate::adapter::PushMeta,
     deps: &Deps,
+    locator: &dyn Locator,
 ) -> Result<Option<String>, RouteError> {
-    if let Some(prefix) = &deps.config.selector.name_prefix
-        && !change.node.starts_with(prefix.as_str())
-    {
-        return Ok(Some(format!(
-            "node {} does not match the name prefix {prefix:?}",
-            change.node
-        )));
+    // A Node is named like its VM: a name outside the prefix is not ours, whatever VM it is.
+    if let Err(why) = deps.config.selector.admits_name(&change.node) {
+        return Ok(Some(format!("node {why}")));
     }
     let instance = match change.instance {
         Some(i) => i,
-        None => match deps.locator.locate(&change.node).await {
+        None => match locator.locate(&change.node).await {
             Ok(Some(i)) => i,
             Ok(None) => {
                 return Ok(Some(format!("no VM named {} exists", change.node)));
@@ -87,8 +89,8 @@ async fn route(
             }
         },
     };
-    if let Some(why) = not_ours(&deps.config, &instance) {
-        return Ok(Some(why));
+    if let Err(why) = deps.config.selector.admits(&instance) {
+        return Ok(Some(why.0));
     }
     let mut msg = StepMessage::new(
         step,
@@ -118,7 +120,7 @@ mod tests {
     use crate::bus::InProcessBus;
     use crate::config::Config;
     use crate::event::Decode;
-    use crate::locate::TableLocator;
+    use crate::locate::{NoLocator, TableLocator};
     use crate::names::InstanceRef;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -127,18 +129,19 @@ mod tests {
         InstanceRef::new("example-project", "us-central1-a", name).expect("valid")
     }
 
-    fn deps(locator: bool) -> (Deps, InProcessBus) {
+    fn deps(locator: bool) -> (Deps, InProcessBus, Arc<dyn Locator>) {
         let env = BTreeMap::from([
             ("NODEWIRE_PROJECT", "example-project"),
             ("NODEWIRE_INSTANCE_PREFIX", "k8s-"),
         ]);
         let cfg = Config::from_source(&env, "node-events").expect("config");
         let bus = InProcessBus::new();
-        let mut d = Deps::new(cfg, Arc::new(bus.clone()));
-        if locator {
-            d = d.with_locator(Arc::new(TableLocator::new([vm("k8s-worker-1")])));
-        }
-        (d, bus)
+        let loc: Arc<dyn Locator> = if locator {
+            Arc::new(TableLocator::new([vm("k8s-worker-1")]))
+        } else {
+            Arc::new(NoLocator)
+        };
+        (Deps::new(cfg, Arc::new(bus.clone())), bus, loc)
     }
 
     fn change(node: &str, instance: Option<InstanceRef>) -> NodeChange {
@@ -159,13 +162,14 @@ mod tests {
 
     #[tokio::test]
     async fn registration_with_provider_id_needs_no_locator() {
-        let (deps, bus) = deps(false);
+        let (deps, bus, loc) = deps(false);
         let r = handle(
             events(vec![NodeEvent::Registered(change(
                 "k8s-worker-2",
                 Some(vm("k8s-worker-2")),
             ))]),
             &deps,
+            loc.as_ref(),
         )
         .await
         .expect("ok");
@@ -179,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn cidr_and_delete_use_the_locator() {
-        let (deps, bus) = deps(true);
+        let (deps, bus, loc) = deps(true);
         let r = handle(
             events(vec![
                 NodeEvent::CidrAssigned(change("k8s-worker-1", None)),
@@ -188,6 +192,7 @@ mod tests {
                 NodeEvent::Ignored("status patch".into()),
             ]),
             &deps,
+            loc.as_ref(),
         )
         .await
         .expect("ok");
@@ -207,10 +212,11 @@ mod tests {
 
     #[tokio::test]
     async fn without_locator_a_node_without_provider_id_is_refused() {
-        let (deps, bus) = deps(false);
+        let (deps, bus, loc) = deps(false);
         let err = handle(
             events(vec![NodeEvent::Deleted(change("k8s-worker-1", None))]),
             &deps,
+            loc.as_ref(),
         )
         .await
         .expect_err("no locator");
@@ -220,10 +226,11 @@ mod tests {
 
     #[tokio::test]
     async fn not_ours_and_refused_items() {
-        let (deps, bus) = deps(true);
+        let (deps, bus, loc) = deps(true);
         let r = handle(
             events(vec![NodeEvent::Registered(change("web-1", None))]),
             &deps,
+            loc.as_ref(),
         )
         .await
         .expect("ok");
@@ -232,6 +239,7 @@ mod tests {
         let r = handle(
             events(vec![NodeEvent::Registered(change("k8s-x", Some(other)))]),
             &deps,
+            loc.as_ref(),
         )
         .await
         .expect("ok");
@@ -241,7 +249,9 @@ mod tests {
         ev.payload
             .rejected
             .push((1, crate::event::DecodeError::Shape("bad".into())));
-        let err = handle(ev, &deps).await.expect_err("refused item");
+        let err = handle(ev, &deps, loc.as_ref())
+            .await
+            .expect_err("refused item");
         assert!(!err.is_retryable());
         assert_eq!(bus.published().len(), 1, "the valid event was still routed");
     }

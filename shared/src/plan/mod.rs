@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::event::Step;
 use crate::names::{Cidr, InstanceRef};
+use crate::select::Selector;
 
 #[cfg(test)]
 mod tests;
@@ -17,10 +18,8 @@ mod tests;
 /// What the planner needs to know of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanConfig {
-    /// The cluster's project.
-    pub project: String,
-    /// A VM is nodewire's only when it carries all these labels (empty: no label condition).
-    pub selector_labels: BTreeMap<String, String>,
+    /// Which VMs are nodewire's.
+    pub selector: Selector,
     /// nic0 must be on this subnetwork: `(region, name)`.
     pub subnet: (String, String),
     /// The secondary range Pods come from.
@@ -100,6 +99,24 @@ pub enum Action {
     DeleteNode,
     /// Publish `node-wired` and record the `NodeWired` event.
     AnnounceWired,
+}
+
+impl Action {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Bootstrap => "bootstrap",
+            Action::RevokeTokens(_) => "revoke-tokens",
+            Action::SetAlias { .. } => "set-alias",
+            Action::ReleaseAlias { .. } => "release-alias",
+            Action::AddTags(_) => "add-tags",
+            Action::SetProviderId(_) => "set-provider-id",
+            Action::RemoveTaint => "remove-taint",
+            Action::ClearJoinMetadata => "clear-join-metadata",
+            Action::DeleteNode => "delete-node",
+            Action::AnnounceWired => "announce-wired",
+        }
+    }
 }
 
 /// Why a VM can never be wired as it is (permanent; the message says what to fix).
@@ -185,25 +202,12 @@ impl Gap {
 }
 
 impl PlanConfig {
-    /// `None` when the VM is nodewire's; otherwise why not.
+    /// `None` when the VM is nodewire's; otherwise why not (see [`Selector`]).
     pub fn not_selected(&self, vm: &VmFacts) -> Option<String> {
-        if vm.instance.project() != self.project {
-            return Some(format!(
-                "VM {} is in project {}, not {}",
-                vm.instance,
-                vm.instance.project(),
-                self.project
-            ));
-        }
-        for (k, v) in &self.selector_labels {
-            if vm.labels.get(k) != Some(v) {
-                return Some(format!(
-                    "VM {} lacks the selector label {k}={v}",
-                    vm.instance
-                ));
-            }
-        }
-        None
+        self.selector
+            .admits_vm(&vm.instance, &vm.labels)
+            .err()
+            .map(|e| e.0)
     }
 
     fn subnet_matches(&self, link: Option<&str>) -> bool {
@@ -357,7 +361,7 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
 /// Decides what `step` must do for the observed VM.
 pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
     match step {
-        Step::Decommission => return plan_decommission(obs),
+        Step::Decommission => return plan_decommission(obs, cfg),
         Step::ReleaseAlias => return plan_release(obs, cfg),
         _ => {}
     }
@@ -374,132 +378,161 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
         };
     }
     let actions = match step {
-        Step::Bootstrap => {
-            if !vm.can_ip_forward {
-                return Plan::Refuse(Refusal::NoIpForwarding(vm.instance.to_string()));
-            }
-            if !cfg.subnet_matches(vm.subnet_link.as_deref()) {
-                return Plan::Refuse(Refusal::WrongSubnet {
-                    vm: vm.instance.to_string(),
-                    found: vm.subnet_link.clone().unwrap_or_default(),
-                    wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
-                });
-            }
-            // Joined already (hand over to the chain), or bootstrapped and waiting for the
-            // kubelet to register: nothing to do.
-            let joined = obs.node.is_some();
-            let pending = vm.join_metadata && obs.tokens.iter().any(|t| !t.expired);
-            if joined || pending {
-                vec![]
-            } else {
-                let expired: Vec<String> = obs
-                    .tokens
-                    .iter()
-                    .filter(|t| t.expired)
-                    .map(|t| t.id.clone())
-                    .collect();
-                let mut a = Vec::new();
-                if !expired.is_empty() {
-                    a.push(Action::RevokeTokens(expired));
-                }
-                a.push(Action::Bootstrap);
-                a
-            }
-        }
-        Step::AssignAlias => {
-            let Some(node) = &obs.node else {
-                return Plan::Ignore(format!(
-                    "no Node for VM {} (not registered, or deleted)",
-                    vm.instance
-                ));
-            };
-            let cidr = match pod_cidr(node, cfg) {
-                Ok(Some(c)) => c,
-                Ok(None) => return Plan::Wait(format!("Node {} has no podCIDR yet", node.name)),
-                Err(r) => return Plan::Refuse(r),
-            };
-            if vm.aliases == [cfg.wanted_alias(cidr)] {
-                vec![]
-            } else {
-                vec![Action::SetAlias {
-                    cidr,
-                    range_name: cfg.pod_range_name.clone(),
-                }]
-            }
-        }
-        Step::TagInstance => {
-            let missing: Vec<String> = cfg
-                .node_tags
-                .iter()
-                .filter(|t| !vm.tags.contains(t))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                vec![]
-            } else {
-                vec![Action::AddTags(missing)]
-            }
-        }
-        Step::ProviderId => {
-            let Some(node) = &obs.node else {
-                return Plan::Ignore(format!(
-                    "no Node for VM {} (not registered, or deleted)",
-                    vm.instance
-                ));
-            };
-            let wanted = vm.instance.provider_id();
-            match node.provider_id.as_deref() {
-                Some(p) if p == wanted => vec![],
-                None => vec![Action::SetProviderId(wanted)],
-                Some(other) => {
-                    return Plan::Refuse(Refusal::ProviderIdConflict {
-                        node: node.name.clone(),
-                        current: other.to_string(),
-                        wanted,
-                    });
-                }
-            }
-        }
-        Step::Finalize => {
-            let blocking: Vec<Gap> = gaps(obs, cfg)
-                .into_iter()
-                .filter(|g| !matches!(g, Gap::Taint | Gap::Token | Gap::JoinMetadata))
-                .collect();
-            if let Some(first) = blocking.first() {
-                // Not wired yet: send the chain back to the first open aspect.
-                return Plan::Act {
-                    actions: vec![],
-                    next: first.step(),
-                };
-            }
-            let mut a = Vec::new();
-            if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
-                a.push(Action::RemoveTaint);
-            }
-            if !obs.tokens.is_empty() {
-                a.push(Action::RevokeTokens(
-                    obs.tokens.iter().map(|t| t.id.clone()).collect(),
-                ));
-            }
-            if vm.join_metadata {
-                a.push(Action::ClearJoinMetadata);
-            }
-            if !a.is_empty() {
-                a.push(Action::AnnounceWired);
-            }
-            a
-        }
-        Step::ReleaseAlias | Step::Decommission => vec![],
+        Step::Bootstrap => plan_bootstrap(obs, vm, cfg),
+        Step::AssignAlias => plan_assign_alias(obs, vm, cfg),
+        Step::TagInstance => Ok(plan_tags(vm, cfg)),
+        Step::ProviderId => plan_provider_id(obs, vm),
+        Step::Finalize => plan_finalize(obs, vm, cfg),
+        Step::ReleaseAlias | Step::Decommission => Ok(vec![]),
     };
-    let after = apply(obs, &actions, cfg);
-    Plan::Act {
-        next: next_step(&after, cfg, step),
-        actions,
+    match actions {
+        Ok(actions) => {
+            let after = apply(obs, &actions, cfg);
+            Plan::Act {
+                next: next_step(&after, cfg, step),
+                actions,
+            }
+        }
+        Err(plan) => plan,
     }
 }
 
+/// A step branch: the actions, or a plan that ends the step early (wait, ignore, refuse, or
+/// hand over to another step).
+type Branch = Result<Vec<Action>, Plan>;
+
+/// `bootstrap`: mint a token and write the join configuration, unless the VM has joined or a
+/// valid join is pending; expired tokens are revoked first.
+fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
+    if !vm.can_ip_forward {
+        return Err(Plan::Refuse(Refusal::NoIpForwarding(
+            vm.instance.to_string(),
+        )));
+    }
+    if !cfg.subnet_matches(vm.subnet_link.as_deref()) {
+        return Err(Plan::Refuse(Refusal::WrongSubnet {
+            vm: vm.instance.to_string(),
+            found: vm.subnet_link.clone().unwrap_or_default(),
+            wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
+        }));
+    }
+    // Joined already (hand over to the chain), or bootstrapped and waiting for the kubelet to
+    // register: nothing to do.
+    let joined = obs.node.is_some();
+    let pending = vm.join_metadata && obs.tokens.iter().any(|t| !t.expired);
+    if joined || pending {
+        return Ok(vec![]);
+    }
+    let expired: Vec<String> = obs
+        .tokens
+        .iter()
+        .filter(|t| t.expired)
+        .map(|t| t.id.clone())
+        .collect();
+    let mut a = Vec::new();
+    if !expired.is_empty() {
+        a.push(Action::RevokeTokens(expired));
+    }
+    a.push(Action::Bootstrap);
+    Ok(a)
+}
+
+/// `assign-alias`: nic0's aliases become exactly the Node's podCIDR.
+fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
+    let Some(node) = &obs.node else {
+        return Err(no_node(vm));
+    };
+    let cidr = match pod_cidr(node, cfg) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(Plan::Wait(format!("Node {} has no podCIDR yet", node.name))),
+        Err(r) => return Err(Plan::Refuse(r)),
+    };
+    if vm.aliases == [cfg.wanted_alias(cidr)] {
+        Ok(vec![])
+    } else {
+        Ok(vec![Action::SetAlias {
+            cidr,
+            range_name: cfg.pod_range_name.clone(),
+        }])
+    }
+}
+
+/// `tag-instance`: add the node tags that are missing.
+fn plan_tags(vm: &VmFacts, cfg: &PlanConfig) -> Vec<Action> {
+    let missing: Vec<String> = cfg
+        .node_tags
+        .iter()
+        .filter(|t| !vm.tags.contains(t))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        vec![]
+    } else {
+        vec![Action::AddTags(missing)]
+    }
+}
+
+/// `provider-id`: set it while empty; another value can never be changed.
+fn plan_provider_id(obs: &Observed, vm: &VmFacts) -> Branch {
+    let Some(node) = &obs.node else {
+        return Err(no_node(vm));
+    };
+    let wanted = vm.instance.provider_id();
+    match node.provider_id.as_deref() {
+        Some(p) if p == wanted => Ok(vec![]),
+        None => Ok(vec![Action::SetProviderId(wanted)]),
+        Some(other) => Err(Plan::Refuse(Refusal::ProviderIdConflict {
+            node: node.name.clone(),
+            current: other.to_string(),
+            wanted,
+        })),
+    }
+}
+
+/// `finalize`: only once everything but the clean-up holds; then lift the taint, revoke the
+/// tokens, clear the join metadata and announce.
+fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
+    let blocking = gaps(obs, cfg)
+        .into_iter()
+        .find(|g| !matches!(g, Gap::Taint | Gap::Token | Gap::JoinMetadata));
+    if let Some(first) = blocking {
+        // Not wired yet: send the chain back to the first open aspect.
+        return Err(Plan::Act {
+            actions: vec![],
+            next: first.step(),
+        });
+    }
+    let mut a = Vec::new();
+    if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
+        a.push(Action::RemoveTaint);
+    }
+    if !obs.tokens.is_empty() {
+        a.push(Action::RevokeTokens(
+            obs.tokens.iter().map(|t| t.id.clone()).collect(),
+        ));
+    }
+    if vm.join_metadata {
+        a.push(Action::ClearJoinMetadata);
+    }
+    if !a.is_empty() {
+        a.push(Action::AnnounceWired);
+    }
+    Ok(a)
+}
+
+fn no_node(vm: &VmFacts) -> Plan {
+    Plan::Ignore(format!(
+        "no Node for VM {} (not registered, or deleted)",
+        vm.instance
+    ))
+}
+
 /// The VM is gone: delete its Node (if it is this VM's) and its tokens.
-fn plan_decommission(obs: &Observed) -> Plan {
+fn plan_decommission(obs: &Observed, cfg: &PlanConfig) -> Plan {
+    // The VM is gone, so its labels are unknown: the name is all that can be judged.
+    if let Err(why) = cfg.selector.admits(&obs.instance) {
+        return Plan::Ignore(why.0);
+    }
     if obs.vm.is_some() {
         return Plan::Ignore(format!(
             "VM {} exists (re-created?); nothing to decommission",

@@ -8,8 +8,11 @@ use super::*;
 
 fn cfg() -> PlanConfig {
     PlanConfig {
-        project: "example-project".into(),
-        selector_labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+        selector: crate::select::Selector {
+            project: "example-project".into(),
+            name_prefix: None,
+            labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+        },
         subnet: ("us-central1".into(), "k8s-nodes".into()),
         pod_range_name: "pods".into(),
         pod_range: "10.4.0.0/16".parse().expect("cidr"),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use shared::adapter::{self, Classify, Outcome, PushEvent};
 use shared::bus::OutboundMessage;
-use shared::config::Config;
 use shared::deps::Deps;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +39,12 @@ async fn handle(event: PushEvent<bytes::Bytes>, deps: &Deps) -> Result<Outcome, 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env_or_exit("slow-fn");
-    shared::telemetry::init(&config);
-    let deps = Deps::connect(config).await?;
-    adapter::serve(deps, handle).await?;
+    let deps = shared::startup::router("slow-fn").await?;
+    let state = deps.clone();
+    adapter::serve(deps, move |event| {
+        let deps = state.clone();
+        async move { handle(event, &deps).await }
+    })
+    .await?;
     Ok(())
 }

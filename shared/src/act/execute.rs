@@ -1,0 +1,325 @@
+//! ACT: carry out the planner's actions for one VM with the chain's clients. The only code
+//! that writes to Compute Engine and Kubernetes on behalf of a step.
+//!
+//! # Idempotency
+//! Every action is safe to repeat: the clients compare before writing (tags, aliases,
+//! metadata, taints), providerID is set only while empty, deletions of what is gone succeed,
+//! and a bootstrap only runs when the planner saw no pending join.
+
+use std::collections::BTreeMap;
+
+use crate::act::compute::{AliasRange, ComputeError};
+use crate::act::k8s::{KubeError, UNWIRED_TAINT};
+use crate::bus::{BusError, OutboundMessage};
+use crate::deps::{ChainDeps, attr};
+use crate::error::Classify;
+use crate::join::{JOIN_METADATA_KEY, JoinParams, join_configuration};
+use crate::names::{Cidr, InstanceRef};
+use crate::plan::{Action, Observed, Refusal};
+use crate::trace::TraceContext;
+
+/// Why an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error(
+        "alias range {cidr} for node {node} is held by {holder}; release it there or delete that VM"
+    )]
+    AliasConflict {
+        cidr: String,
+        node: String,
+        holder: String,
+        #[source]
+        source: Box<ComputeError>,
+    },
+    /// The API refused a change the planner could not foresee (providerID set meanwhile).
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("publishing node-wired failed")]
+    Publish(#[from] BusError),
+    #[error("serializing the {what} message failed")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Classify for ActError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            ActError::Compute(e) => e.is_retryable(),
+            ActError::Kube(e) => e.is_retryable(),
+            ActError::Publish(_) => true,
+            ActError::AliasConflict { .. } | ActError::Refused(_) | ActError::Serialize { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// What the actions of one step are about.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub instance: &'a InstanceRef,
+    /// The numeric VM id the step message carried (recorded on the token).
+    pub instance_id: Option<&'a str>,
+    pub node: &'a str,
+    /// The chain id, carried into `node-wired`.
+    pub chain: &'a str,
+    pub observed: &'a Observed,
+    pub trace: &'a TraceContext,
+}
+
+/// Carries out one action.
+///
+/// # Errors
+/// [`ActError`]; see [`Classify`] for which are retried.
+pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Result<(), ActError> {
+    let (compute, kube) = (&deps.compute, &deps.kube);
+    match action {
+        Action::Bootstrap => bootstrap(deps, t).await?,
+        Action::RevokeTokens(ids) => {
+            for id in ids {
+                kube.delete_bootstrap_token(id).await?;
+            }
+        }
+        Action::SetAlias { cidr, range_name } => {
+            let ranges = [AliasRange {
+                cidr: cidr.to_string(),
+                range_name: Some(range_name.clone()),
+            }];
+            match compute.set_alias_ranges(t.instance, &ranges).await {
+                Ok(_) => {}
+                Err(source @ ComputeError::AliasInUse { .. }) => {
+                    let err = ActError::AliasConflict {
+                        cidr: cidr.to_string(),
+                        node: t.node.to_string(),
+                        holder: alias_holder(deps, t.instance, *cidr).await,
+                        source: Box::new(source),
+                    };
+                    record_event(deps, t.node, "Warning", "AliasRangeInUse", &err.to_string())
+                        .await;
+                    return Err(err);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::ReleaseAlias { keep } => {
+            let ranges: Vec<AliasRange> = keep
+                .iter()
+                .map(|a| AliasRange {
+                    cidr: a.cidr.clone(),
+                    range_name: a.range_name.clone(),
+                })
+                .collect();
+            compute.set_alias_ranges(t.instance, &ranges).await?;
+        }
+        Action::AddTags(tags) => {
+            compute.add_tags(t.instance, tags).await?;
+        }
+        Action::SetProviderId(id) => match kube.set_provider_id(t.node, id).await {
+            Ok(_) => {}
+            Err(KubeError::ProviderIdConflict {
+                node,
+                current,
+                wanted,
+            }) => {
+                let r = Refusal::ProviderIdConflict {
+                    node,
+                    current,
+                    wanted,
+                };
+                report_refusal(deps, t.observed, &r).await;
+                return Err(r.into());
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Action::RemoveTaint => {
+            kube.remove_taint(t.node, UNWIRED_TAINT).await?;
+        }
+        Action::ClearJoinMetadata => {
+            compute
+                .update_metadata(t.instance, |m| {
+                    m.remove(JOIN_METADATA_KEY);
+                })
+                .await?;
+        }
+        Action::DeleteNode => {
+            kube.delete_node(t.node).await?;
+        }
+        Action::AnnounceWired => announce_wired(deps, t).await?,
+    }
+    Ok(())
+}
+
+/// Mints a join token and writes the JoinConfiguration into the VM's metadata; a token whose
+/// metadata write failed is revoked again.
+async fn bootstrap(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError> {
+    let (compute, kube, chain) = (&deps.compute, &deps.kube, &deps.chain);
+    let vm = t.instance;
+    let ci = kube.cluster_info().await?;
+    let endpoint = chain
+        .api_server_endpoint
+        .clone()
+        .unwrap_or_else(|| host_port(&ci.server));
+    let token = kube
+        .create_bootstrap_token(vm, t.instance_id, chain.token_ttl, &chain.token_groups)
+        .await?;
+    let secret = token.expose();
+    let provider_id = vm.provider_id();
+    let yaml = join_configuration(
+        &JoinParams {
+            api_server: &endpoint,
+            token: &secret,
+            ca_pin: &ci.ca_pin,
+            node_name: vm.name(),
+            provider_id: &provider_id,
+            taint_key: UNWIRED_TAINT,
+        },
+        chain.join_api,
+    );
+    let written = compute
+        .update_metadata(vm, |m| {
+            m.insert(JOIN_METADATA_KEY.to_string(), yaml.clone());
+        })
+        .await;
+    if let Err(e) = written {
+        // Do not leave a valid token behind that no VM will use; if revoking fails too, the
+        // sweep finds it (leftover or expired token) — say so.
+        if let Err(revoke) = kube.delete_bootstrap_token(&token.id).await {
+            tracing::warn!(instance = %vm, token_id = %token.id, error = %revoke, "revoking the unused join token failed; the drift sweep will remove it");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(instance = %vm, token_id = %token.id, expiration = %token.expiration, "join configuration written");
+    Ok(())
+}
+
+/// Publishes `node-wired` and records the `NodeWired` event.
+async fn announce_wired(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError> {
+    let vm = t.instance;
+    let pod_cidr = t
+        .observed
+        .node
+        .as_ref()
+        .and_then(|n| n.pod_cidr.clone())
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "schema": "nodewire.node-wired/v1",
+        "instance": vm,
+        "node": t.node,
+        "podCIDR": pod_cidr,
+        "chain": t.chain,
+    });
+    let data = serde_json::to_vec(&body).map_err(|source| ActError::Serialize {
+        what: "node-wired",
+        source,
+    })?;
+    let out = OutboundMessage {
+        data,
+        attributes: BTreeMap::from([
+            (attr::INSTANCE.to_string(), vm.to_string()),
+            (attr::CHAIN.to_string(), t.chain.to_string()),
+            (
+                attr::TRACEPARENT.to_string(),
+                t.trace.child().to_traceparent(),
+            ),
+        ]),
+        ordering_key: Some(vm.ordering_key()),
+    };
+    let base = &deps.base;
+    base.bus
+        .publish(&base.config.pubsub.topic("node-wired"), out)
+        .await?;
+    let text = format!(
+        "Node is wired: VM {vm} holds alias range {pod_cidr}; taint {UNWIRED_TAINT} removed"
+    );
+    record_event(deps, t.node, "Normal", "NodeWired", &text).await;
+    Ok(())
+}
+
+/// Records a Kubernetes Event on the Node; a failure is logged, never fatal (events are
+/// best-effort in Kubernetes too).
+async fn record_event(deps: &ChainDeps, node: &str, kind: &str, reason: &str, text: &str) {
+    if let Err(e) = deps.kube.node_event(node, kind, reason, text).await {
+        tracing::warn!(error = %e, node, reason, "recording the event failed");
+    }
+}
+
+/// Records a refusal as a Warning event on the Node, when there is one.
+pub async fn report_refusal(deps: &ChainDeps, obs: &Observed, r: &Refusal) {
+    let Some(node) = obs.node.as_ref() else {
+        return;
+    };
+    let reason = match r {
+        Refusal::ProviderIdConflict { .. } => "ProviderIDConflict",
+        Refusal::PodCidrOutsideRange { .. } | Refusal::InvalidPodCidr { .. } => {
+            "PodCIDROutsideRange"
+        }
+        Refusal::NoIpForwarding(_) | Refusal::WrongSubnet { .. } => "NotWirable",
+    };
+    record_event(deps, &node.name, "Warning", reason, &r.to_string()).await;
+}
+
+/// `HOST:PORT` of an `https://HOST:PORT/...` URL (port 443 when absent).
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hp = rest.split('/').next().unwrap_or(rest);
+    if hp
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hp.to_string()
+    } else {
+        format!("{hp}:443")
+    }
+}
+
+/// The VM whose nic0 holds an alias overlapping `cidr` (for the error message).
+async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> String {
+    match deps.compute.list_instances(None).await {
+        Ok(vms) => vms
+            .into_iter()
+            .filter(|v| v.instance != *me)
+            .find(|v| {
+                v.nic0.as_ref().is_some_and(|n| {
+                    n.aliases
+                        .iter()
+                        .any(|a| a.cidr.parse::<Cidr>().is_ok_and(|c| c.overlaps(&cidr)))
+                })
+            })
+            .map_or_else(
+                || "another resource (not a VM of this project)".into(),
+                |v| v.instance.to_string(),
+            ),
+        Err(e) => format!("another resource (lookup failed: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(host_port("https://10.122.16.1:6443"), "10.122.16.1:6443");
+        assert_eq!(host_port("https://api.example.com"), "api.example.com:443");
+        assert_eq!(host_port("https://10.0.0.1:6443/"), "10.0.0.1:6443");
+    }
+
+    #[test]
+    fn classification() {
+        assert!(
+            ActError::Compute(ComputeError::Contention {
+                call: "c",
+                resends: 1
+            })
+            .is_retryable()
+        );
+        assert!(!ActError::Refused(Refusal::NoIpForwarding("vm".into())).is_retryable());
+    }
+}

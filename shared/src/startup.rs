@@ -1,0 +1,87 @@
+//! Process setup: one start-up path per kind of process, in the same order everywhere —
+//! configuration (a missing or invalid variable exits with code 64, naming it) → telemetry →
+//! clients. A function's `main` is a few lines: one of these, then `adapter::serve`.
+
+use std::sync::Arc;
+
+use crate::config::{ChainConfig, Config, EXIT_CONFIG, Env};
+use crate::deps::{ChainDeps, Deps, SetupError};
+use crate::locate::{ClusterLocator, Locator};
+
+/// Prints `binary: problem` and exits with [`EXIT_CONFIG`].
+fn exit_config(binary: &str, problem: &dyn std::fmt::Display) -> ! {
+    eprintln!("{binary}: {problem}");
+    std::process::exit(EXIT_CONFIG);
+}
+
+/// The process configuration, or exit 64.
+pub fn config_or_exit(binary: &str) -> Config {
+    Config::from_source(&Env, binary).unwrap_or_else(|e| exit_config(binary, &e))
+}
+
+/// The chain's configuration (the Kubernetes API is required too), or exit 64.
+pub fn chain_config_or_exit(binary: &str, config: &Config) -> ChainConfig {
+    if config.kube.is_none() {
+        exit_config(
+            binary,
+            &"configuration variable NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL: is required",
+        );
+    }
+    ChainConfig::from_source(&Env).unwrap_or_else(|e| exit_config(binary, &e))
+}
+
+/// Connects the chain's clients: Pub/Sub, Compute Engine and the Kubernetes API.
+///
+/// # Errors
+/// [`SetupError`] when a client cannot be built. A configuration without the Kubernetes API
+/// is refused by [`chain_config_or_exit`] before this is reached; here it is
+/// [`SetupError::NoKube`].
+pub async fn connect_chain(config: Config, chain: ChainConfig) -> Result<ChainDeps, SetupError> {
+    let settings = config.kube.clone().ok_or(SetupError::NoKube)?;
+    let base = Deps::connect(config).await?;
+    let compute = base.compute().await?;
+    let kube = Deps::kube(&settings).await?;
+    Ok(ChainDeps::new(base, compute, kube, chain))
+}
+
+/// A routing function that only publishes (`instance-events`).
+///
+/// # Errors
+/// [`SetupError`] when the Pub/Sub client cannot be built.
+pub async fn router(binary: &str) -> Result<Deps, SetupError> {
+    let config = config_or_exit(binary);
+    crate::telemetry::init(&config);
+    Deps::connect(config).await
+}
+
+/// A routing function that locates VMs behind Nodes (`node-events`): Compute Engine and, when
+/// configured, the Kubernetes API (a Node's providerID answers without a VM list).
+///
+/// # Errors
+/// [`SetupError`] when a client cannot be built.
+pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), SetupError> {
+    let config = config_or_exit(binary);
+    crate::telemetry::init(&config);
+    let base = Deps::connect(config).await?;
+    let compute = base.compute().await?;
+    let kube = match &base.config.kube {
+        Some(k) => Some(Deps::kube(k).await?),
+        None => None,
+    };
+    let locator: Arc<dyn Locator> = Arc::new(ClusterLocator {
+        kube,
+        compute: Some(compute),
+    });
+    Ok((base, locator))
+}
+
+/// A step function or the drift sweep: everything.
+///
+/// # Errors
+/// [`SetupError`] when a client cannot be built.
+pub async fn chain(binary: &str) -> Result<ChainDeps, SetupError> {
+    let config = config_or_exit(binary);
+    let chain = chain_config_or_exit(binary, &config);
+    crate::telemetry::init(&config);
+    connect_chain(config, chain).await
+}
