@@ -20,6 +20,8 @@ pub struct WorldOptions {
     pub faults: f64,
     /// Publish every step message twice.
     pub duplicate_steps: bool,
+    /// `NODEWIRE_INSTANCE_PREFIX` of every function.
+    pub name_prefix: Option<&'static str>,
 }
 
 /// Everything running, on the emulator.
@@ -40,6 +42,7 @@ impl World {
             bus: BusChoice::Emulator,
             faults: o.faults,
             duplicate_steps: o.duplicate_steps,
+            name_prefix: o.name_prefix.map(str::to_string),
             ..StackOptions::default()
         };
         match Stack::start(opts).await {
