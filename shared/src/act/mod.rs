@@ -5,3 +5,4 @@
 pub mod compute;
 pub mod execute;
 pub mod k8s;
+pub mod toolkit;

@@ -20,11 +20,21 @@ use std::time::{Duration, Instant};
 
 use google_cloud_compute_v1::client::{Instances, Subnetworks, ZoneOperations};
 use google_cloud_compute_v1::model;
-use google_cloud_gax::error::rpc::StatusDetails;
+
 use google_cloud_gax::retry_policy::NeverRetry;
 use rand::Rng as _;
 
-use crate::names::{Cidr, InstanceRef, echo};
+mod error;
+mod raw;
+mod view;
+
+pub use error::ComputeError;
+pub use view::{AliasRange, InstanceView, NicView, SubnetView, WriteOutcome};
+
+use super::toolkit::{self, Backoff};
+use crate::names::InstanceRef;
+use error::{Class, class_to_error, classify_error, classify_operation};
+use raw::RawClient;
 
 /// Retry and deadline settings of the Compute client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +54,18 @@ pub struct ComputePolicy {
     pub attempt_timeout: Duration,
 }
 
+impl ComputePolicy {
+    /// The transient-retry bounds.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            base: self.base_backoff,
+            max: self.max_backoff,
+        }
+    }
+}
+
 impl Default for ComputePolicy {
     fn default() -> Self {
         Self {
@@ -56,285 +78,6 @@ impl Default for ComputePolicy {
             attempt_timeout: Duration::from_secs(30),
         }
     }
-}
-
-/// What went wrong talking to Compute Engine. Classify with [`ComputeError::is_retryable`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ComputeError {
-    /// The resource does not exist (404, or `RESOURCE_NOT_FOUND` in an operation).
-    #[error("{call}: {message}")]
-    NotFound { call: &'static str, message: String },
-    /// The request was refused and resending it cannot help (400, 409, other 4xx).
-    #[error("{call}: refused with HTTP {status} ({reason}): {message}")]
-    Refused {
-        call: &'static str,
-        status: u16,
-        reason: String,
-        message: String,
-    },
-    /// The alias range is held by another resource.
-    #[error("{call}: alias range in use by another resource: {message}")]
-    AliasInUse { call: &'static str, message: String },
-    /// No free block is left in the secondary range.
-    #[error("{call}: secondary range exhausted: {message}")]
-    RangeExhausted { call: &'static str, message: String },
-    /// An operation finished with an error that resending cannot fix.
-    #[error("{call}: operation {operation} failed with {code}: {message}")]
-    OperationFailed {
-        call: &'static str,
-        operation: String,
-        code: String,
-        message: String,
-    },
-    /// Every attempt failed transiently (rate limits, 5xx, timeouts, connection errors).
-    #[error("{call}: still failing after {attempts} attempt(s) in {elapsed_ms} ms: {message}")]
-    Transient {
-        call: &'static str,
-        attempts: u32,
-        elapsed_ms: u64,
-        message: String,
-    },
-    /// Other writers kept changing the resource: every resend lost the fingerprint race.
-    #[error("{call}: fingerprint race lost {resends} time(s) in a row")]
-    Contention { call: &'static str, resends: u32 },
-    /// The operation was not DONE before the deadline; it may still complete.
-    #[error("{call}: operation {operation} not DONE after {deadline_ms} ms")]
-    OperationTimeout {
-        call: &'static str,
-        operation: String,
-        deadline_ms: u64,
-    },
-    /// The client could not be built.
-    #[error("building the Compute Engine client failed: {0}")]
-    Setup(String),
-}
-
-impl crate::error::Classify for ComputeError {
-    /// True when trying the same thing again later may succeed.
-    fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ComputeError::Transient { .. }
-                | ComputeError::Contention { .. }
-                | ComputeError::OperationTimeout { .. }
-        )
-    }
-}
-
-/// How one failed attempt is handled. The only place that interprets Google's error body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Class {
-    /// Retry the same request after a backoff.
-    Retry(String),
-    /// The fingerprint was stale: re-read and resend.
-    Precondition,
-    /// Permanent.
-    Fail(ComputeError),
-}
-
-fn reasons(e: &google_cloud_compute_v1::Error) -> Vec<String> {
-    e.status()
-        .map(|s| {
-            s.details
-                .iter()
-                .filter_map(|d| match d {
-                    StatusDetails::ErrorInfo(i) => Some(i.reason.clone()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn classify_error(call: &'static str, e: &google_cloud_compute_v1::Error) -> Class {
-    let message = e
-        .status()
-        .map(|s| s.message.clone())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| e.to_string());
-    let message = echo_long(&message);
-    let Some(status) = e.http_status_code() else {
-        if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted() {
-            return Class::Retry(message);
-        }
-        return Class::Fail(ComputeError::Refused {
-            call,
-            status: 0,
-            reason: "client".into(),
-            message,
-        });
-    };
-    let reasons = reasons(e);
-    let has = |r: &str| reasons.iter().any(|x| x == r);
-    match status {
-        412 => Class::Precondition,
-        429 | 500..=599 => Class::Retry(format!("HTTP {status}: {message}")),
-        403 if has("rateLimitExceeded") || has("userRateLimitExceeded") => {
-            Class::Retry(format!("HTTP 403 rateLimitExceeded: {message}"))
-        }
-        404 => Class::Fail(ComputeError::NotFound { call, message }),
-        _ => Class::Fail(ComputeError::Refused {
-            call,
-            status,
-            reason: reasons.first().cloned().unwrap_or_default(),
-            message,
-        }),
-    }
-}
-
-fn classify_operation(call: &'static str, op: &model::Operation) -> Option<Class> {
-    let errors = op
-        .error
-        .as_ref()
-        .map(|e| e.errors.as_slice())
-        .unwrap_or_default();
-    let http = op.http_error_status_code;
-    if errors.is_empty() && http.is_none() {
-        return None;
-    }
-    let first = errors.first();
-    let code = first.and_then(|e| e.code.clone()).unwrap_or_default();
-    let message = echo_long(
-        &first
-            .and_then(|e| e.message.clone())
-            .or_else(|| op.http_error_message.clone())
-            .unwrap_or_default(),
-    );
-    let operation = op.name.clone().unwrap_or_default();
-    Some(match code.as_str() {
-        "CONDITION_NOT_MET" => Class::Precondition,
-        "IP_IN_USE_BY_ANOTHER_RESOURCE" => Class::Fail(ComputeError::AliasInUse { call, message }),
-        "IP_SPACE_EXHAUSTED" => Class::Fail(ComputeError::RangeExhausted { call, message }),
-        "RESOURCE_NOT_FOUND" => Class::Fail(ComputeError::NotFound { call, message }),
-        "RATE_LIMIT_EXCEEDED"
-        | "RESOURCE_OPERATION_RATE_EXCEEDED"
-        | "INTERNAL_ERROR"
-        | "RESOURCE_NOT_READY" => Class::Retry(format!("{code}: {message}")),
-        _ if http.is_some_and(|h| h == 429 || h >= 500) => {
-            Class::Retry(format!("{code}: {message}"))
-        }
-        _ if http == Some(412) => Class::Precondition,
-        _ => Class::Fail(ComputeError::OperationFailed {
-            call,
-            operation,
-            code,
-            message,
-        }),
-    })
-}
-
-fn echo_long(s: &str) -> String {
-    if s.len() <= 300 {
-        s.to_string()
-    } else {
-        echo(s)
-    }
-}
-
-/// Whether a write was needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The change was made.
-    Changed,
-    /// The resource was already in the desired state; nothing was sent.
-    Unchanged,
-}
-
-/// An alias IP range as nodewire sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AliasRange {
-    /// As the API returns it (`10.4.1.0/24`).
-    pub cidr: String,
-    pub range_name: Option<String>,
-}
-
-/// A VM's first network interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicView {
-    pub name: String,
-    /// Subnetwork self link.
-    pub subnetwork: String,
-    pub network_ip: Option<String>,
-    pub aliases: Vec<AliasRange>,
-}
-
-/// The facts nodewire reads from a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceView {
-    pub instance: InstanceRef,
-    pub id: Option<u64>,
-    pub status: String,
-    pub can_ip_forward: bool,
-    pub tags: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub metadata: BTreeMap<String, String>,
-    pub nic0: Option<NicView>,
-}
-
-impl InstanceView {
-    fn from_model(project: &str, zone_hint: &str, i: &model::Instance) -> Option<Self> {
-        let name = i.name.clone()?;
-        let zone = i
-            .zone
-            .as_deref()
-            .and_then(|z| z.rsplit('/').next())
-            .unwrap_or(zone_hint)
-            .to_string();
-        let instance = InstanceRef::new(project, zone, name).ok()?;
-        let nic0 = i.network_interfaces.first().map(|n| NicView {
-            name: n.name.clone().unwrap_or_else(|| "nic0".into()),
-            subnetwork: n.subnetwork.clone().unwrap_or_default(),
-            network_ip: n.network_ip.clone(),
-            aliases: n
-                .alias_ip_ranges
-                .iter()
-                .map(|a| AliasRange {
-                    cidr: a.ip_cidr_range.clone().unwrap_or_default(),
-                    range_name: a.subnetwork_range_name.clone(),
-                })
-                .collect(),
-        });
-        Some(Self {
-            instance,
-            id: i.id,
-            status: i
-                .status
-                .as_ref()
-                .and_then(|s| s.name())
-                .unwrap_or("UNKNOWN")
-                .to_string(),
-            can_ip_forward: i.can_ip_forward.unwrap_or(false),
-            tags: i.tags.as_ref().map(|t| t.items.clone()).unwrap_or_default(),
-            labels: i
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            metadata: i
-                .metadata
-                .as_ref()
-                .map(|m| {
-                    m.items
-                        .iter()
-                        .filter_map(|it| {
-                            Some((it.key.clone()?, it.value.clone().unwrap_or_default()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            nic0,
-        })
-    }
-}
-
-/// A subnetwork's ranges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetView {
-    pub self_link: String,
-    pub ip_cidr_range: Option<Cidr>,
-    /// `(rangeName, range)`.
-    pub secondary: Vec<(String, Cidr)>,
 }
 
 /// Where the client connects.
@@ -355,148 +98,6 @@ pub struct Compute {
     policy: ComputePolicy,
     /// For the one request the library cannot express (see [`Compute::set_alias_ranges`]).
     raw: RawClient,
-}
-
-/// Direct HTTP to the Compute API, authenticated like the library clients.
-#[derive(Clone)]
-struct RawClient {
-    base: String,
-    http: reqwest::Client,
-    /// `None` for a loopback `http://` endpoint (the simulator).
-    credentials:
-        Option<std::sync::Arc<tokio::sync::OnceCell<google_cloud_auth::credentials::Credentials>>>,
-}
-
-impl RawClient {
-    fn new(endpoint: &ComputeEndpoint, policy: &ComputePolicy) -> Result<Self, ComputeError> {
-        let base = endpoint
-            .url
-            .clone()
-            .unwrap_or_else(|| "https://compute.googleapis.com".into())
-            .trim_end_matches('/')
-            .to_string();
-        let anonymous = base.starts_with("http://");
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(policy.attempt_timeout)
-                .build()
-                .map_err(|e| ComputeError::Setup(e.to_string()))?,
-            credentials: (!anonymous).then(|| std::sync::Arc::new(tokio::sync::OnceCell::new())),
-            base,
-        })
-    }
-
-    async fn auth_headers(&self) -> Result<Option<http::HeaderMap>, Class> {
-        let Some(cell) = &self.credentials else {
-            return Ok(None);
-        };
-        let creds = cell
-            .get_or_try_init(|| async {
-                google_cloud_auth::credentials::Builder::default()
-                    .build()
-                    .map_err(|e| Class::Fail(ComputeError::Setup(e.to_string())))
-            })
-            .await?;
-        match creds.headers(http::Extensions::new()).await {
-            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => {
-                Ok(Some(data))
-            }
-            Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => Ok(None),
-            Err(e) => Err(Class::Retry(format!("credentials: {e}"))),
-        }
-    }
-
-    /// `updateNetworkInterface` with an explicit (possibly empty) alias list.
-    async fn update_aliases(
-        &self,
-        call: &'static str,
-        r: &InstanceRef,
-        nic: &str,
-        fingerprint: &[u8],
-        aliases: &[AliasRange],
-        rid: &str,
-    ) -> Result<model::Operation, Class> {
-        use base64::Engine as _;
-        let url = format!(
-            "{}/compute/v1/projects/{}/zones/{}/instances/{}/updateNetworkInterface",
-            self.base,
-            r.project(),
-            r.zone(),
-            r.name()
-        );
-        let ranges: Vec<serde_json::Value> = aliases
-            .iter()
-            .map(|a| {
-                let mut v = serde_json::json!({"ipCidrRange": a.cidr});
-                if let Some(n) = &a.range_name {
-                    v["subnetworkRangeName"] = serde_json::json!(n);
-                }
-                v
-            })
-            .collect();
-        let body = serde_json::json!({
-            "fingerprint": base64::engine::general_purpose::URL_SAFE.encode(fingerprint),
-            "aliasIpRanges": ranges,
-        });
-        let mut req = self
-            .http
-            .patch(url)
-            .query(&[("networkInterface", nic), ("requestId", rid)])
-            .json(&body);
-        if let Some(h) = self.auth_headers().await? {
-            req = req.headers(h);
-        }
-        let resp = req.send().await.map_err(|e| Class::Retry(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Class::Retry(e.to_string()))?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                Class::Fail(ComputeError::Refused {
-                    call,
-                    status,
-                    reason: "response".into(),
-                    message: e.to_string(),
-                })
-            });
-        }
-        Err(classify_body(call, status, &bytes))
-    }
-}
-
-/// Google's JSON error body (`{"error":{"code","message","errors":[{"reason"}]}}`) of a
-/// request sent without the library.
-fn classify_body(call: &'static str, status: u16, body: &[u8]) -> Class {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let message = echo_long(v["error"]["message"].as_str().unwrap_or("(no message)"));
-    let reasons: Vec<&str> = v["error"]["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["reason"].as_str())
-        .collect();
-    match status {
-        412 => Class::Precondition,
-        429 | 500..=599 => Class::Retry(format!("HTTP {status}: {message}")),
-        403 if reasons
-            .iter()
-            .any(|r| *r == "rateLimitExceeded" || *r == "userRateLimitExceeded") =>
-        {
-            Class::Retry(format!("HTTP 403 rateLimitExceeded: {message}"))
-        }
-        404 => Class::Fail(ComputeError::NotFound { call, message }),
-        _ => Class::Fail(ComputeError::Refused {
-            call,
-            status,
-            reason: reasons
-                .first()
-                .map(|r| (*r).to_string())
-                .unwrap_or_default(),
-            message,
-        }),
-    }
 }
 
 impl std::fmt::Debug for Compute {
@@ -579,44 +180,20 @@ impl Compute {
     }
 
     /// Runs one call with the transient-retry policy.
-    async fn retrying<T, F, Fut>(&self, call: &'static str, mut f: F) -> Result<T, Class>
+    async fn retrying<T, F, Fut>(&self, call: &'static str, f: F) -> Result<T, Class>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Class>>,
     {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match f().await {
-                Err(Class::Retry(message)) => {
-                    let backoff = self.backoff(attempt);
-                    if attempt >= self.policy.max_attempts
-                        || started.elapsed() + backoff > self.policy.max_elapsed
-                    {
-                        return Err(Class::Fail(ComputeError::Transient {
-                            call,
-                            attempts: attempt,
-                            elapsed_ms: started.elapsed().as_millis() as u64,
-                            message,
-                        }));
-                    }
-                    tracing::debug!(call, attempt, backoff_ms = backoff.as_millis() as u64, %message, "transient Compute error; retrying");
-                    tokio::time::sleep(backoff).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .policy
-            .base_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.policy.max_backoff);
-        let ms = exp.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+        toolkit::retrying(&self.policy.backoff(), call, f, |x| {
+            Class::Fail(ComputeError::Transient {
+                call,
+                attempts: x.attempts,
+                elapsed_ms: x.elapsed_ms,
+                message: x.message,
+            })
+        })
+        .await
     }
 
     async fn get_model(&self, r: &InstanceRef) -> Result<Option<model::Instance>, ComputeError> {
@@ -681,11 +258,7 @@ impl Compute {
         filter: Option<&str>,
     ) -> Result<(Vec<InstanceView>, usize), ComputeError> {
         const CALL: &str = "instances.aggregatedList";
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        let mut pages = 0;
-        loop {
-            pages += 1;
+        let (mut out, pages) = toolkit::all_pages(|token| async move {
             let page = self
                 .retrying(CALL, || async {
                     self.instances
@@ -700,19 +273,18 @@ impl Compute {
                 })
                 .await
                 .map_err(class_to_error(CALL))?;
+            let mut items = Vec::new();
             for (scope, list) in &page.items {
                 let zone = scope.strip_prefix("zones/").unwrap_or(scope);
-                out.extend(
+                items.extend(
                     list.instances
                         .iter()
                         .filter_map(|i| InstanceView::from_model(&self.project, zone, i)),
                 );
             }
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
-            }
-        }
+            Ok::<_, ComputeError>((items, page.next_page_token))
+        })
+        .await?;
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok((out, pages))
     }
@@ -921,7 +493,7 @@ impl Compute {
                 Err(Class::Retry(message)) => {
                     // The operation failed transiently and changed nothing: send again.
                     tracing::debug!(call, instance = %r, %message, "operation failed transiently; resending");
-                    tokio::time::sleep(self.backoff(resend + 1)).await;
+                    tokio::time::sleep(self.policy.backoff().delay(resend + 1)).await;
                 }
                 Err(Class::Fail(e)) => return Err(e),
             }
@@ -1032,19 +604,6 @@ impl Compute {
             None => Ok(()),
             Some(c) => Err(c),
         }
-    }
-}
-
-fn class_to_error(call: &'static str) -> impl Fn(Class) -> ComputeError {
-    move |c| match c {
-        Class::Fail(e) => e,
-        Class::Retry(message) => ComputeError::Transient {
-            call,
-            attempts: 1,
-            elapsed_ms: 0,
-            message,
-        },
-        Class::Precondition => ComputeError::Contention { call, resends: 0 },
     }
 }
 

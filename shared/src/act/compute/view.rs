@@ -1,0 +1,112 @@
+//! OBSERVE, Compute side: the small views the client reduces API objects to.
+
+use std::collections::BTreeMap;
+
+use google_cloud_compute_v1::model;
+
+use crate::names::{Cidr, InstanceRef};
+
+/// Whether a write was needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The change was made.
+    Changed,
+    /// The resource was already in the desired state; nothing was sent.
+    Unchanged,
+}
+
+/// An alias IP range as nodewire sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasRange {
+    /// As the API returns it (`10.4.1.0/24`).
+    pub cidr: String,
+    pub range_name: Option<String>,
+}
+
+/// A VM's first network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicView {
+    pub name: String,
+    /// Subnetwork self link.
+    pub subnetwork: String,
+    pub network_ip: Option<String>,
+    pub aliases: Vec<AliasRange>,
+}
+
+/// The facts nodewire reads from a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    pub instance: InstanceRef,
+    pub id: Option<u64>,
+    pub status: String,
+    pub can_ip_forward: bool,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub nic0: Option<NicView>,
+}
+
+impl InstanceView {
+    pub(super) fn from_model(project: &str, zone_hint: &str, i: &model::Instance) -> Option<Self> {
+        let name = i.name.clone()?;
+        let zone = i
+            .zone
+            .as_deref()
+            .and_then(|z| z.rsplit('/').next())
+            .unwrap_or(zone_hint)
+            .to_string();
+        let instance = InstanceRef::new(project, zone, name).ok()?;
+        let nic0 = i.network_interfaces.first().map(|n| NicView {
+            name: n.name.clone().unwrap_or_else(|| "nic0".into()),
+            subnetwork: n.subnetwork.clone().unwrap_or_default(),
+            network_ip: n.network_ip.clone(),
+            aliases: n
+                .alias_ip_ranges
+                .iter()
+                .map(|a| AliasRange {
+                    cidr: a.ip_cidr_range.clone().unwrap_or_default(),
+                    range_name: a.subnetwork_range_name.clone(),
+                })
+                .collect(),
+        });
+        Some(Self {
+            instance,
+            id: i.id,
+            status: i
+                .status
+                .as_ref()
+                .and_then(|s| s.name())
+                .unwrap_or("UNKNOWN")
+                .to_string(),
+            can_ip_forward: i.can_ip_forward.unwrap_or(false),
+            tags: i.tags.as_ref().map(|t| t.items.clone()).unwrap_or_default(),
+            labels: i
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            metadata: i
+                .metadata
+                .as_ref()
+                .map(|m| {
+                    m.items
+                        .iter()
+                        .filter_map(|it| {
+                            Some((it.key.clone()?, it.value.clone().unwrap_or_default()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            nic0,
+        })
+    }
+}
+
+/// A subnetwork's ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetView {
+    pub self_link: String,
+    pub ip_cidr_range: Option<Cidr>,
+    /// `(rangeName, range)`.
+    pub secondary: Vec<(String, Cidr)>,
+}

@@ -1,0 +1,527 @@
+//! ACT/OBSERVE: the Kubernetes API through `kube` + `k8s-openapi`.
+//!
+//! Writes are conflict-safe: each is computed from a fresh read and sent as a merge patch that
+//! carries the `resourceVersion` it was computed from, so a concurrent writer makes it fail
+//! with 409 `Conflict` instead of being overwritten; a conflict re-reads and recomputes (a
+//! bounded number of times). 429, 5xx and connection errors are retried with backoff; 422 is a
+//! typed permanent error with the API's message. kube's own retry layer is off: one policy,
+//! ours, applies.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Secret, Taint};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+mod cluster_info;
+mod error;
+mod tokens;
+
+pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
+pub use error::KubeError;
+pub use tokens::{BootstrapToken, TokenInfo, TokenSecret};
+
+use super::toolkit::{self, Backoff, api_message};
+use error::{Class, classify, fail};
+
+pub use crate::act::compute::WriteOutcome;
+
+/// The taint that keeps Pods off a node until it is wired.
+pub const UNWIRED_TAINT: &str = "nodewire.io/unwired";
+/// Label on nodewire's bootstrap-token Secrets naming the VM they were minted for.
+pub const TOKEN_INSTANCE_LABEL: &str = "nodewire.io/instance";
+/// Label on nodewire's bootstrap-token Secrets naming that VM's zone.
+pub const TOKEN_ZONE_LABEL: &str = "nodewire.io/zone";
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "nodewire";
+
+/// Retry settings of the Kubernetes client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubePolicy {
+    pub max_attempts: u32,
+    pub max_elapsed: Duration,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Re-reads after a 409 Conflict, at most.
+    pub max_conflicts: u32,
+    pub request_timeout: Duration,
+}
+
+impl KubePolicy {
+    /// The transient-retry bounds.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            base: self.base_backoff,
+            max: self.max_backoff,
+        }
+    }
+}
+
+impl Default for KubePolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            max_elapsed: Duration::from_secs(15),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_conflicts: 8,
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How to reach the API server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KubeConnection {
+    /// A kubeconfig file (its current context).
+    Kubeconfig(std::path::PathBuf),
+    /// URL, bearer token and CA, as a pod's service account has them.
+    Direct {
+        url: String,
+        token: Option<String>,
+        /// PEM.
+        ca_pem: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for KubeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeConnection::Kubeconfig(p) => f.debug_tuple("Kubeconfig").field(p).finish(),
+            KubeConnection::Direct { url, token, .. } => f
+                .debug_struct("Direct")
+                .field("url", url)
+                .field("token", &token.as_ref().map(|_| "[redacted]"))
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// True for `http://` URLs whose host is a loopback address (the only place plain HTTP is
+/// allowed).
+pub fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if let Some(h) = host_port.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The facts nodewire reads from a Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub provider_id: Option<String>,
+    pub pod_cidr: Option<String>,
+    /// `(key, effect)` of each taint.
+    pub taints: Vec<(String, String)>,
+    pub resource_version: Option<String>,
+}
+
+impl NodeView {
+    fn from_node(n: &Node) -> Self {
+        let spec = n.spec.clone().unwrap_or_default();
+        Self {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            provider_id: spec.provider_id.filter(|s| !s.is_empty()),
+            pod_cidr: spec.pod_cidr.filter(|s| !s.is_empty()),
+            taints: spec
+                .taints
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.key, t.effect))
+                .collect(),
+            resource_version: n.metadata.resource_version.clone(),
+        }
+    }
+
+    /// True when the node carries the taint `key` (any effect).
+    pub fn has_taint(&self, key: &str) -> bool {
+        self.taints.iter().any(|(k, _)| k == key)
+    }
+}
+
+/// The Kubernetes client nodewire uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Kube {
+    client: kube::Client,
+    nodes: Api<Node>,
+    secrets: Api<Secret>,
+    policy: KubePolicy,
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube").finish_non_exhaustive()
+    }
+}
+
+impl Kube {
+    /// Builds the client. Plain HTTP is accepted only for a loopback address.
+    ///
+    /// # Errors
+    /// [`KubeError::Setup`] when the connection settings are unusable.
+    pub async fn new(conn: &KubeConnection, policy: KubePolicy) -> Result<Self, KubeError> {
+        let mut cfg = match conn {
+            KubeConnection::Kubeconfig(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| KubeError::Setup(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(
+                    kc,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|e| KubeError::Setup(e.to_string()))?
+            }
+            KubeConnection::Direct { url, token, ca_pem } => {
+                if url.starts_with("http://") && !is_loopback_http(url) {
+                    return Err(KubeError::Setup(format!(
+                        "{url}: plain HTTP is allowed only for a loopback address"
+                    )));
+                }
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| KubeError::Setup(format!("{url}: {e}")))?;
+                let mut cfg = kube::Config::new(uri);
+                if let Some(t) = token {
+                    cfg.auth_info = kube::config::AuthInfo {
+                        token: Some(t.clone().into()),
+                        ..Default::default()
+                    };
+                }
+                if let Some(pem) = ca_pem {
+                    let der: Vec<Vec<u8>> = ::pem::parse_many(pem)
+                        .map_err(|e| KubeError::Setup(format!("CA: {e}")))?
+                        .into_iter()
+                        .filter(|p| p.tag() == "CERTIFICATE")
+                        .map(|p| p.into_contents())
+                        .collect();
+                    if der.is_empty() {
+                        return Err(KubeError::Setup("CA: no CERTIFICATE block".into()));
+                    }
+                    cfg.root_cert = Some(der);
+                }
+                cfg
+            }
+        };
+        cfg.default_retry = false;
+        cfg.read_timeout = Some(policy.request_timeout);
+        cfg.reset_reader_on_write = true;
+        cfg.write_timeout = Some(policy.request_timeout);
+        cfg.connect_timeout = Some(policy.request_timeout);
+        let client = kube::Client::try_from(cfg).map_err(|e| KubeError::Setup(e.to_string()))?;
+        Ok(Self {
+            nodes: Api::all(client.clone()),
+            secrets: Api::namespaced(client.clone(), "kube-system"),
+            client,
+            policy,
+        })
+    }
+
+    /// Runs `f` with the transient-retry policy; a 409 Conflict is returned to the caller
+    /// (it must re-read).
+    async fn retrying<T, F, Fut>(&self, call: &'static str, mut f: F) -> Result<T, Class>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let attempt = || {
+            let fut = f();
+            async move { fut.await.map_err(|e| classify(call, &e)) }
+        };
+        toolkit::retrying(&self.policy.backoff(), call, attempt, |x| {
+            Class::Fail(KubeError::Transient {
+                call,
+                attempts: x.attempts,
+                message: x.message,
+            })
+        })
+        .await
+    }
+
+    /// Reads a Node; `Ok(None)` when it does not exist.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn get_node(&self, name: &str) -> Result<Option<NodeView>, KubeError> {
+        Ok(self
+            .get_node_raw(name)
+            .await?
+            .as_ref()
+            .map(NodeView::from_node))
+    }
+
+    async fn get_node_raw(&self, name: &str) -> Result<Option<Node>, KubeError> {
+        const CALL: &str = "nodes.get";
+        match self.retrying(CALL, || self.nodes.get(name)).await {
+            Ok(n) => Ok(Some(n)),
+            Err(Class::Fail(KubeError::NotFound { .. })) => Ok(None),
+            Err(c) => Err(fail(CALL, c)),
+        }
+    }
+
+    /// Lists Nodes page by page (`limit=500`, following `continue`).
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn list_nodes(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<Vec<NodeView>, KubeError> {
+        Ok(self.list_nodes_paged(label_selector).await?.0)
+    }
+
+    /// Like [`Kube::list_nodes`], also returning how many pages were read.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn list_nodes_paged(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<(Vec<NodeView>, usize), KubeError> {
+        const CALL: &str = "nodes.list";
+        let mut base = ListParams::default().limit(500);
+        if let Some(s) = label_selector {
+            base = base.labels(s);
+        }
+        let base = &base;
+        toolkit::all_pages(|token| async move {
+            let lp = match &token {
+                Some(t) => base.clone().continue_token(t),
+                None => base.clone(),
+            };
+            let page = self
+                .retrying(CALL, || self.nodes.list(&lp))
+                .await
+                .map_err(|c| fail(CALL, c))?;
+            let items = page.items.iter().map(NodeView::from_node).collect();
+            Ok((items, page.metadata.continue_))
+        })
+        .await
+    }
+
+    /// Re-read, compute a merge patch from the Node (None = nothing to do), send it with the
+    /// read `resourceVersion`; on 409 Conflict start over.
+    async fn patch_node(
+        &self,
+        call: &'static str,
+        name: &str,
+        compute: impl Fn(&Node) -> Result<Option<serde_json::Value>, KubeError>,
+    ) -> Result<WriteOutcome, KubeError> {
+        for _ in 0..=self.policy.max_conflicts {
+            let Some(node) = self.get_node_raw(name).await? else {
+                return Err(KubeError::NotFound {
+                    call,
+                    message: format!("nodes \"{name}\" not found"),
+                });
+            };
+            let Some(mut patch) = compute(&node)? else {
+                return Ok(WriteOutcome::Unchanged);
+            };
+            patch["metadata"]["resourceVersion"] = json!(node.metadata.resource_version);
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            let patch = Patch::Merge(&patch);
+            match self
+                .retrying(call, || self.nodes.patch(name, &pp, &patch))
+                .await
+            {
+                Ok(_) => return Ok(WriteOutcome::Changed),
+                Err(Class::Conflict) => {
+                    tracing::debug!(call, node = name, "resourceVersion conflict; re-reading");
+                }
+                Err(c) => return Err(fail(call, c)),
+            }
+        }
+        Err(KubeError::Transient {
+            call,
+            attempts: self.policy.max_conflicts + 1,
+            message: "the Node kept changing (409 Conflict on every attempt)".into(),
+        })
+    }
+
+    /// Sets `spec.providerID` when it is empty.
+    ///
+    /// # Idempotency
+    /// Unchanged when it already has this value.
+    ///
+    /// # Errors
+    /// [`KubeError::ProviderIdConflict`] (permanent) when it holds another value.
+    pub async fn set_provider_id(
+        &self,
+        name: &str,
+        provider_id: &str,
+    ) -> Result<WriteOutcome, KubeError> {
+        self.patch_node("nodes.patch(providerID)", name, |n| {
+            let current = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.clone())
+                .unwrap_or_default();
+            if current == provider_id {
+                Ok(None)
+            } else if current.is_empty() {
+                Ok(Some(json!({"spec": {"providerID": provider_id}})))
+            } else {
+                Err(KubeError::ProviderIdConflict {
+                    node: name.to_string(),
+                    current,
+                    wanted: provider_id.to_string(),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Adds a taint, keeping the others.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn add_taint(
+        &self,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+        effect: &str,
+    ) -> Result<WriteOutcome, KubeError> {
+        self.patch_node("nodes.patch(taints)", name, |n| {
+            let mut taints = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            if taints.iter().any(|t| t.key == key && t.effect == effect) {
+                return Ok(None);
+            }
+            taints.push(Taint {
+                key: key.to_string(),
+                value: value.map(str::to_string),
+                effect: effect.to_string(),
+                time_added: None,
+            });
+            Ok(Some(json!({"spec": {"taints": taints}})))
+        })
+        .await
+    }
+
+    /// Removes every taint with `key`, keeping the others.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn remove_taint(&self, name: &str, key: &str) -> Result<WriteOutcome, KubeError> {
+        self.patch_node("nodes.patch(taints)", name, |n| {
+            let taints = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            if !taints.iter().any(|t| t.key == key) {
+                return Ok(None);
+            }
+            let kept: Vec<Taint> = taints.into_iter().filter(|t| t.key != key).collect();
+            Ok(Some(json!({"spec": {"taints": kept}})))
+        })
+        .await
+    }
+
+    /// Deletes a Node; `Unchanged` when it was already gone.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn delete_node(&self, name: &str) -> Result<WriteOutcome, KubeError> {
+        const CALL: &str = "nodes.delete";
+        let dp = DeleteParams::default();
+        match self.retrying(CALL, || self.nodes.delete(name, &dp)).await {
+            Ok(_) => Ok(WriteOutcome::Changed),
+            Err(Class::Fail(KubeError::NotFound { .. })) => Ok(WriteOutcome::Unchanged),
+            Err(c) => Err(fail(CALL, c)),
+        }
+    }
+
+    /// Records a core/v1 Event about a Node (in `default`, where Events about cluster-scoped
+    /// objects live). `type_` is `Normal` or `Warning`.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn node_event(
+        &self,
+        node: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
+        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        const CALL: &str = "events.create";
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let ev = Event {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{node}.")),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(api_message(message)),
+            type_: Some(type_.to_string()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                host: None,
+            }),
+            reporting_component: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let pp = PostParams::default();
+        self.retrying(CALL, || events.create(&pp, &ev))
+            .await
+            .map(|_| ())
+            .map_err(|c| fail(CALL, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:443/x",
+            "http://127.1.2.3",
+        ] {
+            assert!(is_loopback_http(ok), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:6443",
+            "https://127.0.0.1",
+            "http://example.com",
+            "http://127.0.0.1.evil.com",
+        ] {
+            assert!(!is_loopback_http(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! ACT, shared by the Compute and Kubernetes clients: one bounded retry loop with jittered
+//! exponential backoff, and one table that classifies an HTTP error status (and the reasons
+//! Google and Kubernetes put in their error bodies). Each client maps the class onto its own
+//! typed error; neither decides from message strings.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+
+/// Retry bounds of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Attempts on transient errors, the first included.
+    pub max_attempts: u32,
+    /// Total time one call may spend retrying.
+    pub max_elapsed: Duration,
+    /// First backoff; doubles each attempt, capped at `max`.
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The pause before retry `attempt` (1-based): the capped exponential delay, jittered to
+    /// a uniformly random point in its upper half.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max);
+        let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+    }
+}
+
+/// A failed attempt that may be retried says so.
+pub trait Attempt {
+    /// The transient failure's message, or `None` when retrying cannot help.
+    fn transient(&self) -> Option<&str>;
+}
+
+/// A call that kept failing transiently until the bounds ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+    pub message: String,
+}
+
+/// Runs `f` until it succeeds, fails permanently, or the bounds of `policy` run out; then
+/// `give_up` turns the last transient failure into the caller's error.
+///
+/// # Errors
+/// The permanent failure, or `give_up`'s.
+pub async fn retrying<T, E, F, Fut>(
+    policy: &Backoff,
+    call: &'static str,
+    mut f: F,
+    give_up: impl FnOnce(Exhausted) -> E,
+) -> Result<T, E>
+where
+    E: Attempt,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match f().await {
+            Err(e) => e,
+            ok => return ok,
+        };
+        let Some(message) = err.transient() else {
+            return Err(err);
+        };
+        let backoff = policy.delay(attempt);
+        if attempt >= policy.max_attempts || started.elapsed() + backoff > policy.max_elapsed {
+            return Err(give_up(Exhausted {
+                attempts: attempt,
+                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                message: message.to_string(),
+            }));
+        }
+        tracing::debug!(
+            call,
+            attempt,
+            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            %message,
+            "transient error; retrying"
+        );
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Reads every page of a list: `fetch(token)` returns one page's items and the next page's
+/// token (`None` or empty: that was the last). Returns the items and the number of pages.
+///
+/// # Errors
+/// The first page that fails.
+pub async fn all_pages<T, E, F, Fut>(mut fetch: F) -> Result<(Vec<T>, usize), E>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), E>>,
+{
+    let mut out = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let (items, next) = fetch(token.take()).await?;
+        pages += 1;
+        out.extend(items);
+        match next {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return Ok((out, pages)),
+        }
+    }
+}
+
+/// What an HTTP error status means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClass {
+    /// 429, 5xx, no status at all (the connection failed), or a rate-limit 403: try again.
+    Retry,
+    /// 412: the precondition (a fingerprint) no longer holds; re-read and resend.
+    Precondition,
+    /// 409 whose reason is `Conflict` (a stale `resourceVersion`); re-read and resend.
+    Conflict,
+    /// 404.
+    NotFound,
+    /// 422: the object was refused as invalid.
+    Invalid,
+    /// Anything else: permanent, with the API's message.
+    Permanent,
+}
+
+/// Reasons (Google's `error.errors[].reason`) that make a 403 a rate limit rather than a
+/// permission problem.
+const RATE_LIMIT_REASONS: &[&str] = &["rateLimitExceeded", "userRateLimitExceeded"];
+
+/// The one table: an HTTP status and the error body's reasons → what to do.
+pub fn classify_http(status: u16, reasons: &[&str]) -> HttpClass {
+    let has = |r: &str| reasons.contains(&r);
+    match status {
+        0 | 429 | 500..=599 => HttpClass::Retry,
+        403 if RATE_LIMIT_REASONS.iter().any(|r| has(r)) => HttpClass::Retry,
+        412 => HttpClass::Precondition,
+        409 if has("Conflict") => HttpClass::Conflict,
+        404 => HttpClass::NotFound,
+        422 => HttpClass::Invalid,
+        _ => HttpClass::Permanent,
+    }
+}
+
+/// An API's error message as it goes into our errors: kept whole up to 300 bytes, otherwise
+/// shortened (see [`crate::names::echo`]).
+pub fn api_message(s: &str) -> String {
+    if s.len() <= 300 {
+        s.to_string()
+    } else {
+        crate::names::echo(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Transient(String),
+        Permanent,
+        GaveUp(u32),
+    }
+    impl Attempt for E {
+        fn transient(&self) -> Option<&str> {
+            match self {
+                E::Transient(m) => Some(m),
+                _ => None,
+            }
+        }
+    }
+
+    fn fast(max_attempts: u32) -> Backoff {
+        Backoff {
+            max_attempts,
+            max_elapsed: Duration::from_secs(5),
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_within_the_bounds() {
+        let mut n = 0;
+        let r: Result<u32, E> = retrying(
+            &fast(5),
+            "c",
+            || {
+                n += 1;
+                let v = n;
+                async move {
+                    if v < 3 {
+                        Err(E::Transient("busy".into()))
+                    } else {
+                        Ok(v)
+                    }
+                }
+            },
+            |x| E::GaveUp(x.attempts),
+        )
+        .await;
+        assert_eq!(r, Ok(3));
+        let r: Result<u32, E> = retrying(
+            &fast(4),
+            "c",
+            || async { Err(E::Transient("busy".into())) },
+            |x| E::GaveUp(x.attempts),
+        )
+        .await;
+        assert_eq!(r, Err(E::GaveUp(4)));
+        let mut calls = 0;
+        let r: Result<u32, E> = retrying(
+            &fast(4),
+            "c",
+            || {
+                calls += 1;
+                async { Err(E::Permanent) }
+            },
+            |x| E::GaveUp(x.attempts),
+        )
+        .await;
+        assert_eq!((r, calls), (Err(E::Permanent), 1), "permanent: no retry");
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_last() {
+        let r: Result<(Vec<u32>, usize), ()> = all_pages(|token| async move {
+            Ok(match token.as_deref() {
+                None => (vec![1, 2], Some("b".to_string())),
+                Some("b") => (vec![3], Some(String::new())),
+                Some(_) => (vec![99], None),
+            })
+        })
+        .await;
+        assert_eq!(r, Ok((vec![1, 2, 3], 2)));
+    }
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let b = Backoff {
+            max_attempts: 10,
+            max_elapsed: Duration::from_secs(60),
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(800),
+        };
+        for attempt in 1..12 {
+            let d = b.delay(attempt);
+            assert!(d <= Duration::from_millis(800), "{attempt}: {d:?}");
+        }
+        assert!(b.delay(1) >= Duration::from_millis(50));
+        assert!(b.delay(9) >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn the_table() {
+        assert_eq!(classify_http(503, &[]), HttpClass::Retry);
+        assert_eq!(classify_http(429, &[]), HttpClass::Retry);
+        assert_eq!(classify_http(0, &[]), HttpClass::Retry);
+        assert_eq!(classify_http(403, &["rateLimitExceeded"]), HttpClass::Retry);
+        assert_eq!(classify_http(403, &["forbidden"]), HttpClass::Permanent);
+        assert_eq!(classify_http(412, &[]), HttpClass::Precondition);
+        assert_eq!(classify_http(409, &["Conflict"]), HttpClass::Conflict);
+        assert_eq!(classify_http(409, &["AlreadyExists"]), HttpClass::Permanent);
+        assert_eq!(classify_http(404, &[]), HttpClass::NotFound);
+        assert_eq!(classify_http(422, &[]), HttpClass::Invalid);
+        assert_eq!(classify_http(400, &[]), HttpClass::Permanent);
+    }
+}
