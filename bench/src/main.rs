@@ -60,7 +60,7 @@ async fn cold_start(binary: &str, runs: usize, deliveries: usize) -> anyhow::Res
     if !std::path::Path::new(binary).is_file() {
         bail!("{binary} not found: cargo build --release -p instance-events");
     }
-    let emu = shared::emulator::Emulator::start(P).await?;
+    let emu = sim::emulator::Emulator::start(P).await?;
     emu.create_topic("nodewire-bootstrap").await?;
     let audit = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -421,12 +421,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fixture(name: &str) -> Value {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures")
-            .join(name);
-        serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("json")
-    }
+    use shared::testing::fixture_json as fixture;
 
     #[test]
     fn file_shapes() {

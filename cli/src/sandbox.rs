@@ -145,7 +145,7 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-    let bus = if !a.in_process && shared::emulator::is_installed() {
+    let bus = if !a.in_process && sim::emulator::is_installed() {
         BusChoice::Emulator
     } else {
         BusChoice::InProcess

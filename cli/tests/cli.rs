@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::emulator::Emulator;
+use sim::emulator::Emulator;
 use sim::stack::{Stack, StackOptions};
 
 const P: &str = "example-project";
@@ -36,12 +36,7 @@ fn stdout_json(o: &Output) -> Value {
     })
 }
 
-fn fixture(name: &str) -> Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("json")
-}
+use shared::testing::fixture_json as fixture;
 
 async fn emulator() -> Emulator {
     Emulator::start(P)

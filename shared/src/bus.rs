@@ -6,6 +6,7 @@
 //! Every publish is awaited: a handler reports success only once its next step is accepted by
 //! Pub/Sub, so a lost publish becomes a redelivery, never a silent gap in the chain.
 
+use crate::error::Cause;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -34,10 +35,14 @@ pub struct OutboundMessage {
 /// delivery that tried to publish is redelivered.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("publishing to {topic} failed: {reason}")]
-    Publish { topic: String, reason: String },
-    #[error("connecting to Pub/Sub failed: {0}")]
-    Connect(String),
+    #[error("publishing to {topic} failed")]
+    Publish {
+        topic: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("connecting to Pub/Sub failed")]
+    Connect(#[source] Cause),
 }
 
 /// Where functions publish.
@@ -89,7 +94,7 @@ impl PubSubBus {
         let base = builder
             .build()
             .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+            .map_err(|e| BusError::Connect(Cause::new(e)))?;
         Ok(Self {
             base,
             publishers: tokio::sync::Mutex::new(HashMap::new()),
@@ -127,9 +132,9 @@ impl Bus for PubSubBus {
             if let Some(k) = &key {
                 m = m.set_ordering_key(k.clone());
             }
-            let fail = |reason: String| BusError::Publish {
+            let fail = |source: Cause| BusError::Publish {
                 topic: topic.to_string(),
-                reason,
+                source,
             };
             // The crate's retry policy bounds retries; this bounds everything else too.
             let res =
@@ -143,13 +148,16 @@ impl Bus for PubSubBus {
                     if let Some(k) = key {
                         publisher.resume_publish(k);
                     }
-                    Err(fail(e.to_string()))
+                    Err(fail(Cause::new(e)))
                 }
                 Err(_) => {
                     if let Some(k) = key {
                         publisher.resume_publish(k);
                     }
-                    Err(fail(format!("no answer within {:?}", self.timeout)))
+                    Err(fail(Cause::msg(format!(
+                        "no answer within {:?}",
+                        self.timeout
+                    ))))
                 }
             }
         })
@@ -179,6 +187,7 @@ struct InProcessState {
     next_id: u64,
     log: Vec<Delivered>,
     subscribers: HashMap<String, Vec<mpsc::UnboundedSender<Delivered>>>,
+    #[cfg(any(test, feature = "testing"))]
     fail_topics: Vec<String>,
 }
 
@@ -235,6 +244,7 @@ impl InProcessBus {
     }
 
     /// Makes publishes to `topic` fail (for tests of the failure path).
+    #[cfg(any(test, feature = "testing"))]
     pub fn fail_topic(&self, topic: &str) {
         self.state().fail_topics.push(topic.to_string());
     }
@@ -248,10 +258,14 @@ impl Bus for InProcessBus {
     ) -> BoxFuture<'a, Result<String, BusError>> {
         let result = {
             let mut st = self.state();
-            if st.fail_topics.iter().any(|t| t == topic) {
+            #[cfg(any(test, feature = "testing"))]
+            let failing = st.fail_topics.iter().any(|t| t == topic);
+            #[cfg(not(any(test, feature = "testing")))]
+            let failing = false;
+            if failing {
                 Err(BusError::Publish {
                     topic: topic.to_string(),
-                    reason: "injected failure".into(),
+                    source: Cause::msg("injected failure"),
                 })
             } else {
                 st.next_id += 1;

@@ -9,15 +9,14 @@
 //! 5. **publish** ([`bus`], [`deps`]): the next step, with trace context and ordering key.
 //!
 //! [`handlers`] holds the functions' handlers; [`config`], [`telemetry`], [`shutdown`] and
-//! [`trace`] are process setup; [`emulator`] starts the Pub/Sub emulator for tests and the
-//! sandbox.
+//! [`trace`] are process setup. (The Pub/Sub emulator launcher used by the tests and the
+//! sandbox lives in the `sim` crate: nothing a Cloud Run binary links.)
 
 pub mod act;
 pub mod adapter;
 pub mod bus;
 pub mod config;
 pub mod deps;
-pub mod emulator;
 pub mod error;
 pub mod event;
 pub mod handlers;
@@ -31,5 +30,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod sweep;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod text;
 pub mod trace;

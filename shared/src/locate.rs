@@ -2,11 +2,8 @@
 //! are keyed by the VM. Events that carry `spec.providerID` answer it themselves; for the others
 //! a [`Locator`] is asked (the Compute-backed one arrives with the Compute client).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
 use crate::bus::BoxFuture;
-use crate::error::Classify as _;
+use crate::error::{Cause, Classify as _};
 use crate::names::InstanceRef;
 
 /// Why a VM could not be located.
@@ -16,11 +13,19 @@ pub enum LocateError {
     #[error("no VM locator is configured, and the event does not carry spec.providerID")]
     NotConfigured,
     /// The lookup failed in a way that may pass (API error, timeout).
-    #[error("looking up the VM of node {node} failed: {reason}")]
-    Lookup { node: String, reason: String },
+    #[error("looking up the VM of node {node} failed")]
+    Lookup {
+        node: String,
+        #[source]
+        source: Cause,
+    },
     /// The lookup cannot succeed (several VMs of that name, a refused request).
-    #[error("the VM of node {node} cannot be determined: {reason}")]
-    Failed { node: String, reason: String },
+    #[error("the VM of node {node} cannot be determined")]
+    Failed {
+        node: String,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl crate::error::Classify for LocateError {
@@ -54,40 +59,6 @@ impl Locator for NoLocator {
     }
 }
 
-/// A fixed table, for tests and the sandbox.
-#[derive(Debug, Default)]
-pub struct TableLocator {
-    table: Mutex<BTreeMap<String, InstanceRef>>,
-}
-
-impl TableLocator {
-    pub fn new(entries: impl IntoIterator<Item = InstanceRef>) -> Self {
-        Self {
-            table: Mutex::new(
-                entries
-                    .into_iter()
-                    .map(|r| (r.name().to_string(), r))
-                    .collect(),
-            ),
-        }
-    }
-}
-
-impl Locator for TableLocator {
-    fn locate<'a>(
-        &'a self,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<Option<InstanceRef>, LocateError>> {
-        let found = self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(node)
-            .cloned();
-        Box::pin(std::future::ready(Ok(found)))
-    }
-}
-
 /// The production locator: the Node's `spec.providerID` when it names a GCE VM, else the
 /// project's VMs of that name (`aggregatedList` with a name filter).
 #[derive(Debug, Clone)]
@@ -102,24 +73,19 @@ impl Locator for ClusterLocator {
         node: &'a str,
     ) -> BoxFuture<'a, Result<Option<InstanceRef>, LocateError>> {
         Box::pin(async move {
-            let err = |retryable: bool, reason: String| {
+            let err = |retryable: bool, source: Cause| {
+                let node = node.to_string();
                 if retryable {
-                    LocateError::Lookup {
-                        node: node.to_string(),
-                        reason,
-                    }
+                    LocateError::Lookup { node, source }
                 } else {
-                    LocateError::Failed {
-                        node: node.to_string(),
-                        reason,
-                    }
+                    LocateError::Failed { node, source }
                 }
             };
             if let Some(kube) = &self.kube {
                 let found = kube
                     .get_node(node)
                     .await
-                    .map_err(|e| err(e.is_retryable(), e.to_string()))?;
+                    .map_err(|e| err(e.is_retryable(), Cause::new(e)))?;
                 if let Some(r) = found
                     .and_then(|n| n.provider_id)
                     .and_then(|p| InstanceRef::from_provider_id(&p).ok().flatten())
@@ -140,20 +106,20 @@ impl Locator for ClusterLocator {
             let vms = compute
                 .list_instances(Some(&format!("name = \"{node}\"")))
                 .await
-                .map_err(|e| err(e.is_retryable(), e.to_string()))?;
+                .map_err(|e| err(e.is_retryable(), Cause::new(e)))?;
             match vms.as_slice() {
                 [] => Ok(None),
                 [one] => Ok(Some(one.instance.clone())),
                 many => Err(err(
                     false,
-                    format!(
+                    Cause::msg(format!(
                         "{} VMs are named {node} (in zones {})",
                         many.len(),
                         many.iter()
                             .map(|v| v.instance.zone().to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    ),
+                    )),
                 )),
             }
         })

@@ -30,6 +30,20 @@ fn invalid(kind: &'static str, value: &str, why: &'static str) -> NameError {
     }
 }
 
+/// A Node whose `spec.providerID` already names another VM. The field cannot change once set
+/// (kube-apiserver refuses it), so the only fix is to delete the Node and let the kubelet
+/// register again. The one definition, used by the planner and the Kubernetes client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Node {node} has spec.providerID {current:?}, not {wanted:?}; providerID cannot change once set \
+     — delete the Node and let the kubelet register again"
+)]
+pub struct ProviderIdConflict {
+    pub node: String,
+    pub current: String,
+    pub wanted: String,
+}
+
 /// A `gce://` providerID that does not name a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderIdError {

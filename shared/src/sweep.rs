@@ -367,19 +367,7 @@ mod tests {
     use super::*;
     use crate::act::compute::{AliasRange, InstanceView, NicView};
 
-    fn cfg() -> PlanConfig {
-        PlanConfig {
-            selector: crate::select::Selector {
-                project: "example-project".into(),
-                name_prefix: None,
-                labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
-            },
-            subnet: ("us-central1".into(), "k8s-nodes".into()),
-            pod_range_name: "pods".into(),
-            pod_range: "10.4.0.0/16".parse().expect("cidr"),
-            node_tags: vec!["k8s-node".into()],
-        }
-    }
+    use crate::testing::plan_config as cfg;
 
     fn vm(name: &str, alias: Option<&str>, selected: bool) -> InstanceView {
         InstanceView {

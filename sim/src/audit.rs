@@ -48,3 +48,27 @@ impl AuditSink {
         tx
     }
 }
+
+/// A simulator's side of its sink: entries go to the publishing task, or nowhere when no sink
+/// is configured.
+#[derive(Debug)]
+pub(crate) struct AuditLog(Option<tokio::sync::mpsc::UnboundedSender<Value>>);
+
+impl AuditLog {
+    /// Starts the sink's publishing task, if there is a sink.
+    pub(crate) fn start(sink: Option<&AuditSink>) -> Self {
+        Self(sink.cloned().map(AuditSink::spawn))
+    }
+
+    /// Whether entries are published at all (a simulator builds none otherwise).
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Queues `entry` for publication.
+    pub(crate) fn publish(&self, entry: Value) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(entry);
+        }
+    }
+}

@@ -6,7 +6,10 @@
 
 pub mod agent;
 pub mod audit;
+mod blocks;
 pub mod compute;
+pub mod emulator;
 pub mod faults;
 pub mod k8s;
+mod server;
 pub mod stack;

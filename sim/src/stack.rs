@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::emulator::Emulator;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
@@ -18,7 +19,6 @@ use shared::adapter::Handler;
 use shared::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
 use shared::config::{ChainConfig, Config};
 use shared::deps::{ChainDeps, Deps};
-use shared::emulator::Emulator;
 use shared::event::{Decode, Step};
 use shared::handlers::{drift_sweep, instance_events, node_events, steps};
 use shared::join::JOIN_METADATA_KEY;
@@ -226,11 +226,40 @@ fn source_topic(function: &str) -> String {
 }
 
 impl Stack {
-    /// Starts everything.
+    /// Starts everything, in phases: Pub/Sub, the simulators and the VM agent, the functions'
+    /// environment, the functions, the push wiring, then the fault injection.
     ///
     /// # Errors
     /// A message when a part cannot start (e.g. the emulator is not installed).
     pub async fn start(opts: StackOptions) -> Result<Self, String> {
+        let (emu, base_bus, in_process) = Self::start_bus(&opts).await?;
+        let (compute, k8s, agent) = Self::start_simulators(&opts, &base_bus).await?;
+        let env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
+        let (servers, sweep_server) =
+            Self::start_functions(&opts, &env, &k8s, &base_bus, emu.is_some()).await?;
+        let (subscriptions, pushers) =
+            Self::wire_push(&opts, emu.as_ref(), in_process.as_ref(), &servers).await?;
+        Self::inject_faults(&opts, &compute, &k8s);
+        Ok(Self {
+            opts,
+            emu,
+            in_process,
+            compute,
+            k8s,
+            agent,
+            servers,
+            subscriptions,
+            pushers,
+            sweep_server,
+            env,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Phase 1: the emulator (with every topic) or the in-process bus.
+    async fn start_bus(
+        opts: &StackOptions,
+    ) -> Result<(Option<Emulator>, Arc<dyn Bus>, Option<InProcessBus>), String> {
         let p = opts.project.clone();
         let (emu, base_bus, in_process): (Option<Emulator>, Arc<dyn Bus>, Option<InProcessBus>) =
             match opts.bus {
@@ -266,9 +295,18 @@ impl Stack {
                 emu.create_topic(t).await.map_err(|e| e.to_string())?;
             }
         }
-        let mut subnets = vec![subnet(&p, &opts)];
+        Ok((emu, base_bus, in_process))
+    }
+
+    /// Phase 2: both simulators with their Logging sinks on `bus`, cluster-info, the VM agent.
+    async fn start_simulators(
+        opts: &StackOptions,
+        base_bus: &Arc<dyn Bus>,
+    ) -> Result<(ComputeSim, K8sSim, VmAgent), String> {
+        let p = opts.project.clone();
+        let mut subnets = vec![subnet(&p, opts)];
         if let Some(o) = &opts.other_project {
-            subnets.push(subnet(o, &opts));
+            subnets.push(subnet(o, opts));
         }
         let compute = ComputeSim::start(ComputeConfig {
             seed: 7,
@@ -318,6 +356,17 @@ impl Stack {
             },
         );
 
+        Ok((compute, k8s, agent))
+    }
+
+    /// Phase 3: the environment every function (and the CLI) is configured from.
+    fn function_env(
+        opts: &StackOptions,
+        compute: &ComputeSim,
+        k8s: &K8sSim,
+        emu: Option<&Emulator>,
+    ) -> BTreeMap<String, String> {
+        let p = opts.project.clone();
         let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("NODEWIRE_PROJECT".into(), p.clone()),
             ("NODEWIRE_COMPUTE_ENDPOINT".into(), compute.endpoint()),
@@ -334,12 +383,23 @@ impl Stack {
             ),
             ("NODEWIRE_REQUEST_TIMEOUT_SECS".into(), "25".into()),
         ]);
-        if let Some(emu) = &emu {
+        if let Some(emu) = emu {
             env.insert("PUBSUB_EMULATOR_HOST".into(), emu.host());
         }
         if let Some(prefix) = &opts.name_prefix {
             env.insert("NODEWIRE_INSTANCE_PREFIX".into(), prefix.clone());
         }
+        env
+    }
+
+    /// Phase 4: every function as its own server on loopback, with its own clients.
+    async fn start_functions(
+        opts: &StackOptions,
+        env: &BTreeMap<String, String>,
+        k8s: &K8sSim,
+        base_bus: &Arc<dyn Bus>,
+        emulated: bool,
+    ) -> Result<(Vec<(String, FnServer)>, FnServer), String> {
         let src: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let chain = ChainConfig::from_source(&src).map_err(|e| e.to_string())?;
         let kube_url = k8s.endpoint();
@@ -349,7 +409,6 @@ impl Stack {
             let duplicate = opts.duplicate_steps;
             let base_bus = base_bus.clone();
             let kube_url = kube_url.clone();
-            let emulated = emu.is_some();
             async move {
                 let config = config?;
                 let bus: Arc<dyn Bus> = if emulated {
@@ -432,9 +491,21 @@ impl Stack {
         })
         .await;
 
+        Ok((servers, sweep_server))
+    }
+
+    /// Phase 5: push subscriptions on the emulator (ordering, retry and dead-letter policies
+    /// as Terraform sets them), or in-process pushers.
+    async fn wire_push(
+        opts: &StackOptions,
+        emu: Option<&Emulator>,
+        in_process: Option<&InProcessBus>,
+        servers: &[(String, FnServer)],
+    ) -> Result<(Vec<String>, Vec<tokio::task::JoinHandle<()>>), String> {
+        let p = opts.project.clone();
         let mut subscriptions = Vec::new();
         let mut pushers = Vec::new();
-        if let Some(emu) = &emu {
+        if let Some(emu) = emu {
             // Observers first, then the push subscriptions.
             for (sub, topic) in [
                 ("dead-letter-observer", "nodewire-dead-letter"),
@@ -445,7 +516,7 @@ impl Stack {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            for (name, server) in &servers {
+            for (name, server) in servers {
                 let sub = format!("{name}-push");
                 emu.create_subscription(
                     &sub,
@@ -462,8 +533,8 @@ impl Stack {
                 .map_err(|e| e.to_string())?;
                 subscriptions.push(sub);
             }
-        } else if let Some(bus) = &in_process {
-            for (name, server) in &servers {
+        } else if let Some(bus) = in_process {
+            for (name, server) in servers {
                 let topic = format!("projects/{p}/topics/{}", source_topic(name));
                 pushers.push(spawn_pusher(
                     bus,
@@ -473,6 +544,11 @@ impl Stack {
                 ));
             }
         }
+        Ok((subscriptions, pushers))
+    }
+
+    /// Phase 6: faults on every method nodewire calls (not on the user's VM inserts/deletes).
+    fn inject_faults(opts: &StackOptions, compute: &ComputeSim, k8s: &K8sSim) {
         if opts.faults > 0.0 {
             compute
                 .chaos()
@@ -487,20 +563,6 @@ impl Stack {
                 .chaos()
                 .set_faults("instances.delete", FaultSpec::default());
         }
-        Ok(Self {
-            opts,
-            emu,
-            in_process,
-            compute,
-            k8s,
-            agent,
-            servers,
-            subscriptions,
-            pushers,
-            sweep_server,
-            env,
-            http: reqwest::Client::new(),
-        })
     }
 
     /// The environment a function (or the CLI) needs to talk to this stack.

@@ -8,8 +8,8 @@ use serde_json::json;
 use shared::adapter::Handler;
 use shared::config::Config;
 use shared::deps::Deps;
-pub use shared::emulator::{Emulator, PulledMessage};
 use shared::event::Decode;
+pub use sim::emulator::{Emulator, PulledMessage};
 
 /// The project every test uses, in the emulator and in the functions' configuration.
 pub const PROJECT: &str = "example-project";

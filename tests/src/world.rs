@@ -3,7 +3,7 @@
 
 use std::ops::Deref;
 
-use shared::emulator::Emulator;
+use sim::emulator::Emulator;
 use sim::stack::{BusChoice, Stack, StackOptions};
 
 /// A project with no business with this cluster (for "another project: untouched").

@@ -399,7 +399,7 @@ async fn hundred_vms_under_twenty_percent_faults() {
                     Err(e) => return Err(e),
                 }
             }
-            Err(ComputeError::Setup("gave up".into()))
+            Err(ComputeError::Setup(shared::error::Cause::msg("gave up")))
         }));
     }
     for t in tasks {

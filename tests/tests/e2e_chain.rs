@@ -288,6 +288,7 @@ async fn duplicated_steps_and_twenty_percent_faults_reach_the_same_end_state() {
     let w = World::start(WorldOptions {
         faults: 0.2,
         duplicate_steps: true,
+        ..WorldOptions::default()
     })
     .await;
     for i in 0..20 {

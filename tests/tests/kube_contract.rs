@@ -67,7 +67,7 @@ async fn provider_id_is_set_once() {
         .set_provider_id("n1", "gce://example-project/us-central1-a/other")
         .await
         .expect_err("different");
-    assert!(matches!(err, KubeError::ProviderIdConflict { .. }), "{err}");
+    assert!(matches!(err, KubeError::ProviderIdConflict(_)), "{err}");
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("delete the Node"), "{err}");
     assert_eq!(

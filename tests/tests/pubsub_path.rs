@@ -15,12 +15,7 @@ use shared::event::{Decode, Step, StepMessage};
 use shared::handlers::{instance_events, node_events};
 use shared::trace::TraceContext;
 
-fn fixture(name: &str) -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(&p).expect("fixture")).expect("json")
-}
+use shared::testing::fixture_json as fixture;
 
 const SINK_ATTR: (&str, &str) = (
     "logging.googleapis.com/timestamp",

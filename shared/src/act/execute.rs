@@ -123,16 +123,8 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
         }
         Action::SetProviderId(id) => match kube.set_provider_id(t.node, id).await {
             Ok(_) => {}
-            Err(KubeError::ProviderIdConflict {
-                node,
-                current,
-                wanted,
-            }) => {
-                let r = Refusal::ProviderIdConflict {
-                    node,
-                    current,
-                    wanted,
-                };
+            Err(KubeError::ProviderIdConflict(conflict)) => {
+                let r = Refusal::ProviderIdConflict(conflict);
                 report_refusal(deps, t.observed, &r).await;
                 return Err(r.into());
             }
@@ -256,7 +248,7 @@ pub async fn report_refusal(deps: &ChainDeps, obs: &Observed, r: &Refusal) {
         return;
     };
     let reason = match r {
-        Refusal::ProviderIdConflict { .. } => "ProviderIDConflict",
+        Refusal::ProviderIdConflict(_) => "ProviderIDConflict",
         Refusal::PodCidrOutsideRange { .. } | Refusal::InvalidPodCidr { .. } => {
             "PodCIDROutsideRange"
         }

@@ -269,12 +269,7 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn fixture_bytes(name: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(name);
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::testing::fixture_bytes;
 
     #[test]
     fn push_envelope_sample() {

@@ -1,7 +1,5 @@
 //! The adapter driven in-process with `oneshot`: envelope in, status and published messages out.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,18 +9,13 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::bus::InProcessBus;
-use crate::config::Config;
 use crate::event::StepMessage;
 use crate::handlers::instance_events;
 
 const DLQ: &str = "projects/example-project/topics/nodewire-dead-letter";
 
 fn deps_with(extra: &[(&'static str, &'static str)]) -> (Deps, InProcessBus) {
-    let mut env = BTreeMap::from([("NODEWIRE_PROJECT", "example-project")]);
-    env.extend(extra.iter().copied());
-    let cfg = Config::from_source(&env, "test-fn").expect("config");
-    let bus = InProcessBus::new();
-    (Deps::new(cfg, Arc::new(bus.clone())), bus)
+    crate::testing::deps("test-fn", extra)
 }
 
 /// The `instance-events` handler over `deps`, as its binary wires it.
@@ -60,12 +53,7 @@ fn post(body: impl Into<Body>) -> Request<Body> {
         .expect("request")
 }
 
-fn fixture_bytes(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    std::fs::read(p).expect("fixture")
-}
+use crate::testing::fixture_bytes;
 
 #[derive(Debug, thiserror::Error)]
 #[error("test failure ({0})")]

@@ -176,7 +176,7 @@ impl InstanceEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::fixture;
+    use crate::testing::fixture_json as fixture;
     use serde_json::{Value, json};
 
     fn decode_value(v: &Value) -> Result<InstanceEvent, DecodeError> {

@@ -58,13 +58,3 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
         DecodeError::Json(format!("{what}: {msg}"))
     })
 }
-
-#[cfg(test)]
-pub(crate) fn fixture(name: &str) -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-}

@@ -291,7 +291,7 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::fixture;
+    use crate::testing::fixture_json as fixture;
     use serde_json::json;
 
     fn decode(v: &Value) -> Result<NodeEvents, DecodeError> {

@@ -49,22 +49,15 @@ mod tests {
     use super::*;
     use crate::adapter::Classify;
     use crate::bus::InProcessBus;
-    use crate::config::Config;
     use crate::event::{Decode, InstanceChange};
     use crate::names::InstanceRef;
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     fn deps(prefix: Option<&'static str>) -> (Deps, InProcessBus) {
-        let mut env = BTreeMap::from([("NODEWIRE_PROJECT", "example-project")]);
-        if let Some(p) = prefix {
-            env.insert("NODEWIRE_INSTANCE_PREFIX", p);
+        match prefix {
+            Some(p) => crate::testing::deps("instance-events", &[("NODEWIRE_INSTANCE_PREFIX", p)]),
+            None => crate::testing::deps("instance-events", &[]),
         }
-        let cfg = Config::from_source(&env, "instance-events").expect("config");
-        let bus = InProcessBus::new();
-        (Deps::new(cfg, Arc::new(bus.clone())), bus)
     }
-
     fn created(project: &str, name: &str) -> PushEvent<InstanceEvent> {
         PushEvent::new(InstanceEvent::Created(InstanceChange {
             instance: InstanceRef::new(project, "us-central1-a", name).expect("valid"),

@@ -118,11 +118,10 @@ mod tests {
     use super::*;
     use crate::adapter::Classify;
     use crate::bus::InProcessBus;
-    use crate::config::Config;
     use crate::event::Decode;
-    use crate::locate::{NoLocator, TableLocator};
+    use crate::locate::NoLocator;
     use crate::names::InstanceRef;
-    use std::collections::BTreeMap;
+    use crate::testing::TableLocator;
     use std::sync::Arc;
 
     fn vm(name: &str) -> InstanceRef {
@@ -130,18 +129,14 @@ mod tests {
     }
 
     fn deps(locator: bool) -> (Deps, InProcessBus, Arc<dyn Locator>) {
-        let env = BTreeMap::from([
-            ("NODEWIRE_PROJECT", "example-project"),
-            ("NODEWIRE_INSTANCE_PREFIX", "k8s-"),
-        ]);
-        let cfg = Config::from_source(&env, "node-events").expect("config");
-        let bus = InProcessBus::new();
+        let (deps, bus) =
+            crate::testing::deps("node-events", &[("NODEWIRE_INSTANCE_PREFIX", "k8s-")]);
         let loc: Arc<dyn Locator> = if locator {
             Arc::new(TableLocator::new([vm("k8s-worker-1")]))
         } else {
             Arc::new(NoLocator)
         };
-        (Deps::new(cfg, Arc::new(bus.clone())), bus, loc)
+        (deps, bus, loc)
     }
 
     fn change(node: &str, instance: Option<InstanceRef>) -> NodeChange {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::event::Step;
-use crate::names::{Cidr, InstanceRef};
+use crate::names::{Cidr, InstanceRef, ProviderIdConflict};
 use crate::select::Selector;
 
 #[cfg(test)]
@@ -140,15 +140,8 @@ pub enum Refusal {
     },
     #[error("Node {node} has podCIDR {cidr:?}, which is not a valid IPv4 CIDR")]
     InvalidPodCidr { node: String, cidr: String },
-    #[error(
-        "Node {node} has spec.providerID {current:?}, not {wanted:?}; providerID cannot change once set \
-         — delete the Node and let the kubelet register again"
-    )]
-    ProviderIdConflict {
-        node: String,
-        current: String,
-        wanted: String,
-    },
+    #[error(transparent)]
+    ProviderIdConflict(#[from] ProviderIdConflict),
 }
 
 /// The planner's answer for one step.
@@ -481,11 +474,13 @@ fn plan_provider_id(obs: &Observed, vm: &VmFacts) -> Branch {
     match node.provider_id.as_deref() {
         Some(p) if p == wanted => Ok(vec![]),
         None => Ok(vec![Action::SetProviderId(wanted)]),
-        Some(other) => Err(Plan::Refuse(Refusal::ProviderIdConflict {
-            node: node.name.clone(),
-            current: other.to_string(),
-            wanted,
-        })),
+        Some(other) => Err(Plan::Refuse(Refusal::ProviderIdConflict(
+            ProviderIdConflict {
+                node: node.name.clone(),
+                current: other.to_string(),
+                wanted,
+            },
+        ))),
     }
 }
 

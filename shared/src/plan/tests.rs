@@ -1,77 +1,15 @@
-//! Table tests of every step, and a property test: from any reachable partial state, applying
-//! the planned actions (with the kubelet and the IPAM controller doing their part) reaches
-//! "wired" in a bounded number of steps, and a wired node plans nothing.
+//! Table tests of every step, written as rows (every failing row is reported, not only the
+//! first), and a property test: from any reachable partial state, applying the planned
+//! actions (with the kubelet and the IPAM controller doing their part) reaches "wired" in a
+//! bounded number of steps, and a wired node plans nothing.
 
 use proptest::prelude::*;
 
 use super::*;
-
-fn cfg() -> PlanConfig {
-    PlanConfig {
-        selector: crate::select::Selector {
-            project: "example-project".into(),
-            name_prefix: None,
-            labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
-        },
-        subnet: ("us-central1".into(), "k8s-nodes".into()),
-        pod_range_name: "pods".into(),
-        pod_range: "10.4.0.0/16".parse().expect("cidr"),
-        node_tags: vec!["k8s-node".into()],
-    }
-}
-
-fn vm_ref() -> InstanceRef {
-    InstanceRef::new("example-project", "us-central1-a", "vm-1").expect("ref")
-}
-
-fn vm() -> VmFacts {
-    VmFacts {
-        instance: vm_ref(),
-        labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
-        can_ip_forward: true,
-        subnet_link: Some("https://www.googleapis.com/compute/v1/projects/example-project/regions/us-central1/subnetworks/k8s-nodes".into()),
-        aliases: vec![],
-        tags: vec!["base".into()],
-        join_metadata: false,
-    }
-}
-
-fn node() -> NodeFacts {
-    NodeFacts {
-        name: "vm-1".into(),
-        provider_id: Some(vm_ref().provider_id()),
-        pod_cidr: Some("10.4.1.0/24".into()),
-        unwired_taint: true,
-    }
-}
-
-fn pods(c: &str) -> Alias {
-    Alias {
-        cidr: c.into(),
-        range_name: Some("pods".into()),
-    }
-}
-
-fn wired() -> Observed {
-    let mut v = vm();
-    v.aliases = vec![pods("10.4.1.0/24")];
-    v.tags.push("k8s-node".into());
-    let mut n = node();
-    n.unwired_taint = false;
-    Observed {
-        instance: vm_ref(),
-        vm: Some(v),
-        node: Some(n),
-        tokens: vec![],
-    }
-}
-
-fn token(id: &str, expired: bool) -> TokenFacts {
-    TokenFacts {
-        id: id.into(),
-        expired,
-    }
-}
+use crate::testing::{
+    ObservedExt as _, fresh, fresh_vm as vm, plan_config as cfg, pods, registered_node as node,
+    token, vm_ref, wired,
+};
 
 const CHAIN: [Step; 5] = [
     Step::Bootstrap,
@@ -81,307 +19,358 @@ const CHAIN: [Step; 5] = [
     Step::Finalize,
 ];
 
+/// What a row expects of its plan.
+enum Want {
+    /// Exactly this plan.
+    Is(Plan),
+    /// A plan with this property (described by the row's name).
+    That(fn(&Plan) -> bool),
+}
+
+fn act(actions: Vec<Action>, next: Option<Step>) -> Want {
+    Want::Is(Plan::Act { actions, next })
+}
+
+/// Plans every row and fails once, listing every row whose plan was not as wanted.
+fn check(rows: Vec<(&str, Step, Observed, Want)>) {
+    let c = cfg();
+    let failures: Vec<String> = rows
+        .into_iter()
+        .filter_map(|(name, step, obs, want)| {
+            let got = plan(step, &obs, &c);
+            let ok = match &want {
+                Want::Is(p) => *p == got,
+                Want::That(f) => f(&got),
+            };
+            (!ok).then(|| format!("{name} ({step}): got {got:?}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A `gaps` row: name, state, and what the gaps must satisfy.
+type GapRow<'a> = (&'a str, Observed, fn(&[Gap]) -> bool);
+
+/// Checks `gaps` row by row, the same way.
+fn check_gaps(rows: Vec<GapRow<'_>>) {
+    let c = cfg();
+    let failures: Vec<String> = rows
+        .into_iter()
+        .filter_map(|(name, obs, ok)| {
+            let g = gaps(&obs, &c);
+            (!ok(&g)).then(|| format!("{name}: got {g:?}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn a_wired_node_has_no_gaps_and_plans_nothing() {
-    let o = wired();
-    assert!(gaps(&o, &cfg()).is_empty());
-    for s in CHAIN {
-        assert_eq!(
-            plan(s, &o, &cfg()),
-            Plan::Act {
-                actions: vec![],
-                next: None
-            },
-            "{s}"
-        );
-    }
+    assert!(gaps(&wired(), &cfg()).is_empty());
+    check(
+        CHAIN
+            .iter()
+            .map(|s| ("wired", *s, wired(), act(vec![], None)))
+            .collect(),
+    );
 }
 
 #[test]
 fn each_gap_is_named() {
-    let mut o = wired();
-    o.vm.as_mut().expect("vm").aliases = vec![pods("10.4.1.0/24"), pods("10.4.9.0/24")];
-    assert_eq!(gaps(&o, &cfg()), vec![Gap::Alias], "exactly one alias");
-    let mut o = wired();
-    o.vm.as_mut().expect("vm").aliases = vec![Alias {
-        cidr: "10.4.1.0/24".into(),
-        range_name: None,
-    }];
-    assert_eq!(
-        gaps(&o, &cfg()),
-        vec![Gap::Alias],
-        "the alias must name the pod range"
-    );
-    let mut o = wired();
-    o.vm.as_mut().expect("vm").tags.clear();
-    assert_eq!(gaps(&o, &cfg()), vec![Gap::Tag]);
-    let mut o = wired();
-    o.node.as_mut().expect("node").provider_id = None;
-    assert_eq!(gaps(&o, &cfg()), vec![Gap::ProviderId]);
-    let mut o = wired();
-    o.node.as_mut().expect("node").unwired_taint = true;
-    o.tokens.push(token("abcdef", false));
-    o.vm.as_mut().expect("vm").join_metadata = true;
-    assert_eq!(
-        gaps(&o, &cfg()),
-        vec![Gap::Taint, Gap::Token, Gap::JoinMetadata]
-    );
-    let mut o = wired();
-    o.node.as_mut().expect("node").pod_cidr = None;
-    assert!(gaps(&o, &cfg()).contains(&Gap::NoPodCidr));
-    let mut o = wired();
-    o.node = None;
-    assert!(gaps(&o, &cfg()).contains(&Gap::NoNode));
+    check_gaps(vec![
+        (
+            "exactly one alias",
+            wired().with_aliases(vec![pods("10.4.1.0/24"), pods("10.4.9.0/24")]),
+            |g| g == [Gap::Alias],
+        ),
+        (
+            "the alias must name the pod range",
+            wired().with_aliases(vec![Alias {
+                cidr: "10.4.1.0/24".into(),
+                range_name: None,
+            }]),
+            |g| g == [Gap::Alias],
+        ),
+        ("tag", wired().without_tag(), |g| g == [Gap::Tag]),
+        ("providerID", wired().with_provider_id(None), |g| {
+            g == [Gap::ProviderId]
+        }),
+        (
+            "clean-up",
+            wired()
+                .with_taint()
+                .with_token("abcdef", false)
+                .with_join_metadata(),
+            |g| g == [Gap::Taint, Gap::Token, Gap::JoinMetadata],
+        ),
+        ("podCIDR", wired().with_pod_cidr(None), |g| {
+            g.contains(&Gap::NoPodCidr)
+        }),
+        ("node", wired().without_node(), |g| g.contains(&Gap::NoNode)),
+    ]);
 }
 
 #[test]
 fn bootstrap_table() {
-    let fresh = Observed {
-        instance: vm_ref(),
-        vm: Some(vm()),
-        node: None,
-        tokens: vec![],
-    };
-    assert_eq!(
-        plan(Step::Bootstrap, &fresh, &cfg()),
-        Plan::Act {
-            actions: vec![Action::Bootstrap],
-            next: None
-        }
-    );
-    // Already bootstrapped with a valid token: wait for the kubelet, do nothing.
-    let mut o = fresh.clone();
-    o.vm.as_mut().expect("vm").join_metadata = true;
-    o.tokens.push(token("aaaaaa", false));
-    assert_eq!(
-        plan(Step::Bootstrap, &o, &cfg()),
-        Plan::Act {
-            actions: vec![],
-            next: None
-        }
-    );
-    // The token expired without a Node: revoke it, mint a new one.
-    o.tokens[0].expired = true;
-    assert_eq!(
-        plan(Step::Bootstrap, &o, &cfg()),
-        Plan::Act {
-            actions: vec![
-                Action::RevokeTokens(vec!["aaaaaa".into()]),
-                Action::Bootstrap
-            ],
-            next: None
-        }
-    );
-    // Joined already: hand over to the first open aspect.
-    let mut o = fresh.clone();
-    o.node = Some(node());
-    assert_eq!(
-        plan(Step::Bootstrap, &o, &cfg()),
-        Plan::Act {
-            actions: vec![],
-            next: Some(Step::AssignAlias)
-        }
-    );
-    let mut o = fresh.clone();
-    o.vm.as_mut().expect("vm").can_ip_forward = false;
-    assert!(matches!(
-        plan(Step::Bootstrap, &o, &cfg()),
-        Plan::Refuse(Refusal::NoIpForwarding(_))
-    ));
-    let mut o = fresh.clone();
-    o.vm.as_mut().expect("vm").subnet_link =
-        Some("projects/example-project/regions/us-central1/subnetworks/other".into());
-    assert!(matches!(
-        plan(Step::Bootstrap, &o, &cfg()),
-        Plan::Refuse(Refusal::WrongSubnet { .. })
-    ));
-    let mut o = fresh.clone();
-    o.vm.as_mut().expect("vm").labels.clear();
-    assert!(
-        matches!(plan(Step::Bootstrap, &o, &cfg()), Plan::Ignore(ref w) if w.contains("cluster=demo"))
-    );
-    let gone = Observed {
-        instance: vm_ref(),
-        vm: None,
-        node: None,
-        tokens: vec![],
-    };
-    assert!(matches!(
-        plan(Step::Bootstrap, &gone, &cfg()),
-        Plan::Ignore(_)
-    ));
+    let pending = fresh().with_join_metadata().with_token("aaaaaa", false);
+    check(vec![
+        (
+            "fresh VM",
+            Step::Bootstrap,
+            fresh(),
+            act(vec![Action::Bootstrap], None),
+        ),
+        (
+            "already bootstrapped with a valid token: wait for the kubelet, do nothing",
+            Step::Bootstrap,
+            pending.clone(),
+            act(vec![], None),
+        ),
+        (
+            "the token expired without a Node: revoke it, mint a new one",
+            Step::Bootstrap,
+            pending.edit(|o| o.tokens[0].expired = true),
+            act(
+                vec![
+                    Action::RevokeTokens(vec!["aaaaaa".into()]),
+                    Action::Bootstrap,
+                ],
+                None,
+            ),
+        ),
+        (
+            "joined already: hand over to the first open aspect",
+            Step::Bootstrap,
+            fresh().with_node(node()),
+            act(vec![], Some(Step::AssignAlias)),
+        ),
+        (
+            "no IP forwarding: refused",
+            Step::Bootstrap,
+            fresh().without_ip_forwarding(),
+            Want::That(|p| matches!(p, Plan::Refuse(Refusal::NoIpForwarding(_)))),
+        ),
+        (
+            "another subnet: refused",
+            Step::Bootstrap,
+            fresh().on_subnet("projects/example-project/regions/us-central1/subnetworks/other"),
+            Want::That(|p| matches!(p, Plan::Refuse(Refusal::WrongSubnet { .. }))),
+        ),
+        (
+            "without the selector label: ignored, naming it",
+            Step::Bootstrap,
+            fresh().without_labels(),
+            Want::That(|p| matches!(p, Plan::Ignore(w) if w.contains("cluster=demo"))),
+        ),
+        (
+            "the VM is gone: ignored",
+            Step::Bootstrap,
+            fresh().without_vm(),
+            Want::That(|p| matches!(p, Plan::Ignore(_))),
+        ),
+    ]);
 }
 
 #[test]
 fn assign_alias_table() {
-    let mut o = wired();
-    o.vm.as_mut().expect("vm").aliases.clear();
-    assert_eq!(
-        plan(Step::AssignAlias, &o, &cfg()),
-        Plan::Act {
-            actions: vec![Action::SetAlias {
-                cidr: "10.4.1.0/24".parse().expect("c"),
-                range_name: "pods".into()
-            }],
-            next: None
-        },
-        "after the alias the node is wired: nothing next"
-    );
-    let mut o2 = o.clone();
-    o2.node.as_mut().expect("node").unwired_taint = true;
-    assert!(matches!(
-        plan(Step::AssignAlias, &o2, &cfg()),
-        Plan::Act {
-            next: Some(Step::Finalize),
-            ..
-        }
-    ));
-    let mut o3 = o.clone();
-    o3.vm.as_mut().expect("vm").tags.clear();
-    assert!(matches!(
-        plan(Step::AssignAlias, &o3, &cfg()),
-        Plan::Act {
-            next: Some(Step::TagInstance),
-            ..
-        }
-    ));
-    let mut w = o.clone();
-    w.node.as_mut().expect("node").pod_cidr = None;
-    assert!(matches!(plan(Step::AssignAlias, &w, &cfg()), Plan::Wait(_)));
-    let mut r = o.clone();
-    r.node.as_mut().expect("node").pod_cidr = Some("192.168.0.0/24".into());
-    assert!(matches!(
-        plan(Step::AssignAlias, &r, &cfg()),
-        Plan::Refuse(Refusal::PodCidrOutsideRange { .. })
-    ));
-    let mut r = o.clone();
-    r.node.as_mut().expect("node").pod_cidr = Some("garbage".into());
-    assert!(matches!(
-        plan(Step::AssignAlias, &r, &cfg()),
-        Plan::Refuse(Refusal::InvalidPodCidr { .. })
-    ));
-    let mut n = o.clone();
-    n.node = None;
-    assert!(matches!(
-        plan(Step::AssignAlias, &n, &cfg()),
-        Plan::Ignore(_)
-    ));
-    // A wrong alias is replaced by exactly the podCIDR.
-    let mut x = o.clone();
-    x.vm.as_mut().expect("vm").aliases = vec![pods("10.4.7.0/24")];
-    assert!(
-        matches!(plan(Step::AssignAlias, &x, &cfg()), Plan::Act { ref actions, .. } if actions.len() == 1)
-    );
+    let o = wired().without_alias();
+    check(vec![
+        (
+            "after the alias the node is wired: nothing next",
+            Step::AssignAlias,
+            o.clone(),
+            act(
+                vec![Action::SetAlias {
+                    cidr: "10.4.1.0/24".parse().expect("c"),
+                    range_name: "pods".into(),
+                }],
+                None,
+            ),
+        ),
+        (
+            "then finalize while the taint is on",
+            Step::AssignAlias,
+            o.clone().with_taint(),
+            Want::That(|p| {
+                matches!(
+                    p,
+                    Plan::Act {
+                        next: Some(Step::Finalize),
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            "then tag-instance while a tag is missing",
+            Step::AssignAlias,
+            o.clone().without_tag(),
+            Want::That(|p| {
+                matches!(
+                    p,
+                    Plan::Act {
+                        next: Some(Step::TagInstance),
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            "no podCIDR yet: wait",
+            Step::AssignAlias,
+            o.clone().with_pod_cidr(None),
+            Want::That(|p| matches!(p, Plan::Wait(_))),
+        ),
+        (
+            "podCIDR outside the pod range: refused",
+            Step::AssignAlias,
+            o.clone().with_pod_cidr(Some("192.168.0.0/24")),
+            Want::That(|p| matches!(p, Plan::Refuse(Refusal::PodCidrOutsideRange { .. }))),
+        ),
+        (
+            "podCIDR that is no CIDR: refused",
+            Step::AssignAlias,
+            o.clone().with_pod_cidr(Some("garbage")),
+            Want::That(|p| matches!(p, Plan::Refuse(Refusal::InvalidPodCidr { .. }))),
+        ),
+        (
+            "no Node: ignored",
+            Step::AssignAlias,
+            o.clone().without_node(),
+            Want::That(|p| matches!(p, Plan::Ignore(_))),
+        ),
+        (
+            "a wrong alias is replaced by exactly the podCIDR",
+            Step::AssignAlias,
+            o.with_aliases(vec![pods("10.4.7.0/24")]),
+            Want::That(|p| matches!(p, Plan::Act { actions, .. } if actions.len() == 1)),
+        ),
+    ]);
 }
 
 #[test]
 fn tag_provider_id_finalize_table() {
-    let mut o = wired();
-    o.vm.as_mut().expect("vm").tags = vec!["base".into()];
-    o.node.as_mut().expect("node").provider_id = None;
-    o.node.as_mut().expect("node").unwired_taint = true;
-    assert_eq!(
-        plan(Step::TagInstance, &o, &cfg()),
-        Plan::Act {
-            actions: vec![Action::AddTags(vec!["k8s-node".into()])],
-            next: Some(Step::ProviderId)
-        }
-    );
-    assert_eq!(
-        plan(Step::ProviderId, &o, &cfg()),
-        Plan::Act {
-            actions: vec![Action::SetProviderId(vm_ref().provider_id())],
-            next: Some(Step::TagInstance)
-        }
-    );
-    o.node.as_mut().expect("node").provider_id =
-        Some("gce://example-project/us-central1-a/other".into());
-    assert!(matches!(
-        plan(Step::ProviderId, &o, &cfg()),
-        Plan::Refuse(Refusal::ProviderIdConflict { .. })
-    ));
-    // Finalize sends the chain back while an aspect is open, and cleans up when none is.
-    o.node.as_mut().expect("node").provider_id = None;
-    assert_eq!(
-        plan(Step::Finalize, &o, &cfg()),
-        Plan::Act {
-            actions: vec![],
-            next: Some(Step::TagInstance)
-        }
-    );
-    let mut f = wired();
-    f.node.as_mut().expect("node").unwired_taint = true;
-    f.tokens.push(token("abcdef", false));
-    f.vm.as_mut().expect("vm").join_metadata = true;
-    assert_eq!(
-        plan(Step::Finalize, &f, &cfg()),
-        Plan::Act {
-            actions: vec![
-                Action::RemoveTaint,
-                Action::RevokeTokens(vec!["abcdef".into()]),
-                Action::ClearJoinMetadata,
-                Action::AnnounceWired
-            ],
-            next: None
-        }
-    );
+    let o = wired()
+        .with_tags(&["base"])
+        .with_provider_id(None)
+        .with_taint();
+    check(vec![
+        (
+            "tag, then provider-id",
+            Step::TagInstance,
+            o.clone(),
+            act(
+                vec![Action::AddTags(vec!["k8s-node".into()])],
+                Some(Step::ProviderId),
+            ),
+        ),
+        (
+            "provider-id, then tag-instance",
+            Step::ProviderId,
+            o.clone(),
+            act(
+                vec![Action::SetProviderId(vm_ref().provider_id())],
+                Some(Step::TagInstance),
+            ),
+        ),
+        (
+            "another VM's providerID: refused",
+            Step::ProviderId,
+            o.clone()
+                .with_provider_id(Some("gce://example-project/us-central1-a/other")),
+            Want::That(|p| matches!(p, Plan::Refuse(Refusal::ProviderIdConflict(_)))),
+        ),
+        (
+            "finalize sends the chain back while an aspect is open",
+            Step::Finalize,
+            o,
+            act(vec![], Some(Step::TagInstance)),
+        ),
+        (
+            "finalize cleans up when none is",
+            Step::Finalize,
+            wired()
+                .with_taint()
+                .with_token("abcdef", false)
+                .with_join_metadata(),
+            act(
+                vec![
+                    Action::RemoveTaint,
+                    Action::RevokeTokens(vec!["abcdef".into()]),
+                    Action::ClearJoinMetadata,
+                    Action::AnnounceWired,
+                ],
+                None,
+            ),
+        ),
+    ]);
 }
 
 #[test]
 fn decommission_and_release_table() {
-    let gone = Observed {
-        instance: vm_ref(),
-        vm: None,
-        node: Some(node()),
-        tokens: vec![token("abcdef", false)],
-    };
-    assert_eq!(
-        plan(Step::Decommission, &gone, &cfg()),
-        Plan::Act {
-            actions: vec![
-                Action::DeleteNode,
-                Action::RevokeTokens(vec!["abcdef".into()])
-            ],
-            next: None
-        }
-    );
-    let mut other = gone.clone();
-    other.node.as_mut().expect("node").provider_id =
-        Some("gce://example-project/us-central1-b/vm-1".into());
-    assert_eq!(
-        plan(Step::Decommission, &other, &cfg()),
-        Plan::Act {
-            actions: vec![Action::RevokeTokens(vec!["abcdef".into()])],
-            next: None
-        },
-        "a Node of the same name on another VM is not deleted"
-    );
-    assert!(matches!(
-        plan(Step::Decommission, &wired(), &cfg()),
-        Plan::Ignore(_)
-    ));
-    let mut orphan = wired();
-    orphan.node = None;
-    orphan.vm.as_mut().expect("vm").aliases.push(Alias {
+    let gone = fresh()
+        .without_vm()
+        .with_node(node())
+        .with_token("abcdef", false);
+    let keep = Alias {
         cidr: "10.128.0.50/32".into(),
         range_name: None,
-    });
-    assert_eq!(
-        plan(Step::ReleaseAlias, &orphan, &cfg()),
-        Plan::Act {
-            actions: vec![Action::ReleaseAlias {
-                keep: vec![Alias {
-                    cidr: "10.128.0.50/32".into(),
-                    range_name: None
-                }]
-            }],
-            next: None
-        }
-    );
-    assert!(matches!(
-        plan(Step::ReleaseAlias, &wired(), &cfg()),
-        Plan::Ignore(_)
-    ));
+    };
+    check(vec![
+        (
+            "the VM is gone: delete its Node and tokens",
+            Step::Decommission,
+            gone.clone(),
+            act(
+                vec![
+                    Action::DeleteNode,
+                    Action::RevokeTokens(vec!["abcdef".into()]),
+                ],
+                None,
+            ),
+        ),
+        (
+            "a Node of the same name on another VM is not deleted",
+            Step::Decommission,
+            gone.with_provider_id(Some("gce://example-project/us-central1-b/vm-1")),
+            act(vec![Action::RevokeTokens(vec!["abcdef".into()])], None),
+        ),
+        (
+            "the VM exists: nothing to decommission",
+            Step::Decommission,
+            wired(),
+            Want::That(|p| matches!(p, Plan::Ignore(_))),
+        ),
+        (
+            "the Node is gone: release the pod range, keep other aliases",
+            Step::ReleaseAlias,
+            wired()
+                .without_node()
+                .edit(|o| o.vm_mut().aliases.push(keep.clone())),
+            act(
+                vec![Action::ReleaseAlias {
+                    keep: vec![keep.clone()],
+                }],
+                None,
+            ),
+        ),
+        (
+            "the Node exists: nothing to release",
+            Step::ReleaseAlias,
+            wired(),
+            Want::That(|p| matches!(p, Plan::Ignore(_))),
+        ),
+    ]);
 }
 
 // ---- property test ----

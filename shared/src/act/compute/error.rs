@@ -6,6 +6,7 @@ use google_cloud_compute_v1::model;
 use google_cloud_gax::error::rpc::StatusDetails;
 
 use crate::act::toolkit::{Attempt, HttpClass, api_message, classify_http};
+use crate::error::Cause;
 
 /// What went wrong talking to Compute Engine. Classify with [`ComputeError::is_retryable`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,8 +56,8 @@ pub enum ComputeError {
         deadline_ms: u64,
     },
     /// The client could not be built.
-    #[error("building the Compute Engine client failed: {0}")]
-    Setup(String),
+    #[error("building the Compute Engine client failed")]
+    Setup(#[source] Cause),
 }
 
 impl crate::error::Classify for ComputeError {

@@ -123,7 +123,7 @@ macro_rules! build_client {
         }
         b.build()
             .await
-            .map_err(|e| ComputeError::Setup(e.to_string()))?
+            .map_err(|e| ComputeError::Setup(crate::error::Cause::new(e)))?
     }};
 }
 

@@ -34,7 +34,7 @@ impl RawClient {
             http: reqwest::Client::builder()
                 .timeout(policy.attempt_timeout)
                 .build()
-                .map_err(|e| ComputeError::Setup(e.to_string()))?,
+                .map_err(|e| ComputeError::Setup(crate::error::Cause::new(e)))?,
             credentials: (!anonymous).then(|| std::sync::Arc::new(tokio::sync::OnceCell::new())),
             base,
         })
@@ -48,7 +48,7 @@ impl RawClient {
             .get_or_try_init(|| async {
                 google_cloud_auth::credentials::Builder::default()
                     .build()
-                    .map_err(|e| Class::Fail(ComputeError::Setup(e.to_string())))
+                    .map_err(|e| Class::Fail(ComputeError::Setup(crate::error::Cause::new(e))))
             })
             .await?;
         match creds.headers(http::Extensions::new()).await {

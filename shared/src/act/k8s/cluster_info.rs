@@ -156,12 +156,7 @@ impl Kube {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(name);
-        std::fs::read_to_string(p).expect("fixture")
-    }
+    use crate::testing::fixture_text as fixture;
 
     #[test]
     fn ca_pin_matches_openssl_for_rsa_and_ec() {

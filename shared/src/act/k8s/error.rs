@@ -3,6 +3,7 @@
 //! interprets kube's errors.
 
 use crate::act::toolkit::{Attempt, HttpClass, api_message, classify_http};
+use crate::error::Cause;
 
 /// What went wrong talking to the API server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,15 +13,8 @@ pub enum KubeError {
     #[error("{call}: invalid: {message}")]
     Invalid { call: &'static str, message: String },
     /// The Node's providerID is set to something else; it can only be fixed by deleting the Node.
-    #[error(
-        "node {node} has spec.providerID {current:?}, not {wanted:?}; providerID cannot be changed once set \
-         — delete the Node and let the kubelet register again"
-    )]
-    ProviderIdConflict {
-        node: String,
-        current: String,
-        wanted: String,
-    },
+    #[error(transparent)]
+    ProviderIdConflict(#[from] crate::names::ProviderIdConflict),
     /// The object does not exist.
     #[error("{call}: {message}")]
     NotFound { call: &'static str, message: String },
@@ -43,8 +37,8 @@ pub enum KubeError {
     #[error("cluster-info: {0}")]
     ClusterInfo(String),
     /// The client could not be built.
-    #[error("building the Kubernetes client failed: {0}")]
-    Setup(String),
+    #[error("building the Kubernetes client failed")]
+    Setup(#[source] Cause),
 }
 
 impl crate::error::Classify for KubeError {

@@ -23,6 +23,7 @@ pub use error::KubeError;
 pub use tokens::{BootstrapToken, TokenInfo, TokenSecret};
 
 use super::toolkit::{self, Backoff, api_message};
+use crate::names::ProviderIdConflict;
 use error::{Class, classify, fail};
 
 pub use crate::act::compute::WriteOutcome;
@@ -175,24 +176,25 @@ impl Kube {
     pub async fn new(conn: &KubeConnection, policy: KubePolicy) -> Result<Self, KubeError> {
         let mut cfg = match conn {
             KubeConnection::Kubeconfig(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| KubeError::Setup(format!("{}: {e}", path.display())))?;
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    KubeError::Setup(crate::error::Cause::msg(format!("{}: {e}", path.display())))
+                })?;
                 kube::Config::from_custom_kubeconfig(
                     kc,
                     &kube::config::KubeConfigOptions::default(),
                 )
                 .await
-                .map_err(|e| KubeError::Setup(e.to_string()))?
+                .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?
             }
             KubeConnection::Direct { url, token, ca_pem } => {
                 if url.starts_with("http://") && !is_loopback_http(url) {
-                    return Err(KubeError::Setup(format!(
+                    return Err(KubeError::Setup(crate::error::Cause::msg(format!(
                         "{url}: plain HTTP is allowed only for a loopback address"
-                    )));
+                    ))));
                 }
-                let uri: http::Uri = url
-                    .parse()
-                    .map_err(|e| KubeError::Setup(format!("{url}: {e}")))?;
+                let uri: http::Uri = url.parse().map_err(|e| {
+                    KubeError::Setup(crate::error::Cause::msg(format!("{url}: {e}")))
+                })?;
                 let mut cfg = kube::Config::new(uri);
                 if let Some(t) = token {
                     cfg.auth_info = kube::config::AuthInfo {
@@ -202,13 +204,17 @@ impl Kube {
                 }
                 if let Some(pem) = ca_pem {
                     let der: Vec<Vec<u8>> = ::pem::parse_many(pem)
-                        .map_err(|e| KubeError::Setup(format!("CA: {e}")))?
+                        .map_err(|e| {
+                            KubeError::Setup(crate::error::Cause::msg(format!("CA: {e}")))
+                        })?
                         .into_iter()
                         .filter(|p| p.tag() == "CERTIFICATE")
                         .map(|p| p.into_contents())
                         .collect();
                     if der.is_empty() {
-                        return Err(KubeError::Setup("CA: no CERTIFICATE block".into()));
+                        return Err(KubeError::Setup(crate::error::Cause::msg(
+                            "CA: no CERTIFICATE block",
+                        )));
                     }
                     cfg.root_cert = Some(der);
                 }
@@ -220,7 +226,8 @@ impl Kube {
         cfg.reset_reader_on_write = true;
         cfg.write_timeout = Some(policy.request_timeout);
         cfg.connect_timeout = Some(policy.request_timeout);
-        let client = kube::Client::try_from(cfg).map_err(|e| KubeError::Setup(e.to_string()))?;
+        let client = kube::Client::try_from(cfg)
+            .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?;
         Ok(Self {
             nodes: Api::all(client.clone()),
             secrets: Api::namespaced(client.clone(), "kube-system"),
@@ -376,11 +383,11 @@ impl Kube {
             } else if current.is_empty() {
                 Ok(Some(json!({"spec": {"providerID": provider_id}})))
             } else {
-                Err(KubeError::ProviderIdConflict {
+                Err(KubeError::ProviderIdConflict(ProviderIdConflict {
                     node: name.to_string(),
                     current,
                     wanted: provider_id.to_string(),
-                })
+                }))
             }
         })
         .await

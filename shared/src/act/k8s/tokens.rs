@@ -109,9 +109,9 @@ impl Kube {
         const CALL: &str = "secrets.create";
         let expiration = (time::OffsetDateTime::now_utc() + ttl)
             .replace_nanosecond(0)
-            .map_err(|e| KubeError::Setup(e.to_string()))?
+            .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?
             .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
+            .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?;
         for _ in 0..5 {
             let id = random_string(6);
             let secret = random_string(16);

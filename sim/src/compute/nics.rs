@@ -1,0 +1,180 @@
+//! `instances.updateNetworkInterface`: the NIC's fingerprint is required (400 without it, 412
+//! when stale); the sent alias list replaces the NIC's (PATCH: without `aliasIpRanges` the
+//! aliases stay); each range must lie in the named secondary range of the NIC's subnet (400
+//! otherwise); overlap with another VM's alias in that subnet ends the operation with
+//! `IP_IN_USE_BY_ANOTHER_RESOURCE`; a bare `/N` allocates a free block when the operation
+//! completes, `IP_SPACE_EXHAUSTED` when none is left.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde_json::Value;
+use shared::names::Cidr;
+
+use super::mutations::Mutating;
+use super::{Alias, Fingerprint, Mutation, OpError, Sim, SubnetSpec, World, invalid, refusal};
+use crate::blocks::first_free;
+use crate::server::{Answer, Call, run};
+
+/// A requested alias range: explicit, or a prefix length to allocate.
+enum Wanted {
+    Exact(Cidr),
+    Allocate(u8),
+}
+
+pub(super) async fn update_network_interface(
+    State(sim): State<Arc<Sim>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    call: Call,
+    body: Bytes,
+) -> Response {
+    let api_method = "instances.updateNetworkInterface";
+    run(&sim, api_method, &call, &body, |sim| {
+        let Mutating { q, rid, body, key, link, current } =
+            Mutating::read(sim, (&project, &zone, &name), q.as_deref(), &body)?;
+        let Some(nic_name) = q.get("networkInterface").cloned() else {
+            return Err(invalid("Required field 'networkInterface' not specified"));
+        };
+        let Some(nic) = current.nics.iter().find(|n| n.name == nic_name).cloned() else {
+            return Err(invalid(&format!("Invalid value for field 'networkInterface': '{nic_name}'. The network interface does not exist.")));
+        };
+        let Some((subnet, _)) = sim.world().subnets.get(&nic.subnet).cloned() else {
+            return Err(invalid("The network interface's subnetwork no longer exists."));
+        };
+        let Some(fp) = body.get("fingerprint").and_then(Value::as_str) else {
+            return Err(invalid("Invalid value for field 'resource.fingerprint': ''. Required field 'resource.fingerprint' not specified"));
+        };
+        if Fingerprint::parse(fp) != Some(nic.fingerprint) {
+            return Err(refusal(412, "conditionNotMet", "Supplied fingerprint does not match current network interface fingerprint."));
+        }
+        // Validate the requested ranges (synchronously, as the API does for syntax and range).
+        // PATCH semantics: without an `aliasIpRanges` key the aliases stay as they are.
+        let replace_aliases = body.get("aliasIpRanges").is_some();
+        let wanted = wanted_ranges(&body, &subnet)?;
+        let exact: Vec<Cidr> = wanted.iter().filter_map(|(w, _)| if let Wanted::Exact(c) = w { Some(*c) } else { None }).collect();
+        for (i, a) in exact.iter().enumerate() {
+            if exact[i + 1..].iter().any(|b| a.overlaps(b)) {
+                return Err(invalid(&format!("Invalid value for field 'resource.aliasIpRanges': alias IP ranges overlap ({a}).")));
+            }
+        }
+        let expected = nic.fingerprint;
+        let new_fp = sim.fp();
+        let subnet_key = nic.subnet.clone();
+        let subnet_link = subnet.self_link();
+        let l = link.clone();
+        let mutation: Mutation = Box::new(move |w: &mut World| {
+            let link = l;
+            // Every alias in this subnet held by another VM (or another NIC).
+            let taken: Vec<Cidr> = w
+                .instances
+                .iter()
+                .flat_map(|(k, inst)| inst.nics.iter().map(move |n| (k, n)))
+                .filter(|(k, n)| n.subnet == subnet_key && !(**k == key && n.name == nic_name))
+                .flat_map(|(_, n)| n.aliases.iter().map(|a| a.cidr))
+                .collect();
+            let inst = w.instances.get_mut(&key).ok_or_else(|| OpError::not_found(&link))?;
+            let Some(nic) = inst.nics.iter_mut().find(|n| n.name == nic_name) else {
+                return Err(OpError::not_found(&link));
+            };
+            if nic.fingerprint != expected {
+                return Err(OpError::condition_not_met("network interface"));
+            }
+            if !replace_aliases {
+                nic.fingerprint = new_fp;
+                return Ok(());
+            }
+            let mut result: Vec<Alias> = Vec::new();
+            for (w, range_name) in wanted {
+                let parent = range_name.as_deref().and_then(|rn| subnet.range(rn)).unwrap_or(subnet.ip_cidr_range);
+                let cidr = match w {
+                    Wanted::Exact(c) => {
+                        if taken.iter().any(|t| t.overlaps(&c)) {
+                            return Err(OpError::ip_in_use(&c));
+                        }
+                        c
+                    }
+                    Wanted::Allocate(len) => {
+                        let in_use: Vec<Cidr> = taken.iter().copied().chain(result.iter().map(|a| a.cidr)).collect();
+                        first_free(parent, len, &in_use).ok_or_else(|| OpError::exhausted(&subnet_link, range_name.as_deref().unwrap_or("primary")))?
+                    }
+                };
+                result.push(Alias { cidr, range_name });
+            }
+            nic.aliases = result;
+            nic.fingerprint = new_fp;
+            Ok(())
+        });
+        Ok(sim.start_operation(api_method, &project, &zone, "updateNetworkInterface", (&link, current.id), rid, mutation))
+    })
+    .await
+}
+
+/// The sent `aliasIpRanges`, each checked against the range it names (the primary range when
+/// it names none).
+fn wanted_ranges(
+    body: &Value,
+    subnet: &SubnetSpec,
+) -> Result<Vec<(Wanted, Option<String>)>, Answer> {
+    let mut wanted = Vec::new();
+    for (i, a) in body
+        .get("aliasIpRanges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let raw = a
+            .get("ipCidrRange")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let range_name = a
+            .get("subnetworkRangeName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let parent = match &range_name {
+            Some(rn) => subnet.range(rn).ok_or_else(|| {
+                invalid(&format!(
+                    "Invalid value for field 'resource.aliasIpRanges[{i}].subnetworkRangeName': '{rn}'. Secondary range '{rn}' does not exist in subnetwork '{}'.",
+                    subnet.self_link()
+                ))
+            })?,
+            None => subnet.ip_cidr_range,
+        };
+        let w = if let Some(len) = raw.strip_prefix('/') {
+            match len.parse::<u8>() {
+                Ok(l) if (parent.prefix_len()..=32).contains(&l) => Wanted::Allocate(l),
+                _ => {
+                    return Err(invalid(&format!(
+                        "Invalid value for field 'resource.aliasIpRanges[{i}].ipCidrRange': '{raw}'."
+                    )));
+                }
+            }
+        } else {
+            let c = if raw.contains('/') {
+                raw.parse::<Cidr>()
+            } else {
+                format!("{raw}/32").parse::<Cidr>()
+            };
+            match c {
+                Ok(c) if parent.contains(&c) => Wanted::Exact(c),
+                Ok(_) => {
+                    return Err(invalid(&format!(
+                        "Invalid value for field 'resource.aliasIpRanges[{i}].ipCidrRange': '{raw}'. Alias IP range must be within the range '{}' ({parent}).",
+                        range_name.as_deref().unwrap_or("primary")
+                    )));
+                }
+                Err(_) => {
+                    return Err(invalid(&format!(
+                        "Invalid value for field 'resource.aliasIpRanges[{i}].ipCidrRange': '{raw}'. Invalid IPv4 CIDR."
+                    )));
+                }
+            }
+        };
+        wanted.push((w, range_name));
+    }
+    Ok(wanted)
+}

@@ -1,0 +1,339 @@
+//! The REST verbs on every served resource: get, update (PUT, `resourceVersion` required),
+//! patch (merge, strategic-merge, JSON patch with `test`, server-side apply as a merge), delete
+//! (with `preconditions`), list and create. The node writes the audit pipeline records are
+//! published once the request is answered, and a created Node is handed to the IPAM controller.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::objects::{create, str_at, update};
+use super::select::list;
+use super::{ApiError, Sim, Store, kind_of, patch};
+use crate::server::{Call, Malformed, parse_query, run};
+
+/// What a handler answers: a status and the object (or list, or `Status`).
+type Outcome = Result<(StatusCode, Value), ApiError>;
+
+/// The object a request is about.
+struct Target {
+    resource: String,
+    ns: String,
+    name: String,
+}
+
+impl Target {
+    fn key(&self) -> (String, String, String) {
+        (self.resource.clone(), self.ns.clone(), self.name.clone())
+    }
+
+    fn is_node(&self) -> bool {
+        self.resource == "nodes"
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(&self.resource, &self.name)
+    }
+
+    fn conflict(&self) -> ApiError {
+        ApiError::conflict(&self.resource, &self.name)
+    }
+
+    fn current(&self, st: &Store) -> Result<Value, ApiError> {
+        st.objects
+            .get(&self.key())
+            .cloned()
+            .ok_or_else(|| self.not_found())
+    }
+}
+
+/// A Node write by nodewire that the audit pipeline records.
+struct NodeWrite {
+    verb: &'static str,
+    name: String,
+    request: Option<Value>,
+}
+
+impl NodeWrite {
+    fn new(verb: &'static str, t: &Target, request: Option<Value>) -> Self {
+        Self {
+            verb,
+            name: t.name.clone(),
+            request,
+        }
+    }
+
+    /// The write, when it gave a Node its podCIDR (`old_cidr` was empty, `out` has one).
+    fn pod_cidr(
+        verb: &'static str,
+        t: &Target,
+        old_cidr: &str,
+        out: &Value,
+        request: impl FnOnce() -> Value,
+    ) -> Option<Self> {
+        (t.is_node() && old_cidr.is_empty() && !str_at(out, "/spec/podCIDR").is_empty())
+            .then(|| Self::new(verb, t, Some(request())))
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request was in an unknown format: {e}"
+        ))
+    })
+}
+
+fn check_resource(resource: &str, namespaced: bool) -> Result<&'static str, ApiError> {
+    match kind_of(resource) {
+        Some((kind, ns)) if ns == namespaced => Ok(kind),
+        _ => Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({resource})"),
+        )),
+    }
+}
+
+async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: Bytes) -> Response {
+    let verb = match call.method.as_str() {
+        "GET" => "get",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "unknown",
+    };
+    let api_method = format!("{}.{verb}", t.resource);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut written = None;
+    let resp = run(&sim, &api_method, &call, &body, |s| {
+        check_resource(&t.resource, !t.ns.is_empty())?;
+        let mut st = s.store();
+        let (out, write) = match verb {
+            "get" => (t.current(&st)?, None),
+            "update" => put(&mut st, &t, &body)?,
+            "patch" => patch_item(&mut st, &t, content_type, call.uri.query(), &body)?,
+            "delete" => delete(&mut st, &t, &body)?,
+            _ => {
+                return Err(ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ));
+            }
+        };
+        written = write;
+        Ok((StatusCode::OK, out))
+    })
+    .await;
+    if let Some(w) = written {
+        sim.audit_node(w.verb, &w.name, 200, "nodewire", w.request);
+    }
+    resp
+}
+
+fn put(st: &mut Store, t: &Target, body: &[u8]) -> Result<(Value, Option<NodeWrite>), ApiError> {
+    let obj = parse_body(body)?;
+    // When there is no such object, the update below is refused.
+    let old_cidr = st
+        .objects
+        .get(&t.key())
+        .map(|o| str_at(o, "/spec/podCIDR").to_string())
+        .unwrap_or_default();
+    let out = update(st, &t.resource, &t.ns, &t.name, obj, true)?;
+    let write = NodeWrite::pod_cidr(
+        "update",
+        t,
+        &old_cidr,
+        &out,
+        || json!({"spec": out["spec"].clone()}),
+    );
+    Ok((out, write))
+}
+
+fn patch_item(
+    st: &mut Store,
+    t: &Target,
+    content_type: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<(Value, Option<NodeWrite>), ApiError> {
+    let p = parse_body(body)?;
+    let old = t.current(st)?;
+    let mut obj = old.clone();
+    apply_patch(&mut obj, &p, content_type, query)?;
+    // A resourceVersion in the patched result is a precondition.
+    let patched_rv = str_at(&obj, "/metadata/resourceVersion").to_string();
+    if patched_rv != str_at(&old, "/metadata/resourceVersion") {
+        return Err(t.conflict());
+    }
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    let out = update(st, &t.resource, &t.ns, &t.name, obj, false)?;
+    let write = NodeWrite::pod_cidr("patch", t, str_at(&old, "/spec/podCIDR"), &out, || p);
+    Ok((out, write))
+}
+
+/// Applies `p` as its media type says.
+fn apply_patch(
+    obj: &mut Value,
+    p: &Value,
+    content_type: &str,
+    query: Option<&str>,
+) -> Result<(), ApiError> {
+    let rejected = |m: String| {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {m}"),
+        )
+    };
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" => patch::merge_patch(obj, p),
+        "application/strategic-merge-patch+json" => patch::strategic_merge_patch(obj, p),
+        "application/apply-patch+yaml" => {
+            let q = parse_query(query, Malformed::Keep);
+            if q.get("fieldManager").is_none_or(|f| f.is_empty()) {
+                return Err(ApiError::bad_request(
+                    "PATCH, application/apply-patch+yaml requires fieldManager to be set",
+                ));
+            }
+            patch::merge_patch(obj, p);
+        }
+        "application/json-patch+json" => match patch::json_patch(obj, p) {
+            Ok(()) => {}
+            Err(patch::JsonPatchError::TestFailed(m) | patch::JsonPatchError::Invalid(m)) => {
+                return Err(rejected(m));
+            }
+        },
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn delete(st: &mut Store, t: &Target, body: &[u8]) -> Result<(Value, Option<NodeWrite>), ApiError> {
+    let old = t.current(st)?;
+    if !body.is_empty() {
+        let opts = parse_body(body)?;
+        let pre_rv = str_at(&opts, "/preconditions/resourceVersion");
+        let pre_uid = str_at(&opts, "/preconditions/uid");
+        if (!pre_rv.is_empty() && pre_rv != str_at(&old, "/metadata/resourceVersion"))
+            || (!pre_uid.is_empty() && pre_uid != str_at(&old, "/metadata/uid"))
+        {
+            return Err(t.conflict());
+        }
+    }
+    st.objects.remove(&t.key());
+    st.resource_version += 1;
+    let write = t.is_node().then(|| NodeWrite::new("delete", t, None));
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": t.name, "kind": t.resource, "uid": old["metadata"]["uid"]}});
+    Ok((status, write))
+}
+
+async fn collection(
+    sim: Arc<Sim>,
+    call: Call,
+    resource: String,
+    ns: String,
+    body: Bytes,
+) -> Response {
+    let verb = if call.method == Method::POST {
+        "create"
+    } else {
+        "list"
+    };
+    let api_method = format!("{resource}.{verb}");
+    let mut created_node: Option<(String, Value)> = None;
+    let resp = run(&sim, &api_method, &call, &body, |s| -> Outcome {
+        let kind = check_resource(&resource, !ns.is_empty())?;
+        let mut st = s.store();
+        if verb == "list" {
+            let q = parse_query(call.uri.query(), Malformed::Keep);
+            return list(
+                &st,
+                &resource,
+                kind,
+                (!ns.is_empty()).then_some(ns.as_str()),
+                &q,
+            );
+        }
+        let obj = parse_body(&body)?;
+        let out = create(&mut st, &resource, &ns, obj)?;
+        if resource == "nodes" {
+            created_node = Some((str_at(&out, "/metadata/name").to_string(), out.clone()));
+        }
+        Ok((StatusCode::CREATED, out))
+    })
+    .await;
+    if let Some((name, obj)) = created_node {
+        sim.audit_node(
+            "create",
+            &name,
+            201,
+            &format!("system:node:{name}"),
+            Some(obj),
+        );
+        sim.schedule_ipam(name);
+    }
+    resp
+}
+
+pub(super) async fn node_collection(
+    State(sim): State<Arc<Sim>>,
+    call: Call,
+    body: Bytes,
+) -> Response {
+    collection(sim, call, "nodes".into(), String::new(), body).await
+}
+
+pub(super) async fn node_item(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    call: Call,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let t = Target {
+        resource: "nodes".into(),
+        ns: String::new(),
+        name,
+    };
+    item(sim, call, &headers, t, body).await
+}
+
+pub(super) async fn ns_collection(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource)): Path<(String, String)>,
+    call: Call,
+    body: Bytes,
+) -> Response {
+    collection(sim, call, resource, ns, body).await
+}
+
+pub(super) async fn ns_item(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    call: Call,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let t = Target { resource, ns, name };
+    item(sim, call, &headers, t, body).await
+}

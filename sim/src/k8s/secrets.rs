@@ -1,0 +1,145 @@
+//! Secrets: `stringData` folded into `data` as base64, `data` that must be base64, an immutable
+//! `type`, and the bootstrap-token format (`bootstrap.kubernetes.io/token`): named
+//! `bootstrap-token-<token-id>`, a 16-character `token-secret`, an RFC 3339 `expiration`,
+//! boolean usages and `system:bootstrappers:` extra groups.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::objects::str_at;
+use super::status::Subject;
+
+/// `stringData` is written into `data`, base64-encoded, and is not stored itself.
+pub(super) fn normalize(obj: &mut Value) {
+    if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+        let data = obj
+            .as_object_mut()
+            .map(|o| o.entry("data").or_insert_with(|| json!({})));
+        if let Some(Value::Object(d)) = data {
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or_default();
+                d.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
+            }
+        }
+    }
+}
+
+/// A `data` value, decoded.
+fn secret_value(obj: &Value, key: &str) -> Option<String> {
+    let b64 = obj.pointer(&format!("/data/{key}"))?.as_str()?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// `old`: the Secret an update replaces.
+pub(super) fn validate(
+    subject: Subject<'_>,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let ty = str_at(obj, "/type");
+    if let Some(old) = old
+        && str_at(old, "/type") != ty
+    {
+        return subject.invalid(
+            "type",
+            "FieldValueInvalid",
+            &format!("Invalid value: {ty:?}: field is immutable"),
+        );
+    }
+    for (k, v) in obj
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if v.as_str()
+            .is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err())
+        {
+            return subject.invalid(
+                &format!("data[{k}]"),
+                "FieldValueInvalid",
+                "Invalid value: illegal base64 data",
+            );
+        }
+    }
+    if ty == "bootstrap.kubernetes.io/token" {
+        validate_bootstrap_token(subject, obj)?;
+    }
+    Ok(())
+}
+
+fn validate_bootstrap_token(subject: Subject<'_>, obj: &Value) -> Result<(), ApiError> {
+    let name = subject.name;
+    let lower_alnum = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    let Some(id) = name
+        .strip_prefix("bootstrap-token-")
+        .filter(|id| lower_alnum(id, 6))
+    else {
+        return subject.invalid(
+            "metadata.name",
+            "FieldValueInvalid",
+            &format!(
+                "Invalid value: {name:?}: bootstrap token secrets must be named bootstrap-token-<[a-z0-9]{{6}}>"
+            ),
+        );
+    };
+    if secret_value(obj, "token-id").as_deref() != Some(id) {
+        return subject.invalid(
+            "data[token-id]",
+            "FieldValueInvalid",
+            "Invalid value: token-id must equal the name's suffix",
+        );
+    }
+    if !secret_value(obj, "token-secret").is_some_and(|s| lower_alnum(&s, 16)) {
+        return subject.invalid(
+            "data[token-secret]",
+            "FieldValueInvalid",
+            "Invalid value: token-secret must be 16 characters of [a-z0-9]",
+        );
+    }
+    if let Some(exp) = secret_value(obj, "expiration")
+        && time::OffsetDateTime::parse(&exp, &time::format_description::well_known::Rfc3339)
+            .is_err()
+    {
+        return subject.invalid(
+            "data[expiration]",
+            "FieldValueInvalid",
+            &format!("Invalid value: {exp:?}: must be RFC 3339"),
+        );
+    }
+    for usage in ["usage-bootstrap-authentication", "usage-bootstrap-signing"] {
+        if let Some(v) = secret_value(obj, usage)
+            && v != "true"
+            && v != "false"
+        {
+            return subject.invalid(
+                &format!("data[{usage}]"),
+                "FieldValueInvalid",
+                "Invalid value: must be \"true\" or \"false\"",
+            );
+        }
+    }
+    if let Some(groups) = secret_value(obj, "auth-extra-groups")
+        && groups
+            .split(',')
+            .any(|g| !g.trim().starts_with("system:bootstrappers:"))
+    {
+        return subject.invalid(
+            "data[auth-extra-groups]",
+            "FieldValueInvalid",
+            "Invalid value: groups must start with \"system:bootstrappers:\"",
+        );
+    }
+    Ok(())
+}
