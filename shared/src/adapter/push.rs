@@ -1,5 +1,6 @@
 //! ARRIVE, wire side: the Pub/Sub push envelope and Eventarc CloudEvents (binary and
-//! structured mode) → one [`Delivery`]: the message's raw data plus its metadata.
+//! structured mode) → one [`PushMeta`]: the message's raw data and metadata; the adapter decodes the data into the
+//! payload of a [`PushEvent`].
 //! Pure: no I/O.
 
 use std::collections::BTreeMap;

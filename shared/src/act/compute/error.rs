@@ -8,7 +8,7 @@ use google_cloud_gax::error::rpc::StatusDetails;
 use crate::act::toolkit::{Attempt, HttpClass, api_message, classify_http};
 use crate::error::Cause;
 
-/// What went wrong talking to Compute Engine. Classify with [`ComputeError::is_retryable`].
+/// What went wrong talking to Compute Engine. Classified by [`crate::error::Classify`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ComputeError {
