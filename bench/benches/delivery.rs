@@ -46,11 +46,7 @@ fn bench(c: &mut Criterion) {
         (
             {
                 let d = deps(&compute, &k8s, "instance-events").await.base;
-                let state = d.clone();
-                shared::adapter::router(d, move |ev| {
-                    let deps = state.clone();
-                    async move { shared::handlers::instance_events::handle(ev, &deps).await }
-                })
+                shared::adapter::router(d.clone(), shared::handlers::instance_events::handler(d))
             },
             {
                 let d = deps(&compute, &k8s, "tag-instance").await;

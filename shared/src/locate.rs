@@ -106,6 +106,7 @@ impl Locator for ClusterLocator {
             let vms = compute
                 .list_instances(Some(&format!("name = \"{node}\"")))
                 .await
+                .map(|l| l.items)
                 .map_err(|e| err(e.is_retryable(), Cause::new(e)))?;
             match vms.as_slice() {
                 [] => Ok(None),

@@ -50,7 +50,7 @@ pub async fn one_vm(
         instance: instance.clone(),
         vm: vm?.as_ref().map(vm_facts),
         node: node?.as_ref().map(node_facts),
-        tokens: tokens?.iter().map(|t| token_facts(t, now)).collect(),
+        tokens: tokens?.items.iter().map(|t| token_facts(t, now)).collect(),
     })
 }
 
@@ -73,19 +73,22 @@ pub async fn inventory(
     kube: &Kube,
 ) -> Result<(Inventory, BTreeMap<String, usize>), ObserveError> {
     let (vms, nodes, tokens) = tokio::join!(
-        compute.list_instances_paged(None),
-        kube.list_nodes_paged(None),
-        kube.list_bootstrap_tokens_paged(None)
+        compute.list_instances(None),
+        kube.list_nodes(None),
+        kube.list_bootstrap_tokens(None)
     );
-    let (vms, vm_pages) = vms?;
-    let (nodes, node_pages) = nodes?;
-    let (tokens, token_pages) = tokens?;
+    let (vms, nodes, tokens) = (vms?, nodes?, tokens?);
     let calls = BTreeMap::from([
-        ("compute.instances.aggregatedList".to_string(), vm_pages),
-        ("k8s.nodes.list".to_string(), node_pages),
-        ("k8s.secrets.list".to_string(), token_pages),
+        ("compute.instances.aggregatedList".to_string(), vms.pages),
+        ("k8s.nodes.list".to_string(), nodes.pages),
+        ("k8s.secrets.list".to_string(), tokens.pages),
     ]);
-    Ok((Inventory { vms, nodes, tokens }, calls))
+    let inventory = Inventory {
+        vms: vms.items,
+        nodes: nodes.items,
+        tokens: tokens.items,
+    };
+    Ok((inventory, calls))
 }
 
 /// True when a token's expiration has passed (or cannot be read).

@@ -454,28 +454,19 @@ impl Stack {
         };
         let mut servers = Vec::new();
         let d = deps_for("instance-events").await?;
-        let base = d.base.clone();
         servers.push((
             "instance-events".to_string(),
-            FnServer::start_with_deps(d.base.clone(), move |event| {
-                let deps = base.clone();
-                async move { instance_events::handle(event, &deps).await }
-            })
-            .await,
+            FnServer::start_with_deps(d.base.clone(), instance_events::handler(d.base)).await,
         ));
         let d = deps_for("node-events").await?;
         let locator: Arc<dyn shared::locate::Locator> = Arc::new(ClusterLocator {
             kube: Some(d.kube.clone()),
             compute: Some(d.compute.clone()),
         });
-        let base = d.base.clone();
         servers.push((
             "node-events".to_string(),
-            FnServer::start_with_deps(d.base.clone(), move |event| {
-                let (deps, locator) = (base.clone(), locator.clone());
-                async move { node_events::handle(event, &deps, locator.as_ref()).await }
-            })
-            .await,
+            FnServer::start_with_deps(d.base.clone(), node_events::handler(d.base, locator))
+                .await,
         ));
         for step in Step::ALL {
             let d = deps_for(step.as_str()).await?;
@@ -484,12 +475,8 @@ impl Stack {
         }
         // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
         let d = deps_for("drift-sweep").await?;
-        let state = d.clone();
-        let sweep_server = FnServer::start_with_deps(d.base, move |event| {
-            let deps = state.clone();
-            async move { drift_sweep::handle(event, &deps).await }
-        })
-        .await;
+        let sweep_server =
+            FnServer::start_with_deps(d.base.clone(), drift_sweep::handler(d)).await;
 
         Ok((servers, sweep_server))
     }

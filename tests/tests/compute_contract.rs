@@ -30,7 +30,7 @@ async fn reads_lists_and_subnets() {
         seed(&sim, &format!("vm-{i:04}"));
     }
     let c = compute_client(&sim, fast_compute_policy()).await;
-    let all = c.list_instances(None).await.expect("list");
+    let all = c.list_instances(None).await.expect("list").items;
     assert_eq!(all.len(), 1203);
     assert_eq!(
         count(&sim, "instances.aggregatedList"),
@@ -46,7 +46,8 @@ async fn reads_lists_and_subnets() {
     let some = c
         .list_instances(Some("name eq \"vm-000.*\""))
         .await
-        .expect("filtered");
+        .expect("filtered")
+        .items;
     assert_eq!(some.len(), 10);
     let v = c
         .get_instance(&all[0].instance)

@@ -34,7 +34,7 @@ async fn nodes_list_in_pages() {
             .expect("seed");
     }
     let k = kube_client(&sim, fast_kube_policy()).await;
-    let all = k.list_nodes(None).await.expect("list");
+    let all = k.list_nodes(None).await.expect("list").items;
     assert_eq!(all.len(), 1201);
     let lists: Vec<_> = sim
         .chaos()
@@ -261,13 +261,15 @@ async fn bootstrap_tokens_and_cluster_info() {
     let mine = k
         .list_bootstrap_tokens(Some("k8s-worker-1"))
         .await
-        .expect("list");
+        .expect("list")
+        .items;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].id, t.id);
     assert!(
         k.list_bootstrap_tokens(Some("other"))
             .await
             .expect("list")
+            .items
             .is_empty()
     );
     assert_eq!(

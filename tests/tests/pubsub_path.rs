@@ -46,12 +46,7 @@ async fn instance_events_publishes_the_next_step_on_the_emulator() {
     emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), |d: Deps| {
-        move |ev| {
-            let d = d.clone();
-            async move { instance_events::handle(ev, &d).await }
-        }
-    })
+    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), instance_events::handler)
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await
@@ -128,10 +123,7 @@ async fn node_events_routes_registrations_on_the_emulator() {
         .await
         .expect("sub");
     let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), |d: Deps| {
-        move |ev| {
-            let d = d.clone();
-            async move { node_events::handle(ev, &d, &shared::locate::NoLocator).await }
-        }
+        node_events::handler(d, std::sync::Arc::new(shared::locate::NoLocator))
     })
     .await;
     emu.create_subscription("k8s-audit-push", "k8s-audit", push_body(&f.endpoint()))
@@ -255,12 +247,7 @@ async fn a_poison_message_is_dead_lettered_exactly_once() {
     emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), |d: Deps| {
-        move |ev| {
-            let d = d.clone();
-            async move { instance_events::handle(ev, &d).await }
-        }
-    })
+    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), instance_events::handler)
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await

@@ -6,11 +6,6 @@ use shared::{adapter, handlers::drift_sweep, startup};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let deps = startup::chain("drift-sweep").await?;
-    let state = deps.clone();
-    adapter::serve(deps.base, move |event| {
-        let deps = state.clone();
-        async move { drift_sweep::handle(event, &deps).await }
-    })
-    .await?;
+    adapter::serve(deps.base.clone(), drift_sweep::handler(deps)).await?;
     Ok(())
 }

@@ -6,11 +6,6 @@ use shared::{adapter, handlers::instance_events, startup};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let deps = startup::router("instance-events").await?;
-    let state = deps.clone();
-    adapter::serve(deps, move |event| {
-        let deps = state.clone();
-        async move { instance_events::handle(event, &deps).await }
-    })
-    .await?;
+    adapter::serve(deps.clone(), instance_events::handler(deps)).await?;
     Ok(())
 }

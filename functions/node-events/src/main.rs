@@ -7,11 +7,6 @@ use shared::{adapter, handlers::node_events, startup};
 async fn main() -> anyhow::Result<()> {
     // Events without spec.providerID are located through the Node and the VM list.
     let (deps, locator) = startup::node_router("node-events").await?;
-    let state = deps.clone();
-    adapter::serve(deps, move |event| {
-        let (deps, locator) = (state.clone(), locator.clone());
-        async move { node_events::handle(event, &deps, locator.as_ref()).await }
-    })
-    .await?;
+    adapter::serve(deps.clone(), node_events::handler(deps, locator)).await?;
     Ok(())
 }

@@ -275,6 +275,7 @@ fn host_port(url: &str) -> String {
 async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> String {
     match deps.compute.list_instances(None).await {
         Ok(vms) => vms
+            .items
             .into_iter()
             .filter(|v| v.instance != *me)
             .find(|v| {

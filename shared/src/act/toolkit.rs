@@ -93,12 +93,19 @@ where
     }
 }
 
+/// Every item of a list, and how many pages (list calls) it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub pages: usize,
+}
+
 /// Reads every page of a list: `fetch(token)` returns one page's items and the next page's
 /// token (`None` or empty: that was the last). Returns the items and the number of pages.
 ///
 /// # Errors
 /// The first page that fails.
-pub async fn all_pages<T, E, F, Fut>(mut fetch: F) -> Result<(Vec<T>, usize), E>
+pub async fn all_pages<T, E, F, Fut>(mut fetch: F) -> Result<Listed<T>, E>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: Future<Output = Result<(Vec<T>, Option<String>), E>>,
@@ -112,7 +119,7 @@ where
         out.extend(items);
         match next {
             Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok((out, pages)),
+            _ => return Ok(Listed { items: out, pages }),
         }
     }
 }
@@ -235,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_are_followed_to_the_last() {
-        let r: Result<(Vec<u32>, usize), ()> = all_pages(|token| async move {
+        let r: Result<Listed<u32>, ()> = all_pages(|token| async move {
             Ok(match token.as_deref() {
                 None => (vec![1, 2], Some("b".to_string())),
                 Some("b") => (vec![3], Some(String::new())),
@@ -243,7 +250,13 @@ mod tests {
             })
         })
         .await;
-        assert_eq!(r, Ok((vec![1, 2, 3], 2)));
+        assert_eq!(
+            r,
+            Ok(Listed {
+                items: vec![1, 2, 3],
+                pages: 2
+            })
+        );
     }
 
     #[test]

@@ -18,14 +18,6 @@ fn deps_with(extra: &[(&'static str, &'static str)]) -> (Deps, InProcessBus) {
     crate::testing::deps("test-fn", extra)
 }
 
-/// The `instance-events` handler over `deps`, as its binary wires it.
-fn instance_events_handler(deps: &Deps) -> impl Handler<crate::event::InstanceEvent> {
-    let deps = deps.clone();
-    move |ev| {
-        let deps = deps.clone();
-        async move { instance_events::handle(ev, &deps).await }
-    }
-}
 
 fn envelope(data: &[u8], publish_time: &str) -> String {
     serde_json::json!({
@@ -84,7 +76,7 @@ async fn slow(_: PushEvent<bytes::Bytes>) -> Result<Outcome, TestError> {
 #[tokio::test]
 async fn audit_entry_publishes_bootstrap() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     let body = fixture_bytes("pubsub-push-envelope.json");
     let resp = app.oneshot(post(body)).await.expect("response");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -97,7 +89,7 @@ async fn audit_entry_publishes_bootstrap() {
 #[tokio::test]
 async fn eventarc_binary_and_structured() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     let structured = fixture_bytes("eventarc-auditlog-structured.json");
     let resp = app
         .clone()
@@ -141,7 +133,7 @@ async fn eventarc_binary_and_structured() {
 #[tokio::test]
 async fn not_a_delivery_is_400_and_publishes_nothing() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     for body in [
         "",
         "not json",
@@ -156,7 +148,7 @@ async fn not_a_delivery_is_400_and_publishes_nothing() {
 #[tokio::test]
 async fn body_over_the_cap_is_413() {
     let (deps, _bus) = deps_with(&[("NODEWIRE_MAX_BODY_BYTES", "2048")]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     let big = envelope(&vec![b'a'; 4096], &now());
     let resp = app.oneshot(post(big)).await.expect("response");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -165,7 +157,7 @@ async fn body_over_the_cap_is_413() {
 #[tokio::test]
 async fn undecodable_payload_is_dead_lettered_once_and_acked() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     let resp = app
         .oneshot(post(envelope(b"{truncated", &now())))
         .await
@@ -283,7 +275,7 @@ async fn a_panicking_decoder_is_500_not_a_dropped_connection() {
 #[tokio::test]
 async fn non_ascii_in_a_wrongly_typed_field_is_dead_lettered() {
     let (deps, bus) = deps_with(&[]);
-    let app = router(deps.clone(), instance_events_handler(&deps));
+    let app = router(deps.clone(), instance_events::handler(deps.clone()));
     for pad in 0..3 {
         let mut entry: serde_json::Value =
             serde_json::from_slice(&fixture_bytes("gce-insert-last.json")).expect("fixture");
@@ -318,7 +310,7 @@ async fn deadline_is_503() {
 async fn ignored_is_204_without_publishing() {
     let (deps, bus) = deps_with(&[]);
     let first = fixture_bytes("gce-insert-first.json");
-    let resp = router(deps.clone(), instance_events_handler(&deps))
+    let resp = router(deps.clone(), instance_events::handler(deps.clone()))
         .oneshot(post(envelope(&first, &now())))
         .await
         .expect("response");

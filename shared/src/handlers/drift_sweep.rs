@@ -1,7 +1,7 @@
 //! Function `drift-sweep` (Cloud Scheduler, through an HTTP target or a Pub/Sub message): one
 //! sweep per delivery; answers and logs the JSON report.
 
-use crate::adapter::{Classify, Outcome, PushEvent};
+use crate::adapter::{Classify, Handler, Outcome, PushEvent};
 use crate::deps::ChainDeps;
 use crate::sweep::{self, SweepError, SweepRequest};
 
@@ -20,6 +20,14 @@ impl Classify for DriftSweepError {
             DriftSweepError::Sweep(e) => e.is_retryable(),
             DriftSweepError::Report(_) => false,
         }
+    }
+}
+
+/// The adapter handler of `drift-sweep` over `deps`.
+pub fn handler(deps: ChainDeps) -> impl Handler<SweepRequest> {
+    move |event| {
+        let deps = deps.clone();
+        async move { handle(event, &deps).await }
     }
 }
 

@@ -1,11 +1,19 @@
 //! Function `instance-events`: a Compute Engine audit entry → the first step of a chain.
 //! A created VM of ours gets `bootstrap`; a deleted one gets `decommission`.
 
-use crate::adapter::{Outcome, PushEvent};
+use crate::adapter::{Handler, Outcome, PushEvent};
 use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, InstanceEvent, Step, StepMessage};
 
 use super::RouteError;
+
+/// The adapter handler of `instance-events` over `deps`.
+pub fn handler(deps: Deps) -> impl Handler<InstanceEvent> {
+    move |event| {
+        let deps = deps.clone();
+        async move { handle(event, &deps).await }
+    }
+}
 
 /// # Idempotency
 /// A redelivered entry publishes the same step again; steps re-read state, so that is harmless.

@@ -2,12 +2,22 @@
 //! podCIDR set) or `release-alias` (deleted). One delivery may carry many events (audit
 //! webhook `EventList`); each is routed on its own.
 
-use crate::adapter::{Outcome, PushEvent};
+use std::sync::Arc;
+
+use crate::adapter::{Handler, Outcome, PushEvent};
 use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, NodeChange, NodeEvent, NodeEvents, Step, StepMessage};
 
 use super::RouteError;
 use crate::locate::Locator;
+
+/// The adapter handler of `node-events` over `deps`, locating VMs with `locator`.
+pub fn handler(deps: Deps, locator: Arc<dyn Locator>) -> impl Handler<NodeEvents> {
+    move |event| {
+        let (deps, locator) = (deps.clone(), locator.clone());
+        async move { handle(event, &deps, locator.as_ref()).await }
+    }
+}
 
 /// # Idempotency
 /// A redelivered event publishes the same step again; steps re-read state.

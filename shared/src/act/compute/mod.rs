@@ -31,7 +31,7 @@ mod view;
 pub use error::ComputeError;
 pub use view::{AliasRange, InstanceView, NicView, SubnetView, WriteOutcome};
 
-use super::toolkit::{self, Backoff};
+use super::toolkit::{self, Backoff, Listed};
 use crate::names::InstanceRef;
 use error::{Class, class_to_error, classify_error, classify_operation};
 use raw::RawClient;
@@ -238,27 +238,16 @@ impl Compute {
     }
 
     /// Lists the project's VMs in every zone (`aggregatedList`, `maxResults=500`, following
-    /// `nextPageToken`), optionally filtered (Compute filter syntax).
+    /// `nextPageToken`), optionally filtered (Compute filter syntax), sorted.
     ///
     /// # Errors
     /// [`ComputeError`] when a page cannot be read.
     pub async fn list_instances(
         &self,
         filter: Option<&str>,
-    ) -> Result<Vec<InstanceView>, ComputeError> {
-        Ok(self.list_instances_paged(filter).await?.0)
-    }
-
-    /// Like [`Compute::list_instances`], also returning how many pages were read.
-    ///
-    /// # Errors
-    /// [`ComputeError`] when a page cannot be read.
-    pub async fn list_instances_paged(
-        &self,
-        filter: Option<&str>,
-    ) -> Result<(Vec<InstanceView>, usize), ComputeError> {
+    ) -> Result<Listed<InstanceView>, ComputeError> {
         const CALL: &str = "instances.aggregatedList";
-        let (mut out, pages) = toolkit::all_pages(|token| async move {
+        let mut listed = toolkit::all_pages(|token| async move {
             let page = self
                 .retrying(CALL, || async {
                     self.instances
@@ -285,8 +274,8 @@ impl Compute {
             Ok::<_, ComputeError>((items, page.next_page_token))
         })
         .await?;
-        out.sort_by(|a, b| a.instance.cmp(&b.instance));
-        Ok((out, pages))
+        listed.items.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(listed)
     }
 
     /// Reads a subnetwork's ranges.

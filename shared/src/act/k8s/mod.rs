@@ -22,7 +22,7 @@ pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
 pub use error::KubeError;
 pub use tokens::{BootstrapToken, TokenInfo, TokenSecret};
 
-use super::toolkit::{self, Backoff, api_message};
+use super::toolkit::{self, Backoff, Listed, api_message};
 use crate::names::ProviderIdConflict;
 use error::{Class, classify, fail};
 
@@ -285,34 +285,37 @@ impl Kube {
     pub async fn list_nodes(
         &self,
         label_selector: Option<&str>,
-    ) -> Result<Vec<NodeView>, KubeError> {
-        Ok(self.list_nodes_paged(label_selector).await?.0)
+    ) -> Result<Listed<NodeView>, KubeError> {
+        let mut lp = ListParams::default().limit(500);
+        if let Some(s) = label_selector {
+            lp = lp.labels(s);
+        }
+        self.list_all("nodes.list", &self.nodes, lp, |n| Some(NodeView::from_node(n)))
+            .await
     }
 
-    /// Like [`Kube::list_nodes`], also returning how many pages were read.
-    ///
-    /// # Errors
-    /// [`KubeError`].
-    pub async fn list_nodes_paged(
+    /// Every object of `api` that `lp` selects, page by page, reduced by `view`.
+    async fn list_all<K, T>(
         &self,
-        label_selector: Option<&str>,
-    ) -> Result<(Vec<NodeView>, usize), KubeError> {
-        const CALL: &str = "nodes.list";
-        let mut base = ListParams::default().limit(500);
-        if let Some(s) = label_selector {
-            base = base.labels(s);
-        }
-        let base = &base;
+        call: &'static str,
+        api: &Api<K>,
+        lp: ListParams,
+        view: fn(&K) -> Option<T>,
+    ) -> Result<Listed<T>, KubeError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let lp = &lp;
         toolkit::all_pages(|token| async move {
-            let lp = match &token {
-                Some(t) => base.clone().continue_token(t),
-                None => base.clone(),
+            let page_params = match &token {
+                Some(t) => lp.clone().continue_token(t),
+                None => lp.clone(),
             };
             let page = self
-                .retrying(CALL, || self.nodes.list(&lp))
+                .retrying(call, || api.list(&page_params))
                 .await
-                .map_err(|c| fail(CALL, c))?;
-            let items = page.items.iter().map(NodeView::from_node).collect();
+                .map_err(|c| fail(call, c))?;
+            let items = page.items.iter().filter_map(view).collect();
             Ok((items, page.metadata.continue_))
         })
         .await

@@ -11,7 +11,7 @@ use rand::Rng as _;
 
 use super::error::{Class, KubeError, fail};
 use super::{FIELD_MANAGER, Kube, TOKEN_INSTANCE_LABEL, TOKEN_ZONE_LABEL, WriteOutcome};
-use crate::act::toolkit;
+use crate::act::toolkit::Listed;
 use crate::names::InstanceRef;
 
 /// A bootstrap token's secret part. Never printed: `Debug` is redacted and there is no
@@ -185,41 +185,14 @@ impl Kube {
     pub async fn list_bootstrap_tokens(
         &self,
         instance_name: Option<&str>,
-    ) -> Result<Vec<TokenInfo>, KubeError> {
-        Ok(self.list_bootstrap_tokens_paged(instance_name).await?.0)
-    }
-
-    /// Like [`Kube::list_bootstrap_tokens`], also returning how many pages were read.
-    ///
-    /// # Errors
-    /// [`KubeError`].
-    pub async fn list_bootstrap_tokens_paged(
-        &self,
-        instance_name: Option<&str>,
-    ) -> Result<(Vec<TokenInfo>, usize), KubeError> {
-        const CALL: &str = "secrets.list";
+    ) -> Result<Listed<TokenInfo>, KubeError> {
         let selector = match instance_name {
             Some(n) => format!("{TOKEN_INSTANCE_LABEL}={n}"),
             None => TOKEN_INSTANCE_LABEL.to_string(),
         };
-        let base = &ListParams::default().labels(&selector).limit(500);
-        toolkit::all_pages(|token| async move {
-            let lp = match &token {
-                Some(t) => base.clone().continue_token(t),
-                None => base.clone(),
-            };
-            let page = self
-                .retrying(CALL, || self.secrets.list(&lp))
-                .await
-                .map_err(|c| fail(CALL, c))?;
-            let items = page
-                .items
-                .iter()
-                .filter_map(TokenInfo::from_secret)
-                .collect();
-            Ok((items, page.metadata.continue_))
-        })
-        .await
+        let lp = ListParams::default().labels(&selector).limit(500);
+        self.list_all("secrets.list", &self.secrets, lp, TokenInfo::from_secret)
+            .await
     }
 
     /// Deletes a bootstrap token; `Unchanged` when it was already gone.
