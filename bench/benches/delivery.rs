@@ -31,11 +31,11 @@ fn bench(c: &mut Criterion) {
     )
     .expect("fixture");
     let audit = envelope(&audit);
-    let mut step = shared::event::StepMessage::new(
-        shared::event::Step::TagInstance,
-        shared::names::InstanceRef::new(P, "us-central1-a", "node-00000").expect("ref"),
-        shared::event::Cause {
-            source: shared::event::CauseSource::Sweep,
+    let mut step = nodewire::event::StepMessage::new(
+        nodewire::event::Step::TagInstance,
+        nodewire::names::InstanceRef::new(P, "us-central1-a", "node-00000").expect("ref"),
+        nodewire::event::Cause {
+            source: nodewire::event::CauseSource::Sweep,
             id: None,
         },
         "bench",
@@ -46,13 +46,16 @@ fn bench(c: &mut Criterion) {
         (
             {
                 let d = deps(&compute, &k8s, "instance-events").await.base;
-                shared::adapter::router(d.clone(), shared::handlers::instance_events::handler(d))
+                nodewire::adapter::router(
+                    d.clone(),
+                    nodewire::handlers::instance_events::handler(d),
+                )
             },
             {
                 let d = deps(&compute, &k8s, "tag-instance").await;
-                shared::adapter::router(
+                nodewire::adapter::router(
                     d.base.clone(),
-                    shared::handlers::steps::handler(shared::event::Step::TagInstance, d),
+                    nodewire::handlers::steps::handler(nodewire::event::Step::TagInstance, d),
                 )
             },
         )

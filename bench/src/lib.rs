@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
+use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy};
+use nodewire::bus::{BoxFuture, Bus, BusError, OutboundMessage};
+use nodewire::config::{ChainConfig, Config};
+use nodewire::deps::{ChainDeps, Deps};
+use nodewire::names::Cidr;
 use serde_json::json;
-use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-use shared::act::k8s::{Kube, KubeConnection, KubePolicy};
-use shared::bus::{BoxFuture, Bus, BusError, OutboundMessage};
-use shared::config::{ChainConfig, Config};
-use shared::deps::{ChainDeps, Deps};
-use shared::names::Cidr;
 use sim::compute::{Alias, ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
 use sim::k8s::{K8sConfig, K8sSim};
 

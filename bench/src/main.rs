@@ -164,9 +164,10 @@ async fn sweep(sizes: &[usize]) -> anyhow::Result<()> {
             reset_peak_rss();
             let base = peak_rss_kib().unwrap_or(before);
             let t = Instant::now();
-            let report = shared::sweep::run(&d, false, &shared::trace::TraceContext::new_root())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let report =
+                nodewire::sweep::run(&d, false, &nodewire::trace::TraceContext::new_root())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
             let took = t.elapsed();
             let peak = peak_rss_kib().unwrap_or_default();
             let calls = &report.api_calls;

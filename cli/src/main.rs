@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use shared::config::Config;
-use shared::deps::ChainDeps;
-use shared::event::Step;
+use nodewire::config::Config;
+use nodewire::deps::ChainDeps;
+use nodewire::event::Step;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,14 +87,14 @@ struct ReplayArgs {
 }
 
 fn config() -> Config {
-    shared::startup::config_or_exit("nodewire")
+    nodewire::startup::config_or_exit("nodewire")
 }
 
 /// The chain's clients, as the step functions build them (exit 64 on a bad configuration).
 async fn deps_with_clients() -> anyhow::Result<ChainDeps> {
     let cfg = config();
-    let chain = shared::startup::chain_config_or_exit("nodewire", &cfg);
-    Ok(shared::startup::connect_chain(cfg, chain).await?)
+    let chain = nodewire::startup::chain_config_or_exit("nodewire", &cfg);
+    Ok(nodewire::startup::connect_chain(cfg, chain).await?)
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep { dry_run } => {
             let deps = deps_with_clients().await?;
             let report =
-                shared::sweep::run(&deps, dry_run, &shared::trace::TraceContext::new_root())
+                nodewire::sweep::run(&deps, dry_run, &nodewire::trace::TraceContext::new_root())
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
             deps.base.bus.flush().await;
@@ -142,7 +142,7 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let entries = replay::entries(&text).with_context(|| format!("{}", path.display()))?;
-        let bus = shared::bus::PubSubBus::connect(&cfg.pubsub).await?;
+        let bus = nodewire::bus::PubSubBus::connect(&cfg.pubsub).await?;
         let summary = replay::from_file(&bus, &cfg, &entries, a.dry_run).await;
         if json {
             print_json(&summary);
@@ -166,7 +166,7 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
         });
     }
     if let Some(sub) = &a.dead_letter {
-        let bus = shared::bus::PubSubBus::connect(&cfg.pubsub).await?;
+        let bus = nodewire::bus::PubSubBus::connect(&cfg.pubsub).await?;
         let dls = replay::dead_letters(
             &cfg,
             &bus,
@@ -227,7 +227,7 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         let id = deps
             .base
-            .publish_step(&msg, &shared::trace::TraceContext::new_root())
+            .publish_step(&msg, &nodewire::trace::TraceContext::new_root())
             .await?;
         deps.base.bus.flush().await;
         println!("published {step} for {instance} (message {id})");

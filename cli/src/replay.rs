@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use nodewire::bus::{Bus, OutboundMessage};
+use nodewire::config::Config;
+use nodewire::event::{Cause, CauseSource, Step, StepMessage};
+use nodewire::names::InstanceRef;
 use serde_json::Value;
-use shared::bus::{Bus, OutboundMessage};
-use shared::config::Config;
-use shared::event::{Cause, CauseSource, Step, StepMessage};
-use shared::names::InstanceRef;
 
 /// Where a logged entry goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub fn step_message(instance: &str, step: Step) -> anyhow::Result<StepMessage> {
     let r: InstanceRef = instance
         .parse()
         .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
-    let trace = shared::trace::TraceContext::new_root();
+    let trace = nodewire::trace::TraceContext::new_root();
     let mut m = StepMessage::new(
         step,
         r.clone(),
@@ -173,7 +173,7 @@ const DL_PREFIXES: [&str; 2] = ["nodewire-dead-letter-", "CloudPubSubDeadLetter"
 
 fn source_subscription(attrs: &HashMap<String, String>, project: &str) -> Option<String> {
     if let Some(s) = attrs
-        .get(shared::adapter::dead_letter_attr::SUBSCRIPTION)
+        .get(nodewire::adapter::dead_letter_attr::SUBSCRIPTION)
         .filter(|s| !s.is_empty())
     {
         return Some(s.clone());
@@ -319,7 +319,7 @@ pub async fn dead_letters(
                 })
                 .unwrap_or_default();
             let reason = attrs
-                .get(shared::adapter::dead_letter_attr::REASON)
+                .get(nodewire::adapter::dead_letter_attr::REASON)
                 .cloned()
                 .or_else(|| {
                     attrs
@@ -338,7 +338,7 @@ pub async fn dead_letters(
                 message_id: m["messageId"].as_str().unwrap_or_default().to_string(),
                 reason,
                 service: attrs
-                    .get(shared::adapter::dead_letter_attr::SERVICE)
+                    .get(nodewire::adapter::dead_letter_attr::SERVICE)
                     .cloned()
                     .unwrap_or_default(),
                 instance: instance.clone(),
@@ -421,7 +421,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use shared::testing::fixture_json as fixture;
+    use nodewire::testing::fixture_json as fixture;
 
     #[test]
     fn file_shapes() {

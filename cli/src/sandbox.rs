@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use nodewire::names::Cidr;
 use serde::Serialize;
-use shared::names::Cidr;
 use sim::stack::{BusChoice, Stack, StackOptions};
 
 #[derive(Debug, Args)]
@@ -322,7 +322,7 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
             println!("  export {k}={v}");
         }
         println!("  nodewire status");
-        shared::shutdown::signal().await;
+        nodewire::shutdown::signal().await;
     }
     stack.stop().await;
     Ok(if ok {

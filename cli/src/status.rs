@@ -1,12 +1,12 @@
 //! `nodewire status` and the tables of `nodewire sweep`.
 
+use nodewire::deps::ChainDeps;
+use nodewire::event::Step;
+use nodewire::names::InstanceRef;
+use nodewire::observe::{node_facts, token_facts, vm_facts};
+use nodewire::plan::{Gap, Observed, TokenFacts, gaps};
+use nodewire::sweep::Report;
 use serde::Serialize;
-use shared::deps::ChainDeps;
-use shared::event::Step;
-use shared::names::InstanceRef;
-use shared::observe::{node_facts, token_facts, vm_facts};
-use shared::plan::{Gap, Observed, TokenFacts, gaps};
-use shared::sweep::Report;
 
 /// One VM (or orphaned Node) and each aspect of "wired".
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +44,7 @@ fn gap_name(g: Gap) -> &'static str {
 /// When a list fails or the clients are not configured.
 pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec<Row>> {
     let cfg = &deps.plan;
-    let (inv, _) = shared::observe::inventory(&deps.compute, &deps.kube)
+    let (inv, _) = nodewire::observe::inventory(&deps.compute, &deps.kube)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let now = time::OffsetDateTime::now_utc();
@@ -111,7 +111,7 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
             alias: false,
             tag: false,
             provider_id: false,
-            taint_removed: !n.has_taint(shared::act::k8s::UNWIRED_TAINT),
+            taint_removed: !n.has_taint(nodewire::act::k8s::UNWIRED_TAINT),
             no_token: true,
             no_join_metadata: true,
             missing: vec!["vm".into()],
@@ -133,7 +133,7 @@ pub async fn first_step(deps: &ChainDeps, instance: &str) -> anyhow::Result<Opti
         .selector
         .admits(&r)
         .map_err(|e| anyhow::anyhow!("{e}: the step functions would ignore it"))?;
-    let obs = shared::observe::one_vm(&deps.compute, &deps.kube, &r, r.name())
+    let obs = nodewire::observe::one_vm(&deps.compute, &deps.kube, &r, r.name())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     if obs.vm.is_none() {

@@ -36,7 +36,7 @@ fn stdout_json(o: &Output) -> Value {
     })
 }
 
-use shared::testing::fixture_json as fixture;
+use nodewire::testing::fixture_json as fixture;
 
 async fn emulator() -> Emulator {
     Emulator::start(P)

@@ -265,7 +265,7 @@ async fn check_and_register(
             "kube-public/cluster-info is missing".into(),
         ));
     };
-    let pin = match shared::act::k8s::cluster_info_from_kubeconfig(&kubeconfig) {
+    let pin = match nodewire::act::k8s::cluster_info_from_kubeconfig(&kubeconfig) {
         Ok(ci) => ci.ca_pin,
         Err(e) => return Ok(AgentOutcome::Refused(format!("cluster-info: {e}"))),
     };

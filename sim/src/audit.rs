@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use nodewire::bus::{Bus, OutboundMessage};
 use serde_json::Value;
-use shared::bus::{Bus, OutboundMessage};
 
 /// Where audit entries go.
 #[derive(Clone)]

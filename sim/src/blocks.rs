@@ -2,7 +2,7 @@
 //! bare `/N`, and the node IPAM controller's podCIDRs. Each takes the first block of the wanted
 //! size, in address order, that overlaps nothing in use.
 
-use shared::names::Cidr;
+use nodewire::names::Cidr;
 
 /// The first `/prefix_len` block of `range` that overlaps none of `in_use`; `None` when the
 /// range is exhausted or `prefix_len` does not fit in it.

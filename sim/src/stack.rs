@@ -12,18 +12,18 @@ use std::time::{Duration, Instant};
 
 use crate::emulator::Emulator;
 use base64::Engine as _;
+use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
+use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, UNWIRED_TAINT};
+use nodewire::adapter::Handler;
+use nodewire::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
+use nodewire::config::{ChainConfig, Config};
+use nodewire::deps::{ChainDeps, Deps};
+use nodewire::event::{Decode, Step};
+use nodewire::handlers::{drift_sweep, instance_events, node_events, steps};
+use nodewire::join::JOIN_METADATA_KEY;
+use nodewire::locate::ClusterLocator;
+use nodewire::names::Cidr;
 use serde_json::{Value, json};
-use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-use shared::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, UNWIRED_TAINT};
-use shared::adapter::Handler;
-use shared::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
-use shared::config::{ChainConfig, Config};
-use shared::deps::{ChainDeps, Deps};
-use shared::event::{Decode, Step};
-use shared::handlers::{drift_sweep, instance_events, node_events, steps};
-use shared::join::JOIN_METADATA_KEY;
-use shared::locate::ClusterLocator;
-use shared::names::Cidr;
 use tokio::net::TcpListener;
 
 use crate::agent::{AgentConfig, VmAgent};
@@ -62,7 +62,7 @@ impl FnServer {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(shared::adapter::serve_on(
+        let task = tokio::spawn(nodewire::adapter::serve_on(
             listener,
             deps,
             handler,
@@ -265,7 +265,7 @@ impl Stack {
             match opts.bus {
                 BusChoice::Emulator => {
                     let emu = Emulator::start(&p).await.map_err(|e| e.to_string())?;
-                    let cfg = shared::config::PubSubConfig {
+                    let cfg = nodewire::config::PubSubConfig {
                         project: p.clone(),
                         emulator_endpoint: Some(emu.endpoint()),
                         topic_prefix: String::new(),
@@ -459,14 +459,13 @@ impl Stack {
             FnServer::start_with_deps(d.base.clone(), instance_events::handler(d.base)).await,
         ));
         let d = deps_for("node-events").await?;
-        let locator: Arc<dyn shared::locate::Locator> = Arc::new(ClusterLocator {
+        let locator: Arc<dyn nodewire::locate::Locator> = Arc::new(ClusterLocator {
             kube: Some(d.kube.clone()),
             compute: Some(d.compute.clone()),
         });
         servers.push((
             "node-events".to_string(),
-            FnServer::start_with_deps(d.base.clone(), node_events::handler(d.base, locator))
-                .await,
+            FnServer::start_with_deps(d.base.clone(), node_events::handler(d.base, locator)).await,
         ));
         for step in Step::ALL {
             let d = deps_for(step.as_str()).await?;
@@ -475,8 +474,7 @@ impl Stack {
         }
         // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
         let d = deps_for("drift-sweep").await?;
-        let sweep_server =
-            FnServer::start_with_deps(d.base.clone(), drift_sweep::handler(d)).await;
+        let sweep_server = FnServer::start_with_deps(d.base.clone(), drift_sweep::handler(d)).await;
 
         Ok((servers, sweep_server))
     }
@@ -561,7 +559,7 @@ impl Stack {
     ///
     /// # Errors
     /// A message when the sweep does not answer 200 with a report.
-    pub async fn sweep(&self, dry_run: bool) -> Result<shared::sweep::Report, String> {
+    pub async fn sweep(&self, dry_run: bool) -> Result<nodewire::sweep::Report, String> {
         let resp = self
             .http
             .post(self.sweep_server.endpoint())

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use nodewire::names::Cidr;
 use serde_json::{Value, json};
-use shared::names::Cidr;
 use sim::compute::{ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
 
 const P: &str = "example-project";

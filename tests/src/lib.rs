@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use nodewire::adapter::Handler;
+use nodewire::config::Config;
+use nodewire::deps::Deps;
+use nodewire::event::Decode;
 use serde_json::json;
-use shared::adapter::Handler;
-use shared::config::Config;
-use shared::deps::Deps;
-use shared::event::Decode;
 pub use sim::emulator::{Emulator, PulledMessage};
 
 /// The project every test uses, in the emulator and in the functions' configuration.
@@ -84,9 +84,9 @@ pub async fn pull_until(
 pub mod simfix {
     use std::time::Duration;
 
-    use shared::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-    use shared::act::k8s::{Kube, KubeConnection, KubePolicy};
-    use shared::names::{Cidr, InstanceRef};
+    use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
+    use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy};
+    use nodewire::names::{Cidr, InstanceRef};
     use sim::compute::{ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
     use sim::k8s::{K8sConfig, K8sSim};
 

@@ -81,7 +81,7 @@ impl World {
         self.0.delete_node(name).await.expect("delete node");
     }
 
-    pub async fn sweep(&self, dry_run: bool) -> shared::sweep::Report {
+    pub async fn sweep(&self, dry_run: bool) -> nodewire::sweep::Report {
         self.0.sweep(dry_run).await.expect("sweep")
     }
 

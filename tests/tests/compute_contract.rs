@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use integration_tests::simfix::*;
-use shared::act::compute::{AliasRange, ComputeError, WriteOutcome};
-use shared::error::Classify as _;
+use nodewire::act::compute::{AliasRange, ComputeError, WriteOutcome};
+use nodewire::error::Classify as _;
 use sim::faults::{FaultSpec, InjectedError};
 
 fn pods(c: &str) -> AliasRange {
@@ -61,7 +61,7 @@ async fn reads_lists_and_subnets() {
         n.subnetwork
             .ends_with("/regions/us-central1/subnetworks/k8s-nodes")
     }));
-    let missing = shared::names::InstanceRef::new(P, Z, "nope").expect("ref");
+    let missing = nodewire::names::InstanceRef::new(P, Z, "nope").expect("ref");
     assert_eq!(c.get_instance(&missing).await.expect("404 is None"), None);
     let s = c.get_subnetwork(REGION, "k8s-nodes").await.expect("subnet");
     assert_eq!(s.secondary[0], ("pods".to_string(), cidr("10.4.0.0/16")));
@@ -400,7 +400,7 @@ async fn hundred_vms_under_twenty_percent_faults() {
                     Err(e) => return Err(e),
                 }
             }
-            Err(ComputeError::Setup(shared::error::Cause::msg("gave up")))
+            Err(ComputeError::Setup(nodewire::error::Cause::msg("gave up")))
         }));
     }
     for t in tasks {

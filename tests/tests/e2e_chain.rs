@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use integration_tests::simfix::{P, cidr};
 use integration_tests::world::{OTHER_PROJECT, World, WorldOptions};
-use shared::adapter::dead_letter_attr;
+use nodewire::adapter::dead_letter_attr;
 
 /// Every log line of every in-process function, for the secrets check.
 fn logs() -> Arc<Mutex<Vec<u8>>> {
@@ -19,11 +19,11 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = buf.clone();
-        shared::telemetry::init_with_filter(
+        nodewire::telemetry::init_with_filter(
             true,
             BTreeMap::new(),
             move || LogWriter(w.clone()),
-            "info,shared=debug,sim=info",
+            "info,nodewire=debug,sim=info",
         );
         buf
     })

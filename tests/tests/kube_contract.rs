@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use integration_tests::simfix::*;
+use nodewire::act::k8s::{KubeError, UNWIRED_TAINT, WriteOutcome};
+use nodewire::bus::InProcessBus;
+use nodewire::error::Classify as _;
+use nodewire::event::{Decode, NodeEvent, NodeEvents};
+use nodewire::names::InstanceRef;
 use serde_json::json;
-use shared::act::k8s::{KubeError, UNWIRED_TAINT, WriteOutcome};
-use shared::bus::InProcessBus;
-use shared::error::Classify as _;
-use shared::event::{Decode, NodeEvent, NodeEvents};
-use shared::names::InstanceRef;
 use sim::faults::{FaultSpec, InjectedError};
 use sim::k8s::{AuditSink, IpamConfig, K8sConfig};
 

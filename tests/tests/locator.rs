@@ -1,9 +1,9 @@
 //! The production locator against both simulators: Node providerID first, then the VM list.
 
 use integration_tests::simfix::*;
+use nodewire::error::Classify as _;
+use nodewire::locate::{ClusterLocator, LocateError, Locator};
 use serde_json::json;
-use shared::error::Classify as _;
-use shared::locate::{ClusterLocator, LocateError, Locator};
 use sim::k8s::K8sConfig;
 
 #[tokio::test]

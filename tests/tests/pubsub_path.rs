@@ -8,14 +8,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration_tests::{PROJECT, config, emulator, pull_body, pull_until, push_body};
-use shared::adapter::{Classify, Outcome, PushEvent, dead_letter_attr};
-use shared::bus::OutboundMessage;
-use shared::deps::Deps;
-use shared::event::{Decode, Step, StepMessage};
-use shared::handlers::{instance_events, node_events};
-use shared::trace::TraceContext;
+use nodewire::adapter::{Classify, Outcome, PushEvent, dead_letter_attr};
+use nodewire::bus::OutboundMessage;
+use nodewire::deps::Deps;
+use nodewire::event::{Decode, Step, StepMessage};
+use nodewire::handlers::{instance_events, node_events};
+use nodewire::trace::TraceContext;
 
-use shared::testing::fixture_json as fixture;
+use nodewire::testing::fixture_json as fixture;
 
 const SINK_ATTR: (&str, &str) = (
     "logging.googleapis.com/timestamp",
@@ -46,7 +46,10 @@ async fn instance_events_publishes_the_next_step_on_the_emulator() {
     emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), instance_events::handler)
+    let f = integration_tests::serve_fn(
+        config(&emu, "instance-events", &[]),
+        instance_events::handler,
+    )
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await
@@ -123,7 +126,7 @@ async fn node_events_routes_registrations_on_the_emulator() {
         .await
         .expect("sub");
     let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), |d: Deps| {
-        node_events::handler(d, std::sync::Arc::new(shared::locate::NoLocator))
+        node_events::handler(d, std::sync::Arc::new(nodewire::locate::NoLocator))
     })
     .await;
     emu.create_subscription("k8s-audit-push", "k8s-audit", push_body(&f.endpoint()))
@@ -247,7 +250,10 @@ async fn a_poison_message_is_dead_lettered_exactly_once() {
     emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
         .await
         .expect("sub");
-    let f = integration_tests::serve_fn(config(&emu, "instance-events", &[]), instance_events::handler)
+    let f = integration_tests::serve_fn(
+        config(&emu, "instance-events", &[]),
+        instance_events::handler,
+    )
     .await;
     emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
         .await

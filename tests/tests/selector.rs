@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use integration_tests::simfix::{P, REGION};
 use integration_tests::world::{World, WorldOptions};
+use nodewire::event::{Cause, CauseSource, Step, StepMessage};
+use nodewire::names::InstanceRef;
 use serde_json::json;
-use shared::event::{Cause, CauseSource, Step, StepMessage};
-use shared::names::InstanceRef;
 use sim::compute::InstanceSeed;
 
 const Z: &str = "us-central1-a";

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use integration_tests::simfix::{P, REGION};
 use integration_tests::world::{NODE_TAG, World, WorldOptions};
+use nodewire::sweep::DriftKind;
 use serde_json::json;
-use shared::sweep::DriftKind;
 use sim::compute::{Alias, InstanceSeed};
 
 const Z: &str = "us-central1-a";

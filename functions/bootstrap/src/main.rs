@@ -1,7 +1,7 @@
 //! Cloud Run service `bootstrap`: mints a join token and writes the JoinConfiguration into the VM's metadata.
-//! The handler is `shared::handlers::steps::handle` for this step.
+//! The handler is `nodewire::handlers::steps::handle` for this step.
 
-use shared::{adapter, event::Step, handlers::steps, startup};
+use nodewire::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Cloud Run service `decommission`: deletes the Node and tokens of a deleted VM.
-//! The handler is `shared::handlers::steps::handle` for this step.
+//! The handler is `nodewire::handlers::steps::handle` for this step.
 
-use shared::{adapter, event::Step, handlers::steps, startup};
+use nodewire::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Cloud Run service `drift-sweep`: triggered by Cloud Scheduler; lists Nodes and VMs, finds
 //! drift with the chain's planner and publishes the steps that heal it. Answers a JSON report.
 
-use shared::{adapter, handlers::drift_sweep, startup};
+use nodewire::{adapter, handlers::drift_sweep, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

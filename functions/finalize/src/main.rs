@@ -1,7 +1,7 @@
 //! Cloud Run service `finalize`: verifies the node is wired, removes the taint, revokes the token, clears the join metadata.
-//! The handler is `shared::handlers::steps::handle` for this step.
+//! The handler is `nodewire::handlers::steps::handle` for this step.
 
-use shared::{adapter, event::Step, handlers::steps, startup};
+use nodewire::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Cloud Run service `instance-events`: Compute Engine audit entries (instance inserted or
 //! deleted) → the `bootstrap` or `decommission` step of that VM's chain.
 
-use shared::{adapter, handlers::instance_events, startup};
+use nodewire::{adapter, handlers::instance_events, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

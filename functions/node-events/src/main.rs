@@ -1,7 +1,7 @@
 //! Cloud Run service `node-events`: Kubernetes API server audit events about Nodes
 //! (registered, podCIDR set, deleted) → the `assign-alias` or `release-alias` step.
 
-use shared::{adapter, handlers::node_events, startup};
+use nodewire::{adapter, handlers::node_events, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Cloud Run service `provider-id`: sets the Node's spec.providerID while it is empty.
-//! The handler is `shared::handlers::steps::handle` for this step.
+//! The handler is `nodewire::handlers::steps::handle` for this step.
 
-use shared::{adapter, event::Step, handlers::steps, startup};
+use nodewire::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

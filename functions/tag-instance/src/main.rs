@@ -1,7 +1,7 @@
 //! Cloud Run service `tag-instance`: adds the node network tags to the VM.
-//! The handler is `shared::handlers::steps::handle` for this step.
+//! The handler is `nodewire::handlers::steps::handle` for this step.
 
-use shared::{adapter, event::Step, handlers::steps, startup};
+use nodewire::{adapter, event::Step, handlers::steps, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -3,16 +3,16 @@
 //! axum's `State` and the AWS Lambda runtime's `service_fn` do:
 //!
 //! ```no_run
-//! # use shared::adapter::{Outcome, PushEvent, Classify};
-//! # use shared::deps::Deps;
+//! # use nodewire::adapter::{Outcome, PushEvent, Classify};
+//! # use nodewire::deps::Deps;
 //! # #[derive(Debug, thiserror::Error)] #[error("e")] struct MyError;
 //! # impl Classify for MyError { fn is_retryable(&self) -> bool { false } }
-//! async fn handle(event: PushEvent<shared::event::StepMessage>, deps: &Deps) -> Result<Outcome, MyError> {
+//! async fn handle(event: PushEvent<nodewire::event::StepMessage>, deps: &Deps) -> Result<Outcome, MyError> {
 //!     Ok(Outcome::Done)
 //! }
 //! # async fn run(deps: Deps) -> std::io::Result<()> {
 //! let state = deps.clone();
-//! shared::adapter::serve(deps, move |event| {
+//! nodewire::adapter::serve(deps, move |event| {
 //!     let deps = state.clone();
 //!     async move { handle(event, &deps).await }
 //! })

@@ -18,7 +18,6 @@ fn deps_with(extra: &[(&'static str, &'static str)]) -> (Deps, InProcessBus) {
     crate::testing::deps("test-fn", extra)
 }
 
-
 fn envelope(data: &[u8], publish_time: &str) -> String {
     serde_json::json!({
         "subscription": "projects/example-project/subscriptions/s",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::names::Cidr;
+use nodewire::names::Cidr;
 use sim::audit::AuditSink;
 use sim::compute::{ComputeConfig, ComputeSim, SubnetSpec};
 use sim::k8s::{IpamConfig, K8sConfig, K8sSim};
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let sinks = match &a.pubsub_emulator {
         None => None,
         Some(host) => {
-            let cfg = shared::config::PubSubConfig {
+            let cfg = nodewire::config::PubSubConfig {
                 project: a.project.clone(),
                 emulator_endpoint: Some(format!("http://{host}")),
                 topic_prefix: String::new(),
@@ -86,8 +86,8 @@ async fn main() -> anyhow::Result<()> {
                 gce_audit_topic: String::new(),
                 k8s_audit_topic: String::new(),
             };
-            let bus: Arc<dyn shared::bus::Bus> =
-                Arc::new(shared::bus::PubSubBus::connect(&cfg).await?);
+            let bus: Arc<dyn nodewire::bus::Bus> =
+                Arc::new(nodewire::bus::PubSubBus::connect(&cfg).await?);
             Some((
                 AuditSink {
                     bus: bus.clone(),
@@ -154,6 +154,6 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("Kubernetes API simulator: {}", k8s.endpoint());
     println!("Press Ctrl-C to stop.");
-    shared::shutdown::signal().await;
+    nodewire::shutdown::signal().await;
     Ok(())
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use nodewire::names::validate_gce_name;
 use serde_json::{Value, json};
-use shared::names::validate_gce_name;
 
 use super::mutations::{parse_body, request_id};
 use super::subnets::{next_ip, subnet_ref};

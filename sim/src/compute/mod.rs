@@ -38,8 +38,8 @@ use axum::Router;
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
+use nodewire::names::validate_zone;
 use serde_json::Value;
-use shared::names::validate_zone;
 use tokio::sync::Notify;
 
 use crate::audit::AuditLog;
@@ -337,7 +337,7 @@ fn invalid(message: &str) -> Answer {
 }
 
 fn validate_location(project: &str, zone: &str) -> Result<(), Answer> {
-    if shared::names::validate_project_id(project).is_err() {
+    if nodewire::names::validate_project_id(project).is_err() {
         return Err(invalid(&format!(
             "Invalid value for field 'project': '{project}'."
         )));

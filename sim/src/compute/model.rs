@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use nodewire::names::Cidr;
 use serde_json::{Value, json};
-use shared::names::Cidr;
 
 /// Prefix of every self link.
 pub const API: &str = "https://www.googleapis.com/compute/v1/";

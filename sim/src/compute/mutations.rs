@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use nodewire::names::validate_gce_name;
 use serde_json::{Value, json};
-use shared::names::validate_gce_name;
 
 use super::{
     Fingerprint, Instance, Key, Mutation, OpError, Sim, World, instance_link, invalid, not_found,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use nodewire::names::Cidr;
 use serde_json::Value;
-use shared::names::Cidr;
 
 use super::mutations::Mutating;
 use super::{Alias, Fingerprint, Mutation, OpError, Sim, SubnetSpec, World, invalid, refusal};

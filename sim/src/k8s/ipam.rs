@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodewire::names::Cidr;
 use serde_json::{Value, json};
-use shared::names::Cidr;
 
 use super::objects::{str_at, update};
 use super::{Sim, patch};

@@ -3,8 +3,8 @@
 //! the API server's messages), and the audit LogEntries of node writes in the Ops Agent
 //! `jsonPayload` shape.
 
+use nodewire::names::{Cidr, validate_node_name};
 use serde_json::{Value, json};
-use shared::names::{Cidr, validate_node_name};
 
 use super::objects::str_at;
 use super::status::Subject;

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use shared::adapter::{self, Classify, Outcome, PushEvent};
-use shared::bus::OutboundMessage;
-use shared::deps::Deps;
+use nodewire::adapter::{self, Classify, Outcome, PushEvent};
+use nodewire::bus::OutboundMessage;
+use nodewire::deps::Deps;
 
 #[derive(Debug, thiserror::Error)]
 #[error("publishing the done message failed")]
-struct SlowError(#[source] shared::bus::BusError);
+struct SlowError(#[source] nodewire::bus::BusError);
 
 impl Classify for SlowError {
     fn is_retryable(&self) -> bool {
@@ -39,7 +39,7 @@ async fn handle(event: PushEvent<bytes::Bytes>, deps: &Deps) -> Result<Outcome, 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let deps = shared::startup::router("slow-fn").await?;
+    let deps = nodewire::startup::router("slow-fn").await?;
     let state = deps.clone();
     adapter::serve(deps, move |event| {
         let deps = state.clone();

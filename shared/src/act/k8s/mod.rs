@@ -290,8 +290,10 @@ impl Kube {
         if let Some(s) = label_selector {
             lp = lp.labels(s);
         }
-        self.list_all("nodes.list", &self.nodes, lp, |n| Some(NodeView::from_node(n)))
-            .await
+        self.list_all("nodes.list", &self.nodes, lp, |n| {
+            Some(NodeView::from_node(n))
+        })
+        .await
     }
 
     /// Every object of `api` that `lp` selects, page by page, reduced by `view`.
