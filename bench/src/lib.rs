@@ -87,18 +87,12 @@ pub async fn wired_cluster(n: usize) -> (ComputeSim, K8sSim) {
         let pod = format!("10.{}.{}.0/24", i / 256, i % 256);
         compute
             .seed_instance(InstanceSeed {
-                project: P.into(),
-                zone: zone.into(),
-                name: name.clone(),
-                subnet: (P.into(), "us-central1".into(), "k8s-nodes".into()),
-                can_ip_forward: true,
                 tags: vec!["k8s-node".into()],
-                labels: [("cluster".to_string(), "demo".to_string())].into(),
-                metadata: vec![],
                 aliases: vec![Alias {
                     cidr: cidr(&pod),
                     range_name: Some("pods".into()),
                 }],
+                ..InstanceSeed::node_vm(P, "us-central1", zone, &name)
             })
             .expect("seed vm");
         k8s.seed(

@@ -344,17 +344,12 @@ async fn status_replay_instance_and_sweep_against_a_running_system() {
     // A VM whose creation event was lost.
     stack
         .compute
-        .seed_instance(sim::compute::InstanceSeed {
-            project: P.into(),
-            zone: "us-central1-a".into(),
-            name: "k8s-lost".into(),
-            subnet: (P.into(), "us-central1".into(), "k8s-nodes".into()),
-            can_ip_forward: true,
-            tags: vec![],
-            labels: [("cluster".to_string(), "demo".to_string())].into(),
-            metadata: vec![],
-            aliases: vec![],
-        })
+        .seed_instance(sim::compute::InstanceSeed::node_vm(
+            P,
+            "us-central1",
+            "us-central1-a",
+            "k8s-lost",
+        ))
         .expect("seed");
     let out = nodewire(&["--json", "status", "k8s-lost"], &env).await;
     assert!(

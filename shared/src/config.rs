@@ -1,6 +1,9 @@
 //! Process setup: the typed configuration, parsed once from the environment (or any
-//! [`Source`], so tests inject a map instead of touching the process environment).
-//! A missing or invalid variable is an error naming it; `main` exits with code 64.
+//! [`Source`], so tests inject a map instead of touching the process environment): [`Config`] for
+//! every process (including the [`Selector`] built from `NODEWIRE_PROJECT`,
+//! `NODEWIRE_INSTANCE_PREFIX` and `NODEWIRE_SELECTOR_LABELS`) and [`ChainConfig`] for the chain.
+//! A missing or invalid variable is an error naming it; the start-up paths in `startup` exit with
+//! code 64 ([`EXIT_CONFIG`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -1,6 +1,7 @@
 //! Process setup: the dependencies a function uses, built once from [`Config`] and shared by
 //! every delivery: [`Deps`] (configuration and bus) for every function, [`ChainDeps`] (also
-//! the Compute and Kubernetes clients and the chain's settings) for the steps and the sweep.
+//! the Compute and Kubernetes clients and the chain's settings, none of them optional) for the
+//! steps, the sweep and the CLI.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The one question every error answers: may trying again succeed? The adapter turns the
 //! answer into ack or retry (see `adapter::verdict`); the clients use it to decide their own
-//! bounded retries. Never decided by matching message strings.
+//! bounded retries. Never decided by matching message strings. [`Cause`] keeps the error that
+//! caused another as its source instead of flattening it into a string.
 
 /// How an error is classified. Implemented by every error type that crosses a step boundary.
 pub trait Classify {

@@ -1,16 +1,13 @@
-//! nodewire's common library. Every function follows the same five steps, and the module tree
-//! follows them too:
+//! nodewire's library: every line of behaviour of the Cloud Run functions (and what the CLI and
+//! the whole-system stack reuse). Every function goes through the same stages, and the module
+//! tree follows them: **arrive** (HTTP delivery → typed event; verdict → status code) →
+//! **decode** (wire formats → validated types) → **observe** (read the VM, the Node and the
+//! tokens, reduced to small facts) → **plan** (pure: facts + configuration → actions + next
+//! step) → **act** (the only code that writes) → **publish** (the next step); **setup** is what a
+//! process does once at start.
 //!
-//! 1. **arrive** ([`adapter`]): HTTP + Pub/Sub push envelope / CloudEvent → typed event;
-//!    verdict → status code (ack, retry, dead-letter).
-//! 2. **decode** ([`event`], [`names`]): wire formats → validated types.
-//! 3. **observe** ([`locate`], and the Compute/Kubernetes clients as they arrive): read state.
-//! 4. **plan / act**: decide in pure code, then write.
-//! 5. **publish** ([`bus`], [`deps`]): the next step, with trace context and ordering key.
-//!
-//! [`handlers`] holds the functions' handlers; [`config`], [`telemetry`], [`shutdown`] and
-//! [`trace`] are process setup. (The Pub/Sub emulator launcher used by the tests and the
-//! sandbox lives in the `sim` crate: nothing a Cloud Run binary links.)
+//! The module map is in ARCHITECTURE.md (at the workspace root): one row per file, with its stage,
+//! what it does and what it must not do.
 
 pub mod act;
 pub mod adapter;

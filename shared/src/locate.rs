@@ -1,6 +1,8 @@
 //! OBSERVE seam: which VM is behind a Node? Kubernetes audit events name the Node; the steps
 //! are keyed by the VM. Events that carry `spec.providerID` answer it themselves; for the others
-//! a [`Locator`] is asked (the Compute-backed one arrives with the Compute client).
+//! a [`Locator`] is asked: [`ClusterLocator`] in production (the Node's providerID, else the
+//! project's VMs of that name), [`NoLocator`] in a process without clients. (The fixed-table
+//! locator of the tests is in `testing`.)
 
 use crate::bus::BoxFuture;
 use crate::error::{Cause, Classify as _};

@@ -202,26 +202,25 @@ where
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    if json {
+    // One of the two layers is present: JSON for Cloud Logging, or plain lines.
+    let (json_layer, plain_layer) = if json {
         let layer = tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(CloudLoggingFormat::new(labels))
             .with_writer(writer);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(layer)
-            .try_init()
-            .is_ok()
+        (Some(layer), None)
     } else {
         let layer = tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_writer(writer);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(layer)
-            .try_init()
-            .is_ok()
-    }
+        (None, Some(layer))
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json_layer)
+        .with(plain_layer)
+        .try_init()
+        .is_ok()
 }
 
 #[cfg(test)]

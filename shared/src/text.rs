@@ -1,8 +1,8 @@
 //! Shortening text for error messages, log lines and message attributes. Pure.
 //!
-//! The only place that cuts strings: every cut lands on a UTF-8 character boundary, so a
-//! quoted hostile input (serde quotes the offending value in its errors) can never make a cut
-//! panic.
+//! The only place that cuts strings to a byte budget (`names::echo` shortens an echoed value by
+//! characters): every cut lands on a UTF-8 character boundary, so a quoted hostile input (serde
+//! quotes the offending value in its errors) can never make a cut panic.
 
 /// `s` cut to at most `max` bytes on a character boundary; a cut string ends in `...` (the
 /// marker counts towards `max`).

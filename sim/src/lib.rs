@@ -3,6 +3,11 @@
 //! the production clients run against them unchanged, and both refuse what the real APIs
 //! refuse — a simulator that accepts anything proves nothing. They are the substrate of the
 //! contract tests, the end-to-end tests and the local sandbox.
+//!
+//! Both run on one shared HTTP front with fault injection and a request log (`server`, with
+//! [`faults`]) and one block allocator (`blocks`). Around them: the simulated Logging sinks
+//! ([`audit`]), the simulated VM agent ([`agent`]), the Pub/Sub emulator launcher
+//! ([`emulator`]) and the whole system on one machine ([`stack`]).
 
 pub mod agent;
 pub mod audit;

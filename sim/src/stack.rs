@@ -203,17 +203,13 @@ impl std::fmt::Debug for Stack {
 }
 
 fn subnet(project: &str, o: &StackOptions) -> SubnetSpec {
-    SubnetSpec {
-        project: project.into(),
-        region: o.region.clone(),
-        name: "k8s-nodes".into(),
-        network: "k8s-vpc".into(),
-        ip_cidr_range: o.nodes_range,
-        secondary: vec![
-            ("pods".into(), o.pods_range),
-            ("services".into(), o.services_range),
-        ],
-    }
+    SubnetSpec::node_subnet(
+        project,
+        &o.region,
+        o.nodes_range,
+        o.pods_range,
+        o.services_range,
+    )
 }
 
 /// Which topic each function is pushed from.
@@ -337,14 +333,7 @@ impl Stack {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let host = opts
-            .nodes_range
-            .net()
-            .hosts()
-            .next()
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        k8s.publish_cluster_info(&host, TEST_CA)
+        k8s.publish_cluster_info_in(opts.nodes_range, TEST_CA)
             .map_err(|e| e.message.clone())?;
         let agent = VmAgent::start(
             compute.view(),

@@ -14,17 +14,13 @@ fn cidr(s: &str) -> Cidr {
 }
 
 fn subnet(pods: &str) -> SubnetSpec {
-    SubnetSpec {
-        project: P.into(),
-        region: "us-central1".into(),
-        name: "k8s-nodes".into(),
-        network: "k8s-vpc".into(),
-        ip_cidr_range: cidr("10.128.0.0/20"),
-        secondary: vec![
-            ("pods".into(), cidr(pods)),
-            ("services".into(), cidr("172.16.16.0/21")),
-        ],
-    }
+    SubnetSpec::node_subnet(
+        P,
+        "us-central1",
+        cidr("10.128.0.0/20"),
+        cidr(pods),
+        cidr("172.16.16.0/21"),
+    )
 }
 
 async fn sim(latency_ms: u64, pods: &str) -> ComputeSim {
@@ -37,15 +33,10 @@ async fn sim(latency_ms: u64, pods: &str) -> ComputeSim {
     .expect("start");
     for n in ["vm-a", "vm-b"] {
         s.seed_instance(InstanceSeed {
-            project: P.into(),
-            zone: Z.into(),
-            name: n.into(),
-            subnet: (P.into(), "us-central1".into(), "k8s-nodes".into()),
-            can_ip_forward: true,
             tags: vec!["base".into()],
             labels: Default::default(),
             metadata: vec![("keep".into(), "me".into())],
-            aliases: vec![],
+            ..InstanceSeed::node_vm(P, "us-central1", Z, n)
         })
         .expect("seed");
     }

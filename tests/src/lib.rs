@@ -100,17 +100,13 @@ pub mod simfix {
 
     /// The reference subnet: nodes `10.128.0.0/20`, pods `10.4.0.0/16`, services.
     pub fn subnet(pods: &str) -> SubnetSpec {
-        SubnetSpec {
-            project: P.into(),
-            region: REGION.into(),
-            name: "k8s-nodes".into(),
-            network: "k8s-vpc".into(),
-            ip_cidr_range: cidr("10.128.0.0/20"),
-            secondary: vec![
-                ("pods".into(), cidr(pods)),
-                ("services".into(), cidr("172.16.16.0/21")),
-            ],
-        }
+        SubnetSpec::node_subnet(
+            P,
+            REGION,
+            cidr("10.128.0.0/20"),
+            cidr(pods),
+            cidr("172.16.16.0/21"),
+        )
     }
 
     pub async fn compute_sim(op_latency_ms: u64) -> ComputeSim {
@@ -126,15 +122,9 @@ pub mod simfix {
 
     pub fn seed(sim: &ComputeSim, name: &str) -> InstanceRef {
         sim.seed_instance(InstanceSeed {
-            project: P.into(),
-            zone: Z.into(),
-            name: name.into(),
-            subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
-            can_ip_forward: true,
             tags: vec!["base".into()],
-            labels: [("cluster".to_string(), "demo".to_string())].into(),
             metadata: vec![("startup-script".into(), "#!/bin/sh".into())],
-            aliases: vec![],
+            ..InstanceSeed::node_vm(P, REGION, Z, name)
         })
         .expect("seed");
         InstanceRef::new(P, Z, name).expect("ref")
@@ -143,10 +133,12 @@ pub mod simfix {
     /// Short backoffs so that retry tests run in milliseconds.
     pub fn fast_compute_policy() -> ComputePolicy {
         ComputePolicy {
-            max_attempts: 8,
-            max_elapsed: Duration::from_secs(10),
-            base_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(40),
+            retry: nodewire::act::toolkit::Backoff {
+                max_attempts: 8,
+                max_elapsed: Duration::from_secs(10),
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(40),
+            },
             max_resends: 8,
             operation_deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(10),
@@ -171,10 +163,12 @@ pub mod simfix {
 
     pub fn fast_kube_policy() -> KubePolicy {
         KubePolicy {
-            max_attempts: 8,
-            max_elapsed: Duration::from_secs(10),
-            base_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(40),
+            retry: nodewire::act::toolkit::Backoff {
+                max_attempts: 8,
+                max_elapsed: Duration::from_secs(10),
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(40),
+            },
             max_conflicts: 10,
             request_timeout: Duration::from_secs(10),
         }
@@ -195,3 +189,28 @@ pub mod simfix {
 }
 
 pub mod world;
+
+/// Creates `topics`, then a pull subscription for each `(subscription, topic)` observer.
+pub async fn topics_and_observers(emu: &Emulator, topics: &[&str], observers: &[(&str, &str)]) {
+    for t in topics {
+        emu.create_topic(t).await.expect("topic");
+    }
+    for (sub, topic) in observers {
+        emu.create_subscription(sub, topic, pull_body())
+            .await
+            .expect("observer subscription");
+    }
+}
+
+/// Pushes `topic` to the function `f` through the push subscription `sub`.
+pub async fn push_to(emu: &Emulator, sub: &str, topic: &str, f: &FnServer) {
+    emu.create_subscription(sub, topic, push_body(&f.endpoint()))
+        .await
+        .expect("push subscription");
+}
+
+/// Deletes the push subscription `sub` (so nothing is pushed any more) and stops `f`.
+pub async fn stop_pushing(emu: &Emulator, sub: &str, f: FnServer) {
+    emu.delete_subscription(sub).await.expect("cleanup");
+    f.stop().await;
+}

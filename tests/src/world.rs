@@ -56,18 +56,10 @@ impl World {
         self.0.emu.as_ref().expect("started on the emulator")
     }
 
-    pub async fn insert_vm(
-        &self,
-        project: &str,
-        zone: &str,
-        name: &str,
-        labels: &[(&str, &str)],
-        can_ip_forward: bool,
-    ) {
-        self.0
-            .insert_vm(project, zone, name, labels, can_ip_forward)
-            .await
-            .expect("instances.insert");
+    /// [`Stack::insert_vm`]; fails the test when the simulator keeps refusing.
+    pub async fn insert_vm(&self, p: &str, z: &str, n: &str, l: &[(&str, &str)], fwd: bool) {
+        let done = self.0.insert_vm(p, z, n, l, fwd).await;
+        done.expect("instances.insert");
     }
 
     pub async fn delete_vm(&self, zone: &str, name: &str) {

@@ -224,7 +224,7 @@ async fn rate_limits_are_retried_then_surface_as_transient_within_the_bound() {
     let sim = compute_sim(0).await;
     let vm = seed(&sim, "vm-a");
     let mut policy = fast_compute_policy();
-    policy.max_attempts = 4;
+    policy.retry.max_attempts = 4;
     let c = compute_client(&sim, policy).await;
     sim.chaos().set_faults(
         "instances.get",
@@ -262,7 +262,7 @@ async fn rate_limits_are_retried_then_surface_as_transient_within_the_bound() {
         },
     );
     let mut policy = fast_compute_policy();
-    policy.max_attempts = 12;
+    policy.retry.max_attempts = 12;
     let c = compute_client(&sim, policy).await;
     assert_eq!(
         c.add_tags(&vm, &["x".to_string()])

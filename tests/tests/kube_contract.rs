@@ -148,7 +148,7 @@ async fn transient_errors_are_retried_within_the_bound() {
     let sim = k8s_sim(K8sConfig::default()).await;
     sim.seed("nodes", "", node("n1", json!([]))).expect("seed");
     let mut policy = fast_kube_policy();
-    policy.max_attempts = 3;
+    policy.retry.max_attempts = 3;
     let k = kube_client(&sim, policy).await;
     sim.chaos().set_faults(
         "nodes.get",

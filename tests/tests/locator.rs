@@ -36,15 +36,8 @@ async fn locates_by_provider_id_then_by_name() {
     assert!(filters.iter().all(|q| q.contains("filter=")), "{filters:?}");
     // The same name in two zones cannot be resolved.
     csim.seed_instance(sim::compute::InstanceSeed {
-        project: P.into(),
-        zone: "us-central1-b".into(),
-        name: "vm-b".into(),
-        subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
-        can_ip_forward: true,
-        tags: vec![],
         labels: Default::default(),
-        metadata: vec![],
-        aliases: vec![],
+        ..sim::compute::InstanceSeed::node_vm(P, REGION, "us-central1-b", "vm-b")
     })
     .expect("seed");
     let err = loc.locate("vm-b").await.expect_err("ambiguous");

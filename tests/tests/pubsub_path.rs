@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration_tests::{PROJECT, config, emulator, pull_body, pull_until, push_body};
+use integration_tests::{
+    PROJECT, config, emulator, pull_until, push_body, push_to, stop_pushing, topics_and_observers,
+};
 use nodewire::adapter::{Classify, Outcome, PushEvent, dead_letter_attr};
 use nodewire::bus::OutboundMessage;
 use nodewire::deps::Deps;
@@ -25,35 +27,27 @@ const SINK_ATTR: (&str, &str) = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_events_publishes_the_next_step_on_the_emulator() {
     let emu = emulator().await;
-    for t in [
-        "gce-audit",
-        "nodewire-bootstrap",
-        "nodewire-decommission",
-        "nodewire-dead-letter",
-    ] {
-        emu.create_topic(t).await.expect("topic");
-    }
-    emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
-        .await
-        .expect("sub");
-    emu.create_subscription(
-        "decommission-observer",
-        "nodewire-decommission",
-        pull_body(),
+    topics_and_observers(
+        &emu,
+        &[
+            "gce-audit",
+            "nodewire-bootstrap",
+            "nodewire-decommission",
+            "nodewire-dead-letter",
+        ],
+        &[
+            ("bootstrap-observer", "nodewire-bootstrap"),
+            ("decommission-observer", "nodewire-decommission"),
+            ("dlq-observer", "nodewire-dead-letter"),
+        ],
     )
-    .await
-    .expect("sub");
-    emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
-        .await
-        .expect("sub");
+    .await;
     let f = integration_tests::serve_fn(
         config(&emu, "instance-events", &[]),
         instance_events::handler,
     )
     .await;
-    emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
-        .await
-        .expect("push sub");
+    push_to(&emu, "gce-audit-push", "gce-audit", &f).await;
 
     // The first entry of the operation is ignored; the last one starts the chain.
     let first = fixture("gce-insert-first.json").to_string();
@@ -105,33 +99,28 @@ async fn instance_events_publishes_the_next_step_on_the_emulator() {
             .is_empty()
     );
     assert!(emu.pull("dlq-observer", 10).await.expect("pull").is_empty());
-    emu.delete_subscription("gce-audit-push")
-        .await
-        .expect("cleanup");
-    f.stop().await;
+    stop_pushing(&emu, "gce-audit-push", f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_events_routes_registrations_on_the_emulator() {
     let emu = emulator().await;
-    for t in [
-        "k8s-audit",
-        "nodewire-assign-alias",
-        "nodewire-release-alias",
-        "nodewire-dead-letter",
-    ] {
-        emu.create_topic(t).await.expect("topic");
-    }
-    emu.create_subscription("assign-observer", "nodewire-assign-alias", pull_body())
-        .await
-        .expect("sub");
+    topics_and_observers(
+        &emu,
+        &[
+            "k8s-audit",
+            "nodewire-assign-alias",
+            "nodewire-release-alias",
+            "nodewire-dead-letter",
+        ],
+        &[("assign-observer", "nodewire-assign-alias")],
+    )
+    .await;
     let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), |d: Deps| {
         node_events::handler(d, std::sync::Arc::new(nodewire::locate::NoLocator))
     })
     .await;
-    emu.create_subscription("k8s-audit-push", "k8s-audit", push_body(&f.endpoint()))
-        .await
-        .expect("push sub");
+    push_to(&emu, "k8s-audit-push", "k8s-audit", &f).await;
 
     // Ops Agent LogEntry whose jsonPayload is a Request-level "create nodes" event: the
     // request object carries the providerID the kubelet registered with.
@@ -156,10 +145,7 @@ async fn node_events_routes_registrations_on_the_emulator() {
     );
     let step = StepMessage::decode(&got[0].data).expect("step");
     assert_eq!(step.node.as_deref(), Some("k8s-worker-1"));
-    emu.delete_subscription("k8s-audit-push")
-        .await
-        .expect("cleanup");
-    f.stop().await;
+    stop_pushing(&emu, "k8s-audit-push", f).await;
 }
 
 static ATTEMPTS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
@@ -203,12 +189,12 @@ async fn flaky(event: PushEvent<bytes::Bytes>, deps: &Deps) -> Result<Outcome, N
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_leads_to_redelivery() {
     let emu = emulator().await;
-    for t in ["flaky-in", "flaky-done", "nodewire-dead-letter"] {
-        emu.create_topic(t).await.expect("topic");
-    }
-    emu.create_subscription("done-observer", "flaky-done", pull_body())
-        .await
-        .expect("sub");
+    topics_and_observers(
+        &emu,
+        &["flaky-in", "flaky-done", "nodewire-dead-letter"],
+        &[("done-observer", "flaky-done")],
+    )
+    .await;
     let f = integration_tests::serve_fn(config(&emu, "flaky", &[]), |d: Deps| {
         move |ev| {
             let d = d.clone();
@@ -216,9 +202,7 @@ async fn a_503_leads_to_redelivery() {
         }
     })
     .await;
-    emu.create_subscription("flaky-push", "flaky-in", push_body(&f.endpoint()))
-        .await
-        .expect("push sub");
+    push_to(&emu, "flaky-push", "flaky-in", &f).await;
     let id = emu
         .publish("flaky-in", b"payload", &[])
         .await
@@ -232,32 +216,27 @@ async fn a_503_leads_to_redelivery() {
         .as_ref()
         .and_then(|m| m.get(&id).copied());
     assert_eq!(attempts, Some(3), "two 503s, then success");
-    emu.delete_subscription("flaky-push")
-        .await
-        .expect("cleanup");
-    f.stop().await;
+    stop_pushing(&emu, "flaky-push", f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_exactly_once() {
     let emu = emulator().await;
-    for t in ["gce-audit", "nodewire-bootstrap", "nodewire-dead-letter"] {
-        emu.create_topic(t).await.expect("topic");
-    }
-    emu.create_subscription("dlq-observer", "nodewire-dead-letter", pull_body())
-        .await
-        .expect("sub");
-    emu.create_subscription("bootstrap-observer", "nodewire-bootstrap", pull_body())
-        .await
-        .expect("sub");
+    topics_and_observers(
+        &emu,
+        &["gce-audit", "nodewire-bootstrap", "nodewire-dead-letter"],
+        &[
+            ("dlq-observer", "nodewire-dead-letter"),
+            ("bootstrap-observer", "nodewire-bootstrap"),
+        ],
+    )
+    .await;
     let f = integration_tests::serve_fn(
         config(&emu, "instance-events", &[]),
         instance_events::handler,
     )
     .await;
-    emu.create_subscription("gce-audit-push", "gce-audit", push_body(&f.endpoint()))
-        .await
-        .expect("push sub");
+    push_to(&emu, "gce-audit-push", "gce-audit", &f).await;
 
     let poison = b"{\"protoPayload\": {\"serviceName\": \"compute.googleapis.com\"";
     let id = emu
@@ -296,21 +275,18 @@ async fn a_poison_message_is_dead_lettered_exactly_once() {
             .expect("pull")
             .is_empty()
     );
-    emu.delete_subscription("gce-audit-push")
-        .await
-        .expect("cleanup");
-    f.stop().await;
+    stop_pushing(&emu, "gce-audit-push", f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_delivery_lets_it_finish() {
     let emu = emulator().await;
-    for t in ["slow-in", "nodewire-done", "nodewire-dead-letter"] {
-        emu.create_topic(t).await.expect("topic");
-    }
-    emu.create_subscription("done-observer", "nodewire-done", pull_body())
-        .await
-        .expect("sub");
+    topics_and_observers(
+        &emu,
+        &["slow-in", "nodewire-done", "nodewire-dead-letter"],
+        &[("done-observer", "nodewire-done")],
+    )
+    .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

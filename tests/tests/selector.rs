@@ -50,17 +50,7 @@ async fn a_vm_outside_the_prefix_is_never_touched_reported_or_healed() {
     // lacks the prefix. It is seeded (no creation event), so only the sweep or a step can
     // reach it.
     w.compute
-        .seed_instance(InstanceSeed {
-            project: P.into(),
-            zone: Z.into(),
-            name: "web-1".into(),
-            subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
-            can_ip_forward: true,
-            tags: vec![],
-            labels: [("cluster".to_string(), "demo".to_string())].into(),
-            metadata: vec![],
-            aliases: vec![],
-        })
+        .seed_instance(InstanceSeed::node_vm(P, REGION, Z, "web-1"))
         .expect("seed web-1");
     // A Node outside the prefix whose providerID names a VM that is gone, and a token for a
     // VM outside the prefix that is gone: drift, if they were ours.
@@ -76,11 +66,7 @@ async fn a_vm_outside_the_prefix_is_never_touched_reported_or_healed() {
         .seed(
             "secrets",
             "kube-system",
-            json!({"metadata": {"name": "bootstrap-token-webtok", "labels": {"nodewire.io/instance": "web-old", "nodewire.io/zone": Z}},
-                   "type": "bootstrap.kubernetes.io/token",
-                   "stringData": {"token-id": "webtok", "token-secret": "0123456789abcdef", "expiration": "2099-01-01T00:00:00Z",
-                                  "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
-                                  "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}}),
+            sim::k8s::token_secret("webtok", "web-old", Z, "2099-01-01T00:00:00Z"),
         )
         .expect("seed token");
     let ok = w

@@ -137,17 +137,7 @@ async fn every_drift_kind_is_detected_and_healed() {
         .expect("vm 7");
     // A VM of ours that never got its creation event; a leftover token for a VM that is gone.
     w.compute
-        .seed_instance(InstanceSeed {
-            project: P.into(),
-            zone: Z.into(),
-            name: "k8s-quiet".into(),
-            subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
-            can_ip_forward: true,
-            tags: vec![],
-            labels: [("cluster".to_string(), "demo".to_string())].into(),
-            metadata: vec![],
-            aliases: vec![],
-        })
+        .seed_instance(InstanceSeed::node_vm(P, REGION, Z, "k8s-quiet"))
         .expect("seed");
     w.k8s
         .seed(
@@ -161,13 +151,7 @@ async fn every_drift_kind_is_detected_and_healed() {
         .expect("orphan token");
 
     // 9: a join token left behind on a wired node.
-    let token = |id: &str, vm: &str, exp: &str| {
-        json!({"metadata": {"name": format!("bootstrap-token-{id}"), "labels": {"nodewire.io/instance": vm, "nodewire.io/zone": Z}},
-               "type": "bootstrap.kubernetes.io/token",
-               "stringData": {"token-id": id, "token-secret": "0123456789abcdef", "expiration": exp,
-                              "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
-                              "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}})
-    };
+    let token = |id: &str, vm: &str, exp: &str| sim::k8s::token_secret(id, vm, Z, exp);
     w.k8s
         .seed(
             "secrets",
@@ -177,15 +161,8 @@ async fn every_drift_kind_is_detected_and_healed() {
         .expect("leftover token");
     // A VM whose bootstrap expired before it joined.
     let seed_vm = |n: &str, metadata: Vec<(String, String)>| InstanceSeed {
-        project: P.into(),
-        zone: Z.into(),
-        name: n.into(),
-        subnet: (P.into(), REGION.into(), "k8s-nodes".into()),
-        can_ip_forward: true,
-        tags: vec![],
-        labels: [("cluster".to_string(), "demo".to_string())].into(),
         metadata,
-        aliases: vec![],
+        ..InstanceSeed::node_vm(P, REGION, Z, n)
     };
     w.compute
         .seed_instance(seed_vm(

@@ -1,7 +1,9 @@
 //! ACT, shared by the Compute and Kubernetes clients: one bounded retry loop with jittered
-//! exponential backoff, and one table that classifies an HTTP error status (and the reasons
-//! Google and Kubernetes put in their error bodies). Each client maps the class onto its own
-//! typed error; neither decides from message strings.
+//! exponential backoff ([`Backoff`], [`retrying`]), one page walker ([`all_pages`] →
+//! [`Listed`]), one table that classifies an HTTP error status and the reasons Google and
+//! Kubernetes put in their error bodies ([`classify_http`]), and API message shortening
+//! ([`api_message`]). Each client maps the class onto its own typed error; neither decides from
+//! message strings.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
-//! The handlers of the functions, each a plain `async fn` over a typed event and the
-//! dependencies it uses; the binaries under `functions/` only wire one of them to the adapter.
+//! The handlers of the functions. Each module has a plain `async fn handle` over a typed event and
+//! the dependencies it uses, and a `handler(..)` constructor that returns it as an
+//! [`adapter::Handler`](crate::adapter::Handler) (a closure owning what `handle` needs); the
+//! binaries under `functions/` only pass one of them to the adapter.
 //!
 //! - [`instance_events`]: Compute Engine audit → `bootstrap` / `decommission`
 //! - [`node_events`]: Kubernetes audit → `assign-alias` / `release-alias`

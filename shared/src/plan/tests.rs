@@ -25,26 +25,17 @@ enum Want {
     Is(Plan),
     /// A plan with this property (described by the row's name).
     That(fn(&Plan) -> bool),
+    /// Some actions, then this step.
+    Next(Step),
 }
 
 fn act(actions: Vec<Action>, next: Option<Step>) -> Want {
     Want::Is(Plan::Act { actions, next })
 }
 
-/// Plans every row and fails once, listing every row whose plan was not as wanted.
-fn check(rows: Vec<(&str, Step, Observed, Want)>) {
-    let c = cfg();
-    let failures: Vec<String> = rows
-        .into_iter()
-        .filter_map(|(name, step, obs, want)| {
-            let got = plan(step, &obs, &c);
-            let ok = match &want {
-                Want::Is(p) => *p == got,
-                Want::That(f) => f(&got),
-            };
-            (!ok).then(|| format!("{name} ({step}): got {got:?}"))
-        })
-        .collect();
+/// Runs `row` on every row and fails once, listing every row that failed (its message).
+fn all_rows<R>(rows: Vec<R>, row: impl Fn(R) -> Option<String>) {
+    let failures: Vec<String> = rows.into_iter().filter_map(row).collect();
     assert!(
         failures.is_empty(),
         "{} row(s) failed:\n{}",
@@ -53,25 +44,30 @@ fn check(rows: Vec<(&str, Step, Observed, Want)>) {
     );
 }
 
+/// Plans every row: the plan must be as wanted.
+fn check(rows: Vec<(&str, Step, Observed, Want)>) {
+    let c = cfg();
+    all_rows(rows, |(name, step, obs, want)| {
+        let got = plan(step, &obs, &c);
+        let ok = match &want {
+            Want::Is(p) => *p == got,
+            Want::That(f) => f(&got),
+            Want::Next(n) => matches!(&got, Plan::Act { next: Some(x), .. } if x == n),
+        };
+        (!ok).then(|| format!("{name} ({step}): got {got:?}"))
+    });
+}
+
 /// A `gaps` row: name, state, and what the gaps must satisfy.
 type GapRow<'a> = (&'a str, Observed, fn(&[Gap]) -> bool);
 
-/// Checks `gaps` row by row, the same way.
+/// Checks `gaps` row by row.
 fn check_gaps(rows: Vec<GapRow<'_>>) {
     let c = cfg();
-    let failures: Vec<String> = rows
-        .into_iter()
-        .filter_map(|(name, obs, ok)| {
-            let g = gaps(&obs, &c);
-            (!ok(&g)).then(|| format!("{name}: got {g:?}"))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} row(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    all_rows(rows, |(name, obs, ok)| {
+        let g = gaps(&obs, &c);
+        (!ok(&g)).then(|| format!("{name}: got {g:?}"))
+    });
 }
 
 #[test]
@@ -201,29 +197,13 @@ fn assign_alias_table() {
             "then finalize while the taint is on",
             Step::AssignAlias,
             o.clone().with_taint(),
-            Want::That(|p| {
-                matches!(
-                    p,
-                    Plan::Act {
-                        next: Some(Step::Finalize),
-                        ..
-                    }
-                )
-            }),
+            Want::Next(Step::Finalize),
         ),
         (
             "then tag-instance while a tag is missing",
             Step::AssignAlias,
             o.clone().without_tag(),
-            Want::That(|p| {
-                matches!(
-                    p,
-                    Plan::Act {
-                        next: Some(Step::TagInstance),
-                        ..
-                    }
-                )
-            }),
+            Want::Next(Step::TagInstance),
         ),
         (
             "no podCIDR yet: wait",

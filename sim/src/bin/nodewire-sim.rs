@@ -108,15 +108,14 @@ async fn main() -> anyhow::Result<()> {
             seed: a.seed,
             op_latency: Duration::from_millis(a.op_latency_ms),
             subnets: vec![SubnetSpec {
-                project: a.project.clone(),
-                region: a.region.clone(),
                 name: a.subnet.clone(),
-                network: "k8s-vpc".into(),
-                ip_cidr_range: a.nodes_range,
-                secondary: vec![
-                    ("pods".into(), a.pods_range),
-                    ("services".into(), a.services_range),
-                ],
+                ..SubnetSpec::node_subnet(
+                    &a.project,
+                    &a.region,
+                    a.nodes_range,
+                    a.pods_range,
+                    a.services_range,
+                )
             }],
             audit: sinks.as_ref().map(|s| s.0.clone()),
             ..ComputeConfig::default()
@@ -136,14 +135,7 @@ async fn main() -> anyhow::Result<()> {
             audit_zone: format!("{}-a", a.region),
         },
     )?;
-    let host = a
-        .nodes_range
-        .net()
-        .hosts()
-        .next()
-        .map(|h| h.to_string())
-        .unwrap_or_default();
-    k8s.publish_cluster_info(&host, TEST_CA)
+    k8s.publish_cluster_info_in(a.nodes_range, TEST_CA)
         .map_err(|e| anyhow::anyhow!("seeding cluster-info: {}", e.message))?;
     println!(
         "Compute Engine simulator: {}  (project {}, subnet {}/{})",

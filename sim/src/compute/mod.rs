@@ -215,6 +215,25 @@ pub struct InstanceSeed {
     pub aliases: Vec<Alias>,
 }
 
+impl InstanceSeed {
+    /// A node VM as a user creates it: IP forwarding on, nic0 on `PROJECT/REGION/k8s-nodes`,
+    /// label `cluster=demo`; no tags, metadata or aliases. Change fields with struct update
+    /// syntax.
+    pub fn node_vm(project: &str, region: &str, zone: &str, name: &str) -> Self {
+        Self {
+            project: project.into(),
+            zone: zone.into(),
+            name: name.into(),
+            subnet: (project.into(), region.into(), "k8s-nodes".into()),
+            can_ip_forward: true,
+            tags: vec![],
+            labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
+            metadata: vec![],
+            aliases: vec![],
+        }
+    }
+}
+
 impl ComputeSim {
     fn sim(&self) -> &Arc<Sim> {
         self.server.sim()

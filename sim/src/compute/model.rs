@@ -44,6 +44,25 @@ pub struct SubnetSpec {
 }
 
 impl SubnetSpec {
+    /// The node subnet `k8s-nodes` of network `k8s-vpc` with its `pods` and `services`
+    /// secondary ranges.
+    pub fn node_subnet(
+        project: &str,
+        region: &str,
+        nodes: Cidr,
+        pods: Cidr,
+        services: Cidr,
+    ) -> Self {
+        Self {
+            project: project.into(),
+            region: region.into(),
+            name: "k8s-nodes".into(),
+            network: "k8s-vpc".into(),
+            ip_cidr_range: nodes,
+            secondary: vec![("pods".into(), pods), ("services".into(), services)],
+        }
+    }
+
     pub fn self_link(&self) -> String {
         format!(
             "{API}projects/{}/regions/{}/subnetworks/{}",

@@ -43,6 +43,7 @@ pub use crate::audit::AuditSink;
 use crate::faults::{Chaos, InjectedError, lock};
 use crate::server::{self, Answer, Server, Service};
 pub use ipam::IpamConfig;
+pub use secrets::token_secret;
 pub use status::ApiError;
 
 /// How the simulator behaves.

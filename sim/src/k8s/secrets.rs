@@ -143,3 +143,14 @@ fn validate_bootstrap_token(subject: Subject<'_>, obj: &Value) -> Result<(), Api
     }
     Ok(())
 }
+
+/// A kubeadm bootstrap-token Secret as nodewire mints them (labelled with the VM and zone it is
+/// for), with the test secret `0123456789abcdef`: for seeding drift in tests.
+pub fn token_secret(id: &str, vm: &str, zone: &str, expiration: &str) -> Value {
+    json!({"metadata": {"name": format!("bootstrap-token-{id}"),
+                        "labels": {"nodewire.io/instance": vm, "nodewire.io/zone": zone}},
+           "type": "bootstrap.kubernetes.io/token",
+           "stringData": {"token-id": id, "token-secret": "0123456789abcdef", "expiration": expiration,
+                          "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                          "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}})
+}

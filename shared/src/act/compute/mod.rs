@@ -8,8 +8,9 @@
 //!   (asynchronous) means another writer won the race: re-read, recompute, resend, at most
 //!   `max_resends` times;
 //! - 429, 403 `rateLimitExceeded`, 5xx, timeouts and connection errors are retried with
-//!   exponential backoff and full jitter, bounded in attempts and total time, with the same
-//!   `requestId` (the server applies it at most once); then they surface as a transient error;
+//!   jittered exponential backoff (the toolkit's loop), bounded in attempts and total time,
+//!   with the same `requestId` (the server applies it at most once); then they surface as a
+//!   transient error;
 //! - 400/404/409 and the alias errors surface as typed permanent errors with the API's message.
 //!
 //! The library's own retries are off (`NeverRetry`): one policy, ours, applies.
@@ -39,13 +40,8 @@ use raw::RawClient;
 /// Retry and deadline settings of the Compute client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ComputePolicy {
-    /// Attempts of one call on transient errors (including the first).
-    pub max_attempts: u32,
-    /// Total time one call may spend retrying.
-    pub max_elapsed: Duration,
-    /// First backoff; doubles each attempt (full jitter).
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
+    /// Transient-error retries of one call.
+    pub retry: Backoff,
     /// Re-read and resend after a lost fingerprint race, at most this often.
     pub max_resends: u32,
     /// How long to wait for an operation to be DONE.
@@ -54,25 +50,15 @@ pub struct ComputePolicy {
     pub attempt_timeout: Duration,
 }
 
-impl ComputePolicy {
-    /// The transient-retry bounds.
-    pub fn backoff(&self) -> Backoff {
-        Backoff {
-            max_attempts: self.max_attempts,
-            max_elapsed: self.max_elapsed,
-            base: self.base_backoff,
-            max: self.max_backoff,
-        }
-    }
-}
-
 impl Default for ComputePolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
-            max_elapsed: Duration::from_secs(20),
-            base_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(4),
+            retry: Backoff {
+                max_attempts: 6,
+                max_elapsed: Duration::from_secs(20),
+                base: Duration::from_millis(250),
+                max: Duration::from_secs(4),
+            },
             max_resends: 5,
             operation_deadline: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(30),
@@ -185,7 +171,7 @@ impl Compute {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Class>>,
     {
-        toolkit::retrying(&self.policy.backoff(), call, f, |x| {
+        toolkit::retrying(&self.policy.retry, call, f, |x| {
             Class::Fail(ComputeError::Transient {
                 call,
                 attempts: x.attempts,
@@ -482,7 +468,7 @@ impl Compute {
                 Err(Class::Retry(message)) => {
                     // The operation failed transiently and changed nothing: send again.
                     tracing::debug!(call, instance = %r, %message, "operation failed transiently; resending");
-                    tokio::time::sleep(self.policy.backoff().delay(resend + 1)).await;
+                    tokio::time::sleep(self.policy.retry.delay(resend + 1)).await;
                 }
                 Err(Class::Fail(e)) => return Err(e),
             }

@@ -40,34 +40,22 @@ pub const FIELD_MANAGER: &str = "nodewire";
 /// Retry settings of the Kubernetes client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KubePolicy {
-    pub max_attempts: u32,
-    pub max_elapsed: Duration,
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
+    /// Transient-error retries of one call.
+    pub retry: Backoff,
     /// Re-reads after a 409 Conflict, at most.
     pub max_conflicts: u32,
     pub request_timeout: Duration,
 }
 
-impl KubePolicy {
-    /// The transient-retry bounds.
-    pub fn backoff(&self) -> Backoff {
-        Backoff {
-            max_attempts: self.max_attempts,
-            max_elapsed: self.max_elapsed,
-            base: self.base_backoff,
-            max: self.max_backoff,
-        }
-    }
-}
-
 impl Default for KubePolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
-            max_elapsed: Duration::from_secs(15),
-            base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
+            retry: Backoff {
+                max_attempts: 6,
+                max_elapsed: Duration::from_secs(15),
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            },
             max_conflicts: 8,
             request_timeout: Duration::from_secs(15),
         }
@@ -247,7 +235,7 @@ impl Kube {
             let fut = f();
             async move { fut.await.map_err(|e| classify(call, &e)) }
         };
-        toolkit::retrying(&self.policy.backoff(), call, attempt, |x| {
+        toolkit::retrying(&self.policy.retry, call, attempt, |x| {
             Class::Fail(KubeError::Transient {
                 call,
                 attempts: x.attempts,

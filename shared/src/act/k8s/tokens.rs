@@ -45,9 +45,13 @@ impl BootstrapToken {
 /// A bootstrap-token Secret as listed (no secret part).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
+    /// The token id (the Secret is `bootstrap-token-ID`).
     pub id: String,
+    /// The VM it was minted for (label `nodewire.io/instance`).
     pub instance: Option<String>,
+    /// That VM's zone (label `nodewire.io/zone`).
     pub zone: Option<String>,
+    /// RFC 3339, as kubeadm writes it.
     pub expiration: Option<String>,
     pub description: Option<String>,
 }
