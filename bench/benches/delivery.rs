@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
         "bench",
     );
     step.node = Some("node-00000".into());
-    let step = envelope(&step.to_bytes());
+    let step = envelope(&step.to_bytes().expect("step"));
     let (ie, ti) = rt.block_on(async {
         (
             {

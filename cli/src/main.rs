@@ -98,7 +98,10 @@ async fn deps_with_clients() -> anyhow::Result<ChainDeps> {
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("nodewire: serializing the output failed: {e}"),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -207,11 +210,14 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     let instance = a.instance.unwrap_or_default();
     let deps = deps_with_clients().await?;
+    // Refused before anything is published, with or without --step: a step for a VM that is
+    // not nodewire's would be ignored by the step function anyway.
+    let obs = status::observe_ours(&deps, &instance).await?;
     let step = match &a.step {
         Some(s) => s
             .parse::<Step>()
             .map_err(|e| anyhow::anyhow!("--step: {e}"))?,
-        None => match status::first_step(&deps, &instance).await? {
+        None => match status::first_step(&obs, &deps.plan) {
             Some(s) => s,
             None => {
                 println!(

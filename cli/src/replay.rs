@@ -123,8 +123,16 @@ pub async fn from_file(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let data = match serde_json::to_vec(e) {
+            Ok(d) => d,
+            Err(err) => {
+                s.failed
+                    .push(format!("{label}: serializing the entry failed: {err}"));
+                continue;
+            }
+        };
         let msg = OutboundMessage {
-            data: serde_json::to_vec(e).unwrap_or_default(),
+            data,
             attributes: BTreeMap::from([("logging.googleapis.com/timestamp".to_string(), ts)]),
             ordering_key: None,
         };

@@ -121,33 +121,40 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
     Ok(rows)
 }
 
-/// The step to start for one VM: the first open aspect, `None` when wired or waiting.
+/// Reads one VM, its Node and tokens, after checking that the VM is nodewire's (project and
+/// prefix from its name; labels too when it exists).
 ///
 /// # Errors
-/// When the instance path is invalid or a read fails.
-pub async fn first_step(deps: &ChainDeps, instance: &str) -> anyhow::Result<Option<Step>> {
+/// When the instance path is invalid, the VM is not nodewire's, or a read fails.
+pub async fn observe_ours(deps: &ChainDeps, instance: &str) -> anyhow::Result<Observed> {
     let r: InstanceRef = instance
         .parse()
         .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
-    deps.plan
-        .selector
-        .admits(&r)
-        .map_err(|e| anyhow::anyhow!("{e}: the step functions would ignore it"))?;
+    let not_ours =
+        |e: nodewire::select::NotOurs| anyhow::anyhow!("{e}: the step functions would ignore it");
+    deps.plan.selector.admits(&r).map_err(not_ours)?;
     let obs = nodewire::observe::one_vm(&deps.compute, &deps.kube, &r, r.name())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(vm) = &obs.vm {
+        deps.plan
+            .selector
+            .admits_vm(&vm.instance, &vm.labels)
+            .map_err(not_ours)?;
+    }
+    Ok(obs)
+}
+
+/// The step to start for an observed VM: the first open aspect, `None` when wired or waiting.
+pub fn first_step(obs: &Observed, cfg: &nodewire::plan::PlanConfig) -> Option<Step> {
     if obs.vm.is_none() {
-        return Ok((obs.node.is_some() || !obs.tokens.is_empty()).then_some(Step::Decommission));
+        return (obs.node.is_some() || !obs.tokens.is_empty()).then_some(Step::Decommission);
     }
-    let g = gaps(&obs, &deps.plan);
+    let g = gaps(obs, cfg);
     if g.contains(&Gap::NoNode) {
-        return Ok(if obs.tokens.iter().any(|t| !t.expired) {
-            None
-        } else {
-            Some(Step::Bootstrap)
-        });
+        return (!obs.tokens.iter().any(|t| !t.expired)).then_some(Step::Bootstrap);
     }
-    Ok(g.iter().find_map(|x| x.step()))
+    g.iter().find_map(|x| x.step())
 }
 
 fn mark(b: bool) -> &'static str {

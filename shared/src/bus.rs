@@ -31,8 +31,8 @@ pub struct OutboundMessage {
     pub ordering_key: Option<String>,
 }
 
-/// A publish that did not succeed. Always transient from the handler's point of view: the
-/// delivery that tried to publish is redelivered.
+/// A publish that did not succeed. Transient from the handler's point of view (the delivery
+/// that tried to publish is redelivered), except a message that cannot be serialized.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("publishing to {topic} failed")]
@@ -43,6 +43,15 @@ pub enum BusError {
     },
     #[error("connecting to Pub/Sub failed")]
     Connect(#[source] Cause),
+    /// The message could not be serialized (a bug: redelivery cannot help).
+    #[error("serializing the message failed")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl crate::error::Classify for BusError {
+    fn is_retryable(&self) -> bool {
+        !matches!(self, BusError::Encode(_))
+    }
 }
 
 /// Where functions publish.

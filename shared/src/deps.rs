@@ -193,7 +193,7 @@ impl Deps {
             ),
         ]);
         let out = OutboundMessage {
-            data: msg.to_bytes(),
+            data: msg.to_bytes().map_err(BusError::Encode)?,
             attributes,
             ordering_key: Some(msg.instance.ordering_key()),
         };

@@ -8,9 +8,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest string we echo back in an error message; the rest is elided.
-const ECHO_MAX: usize = 64;
-
 /// Why an identifier was refused. The offending value is included, shortened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -44,6 +41,57 @@ pub struct ProviderIdConflict {
     pub wanted: String,
 }
 
+/// A subnetwork as a VM's nic0 names it, parsed once from its self link
+/// (`https://www.googleapis.com/compute/v1/projects/P/regions/R/subnetworks/N`, or the same
+/// without scheme and host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetRef {
+    pub project: String,
+    pub region: String,
+    pub name: String,
+}
+
+impl SubnetRef {
+    /// `None` when `link` is not a subnetwork link.
+    pub fn from_link(link: &str) -> Option<Self> {
+        let path = link.split_once("/projects/").map_or(link, |(_, p)| p);
+        let path = path.strip_prefix("projects/").unwrap_or(path);
+        let mut parts = path.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (
+                Some(project),
+                Some("regions"),
+                Some(region),
+                Some("subnetworks"),
+                Some(name),
+                None,
+            ) if !project.is_empty() && !region.is_empty() && !name.is_empty() => Some(Self {
+                project: project.to_string(),
+                region: region.to_string(),
+                name: name.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SubnetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "projects/{}/regions/{}/subnetworks/{}",
+            self.project, self.region, self.name
+        )
+    }
+}
+
 /// A `gce://` providerID that does not name a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderIdError {
@@ -53,15 +101,7 @@ pub enum ProviderIdError {
     Invalid(NameError),
 }
 
-/// Shortens a value for inclusion in an error message or a log line.
-pub fn echo(value: &str) -> String {
-    if value.chars().count() <= ECHO_MAX {
-        value.to_string()
-    } else {
-        let head: String = value.chars().take(ECHO_MAX).collect();
-        format!("{head}…({} bytes)", value.len())
-    }
-}
+pub use crate::text::echo;
 
 /// RFC 1035 label as Compute Engine uses it for instance names: `[a-z]([-a-z0-9]*[a-z0-9])?`,
 /// at most 63 characters.
@@ -462,6 +502,23 @@ mod tests {
             InstanceRef::from_provider_id("aws:///us-east-1a/i-1"),
             Ok(None)
         );
+        let s = SubnetRef::from_link(
+            "https://www.googleapis.com/compute/v1/projects/p-1/regions/us-central1/subnetworks/k8s-nodes",
+        )
+        .expect("link");
+        assert_eq!(
+            (s.project.as_str(), s.region.as_str(), s.name.as_str()),
+            ("p-1", "us-central1", "k8s-nodes")
+        );
+        assert_eq!(SubnetRef::from_link(&s.to_string()), Some(s));
+        for bad in [
+            "",
+            "regions/r/subnetworks/n",
+            "projects/p/regions/r/subnetworks",
+            "projects/p/global/networks/n",
+        ] {
+            assert_eq!(SubnetRef::from_link(bad), None, "{bad}");
+        }
         for bad in [
             "gce://p/z",
             "gce://p/z/n/x",

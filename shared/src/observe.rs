@@ -8,7 +8,7 @@ use crate::act::compute::{Compute, ComputeError, InstanceView};
 use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo, UNWIRED_TAINT};
 use crate::error::Classify;
 use crate::join::JOIN_METADATA_KEY;
-use crate::names::InstanceRef;
+use crate::names::{InstanceRef, SubnetRef};
 use crate::plan::{Alias, NodeFacts, Observed, TokenFacts, VmFacts};
 
 /// A read that failed.
@@ -107,17 +107,17 @@ pub fn vm_facts(v: &InstanceView) -> VmFacts {
         instance: v.instance.clone(),
         labels: v.labels.clone(),
         can_ip_forward: v.can_ip_forward,
-        subnet_link: v.nic0.as_ref().map(|n| n.subnetwork.clone()),
+        subnet: v
+            .nic0
+            .as_ref()
+            .and_then(|n| SubnetRef::from_link(&n.subnetwork)),
         aliases: v
             .nic0
             .as_ref()
             .map(|n| {
                 n.aliases
                     .iter()
-                    .map(|a| Alias {
-                        cidr: a.cidr.clone(),
-                        range_name: a.range_name.clone(),
-                    })
+                    .map(|a| Alias::new(a.cidr.clone(), a.range_name.clone()))
                     .collect()
             })
             .unwrap_or_default(),

@@ -92,7 +92,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             .unwrap_or_default();
         for a in &facts.aliases {
             if a.range_name.as_deref() == Some(cfg.pod_range_name.as_str())
-                && let Ok(c) = a.cidr.parse::<Cidr>()
+                && let Some(c) = a.block
             {
                 pod_aliases.push((r, c));
             }
@@ -149,8 +149,10 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
         else {
             continue;
         };
-        // A Node of a VM that is not ours (another project, outside the prefix) is not drift.
-        if cfg.selector.admits(&r).is_ok() && !existing.contains(&r) {
+        // A Node of a VM that is not ours (another project, outside the prefix), or a Node
+        // named outside the prefix, is not drift.
+        let ours = cfg.selector.admits(&r).is_ok() && cfg.selector.admits_name(&n.name).is_ok();
+        if ours && !existing.contains(&r) {
             out.push(Finding {
                 kind: DriftKind::NodeWithoutVm,
                 subject: n.name.clone(),
@@ -257,7 +259,7 @@ impl crate::adapter::Classify for SweepError {
     fn is_retryable(&self) -> bool {
         match self {
             SweepError::Observe(e) => e.is_retryable(),
-            SweepError::Publish(_) => true,
+            SweepError::Publish(e) => e.is_retryable(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::bus::{BoxFuture, InProcessBus};
 use crate::config::Config;
 use crate::deps::Deps;
 use crate::locate::{LocateError, Locator};
-use crate::names::InstanceRef;
+use crate::names::{InstanceRef, SubnetRef};
 use crate::plan::{Alias, NodeFacts, Observed, PlanConfig, TokenFacts, VmFacts};
 use crate::select::Selector;
 
@@ -116,10 +116,7 @@ pub fn vm_ref() -> InstanceRef {
 
 /// A pod-range alias.
 pub fn pods(cidr: &str) -> Alias {
-    Alias {
-        cidr: cidr.into(),
-        range_name: Some("pods".into()),
-    }
+    Alias::new(cidr, Some("pods".into()))
 }
 
 /// A token minted for the VM.
@@ -136,7 +133,9 @@ pub fn fresh_vm() -> VmFacts {
         instance: vm_ref(),
         labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
         can_ip_forward: true,
-        subnet_link: Some("https://www.googleapis.com/compute/v1/projects/example-project/regions/us-central1/subnetworks/k8s-nodes".into()),
+        subnet: SubnetRef::from_link(
+            "https://www.googleapis.com/compute/v1/projects/example-project/regions/us-central1/subnetworks/k8s-nodes",
+        ),
         aliases: vec![],
         tags: vec!["base".into()],
         join_metadata: false,
@@ -207,7 +206,7 @@ pub trait ObservedExt: Sized {
         self.edit(|o| o.vm_mut().can_ip_forward = false)
     }
     fn on_subnet(self, link: &str) -> Self {
-        self.edit(|o| o.vm_mut().subnet_link = Some(link.into()))
+        self.edit(|o| o.vm_mut().subnet = SubnetRef::from_link(link))
     }
     fn without_labels(self) -> Self {
         self.edit(|o| o.vm_mut().labels.clear())

@@ -107,7 +107,11 @@ async fn a_vm_outside_the_prefix_is_never_touched_reported_or_healed() {
         );
         msg.node = Some("web-gone".into());
         w.emu()
-            .publish(&format!("nodewire-{}", step.as_str()), &msg.to_bytes(), &[])
+            .publish(
+                &format!("nodewire-{}", step.as_str()),
+                &msg.to_bytes().expect("step"),
+                &[],
+            )
             .await
             .expect("publish");
     }

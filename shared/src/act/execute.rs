@@ -53,7 +53,7 @@ impl Classify for ActError {
         match self {
             ActError::Compute(e) => e.is_retryable(),
             ActError::Kube(e) => e.is_retryable(),
-            ActError::Publish(_) => true,
+            ActError::Publish(e) => e.is_retryable(),
             ActError::AliasConflict { .. } | ActError::Refused(_) | ActError::Serialize { .. } => {
                 false
             }
@@ -279,11 +279,10 @@ async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> String 
             .into_iter()
             .filter(|v| v.instance != *me)
             .find(|v| {
-                v.nic0.as_ref().is_some_and(|n| {
-                    n.aliases
-                        .iter()
-                        .any(|a| a.cidr.parse::<Cidr>().is_ok_and(|c| c.overlaps(&cidr)))
-                })
+                crate::observe::vm_facts(v)
+                    .aliases
+                    .iter()
+                    .any(|a| a.block.is_some_and(|c| c.overlaps(&cidr)))
             })
             .map_or_else(
                 || "another resource (not a VM of this project)".into(),

@@ -161,15 +161,7 @@ pub fn classify_http(status: u16, reasons: &[&str]) -> HttpClass {
     }
 }
 
-/// An API's error message as it goes into our errors: kept whole up to 300 bytes, otherwise
-/// shortened (see [`crate::names::echo`]).
-pub fn api_message(s: &str) -> String {
-    if s.len() <= 300 {
-        s.to_string()
-    } else {
-        crate::names::echo(s)
-    }
-}
+pub use crate::text::api_message;
 
 #[cfg(test)]
 mod tests {

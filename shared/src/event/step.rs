@@ -146,9 +146,12 @@ impl StepMessage {
     }
 
     /// Serializes to JSON bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // A struct of strings and enums always serializes.
-        serde_json::to_vec(self).unwrap_or_default()
+    ///
+    /// # Errors
+    /// The serializer's error (a struct of strings and enums does not fail, but an empty
+    /// message must never be published if it ever did).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     fn validate(&self) -> Result<(), DecodeError> {
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let m = sample();
-        let bytes = m.to_bytes();
+        let bytes = m.to_bytes().expect("serializes");
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(v["schema"], "nodewire.step/v1");
         assert_eq!(v["step"], "assign-alias");

@@ -44,7 +44,7 @@ pub enum RouteError {
 impl Classify for RouteError {
     fn is_retryable(&self) -> bool {
         match self {
-            RouteError::Publish { .. } => true,
+            RouteError::Publish { source, .. } => source.is_retryable(),
             RouteError::Locate { source, .. } => source.is_retryable(),
             RouteError::Refused { .. } => false,
         }

@@ -36,7 +36,8 @@ pub enum StepError {
 impl Classify for StepError {
     fn is_retryable(&self) -> bool {
         match self {
-            StepError::Wait(_) | StepError::Publish(_) => true,
+            StepError::Wait(_) => true,
+            StepError::Publish(e) => e.is_retryable(),
             StepError::Observe(e) => e.is_retryable(),
             StepError::Act(e) => e.is_retryable(),
             StepError::Misrouted { .. } | StepError::Refused(_) => false,

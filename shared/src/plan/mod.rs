@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::event::Step;
-use crate::names::{Cidr, InstanceRef, ProviderIdConflict};
+use crate::names::{Cidr, InstanceRef, ProviderIdConflict, SubnetRef};
 use crate::select::Selector;
 
 #[cfg(test)]
@@ -32,8 +32,23 @@ pub struct PlanConfig {
 /// An alias range as observed on nic0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alias {
+    /// As the API returns it (`10.4.1.0/24`); sent back unchanged when the range is kept.
     pub cidr: String,
     pub range_name: Option<String>,
+    /// `cidr` parsed, once ([`Alias::new`]); `None` when it is not an IPv4 network.
+    pub block: Option<Cidr>,
+}
+
+impl Alias {
+    /// An alias range, its CIDR parsed once.
+    pub fn new(cidr: impl Into<String>, range_name: Option<String>) -> Self {
+        let cidr = cidr.into();
+        Self {
+            block: cidr.parse().ok(),
+            cidr,
+            range_name,
+        }
+    }
 }
 
 /// The facts of a VM the planner looks at.
@@ -42,8 +57,8 @@ pub struct VmFacts {
     pub instance: InstanceRef,
     pub labels: BTreeMap<String, String>,
     pub can_ip_forward: bool,
-    /// nic0's subnetwork self link.
-    pub subnet_link: Option<String>,
+    /// nic0's subnetwork, parsed from its self link (`None`: no nic0, or not a link).
+    pub subnet: Option<SubnetRef>,
     pub aliases: Vec<Alias>,
     pub tags: Vec<String>,
     /// The `kubeadm-join` metadata key is present.
@@ -203,23 +218,19 @@ impl PlanConfig {
             .map(|e| e.0)
     }
 
-    fn subnet_matches(&self, link: Option<&str>) -> bool {
-        let suffix = format!("regions/{}/subnetworks/{}", self.subnet.0, self.subnet.1);
-        link.is_some_and(|l| l == suffix || l.ends_with(&format!("/{suffix}")))
+    /// The node subnet is `(region, name)`; the project is not compared (a Shared VPC host
+    /// project owns it).
+    fn subnet_matches(&self, subnet: Option<&SubnetRef>) -> bool {
+        subnet.is_some_and(|s| s.region == self.subnet.0 && s.name == self.subnet.1)
     }
 
     fn wanted_alias(&self, cidr: Cidr) -> Alias {
-        Alias {
-            cidr: cidr.to_string(),
-            range_name: Some(self.pod_range_name.clone()),
-        }
+        Alias::new(cidr.to_string(), Some(self.pod_range_name.clone()))
     }
 
     fn in_pod_range(&self, a: &Alias) -> bool {
         a.range_name.as_deref() == Some(self.pod_range_name.as_str())
-            || a.cidr
-                .parse::<Cidr>()
-                .is_ok_and(|c| self.pod_range.overlaps(&c))
+            || a.block.is_some_and(|c| self.pod_range.overlaps(&c))
     }
 }
 
@@ -402,10 +413,13 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
             vm.instance.to_string(),
         )));
     }
-    if !cfg.subnet_matches(vm.subnet_link.as_deref()) {
+    if !cfg.subnet_matches(vm.subnet.as_ref()) {
         return Err(Plan::Refuse(Refusal::WrongSubnet {
             vm: vm.instance.to_string(),
-            found: vm.subnet_link.clone().unwrap_or_default(),
+            found: vm
+                .subnet
+                .as_ref()
+                .map_or_else(|| "(none)".to_string(), ToString::to_string),
             wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
         }));
     }

@@ -91,10 +91,7 @@ fn each_gap_is_named() {
         ),
         (
             "the alias must name the pod range",
-            wired().with_aliases(vec![Alias {
-                cidr: "10.4.1.0/24".into(),
-                range_name: None,
-            }]),
+            wired().with_aliases(vec![Alias::new("10.4.1.0/24", None)]),
             |g| g == [Gap::Alias],
         ),
         ("tag", wired().without_tag(), |g| g == [Gap::Tag]),
@@ -302,10 +299,7 @@ fn decommission_and_release_table() {
         .without_vm()
         .with_node(node())
         .with_token("abcdef", false);
-    let keep = Alias {
-        cidr: "10.128.0.50/32".into(),
-        range_name: None,
-    };
+    let keep = Alias::new("10.128.0.50/32", None);
     check(vec![
         (
             "the VM is gone: delete its Node and tokens",

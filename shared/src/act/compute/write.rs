@@ -1,0 +1,320 @@
+//! ACT, Compute side: the writes — network tags, nic0's alias ranges, metadata — each a
+//! fingerprint-guarded read-modify-write with a `requestId`, followed to its operation's end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use google_cloud_compute_v1::model;
+use rand::Rng as _;
+
+use super::error::{Class, class_to_error, classify_error, classify_operation};
+use super::{AliasRange, Compute, ComputeError, WriteOutcome};
+use crate::names::InstanceRef;
+
+/// A fresh `requestId` (a random UUID v4).
+pub(super) fn request_id() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A change to send, computed from a fresh read.
+enum Change {
+    Tags(model::Tags),
+    Metadata(model::Metadata),
+    Nic(String, Box<model::NetworkInterface>),
+    /// An empty alias list, which the library would leave out of the body.
+    ClearAliases {
+        nic: String,
+        fingerprint: Vec<u8>,
+    },
+}
+
+impl Compute {
+    /// Adds `tags` to the VM's network tags, keeping the others.
+    ///
+    /// # Idempotency
+    /// No request is sent when every tag is already present.
+    ///
+    /// # Errors
+    /// [`ComputeError`].
+    pub async fn add_tags(
+        &self,
+        r: &InstanceRef,
+        tags: &[String],
+    ) -> Result<WriteOutcome, ComputeError> {
+        self.mutate("instances.setTags", r, |i| {
+            let current = i.tags.as_ref().map(|t| t.items.clone()).unwrap_or_default();
+            let missing: Vec<&String> = tags.iter().filter(|t| !current.contains(t)).collect();
+            if missing.is_empty() {
+                return None;
+            }
+            let mut items = current;
+            items.extend(missing.into_iter().cloned());
+            let mut t = model::Tags::new().set_items(items);
+            t.fingerprint = i.tags.as_ref().and_then(|t| t.fingerprint.clone());
+            Some(Change::Tags(t))
+        })
+        .await
+    }
+
+    /// Sets nic0's alias ranges to exactly `ranges` (`(cidr, secondary range name)`).
+    ///
+    /// The library leaves an empty list out of the request body, which under PATCH semantics
+    /// changes nothing; an empty `ranges` is therefore sent directly over HTTP with the same
+    /// credentials, fingerprint and `requestId` rules.
+    ///
+    /// # Idempotency
+    /// No request is sent when nic0 already has exactly these ranges.
+    ///
+    /// # Errors
+    /// [`ComputeError::AliasInUse`], [`ComputeError::RangeExhausted`], [`ComputeError::Refused`]
+    /// (e.g. a range outside the secondary range) are permanent.
+    pub async fn set_alias_ranges(
+        &self,
+        r: &InstanceRef,
+        ranges: &[AliasRange],
+    ) -> Result<WriteOutcome, ComputeError> {
+        self.mutate("instances.updateNetworkInterface", r, |i| {
+            let nic = i.network_interfaces.first()?;
+            let current: Vec<AliasRange> = nic
+                .alias_ip_ranges
+                .iter()
+                .map(|a| AliasRange {
+                    cidr: a.ip_cidr_range.clone().unwrap_or_default(),
+                    range_name: a.subnetwork_range_name.clone(),
+                })
+                .collect();
+            if current == ranges {
+                return None;
+            }
+            let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+            if ranges.is_empty() {
+                return Some(Change::ClearAliases {
+                    nic: nic_name,
+                    fingerprint: nic
+                        .fingerprint
+                        .clone()
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default(),
+                });
+            }
+            let body = model::NetworkInterface::new()
+                .set_alias_ip_ranges(ranges.iter().map(|a| {
+                    let mut x = model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
+                    x.subnetwork_range_name = a.range_name.clone();
+                    x
+                }))
+                .set_or_clear_fingerprint(nic.fingerprint.clone());
+            Some(Change::Nic(nic_name, Box::new(body)))
+        })
+        .await
+    }
+
+    /// Read-modify-write of the VM's metadata: `edit` changes the item map; nothing is sent
+    /// when it leaves the map as it was. `setMetadata` replaces all items, so the others are
+    /// always sent back as read.
+    ///
+    /// # Errors
+    /// [`ComputeError`].
+    pub async fn update_metadata(
+        &self,
+        r: &InstanceRef,
+        edit: impl Fn(&mut BTreeMap<String, String>),
+    ) -> Result<WriteOutcome, ComputeError> {
+        self.mutate("instances.setMetadata", r, |i| {
+            let md = i.metadata.clone().unwrap_or_default();
+            let before: Vec<(String, String)> = md
+                .items
+                .iter()
+                .filter_map(|it| Some((it.key.clone()?, it.value.clone().unwrap_or_default())))
+                .collect();
+            let mut map: BTreeMap<String, String> = before.iter().cloned().collect();
+            edit(&mut map);
+            let unchanged =
+                map.len() == before.len() && before.iter().all(|(k, v)| map.get(k) == Some(v));
+            if unchanged {
+                return None;
+            }
+            // Keep the original order of surviving keys, then the new ones.
+            let mut items: Vec<model::metadata::Items> = Vec::new();
+            for (k, _) in &before {
+                if let Some(v) = map.remove(k) {
+                    items.push(
+                        model::metadata::Items::new()
+                            .set_key(k.clone())
+                            .set_value(v),
+                    );
+                }
+            }
+            for (k, v) in map {
+                items.push(model::metadata::Items::new().set_key(k).set_value(v));
+            }
+            let body = model::Metadata::new()
+                .set_items(items)
+                .set_or_clear_fingerprint(md.fingerprint.clone());
+            Some(Change::Metadata(body))
+        })
+        .await
+    }
+
+    /// The fingerprint-guarded read-modify-write loop shared by every mutation.
+    async fn mutate(
+        &self,
+        call: &'static str,
+        r: &InstanceRef,
+        plan: impl Fn(&model::Instance) -> Option<Change>,
+    ) -> Result<WriteOutcome, ComputeError> {
+        for resend in 0..=self.policy.max_resends {
+            let Some(current) = self.get_model(r).await? else {
+                return Err(ComputeError::NotFound {
+                    call,
+                    message: format!("The resource '{r}' was not found"),
+                });
+            };
+            let Some(change) = plan(&current) else {
+                return Ok(WriteOutcome::Unchanged);
+            };
+            // One requestId for every transient retry of this body: the server applies it once.
+            let rid = request_id();
+            let sent = self
+                .retrying(call, || self.send(call, r, &change, &rid))
+                .await;
+            let op = match sent {
+                Ok(op) => op,
+                Err(Class::Precondition) => {
+                    tracing::debug!(call, instance = %r, resend, "fingerprint race lost (412); re-reading");
+                    continue;
+                }
+                Err(c) => return Err(class_to_error(call)(c)),
+            };
+            match self.wait_done(call, r.zone(), op).await {
+                Ok(()) => return Ok(WriteOutcome::Changed),
+                Err(Class::Precondition) => {
+                    tracing::debug!(call, instance = %r, resend, "fingerprint race lost (CONDITION_NOT_MET); re-reading");
+                }
+                Err(Class::Retry(message)) => {
+                    // The operation failed transiently and changed nothing: send again.
+                    tracing::debug!(call, instance = %r, %message, "operation failed transiently; resending");
+                    tokio::time::sleep(self.policy.retry.delay(resend + 1)).await;
+                }
+                Err(Class::Fail(e)) => return Err(e),
+            }
+        }
+        Err(ComputeError::Contention {
+            call,
+            resends: self.policy.max_resends,
+        })
+    }
+
+    async fn send(
+        &self,
+        call: &'static str,
+        r: &InstanceRef,
+        change: &Change,
+        rid: &str,
+    ) -> Result<model::Operation, Class> {
+        let res = match change {
+            Change::Tags(t) => {
+                self.instances
+                    .set_tags()
+                    .set_project(r.project())
+                    .set_zone(r.zone())
+                    .set_instance(r.name())
+                    .set_request_id(rid)
+                    .set_body(t.clone())
+                    .send()
+                    .await
+            }
+            Change::Metadata(m) => {
+                self.instances
+                    .set_metadata()
+                    .set_project(r.project())
+                    .set_zone(r.zone())
+                    .set_instance(r.name())
+                    .set_request_id(rid)
+                    .set_body(m.clone())
+                    .send()
+                    .await
+            }
+            Change::ClearAliases { nic, fingerprint } => {
+                return self
+                    .raw
+                    .update_aliases(call, r, nic, fingerprint, &[], rid)
+                    .await;
+            }
+            Change::Nic(name, n) => {
+                self.instances
+                    .update_network_interface()
+                    .set_project(r.project())
+                    .set_zone(r.zone())
+                    .set_instance(r.name())
+                    .set_network_interface(name.clone())
+                    .set_request_id(rid)
+                    .set_body(n.as_ref().clone())
+                    .send()
+                    .await
+            }
+        };
+        res.map_err(|e| classify_error(call, &e))
+    }
+
+    /// Waits until the operation is DONE (`zoneOperations.wait`, which may return early, in a
+    /// loop) or the deadline passes, then reads its error.
+    async fn wait_done(
+        &self,
+        call: &'static str,
+        zone: &str,
+        mut op: model::Operation,
+    ) -> Result<(), Class> {
+        const WAIT: &str = "zoneOperations.wait";
+        let deadline = Instant::now() + self.policy.operation_deadline;
+        let name = op.name.clone().unwrap_or_default();
+        while op.status != Some(model::operation::Status::Done) {
+            if Instant::now() >= deadline {
+                return Err(Class::Fail(ComputeError::OperationTimeout {
+                    call,
+                    operation: name,
+                    deadline_ms: self.policy.operation_deadline.as_millis() as u64,
+                }));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let next = self
+                .retrying(WAIT, || async {
+                    let req = self
+                        .operations
+                        .wait()
+                        .set_project(&self.project)
+                        .set_zone(zone)
+                        .set_operation(&name);
+                    match tokio::time::timeout(remaining.max(Duration::from_millis(10)), req.send())
+                        .await
+                    {
+                        Ok(r) => r.map_err(|e| classify_error(WAIT, &e)),
+                        Err(_) => Err(Class::Retry("wait timed out".into())),
+                    }
+                })
+                .await;
+            match next {
+                Ok(o) => op = o,
+                Err(Class::Fail(ComputeError::Transient { .. })) if Instant::now() >= deadline => {
+                    continue;
+                }
+                Err(c) => return Err(c),
+            }
+        }
+        match classify_operation(call, &op) {
+            None => Ok(()),
+            Some(c) => Err(c),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Process setup: the chain's configuration (step functions, the drift sweep, the CLI) —
+//! the node subnet, the pod range, node tags, join tokens and the JoinConfiguration version.
+
+use std::time::Duration;
+
+use super::{ConfigError, Selector, Source, err, parse_secs};
+use crate::names::echo;
+
+/// Which kubeadm JoinConfiguration version `bootstrap` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinApi {
+    /// `kubeadm.k8s.io/v1beta4` (kubeadm 1.31+): `kubeletExtraArgs` is a list of name/value.
+    V1beta4,
+    /// `kubeadm.k8s.io/v1beta3`: `kubeletExtraArgs` is a map.
+    V1beta3,
+}
+
+/// What the step functions (the chain) need besides [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    /// `NODEWIRE_SUBNET` = `REGION/NAME`: nic0 of every node VM is on it.
+    pub subnet: (String, String),
+    /// `NODEWIRE_POD_RANGE_NAME` (default `pods`): the secondary range of Pod IPs.
+    pub pod_range_name: String,
+    /// `NODEWIRE_POD_RANGE`: that range's CIDR; podCIDRs outside it are refused.
+    pub pod_range: crate::names::Cidr,
+    /// `NODEWIRE_NODE_TAGS` (comma-separated): network tags every node VM gets.
+    pub node_tags: Vec<String>,
+    /// `NODEWIRE_TOKEN_TTL_SECS` (default 900): lifetime of a join token.
+    pub token_ttl: Duration,
+    /// `NODEWIRE_JOIN_API_VERSION` (`v1beta4` default, or `v1beta3`).
+    pub join_api: JoinApi,
+    /// `NODEWIRE_API_SERVER_ENDPOINT` (`HOST:PORT`); default: the server in cluster-info.
+    pub api_server_endpoint: Option<String>,
+    /// `NODEWIRE_TOKEN_GROUPS` (default kubeadm's default node group).
+    pub token_groups: String,
+}
+
+impl ChainConfig {
+    /// Parses the chain's variables.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that is missing or invalid.
+    pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
+        let subnet_raw = src.get("NODEWIRE_SUBNET").ok_or_else(|| {
+            err(
+                "NODEWIRE_SUBNET",
+                "is required: REGION/NAME of the node subnet",
+            )
+        })?;
+        let subnet = match subnet_raw.split_once('/') {
+            Some((r, n))
+                if crate::names::validate_region(r).is_ok()
+                    && crate::names::validate_gce_name("subnet", n).is_ok() =>
+            {
+                (r.to_string(), n.to_string())
+            }
+            _ => {
+                return Err(err(
+                    "NODEWIRE_SUBNET",
+                    format!("{:?} is not REGION/NAME", echo(&subnet_raw)),
+                ));
+            }
+        };
+        let pod_range_name = src
+            .get("NODEWIRE_POD_RANGE_NAME")
+            .unwrap_or_else(|| "pods".into());
+        crate::names::validate_gce_name("range name", &pod_range_name)
+            .map_err(|e| err("NODEWIRE_POD_RANGE_NAME", e.to_string()))?;
+        let pod_range = src
+            .get("NODEWIRE_POD_RANGE")
+            .ok_or_else(|| {
+                err(
+                    "NODEWIRE_POD_RANGE",
+                    "is required: the CIDR of the pod secondary range",
+                )
+            })?
+            .parse()
+            .map_err(|e: crate::names::NameError| err("NODEWIRE_POD_RANGE", e.to_string()))?;
+        let tags_raw = src.get("NODEWIRE_NODE_TAGS").ok_or_else(|| {
+            err(
+                "NODEWIRE_NODE_TAGS",
+                "is required: the network tag(s) of node VMs",
+            )
+        })?;
+        let node_tags: Vec<String> = tags_raw
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if node_tags.is_empty() {
+            return Err(err("NODEWIRE_NODE_TAGS", "names no tag"));
+        }
+        for t in &node_tags {
+            crate::names::validate_gce_name("tag", t)
+                .map_err(|e| err("NODEWIRE_NODE_TAGS", e.to_string()))?;
+        }
+        let token_ttl = parse_secs(src, "NODEWIRE_TOKEN_TTL_SECS", Duration::from_secs(900))?;
+        let join_api = match src.get("NODEWIRE_JOIN_API_VERSION").as_deref() {
+            None | Some("v1beta4") => JoinApi::V1beta4,
+            Some("v1beta3") => JoinApi::V1beta3,
+            Some(other) => {
+                return Err(err(
+                    "NODEWIRE_JOIN_API_VERSION",
+                    format!("{:?}: v1beta4 or v1beta3", echo(other)),
+                ));
+            }
+        };
+        let api_server_endpoint = src.get("NODEWIRE_API_SERVER_ENDPOINT");
+        if let Some(e) = &api_server_endpoint {
+            let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok()
+            });
+            if !ok {
+                return Err(err(
+                    "NODEWIRE_API_SERVER_ENDPOINT",
+                    format!("{:?} is not HOST:PORT", echo(e)),
+                ));
+            }
+        }
+        let token_groups = src
+            .get("NODEWIRE_TOKEN_GROUPS")
+            .unwrap_or_else(|| "system:bootstrappers:kubeadm:default-node-token".into());
+        if token_groups
+            .split(',')
+            .any(|g| !g.starts_with("system:bootstrappers:"))
+        {
+            return Err(err(
+                "NODEWIRE_TOKEN_GROUPS",
+                "every group must start with system:bootstrappers:",
+            ));
+        }
+        Ok(Self {
+            subnet,
+            pod_range_name,
+            pod_range,
+            node_tags,
+            token_ttl,
+            join_api,
+            api_server_endpoint,
+            token_groups,
+        })
+    }
+
+    /// The planner's view of this configuration.
+    pub fn plan_config(&self, selector: &Selector) -> crate::plan::PlanConfig {
+        crate::plan::PlanConfig {
+            selector: selector.clone(),
+            subnet: self.subnet.clone(),
+            pod_range_name: self.pod_range_name.clone(),
+            pod_range: self.pod_range,
+            node_tags: self.node_tags.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn chain_config() {
+        let mut m = BTreeMap::from([
+            ("NODEWIRE_SUBNET", "asia-southeast1/k8s-nodes"),
+            ("NODEWIRE_POD_RANGE", "192.168.16.0/21"),
+            ("NODEWIRE_NODE_TAGS", "k8s-node, k8s-cluster-demo"),
+        ]);
+        let c = ChainConfig::from_source(&m).expect("valid");
+        assert_eq!(
+            c.subnet,
+            ("asia-southeast1".to_string(), "k8s-nodes".to_string())
+        );
+        assert_eq!(c.node_tags, vec!["k8s-node", "k8s-cluster-demo"]);
+        assert_eq!(c.token_ttl, Duration::from_secs(900));
+        assert_eq!(c.join_api, JoinApi::V1beta4);
+        for (var, bad) in [
+            ("NODEWIRE_SUBNET", "k8s-nodes"),
+            ("NODEWIRE_POD_RANGE", "192.168.16.1/21"),
+            ("NODEWIRE_NODE_TAGS", "Bad_Tag"),
+            ("NODEWIRE_JOIN_API_VERSION", "v1"),
+            ("NODEWIRE_API_SERVER_ENDPOINT", "https://x"),
+            ("NODEWIRE_TOKEN_GROUPS", "system:masters"),
+        ] {
+            let mut m2 = m.clone();
+            m2.insert(var, bad);
+            assert_eq!(ChainConfig::from_source(&m2).expect_err(var).var, var);
+        }
+        m.remove("NODEWIRE_POD_RANGE");
+        assert_eq!(
+            ChainConfig::from_source(&m).expect_err("missing").var,
+            "NODEWIRE_POD_RANGE"
+        );
+    }
+}
