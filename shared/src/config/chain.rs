@@ -15,7 +15,7 @@ pub enum JoinApi {
     V1beta3,
 }
 
-/// What the step functions (the chain) need besides [`Config`].
+/// What the step functions (the chain) need besides [`Config`](super::Config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainConfig {
     /// `NODEWIRE_SUBNET` = `REGION/NAME`: nic0 of every node VM is on it.
