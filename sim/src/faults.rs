@@ -21,6 +21,9 @@ pub enum InjectedError {
     Unavailable,
     /// 403 with reason `rateLimitExceeded` (Compute's per-minute quotas).
     RateLimitExceeded,
+    /// 403 for a missing permission (not retryable; never among the default faults). The
+    /// Kubernetes simulator answers it as 403 `Forbidden`.
+    PermissionDenied,
 }
 
 /// Faults for one method.

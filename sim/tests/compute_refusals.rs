@@ -225,7 +225,23 @@ async fn async_condition_not_met_and_request_id_idempotency() {
     )
     .await;
     assert_eq!(again["name"], op1["name"]);
-    // A second writer with the same fingerprint passes the synchronous check but loses at DONE.
+    // A second change while op1 runs is refused at once: 400 resourceNotReady, as Compute
+    // Engine answers it (shared/formats/gce-error-bodies.json, "400_resourceNotReady").
+    let (st, busy) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances/vm-a/setMetadata"),
+        json!({"fingerprint": fp, "items": [{"key": "b", "value": "2"}]}),
+    )
+    .await;
+    assert_eq!(st, 400, "{busy}");
+    assert_eq!(busy["error"]["errors"][0]["reason"], "resourceNotReady");
+    assert!(wait_done(&s, &op1).await.get("error").is_none());
+    // A writer accepted with the current fingerprint still loses at DONE when the fingerprint
+    // changed in between (another writer's change landed): CONDITION_NOT_MET, nothing applied.
+    let fp = get(&s, "vm-a").await["metadata"]["fingerprint"]
+        .as_str()
+        .expect("fp")
+        .to_string();
     let (st, op2) = send(
         reqwest::Method::POST,
         &url(&s, "instances/vm-a/setMetadata"),
@@ -233,7 +249,13 @@ async fn async_condition_not_met_and_request_id_idempotency() {
     )
     .await;
     assert_eq!(st, 200);
-    assert!(wait_done(&s, &op1).await.get("error").is_none());
+    s.tamper(|w| {
+        let i = w
+            .instances
+            .get_mut(&(P.into(), Z.into(), "vm-a".into()))
+            .expect("vm");
+        i.metadata_fp = sim::compute::Fingerprint(i.metadata_fp.0.wrapping_add(1));
+    });
     let d2 = wait_done(&s, &op2).await;
     assert_eq!(d2["error"]["errors"][0]["code"], "CONDITION_NOT_MET");
     assert_eq!(d2["httpErrorStatusCode"], 412);
@@ -247,7 +269,10 @@ async fn async_condition_not_met_and_request_id_idempotency() {
             .filter(|o| o.op_type == "setMetadata")
             .count()
     });
-    assert_eq!(writes, 2, "the duplicate requestId created no operation");
+    assert_eq!(
+        writes, 2,
+        "neither the duplicate requestId nor the refused change created an operation"
+    );
 }
 
 #[tokio::test]

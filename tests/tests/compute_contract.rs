@@ -184,15 +184,27 @@ async fn synchronous_412_race_is_resolved_by_re_reading() {
 
 #[tokio::test]
 async fn asynchronous_condition_not_met_is_resolved_by_re_reading() {
-    // Operations apply when DONE (300 ms later): both writers pass the synchronous check and
-    // the second loses at DONE with CONDITION_NOT_MET.
+    // Operations apply when DONE (300 ms later). Compute Engine refuses a second operation on
+    // the instance while this one runs (resourceNotReady), so the competing change here lands
+    // the way a writer outside the operation queue would: the tags and their fingerprint change
+    // after our request was accepted, and ours loses at DONE with CONDITION_NOT_MET.
     let sim = compute_sim(300).await;
     let vm = seed(&sim, "vm-a");
     let c = compute_client(&sim, fast_compute_policy()).await;
-    let (ta, tb) = (["a".to_string()], ["b".to_string()]);
-    let (a, b) = tokio::join!(c.add_tags(&vm, &ta), c.add_tags(&vm, &tb));
+    let ta = ["a".to_string()];
+    let other_writer = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sim.tamper(|w| {
+            let i = w
+                .instances
+                .get_mut(&(P.into(), Z.into(), "vm-a".into()))
+                .expect("vm");
+            i.tags.push("b".into());
+            i.tags_fp = sim::compute::Fingerprint(i.tags_fp.0.wrapping_add(1));
+        });
+    };
+    let (a, ()) = tokio::join!(c.add_tags(&vm, &ta), other_writer);
     a.expect("a");
-    b.expect("b");
     let failed = sim.with_world(|w| {
         w.operations
             .values()
@@ -219,6 +231,10 @@ async fn asynchronous_condition_not_met_is_resolved_by_re_reading() {
     );
 }
 
+/// The simulator's 403 rate limit carries both error shapes, as Compute Engine's does; the
+/// client library exposes the `ErrorInfo` reason `RATE_LIMIT_EXCEEDED` of `details[]` (not the
+/// legacy `rateLimitExceeded`), so a client that knows only the legacy reason dead-letters a
+/// rate limit (issue 9, item 4).
 #[tokio::test]
 async fn rate_limits_are_retried_then_surface_as_transient_within_the_bound() {
     let sim = compute_sim(0).await;
@@ -270,6 +286,71 @@ async fn rate_limits_are_retried_then_surface_as_transient_within_the_bound() {
             .expect("eventually"),
         WriteOutcome::Changed
     );
+}
+
+/// A second change to a VM while an operation on it is still running is refused at once
+/// with 400 `resourceNotReady` (shared/formats/gce-error-bodies.json); the client retries it,
+/// bounded, instead of failing the step for good (issue 9, item 3).
+#[tokio::test]
+async fn a_change_while_another_operation_runs_is_retried_until_it_is_accepted() {
+    let sim = compute_sim(600).await;
+    let vm = seed(&sim, "vm-a");
+    // Retries that outlast one operation, as the production policy's do (20 s).
+    let mut policy = fast_compute_policy();
+    policy.retry.base = Duration::from_millis(100);
+    policy.retry.max = Duration::from_millis(400);
+    policy.retry.max_attempts = 12;
+    let c = compute_client(&sim, policy).await;
+    let tags = ["k8s-node".to_string()];
+    let (tagged, labelled) = tokio::join!(
+        c.add_tags(&vm, &tags),
+        c.update_metadata(&vm, |m| {
+            m.insert("k".into(), "v".into());
+        }),
+    );
+    assert_eq!(tagged.expect("tags"), WriteOutcome::Changed);
+    assert_eq!(labelled.expect("metadata"), WriteOutcome::Changed);
+    let not_ready = sim
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.status == 400 && !r.injected)
+        .count();
+    assert!(
+        not_ready >= 1,
+        "one of the two was refused while the other ran"
+    );
+    let v = c.get_instance(&vm).await.expect("get").expect("exists");
+    assert!(v.tags.contains(&"k8s-node".to_string()));
+    assert_eq!(v.metadata.get("k").map(String::as_str), Some("v"));
+}
+
+/// A permission 403 (legacy reason `forbidden`, `ErrorInfo` `IAM_PERMISSION_DENIED`) is
+/// permanent and carries the API's message; it is sent once, never retried.
+#[tokio::test]
+async fn a_permission_403_is_permanent_with_the_apis_message() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    sim.chaos().set_faults(
+        "instances.get",
+        FaultSpec {
+            error_rate: 1.0,
+            errors: vec![InjectedError::PermissionDenied],
+            ..FaultSpec::default()
+        },
+    );
+    let err = c.get_instance(&vm).await.expect_err("403");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        matches!(err, ComputeError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("compute.instances.setTags"),
+        "{err}"
+    );
+    assert_eq!(count(&sim, "instances.get"), 1, "not retried");
 }
 
 #[tokio::test]

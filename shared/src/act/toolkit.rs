@@ -143,9 +143,16 @@ pub enum HttpClass {
     Permanent,
 }
 
-/// Reasons (Google's `error.errors[].reason`) that make a 403 a rate limit rather than a
-/// permission problem.
-const RATE_LIMIT_REASONS: &[&str] = &["rateLimitExceeded", "userRateLimitExceeded"];
+/// Reasons that make a 403 a rate limit rather than a permission problem: the legacy
+/// `error.errors[].reason` and the `google.rpc.ErrorInfo` reasons of `error.details[]`
+/// (`google.api.ErrorReason`). Quota exhaustion (`QUOTA_EXCEEDED`, `quotaExceeded`) is not a
+/// rate: it stays permanent, with the API's message.
+const RATE_LIMIT_REASONS: &[&str] = &[
+    "rateLimitExceeded",
+    "userRateLimitExceeded",
+    "RATE_LIMIT_EXCEEDED",
+    "RESOURCE_OPERATION_RATE_EXCEEDED",
+];
 
 /// The one table: an HTTP status and the error body's reasons → what to do.
 pub fn classify_http(status: u16, reasons: &[&str]) -> HttpClass {
@@ -153,6 +160,8 @@ pub fn classify_http(status: u16, reasons: &[&str]) -> HttpClass {
     match status {
         0 | 429 | 500..=599 => HttpClass::Retry,
         403 if RATE_LIMIT_REASONS.iter().any(|r| has(r)) => HttpClass::Retry,
+        // Compute Engine: another operation on the same resource is still running.
+        400 if has("resourceNotReady") => HttpClass::Retry,
         412 => HttpClass::Precondition,
         409 if has("Conflict") => HttpClass::Conflict,
         404 => HttpClass::NotFound,
@@ -276,11 +285,29 @@ mod tests {
         assert_eq!(classify_http(0, &[]), HttpClass::Retry);
         assert_eq!(classify_http(403, &["rateLimitExceeded"]), HttpClass::Retry);
         assert_eq!(classify_http(403, &["forbidden"]), HttpClass::Permanent);
+        assert_eq!(
+            classify_http(403, &["RATE_LIMIT_EXCEEDED"]),
+            HttpClass::Retry
+        );
+        assert_eq!(
+            classify_http(403, &["RESOURCE_OPERATION_RATE_EXCEEDED"]),
+            HttpClass::Retry
+        );
+        assert_eq!(
+            classify_http(403, &["QUOTA_EXCEEDED"]),
+            HttpClass::Permanent
+        );
+        assert_eq!(
+            classify_http(403, &["IAM_PERMISSION_DENIED"]),
+            HttpClass::Permanent
+        );
         assert_eq!(classify_http(412, &[]), HttpClass::Precondition);
         assert_eq!(classify_http(409, &["Conflict"]), HttpClass::Conflict);
         assert_eq!(classify_http(409, &["AlreadyExists"]), HttpClass::Permanent);
         assert_eq!(classify_http(404, &[]), HttpClass::NotFound);
         assert_eq!(classify_http(422, &[]), HttpClass::Invalid);
         assert_eq!(classify_http(400, &[]), HttpClass::Permanent);
+        assert_eq!(classify_http(400, &["resourceNotReady"]), HttpClass::Retry);
+        assert_eq!(classify_http(400, &["invalid"]), HttpClass::Permanent);
     }
 }

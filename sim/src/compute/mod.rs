@@ -189,6 +189,11 @@ impl Service for Sim {
             InjectedError::Unavailable => {
                 refusal(503, "backendError", "The service is currently unavailable.")
             }
+            InjectedError::PermissionDenied => refusal(
+                403,
+                "forbidden",
+                "Required 'compute.instances.setTags' permission for 'projects/example-project/zones/us-central1-a/instances/vm'",
+            ),
         }
     }
 }

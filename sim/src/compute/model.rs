@@ -338,7 +338,14 @@ impl Operation {
     }
 }
 
-/// Google's JSON error body.
+/// Google's JSON error body: `error.code`, `error.message`, the legacy `error.errors[]`
+/// (`reason`, `domain`, `message`), and — for quota and permission errors — the canonical
+/// `error.status` and `error.details[]` with a `google.rpc.ErrorInfo` whose `reason` is an
+/// UPPER_SNAKE_CASE `google.api.ErrorReason` (`RATE_LIMIT_EXCEEDED`, `IAM_PERMISSION_DENIED`),
+/// as Google APIs answer them (API design guide, "Errors": https://cloud.google.com/apis/design/errors;
+/// googleapis `google/api/error_reason.proto`). A client that reads only one of the two shapes
+/// misclassifies: google-cloud-gax exposes `details[]` when present and falls back to
+/// `errors[]` only when it is absent.
 pub fn error_body(code: u16, reason: &str, message: &str) -> Value {
     let domain = if reason == "rateLimitExceeded" {
         "usageLimits"
@@ -350,7 +357,39 @@ pub fn error_body(code: u16, reason: &str, message: &str) -> Value {
         err["location"] = json!("If-Match");
         err["locationType"] = json!("header");
     }
-    json!({"error": {"code": code, "message": message, "errors": [err]}})
+    let mut body = json!({"error": {"code": code, "message": message, "errors": [err]}});
+    let info = |reason: &str, metadata: Value| {
+        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+               "domain": "googleapis.com", "metadata": metadata})
+    };
+    let canonical = match (code, reason) {
+        (403 | 429, "rateLimitExceeded") => Some((
+            if code == 429 {
+                "RESOURCE_EXHAUSTED"
+            } else {
+                "PERMISSION_DENIED"
+            },
+            info(
+                "RATE_LIMIT_EXCEEDED",
+                json!({"service": "compute.googleapis.com",
+                       "quota_metric": "compute.googleapis.com/default",
+                       "quota_limit": "defaultPerMinutePerProject"}),
+            ),
+        )),
+        (403, "forbidden") => Some((
+            "PERMISSION_DENIED",
+            info(
+                "IAM_PERMISSION_DENIED",
+                json!({"service": "compute.googleapis.com"}),
+            ),
+        )),
+        _ => None,
+    };
+    if let Some((status, detail)) = canonical {
+        body["error"]["status"] = json!(status);
+        body["error"]["details"] = json!([detail]);
+    }
+    body
 }
 
 /// RFC 3339 now, with milliseconds, as GCE writes times.

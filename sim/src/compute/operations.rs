@@ -11,8 +11,18 @@ use axum::response::Response;
 use tokio::time::Instant;
 
 use super::model::API;
-use super::{Key, Mutation, OpError, OpStatus, Operation, Sim, World, not_found, now_rfc3339};
+use super::{
+    Key, Mutation, OpError, OpStatus, Operation, Sim, World, not_found, now_rfc3339, refusal,
+};
 use crate::server::{Answer, Call, run};
+
+/// The instance changes nodewire sends, refused while another one runs on the same instance.
+const BUSY_REFUSING: &[&str] = &[
+    "setTags",
+    "setMetadata",
+    "setLabels",
+    "updateNetworkInterface",
+];
 
 impl Sim {
     /// Registers an operation for `target`; the mutation is applied when it completes.
@@ -35,6 +45,24 @@ impl Sim {
             // Same requestId: the same operation, applied at most once.
             return Answer::ok(op.to_json());
         }
+        // Compute Engine refuses a second change to an instance while an operation on it is
+        // still running, synchronously, with 400 `resourceNotReady` (the sample in
+        // shared/formats/gce-error-bodies.json; issue 9, item 3). Inserts and deletes are the
+        // user's and are not modelled here.
+        let target_link = format!("{API}{}", target.0);
+        if BUSY_REFUSING.contains(&op_type)
+            && w.operations.values().any(|o| {
+                o.target_link == target_link
+                    && o.status != OpStatus::Done
+                    && BUSY_REFUSING.contains(&o.op_type.as_str())
+            })
+        {
+            return refusal(
+                400,
+                "resourceNotReady",
+                &format!("The resource '{}' is not ready", target.0),
+            );
+        }
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let name = format!("operation-{now_ms}-{:012x}", self.chaos.draw_u64() >> 16);
         let op = Operation {
@@ -43,7 +71,7 @@ impl Sim {
             name: name.clone(),
             id: self.chaos.draw_u64() >> 2,
             op_type: op_type.to_string(),
-            target_link: format!("{API}{}", target.0),
+            target_link,
             target_id: target.1,
             status: OpStatus::Pending,
             insert_time: now_rfc3339(),

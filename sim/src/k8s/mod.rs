@@ -152,6 +152,11 @@ impl Service for Sim {
                 "too many requests, please try again later",
             )
             .with_details(json!({"retryAfterSeconds": 1})),
+            InjectedError::PermissionDenied => ApiError::new(
+                403,
+                "Forbidden",
+                "nodes is forbidden: User \"system:serviceaccount:kube-system:nodewire\" cannot patch resource \"nodes\" in API group \"\" at the cluster scope",
+            ),
         };
         e.into()
     }

@@ -203,10 +203,19 @@ pub(super) fn classify_operation(call: &'static str, op: &model::Operation) -> O
 pub(super) fn classify_body(call: &'static str, status: u16, body: &[u8]) -> Class {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let message = api_message(v["error"]["message"].as_str().unwrap_or("(no message)"));
-    let reasons: Vec<&str> = v["error"]["errors"]
+    // Both shapes: the legacy `errors[].reason` and the `ErrorInfo` of `details[]`.
+    let legacy = v["error"]["errors"].as_array().into_iter().flatten();
+    let details = v["error"]["details"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("google.rpc.ErrorInfo"))
+        });
+    let reasons: Vec<&str> = legacy
+        .chain(details)
         .filter_map(|e| e["reason"].as_str())
         .collect();
     classify_status(call, status, &reasons, message)
@@ -222,5 +231,46 @@ pub(super) fn class_to_error(call: &'static str) -> impl Fn(Class) -> ComputeErr
             message,
         },
         Class::Precondition => ComputeError::Contention { call, resends: 0 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn class_of(status: u16, body: serde_json::Value) -> Class {
+        classify_body("instances.setTags", status, body.to_string().as_bytes())
+    }
+
+    /// Google's bodies carry the reason in the legacy `errors[]`, in `details[]` as a
+    /// `google.rpc.ErrorInfo` (https://cloud.google.com/apis/design/errors), or in both.
+    #[test]
+    fn reasons_are_read_from_either_shape() {
+        let legacy = json!({"error": {"code": 403, "message": "Rate Limit Exceeded",
+            "errors": [{"reason": "rateLimitExceeded", "domain": "usageLimits"}]}});
+        let details = json!({"error": {"code": 403, "message": "Quota exceeded for quota metric",
+            "status": "PERMISSION_DENIED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                         "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com"}]}});
+        for body in [legacy, details] {
+            assert!(
+                matches!(class_of(403, body.clone()), Class::Retry(_)),
+                "{body}"
+            );
+        }
+        let denied = json!({"error": {"code": 403, "message": "Required 'compute.instances.setTags' permission",
+            "errors": [{"reason": "forbidden", "domain": "global"}],
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                         "reason": "IAM_PERMISSION_DENIED", "domain": "googleapis.com"}]}});
+        match class_of(403, denied) {
+            Class::Fail(ComputeError::Refused {
+                status, message, ..
+            }) => {
+                assert_eq!(status, 403);
+                assert!(message.contains("compute.instances.setTags"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
