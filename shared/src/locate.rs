@@ -105,12 +105,19 @@ impl Locator for ClusterLocator {
             if crate::names::validate_gce_name("node name", node).is_err() {
                 return Ok(None); // no VM can carry this name
             }
-            let vms = compute
+            let listed = compute
                 .list_instances(Some(&format!("name = \"{node}\"")))
                 .await
-                .map(|l| l.items)
                 .map_err(|e| err(e.is_retryable(), Cause::new(e)))?;
-            match vms.as_slice() {
+            match listed.items.as_slice() {
+                // Not found, but a zone could not be listed: the VM may be there (retry).
+                [] if !listed.unreachable.is_empty() => Err(err(
+                    true,
+                    Cause::msg(format!(
+                        "no VM named {node} in the zones that answered; unreachable: {}",
+                        listed.unreachable.join(", ")
+                    )),
+                )),
                 [] => Ok(None),
                 [one] => Ok(Some(one.instance.clone())),
                 many => Err(err(

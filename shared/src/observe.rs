@@ -60,6 +60,8 @@ pub struct Inventory {
     pub vms: Vec<InstanceView>,
     pub nodes: Vec<NodeView>,
     pub tokens: Vec<TokenInfo>,
+    /// Zones the VM list could not reach: a VM there is unknown, not gone.
+    pub unreachable_zones: Vec<String>,
 }
 
 /// Reads everything the sweep needs: every VM of the project (the selector is applied in
@@ -87,6 +89,7 @@ pub async fn inventory(
         vms: vms.items,
         nodes: nodes.items,
         tokens: tokens.items,
+        unreachable_zones: vms.unreachable,
     };
     Ok((inventory, calls))
 }

@@ -75,6 +75,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
         }
     }
     let existing: BTreeSet<&InstanceRef> = inv.vms.iter().map(|v| &v.instance).collect();
+    let unreachable = |zone: &str| inv.unreachable_zones.iter().any(|z| z == zone);
     let existing_names: BTreeSet<&str> = inv.vms.iter().map(|v| v.instance.name()).collect();
     let mut pod_aliases: Vec<(&InstanceRef, Cidr)> = Vec::new();
 
@@ -150,9 +151,10 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             continue;
         };
         // A Node of a VM that is not ours (another project, outside the prefix), or a Node
-        // named outside the prefix, is not drift.
+        // named outside the prefix, is not drift; nor is one whose VM's zone could not be
+        // listed (its VM is unknown, not gone: never decommission from partial data).
         let ours = cfg.selector.admits(&r).is_ok() && cfg.selector.admits_name(&n.name).is_ok();
-        if ours && !existing.contains(&r) {
+        if ours && !existing.contains(&r) && !unreachable(r.zone()) {
             out.push(Finding {
                 kind: DriftKind::NodeWithoutVm,
                 subject: n.name.clone(),
@@ -166,6 +168,14 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             continue;
         };
         if existing_names.contains(name) || cfg.selector.admits_name(name).is_err() {
+            continue;
+        }
+        // Its VM may be in a zone the list could not reach (a token without a zone label
+        // could be anywhere).
+        if t.zone
+            .as_deref()
+            .map_or(!inv.unreachable_zones.is_empty(), unreachable)
+        {
             continue;
         }
         let heal = t
@@ -219,6 +229,9 @@ pub struct Report {
     pub steps: usize,
     /// List calls made, per API.
     pub api_calls: BTreeMap<String, usize>,
+    /// Zones the VM list could not reach: nothing there was reported as gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_zones: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -344,6 +357,7 @@ pub fn report(
         affected,
         steps,
         api_calls,
+        unreachable_zones: inv.unreachable_zones.clone(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
@@ -429,6 +443,7 @@ mod tests {
                 node("b", "us-central1-a", "10.4.2.0/24"),
             ],
             tokens: vec![],
+            unreachable_zones: vec![],
         };
         assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
     }
@@ -440,6 +455,7 @@ mod tests {
             vms: vec![vm("control-plane", None, false)],
             nodes: vec![node("control-plane", "us-central1-a", "10.4.9.0/24")],
             tokens: vec![],
+            unreachable_zones: vec![],
         };
         assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
         // A Node naming a VM of another project is not ours to decommission.
@@ -449,6 +465,7 @@ mod tests {
             vms: vec![],
             nodes: vec![n],
             tokens: vec![],
+            unreachable_zones: vec![],
         };
         assert!(assess(&inv, &cfg(), time::OffsetDateTime::now_utc()).is_empty());
     }
@@ -472,6 +489,7 @@ mod tests {
                 expiration: None,
                 description: None,
             }],
+            unreachable_zones: vec![],
         };
         let f = assess(&inv, &cfg(), time::OffsetDateTime::now_utc());
         assert_eq!(
@@ -495,6 +513,45 @@ mod tests {
         assert!(
             matches!(&orphan.heal, Some((Step::Decommission, r, _)) if r.zone() == "us-central1-c")
         );
+    }
+
+    /// `aggregatedList` can be partial: a zone that could not be listed answers with an
+    /// `UNREACHABLE` warning. Its VMs are unknown, not deleted: no Node of that zone is
+    /// reported as node-without-vm (and decommissioned), no token of it as orphaned (issue 9,
+    /// item 8). The same Node and token in a zone that was listed are drift.
+    #[test]
+    fn nothing_in_an_unreachable_zone_is_taken_for_gone() {
+        let token = |zone: Option<&str>| TokenInfo {
+            id: "abcdef".into(),
+            instance: Some("ghost".into()),
+            zone: zone.map(str::to_string),
+            expiration: None,
+            description: None,
+        };
+        let inv = |unreachable: Vec<String>, token_zone: Option<&str>| Inventory {
+            vms: vec![vm("a", Some("10.4.1.0/24"), true)],
+            nodes: vec![
+                node("a", "us-central1-a", "10.4.1.0/24"),
+                node("gone", "us-central1-b", "10.4.3.0/24"),
+            ],
+            tokens: vec![token(token_zone)],
+            unreachable_zones: unreachable,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let listed = assess(&inv(vec![], Some("us-central1-b")), &cfg(), now);
+        assert_eq!(
+            kinds(&listed),
+            vec![
+                (DriftKind::NodeWithoutVm, "gone".into()),
+                (DriftKind::OrphanToken, "ghost".into())
+            ]
+        );
+        let partial = inv(vec!["us-central1-b".into()], Some("us-central1-b"));
+        assert!(assess(&partial, &cfg(), now).is_empty());
+        // A token without a zone label could be anywhere: not orphaned while any zone is
+        // unreachable.
+        let unlabelled = inv(vec!["us-central1-b".into()], None);
+        assert!(assess(&unlabelled, &cfg(), now).is_empty());
     }
 
     #[test]

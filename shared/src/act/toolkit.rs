@@ -100,6 +100,9 @@ where
 pub struct Listed<T> {
     pub items: Vec<T>,
     pub pages: usize,
+    /// Scopes the list could not read (Compute's `UNREACHABLE` zones): the items are partial,
+    /// and what is missing from them is unknown, not absent.
+    pub unreachable: Vec<String>,
 }
 
 /// Reads every page of a list: `fetch(token)` returns one page's items and the next page's
@@ -121,7 +124,13 @@ where
         out.extend(items);
         match next {
             Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok(Listed { items: out, pages }),
+            _ => {
+                return Ok(Listed {
+                    items: out,
+                    pages,
+                    unreachable: Vec::new(),
+                });
+            }
         }
     }
 }
@@ -257,7 +266,8 @@ mod tests {
             r,
             Ok(Listed {
                 items: vec![1, 2, 3],
-                pages: 2
+                pages: 2,
+                unreachable: vec![]
             })
         );
     }

@@ -126,8 +126,21 @@ pub(super) async fn aggregated_list(
             .instances
             .values()
             .filter(|i| i.project == project && page.filter.matches(i))
+            .filter(|i| !w.unreachable_zones.contains(&i.zone))
             .collect();
         let mut items: BTreeMap<String, Value> = BTreeMap::new();
+        // A zone that could not be reached answers with an UNREACHABLE warning in place of its
+        // instances; the list is partial, not empty (InstancesScopedList.warning, "Informational
+        // warning which replaces the list of instances when the list is empty":
+        // https://cloud.google.com/compute/docs/reference/rest/v1/instances/aggregatedList).
+        for zone in &w.unreachable_zones {
+            items.insert(
+                format!("zones/{zone}"),
+                json!({"warning": {"code": "UNREACHABLE",
+                    "message": format!("Scope 'zones/{zone}' is unreachable."),
+                    "data": [{"key": "scope", "value": format!("zones/{zone}")}]}}),
+            );
+        }
         for i in all.iter().skip(page.offset).take(page.max) {
             let scope = items
                 .entry(format!("zones/{}", i.zone))

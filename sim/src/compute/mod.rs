@@ -30,7 +30,7 @@ mod nics;
 mod operations;
 mod subnets;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,9 @@ pub struct World {
     pub instances: BTreeMap<(String, String, String), Instance>,
     pub subnets: BTreeMap<(String, String, String), (SubnetSpec, Fingerprint)>,
     pub operations: HashMap<Key, Operation>,
+    /// Zones `aggregatedList` cannot reach right now (`us-central1-b`): their scope answers
+    /// with an `UNREACHABLE` warning instead of its instances.
+    pub unreachable_zones: BTreeSet<String>,
     request_ids: HashMap<String, Key>,
     pending_inserts: HashSet<Key>,
     next_host: HashMap<Key, u32>,

@@ -204,7 +204,8 @@ impl Compute {
         filter: Option<&str>,
     ) -> Result<Listed<InstanceView>, ComputeError> {
         const CALL: &str = "instances.aggregatedList";
-        let mut listed = toolkit::all_pages(|token| async move {
+        // Each page yields VMs (Ok) and the zones it could not reach (Err).
+        let listed = toolkit::all_pages(|token| async move {
             let page = self
                 .retrying(CALL, || async {
                     self.instances
@@ -219,20 +220,49 @@ impl Compute {
                 })
                 .await
                 .map_err(class_to_error(CALL))?;
-            let mut items = Vec::new();
+            let mut items: Vec<Result<InstanceView, String>> = Vec::new();
             for (scope, list) in &page.items {
                 let zone = scope.strip_prefix("zones/").unwrap_or(scope);
                 items.extend(
                     list.instances
                         .iter()
-                        .filter_map(|i| InstanceView::from_model(&self.project, zone, i)),
+                        .filter_map(|i| InstanceView::from_model(&self.project, zone, i))
+                        .map(Ok),
                 );
+                if list
+                    .warning
+                    .as_ref()
+                    .and_then(|w| w.code.as_ref())
+                    .is_some_and(|c| *c == model::instances_scoped_list::warning::Code::Unreachable)
+                {
+                    items.push(Err(zone.to_string()));
+                }
             }
+            items.extend(
+                page.unreachables
+                    .iter()
+                    .map(|u| Err(u.strip_prefix("zones/").unwrap_or(u).to_string())),
+            );
             Ok::<_, ComputeError>((items, page.next_page_token))
         })
         .await?;
-        listed.items.sort_by(|a, b| a.instance.cmp(&b.instance));
-        Ok(listed)
+        let mut out = Listed {
+            items: Vec::new(),
+            pages: listed.pages,
+            unreachable: Vec::new(),
+        };
+        for entry in listed.items {
+            match entry {
+                Ok(v) => out.items.push(v),
+                Err(zone) if !out.unreachable.contains(&zone) => out.unreachable.push(zone),
+                Err(_) => {}
+            }
+        }
+        if !out.unreachable.is_empty() {
+            tracing::warn!(zones = ?out.unreachable, "aggregatedList could not reach every zone; the VM list is partial");
+        }
+        out.items.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(out)
     }
 
     /// Reads a subnetwork's ranges.
