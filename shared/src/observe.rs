@@ -108,6 +108,7 @@ pub fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
 pub fn vm_facts(v: &InstanceView) -> VmFacts {
     VmFacts {
         instance: v.instance.clone(),
+        status: v.status.clone(),
         labels: v.labels.clone(),
         can_ip_forward: v.can_ip_forward,
         subnet: v

@@ -112,7 +112,8 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
             }
             let valid_token = tokens.iter().any(|t| !t.expired);
-            if !valid_token {
+            // Only a RUNNING VM can be bootstrapped (a stopped one is, once it runs again).
+            if !valid_token && facts.status == "RUNNING" {
                 if tokens.is_empty() && !facts.join_metadata {
                     out.push(finding(DriftKind::NeverBootstrapped, Step::Bootstrap));
                 } else {

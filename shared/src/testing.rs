@@ -131,6 +131,7 @@ pub fn token(id: &str, expired: bool) -> TokenFacts {
 pub fn fresh_vm() -> VmFacts {
     VmFacts {
         instance: vm_ref(),
+        status: "RUNNING".into(),
         labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
         can_ip_forward: true,
         subnet: SubnetRef::from_link(
@@ -201,6 +202,9 @@ pub trait ObservedExt: Sized {
     }
     fn with_join_metadata(self) -> Self {
         self.edit(|o| o.vm_mut().join_metadata = true)
+    }
+    fn with_status(self, status: &str) -> Self {
+        self.edit(|o| o.vm_mut().status = status.into())
     }
     fn without_ip_forwarding(self) -> Self {
         self.edit(|o| o.vm_mut().can_ip_forward = false)

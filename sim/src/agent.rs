@@ -112,6 +112,8 @@ impl VmAgent {
                 let pending: Vec<(String, String)> = compute.with_world(|w| {
                     w.instances
                         .values()
+                        // Only a RUNNING VM runs its startup script.
+                        .filter(|i| i.status == "RUNNING")
                         .filter_map(|i| {
                             let yaml = i
                                 .metadata

@@ -122,6 +122,8 @@ pub struct StackOptions {
     /// `NODEWIRE_INSTANCE_PREFIX`, when set.
     pub name_prefix: Option<String>,
     pub op_latency: Duration,
+    /// A new VM's time in STAGING before RUNNING (bootstrap waits for it).
+    pub boot_delay: Duration,
     pub ipam_delay: Duration,
     pub join_delay: Duration,
 }
@@ -143,6 +145,7 @@ impl Default for StackOptions {
             selector: ("cluster".into(), "demo".into()),
             name_prefix: None,
             op_latency: Duration::from_millis(60),
+            boot_delay: Duration::from_millis(200),
             ipam_delay: Duration::from_millis(200),
             join_delay: Duration::from_millis(300),
         }
@@ -307,6 +310,7 @@ impl Stack {
         let compute = ComputeSim::start(ComputeConfig {
             seed: 7,
             op_latency: opts.op_latency,
+            boot_delay: opts.boot_delay,
             wait_max: Duration::from_secs(2),
             subnets,
             audit: Some(AuditSink {

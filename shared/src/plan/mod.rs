@@ -55,6 +55,9 @@ impl Alias {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmFacts {
     pub instance: InstanceRef,
+    /// `RUNNING`, or a lifecycle state before or after it (`PROVISIONING`, `STAGING`,
+    /// `STOPPING`, `TERMINATED`, `SUSPENDING`, `SUSPENDED`, `REPAIRING`).
+    pub status: String,
     pub labels: BTreeMap<String, String>,
     pub can_ip_forward: bool,
     /// nic0's subnetwork, parsed from its self link (`None`: no nic0, or not a link).
@@ -408,6 +411,24 @@ type Branch = Result<Vec<Action>, Plan>;
 /// `bootstrap`: mint a token and write the join configuration, unless the VM has joined or a
 /// valid join is pending; expired tokens are revoked first.
 fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
+    // A join token only for a VM that runs (its startup script asks for it): one that is
+    // still booting is waited for; a stopped or suspended one is bootstrapped once it runs
+    // again (the drift sweep finds it then).
+    match vm.status.as_str() {
+        "RUNNING" => {}
+        "PROVISIONING" | "STAGING" => {
+            return Err(Plan::Wait(format!(
+                "VM {} is {}; it is bootstrapped once it is RUNNING",
+                vm.instance, vm.status
+            )));
+        }
+        other => {
+            return Err(Plan::Ignore(format!(
+                "VM {} is {other}, not RUNNING: no join token",
+                vm.instance
+            )));
+        }
+    }
     if !vm.can_ip_forward {
         return Err(Plan::Refuse(Refusal::NoIpForwarding(
             vm.instance.to_string(),

@@ -148,6 +148,24 @@ fn bootstrap_table() {
             act(vec![], Some(Step::AssignAlias)),
         ),
         (
+            "a VM still booting (STAGING) is waited for: no token yet",
+            Step::Bootstrap,
+            fresh().with_status("STAGING"),
+            Want::That(|p| matches!(p, Plan::Wait(w) if w.contains("STAGING"))),
+        ),
+        (
+            "a stopped VM (TERMINATED) gets no join token",
+            Step::Bootstrap,
+            fresh().with_status("TERMINATED"),
+            Want::That(|p| matches!(p, Plan::Ignore(w) if w.contains("TERMINATED"))),
+        ),
+        (
+            "a suspended VM gets no join token",
+            Step::Bootstrap,
+            fresh().with_status("SUSPENDED"),
+            Want::That(|p| matches!(p, Plan::Ignore(_))),
+        ),
+        (
             "no IP forwarding: refused",
             Step::Bootstrap,
             fresh().without_ip_forwarding(),

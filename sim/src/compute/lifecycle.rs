@@ -66,7 +66,7 @@ pub(super) async fn insert(
             id,
             created: now_rfc3339(),
             machine_type,
-            status: "RUNNING".into(),
+            status: if sim.config.boot_delay.is_zero() { "RUNNING" } else { "STAGING" }.into(),
             can_ip_forward: body.get("canIpForward").and_then(Value::as_bool).unwrap_or(false),
             tags: body.pointer("/tags/items").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default(),
             tags_fp: sim.fp(),
@@ -76,9 +76,19 @@ pub(super) async fn insert(
             metadata_fp: sim.fp(),
             nics: vec![Nic { name: "nic0".into(), network_link: subnet.network_link(), subnet: subnet_key, network_ip: ip, aliases: vec![], fingerprint: sim.fp() }],
         };
+        let boot = (!sim.config.boot_delay.is_zero()).then(|| (sim.clone(), key.clone(), sim.config.boot_delay));
         let mutation: Mutation = Box::new(move |w: &mut World| {
             w.pending_inserts.remove(&key);
             w.instances.insert(key, inst);
+            // The VM boots: STAGING until the boot delay has passed, then RUNNING.
+            if let Some((sim, key, delay)) = boot {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(i) = sim.world().instances.get_mut(&key).filter(|i| i.status == "STAGING") {
+                        i.status = "RUNNING".into();
+                    }
+                });
+            }
             Ok(())
         });
         let audited = Audited { project: project.clone(), zone: zone.clone(), name, id, method: "insert" };

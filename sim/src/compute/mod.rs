@@ -62,6 +62,10 @@ pub struct ComputeConfig {
     pub wait_early_return: f64,
     pub subnets: Vec<SubnetSpec>,
     pub audit: Option<AuditSink>,
+    /// How long a new VM stays `STAGING` after its insert is DONE before it is `RUNNING`
+    /// (zero: `RUNNING` at once). Compute Engine: PROVISIONING → STAGING → RUNNING
+    /// (https://cloud.google.com/compute/docs/instances/instance-life-cycle).
+    pub boot_delay: Duration,
 }
 
 impl Default for ComputeConfig {
@@ -73,6 +77,7 @@ impl Default for ComputeConfig {
             wait_early_return: 0.0,
             subnets: Vec::new(),
             audit: None,
+            boot_delay: Duration::ZERO,
         }
     }
 }
