@@ -31,6 +31,18 @@ pub enum ActError {
         #[source]
         source: Box<ComputeError>,
     },
+    /// Compute Engine says the range is in use, but no VM of the project holds it: a range
+    /// removed from a VM can take up to a minute to become assignable to another (Compute
+    /// Engine docs, "Configuring alias IP ranges"). Retried, bounded by redelivery.
+    #[error(
+        "alias range {cidr} for node {node} is not assignable yet (no VM holds it; a released range takes up to a minute to free)"
+    )]
+    AliasNotYetFree {
+        cidr: String,
+        node: String,
+        #[source]
+        source: Box<ComputeError>,
+    },
     /// The API refused a change the planner could not foresee (providerID set meanwhile).
     #[error("{0}")]
     Refused(#[from] Refusal),
@@ -54,6 +66,7 @@ impl Classify for ActError {
             ActError::Compute(e) => e.is_retryable(),
             ActError::Kube(e) => e.is_retryable(),
             ActError::Publish(e) => e.is_retryable(),
+            ActError::AliasNotYetFree { .. } => true,
             ActError::AliasConflict { .. } | ActError::Refused(_) | ActError::Serialize { .. } => {
                 false
             }
@@ -95,11 +108,22 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             match compute.set_alias_ranges(t.instance, &ranges).await {
                 Ok(_) => {}
                 Err(source @ ComputeError::AliasInUse { .. }) => {
+                    let holder = alias_holder(deps, t.instance, *cidr).await;
+                    let (range, node) = (cidr.to_string(), t.node.to_string());
+                    let source = Box::new(source);
+                    let Some(holder) = holder else {
+                        // Nobody holds it (or the lookup failed): transient, not a conflict.
+                        return Err(ActError::AliasNotYetFree {
+                            cidr: range,
+                            node,
+                            source,
+                        });
+                    };
                     let err = ActError::AliasConflict {
-                        cidr: cidr.to_string(),
-                        node: t.node.to_string(),
-                        holder: alias_holder(deps, t.instance, *cidr).await,
-                        source: Box::new(source),
+                        cidr: range,
+                        node,
+                        holder,
+                        source,
                     };
                     record_event(deps, t.node, "Warning", "AliasRangeInUse", &err.to_string())
                         .await;
@@ -271,8 +295,9 @@ fn host_port(url: &str) -> String {
     }
 }
 
-/// The VM whose nic0 holds an alias overlapping `cidr` (for the error message).
-async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> String {
+/// The VM of the project whose nic0 holds an alias overlapping `cidr`; `None` when no VM
+/// does (a range released moments ago) or the lookup failed (then it is retried too).
+async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> Option<String> {
     match deps.compute.list_instances(None).await {
         Ok(vms) => vms
             .items
@@ -284,11 +309,11 @@ async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> String 
                     .iter()
                     .any(|a| a.block.is_some_and(|c| c.overlaps(&cidr)))
             })
-            .map_or_else(
-                || "another resource (not a VM of this project)".into(),
-                |v| v.instance.to_string(),
-            ),
-        Err(e) => format!("another resource (lookup failed: {e})"),
+            .map(|v| v.instance.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, %cidr, "looking up the holder of an alias range failed");
+            None
+        }
     }
 }
 

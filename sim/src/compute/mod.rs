@@ -62,6 +62,10 @@ pub struct ComputeConfig {
     pub wait_early_return: f64,
     pub subnets: Vec<SubnetSpec>,
     pub audit: Option<AuditSink>,
+    /// How long an alias range removed from a NIC stays unassignable to another
+    /// (`IP_IN_USE_BY_ANOTHER_RESOURCE`; zero: free at once). Compute Engine: "up to a minute"
+    /// (https://cloud.google.com/vpc/docs/configure-alias-ip-ranges, Limitations).
+    pub release_delay: Duration,
     /// How long a new VM stays `STAGING` after its insert is DONE before it is `RUNNING`
     /// (zero: `RUNNING` at once). Compute Engine: PROVISIONING → STAGING → RUNNING
     /// (https://cloud.google.com/compute/docs/instances/instance-life-cycle).
@@ -78,6 +82,7 @@ impl Default for ComputeConfig {
             subnets: Vec::new(),
             audit: None,
             boot_delay: Duration::ZERO,
+            release_delay: Duration::ZERO,
         }
     }
 }
@@ -98,6 +103,12 @@ pub struct World {
     /// Zones `aggregatedList` cannot reach right now (`us-central1-b`): their scope answers
     /// with an `UNREACHABLE` warning instead of its instances.
     pub unreachable_zones: BTreeSet<String>,
+    /// Alias ranges removed from a NIC, per subnet, and when (see `release_delay`).
+    released: Vec<(
+        (String, String, String),
+        nodewire::names::Cidr,
+        std::time::Instant,
+    )>,
     request_ids: HashMap<String, Key>,
     pending_inserts: HashSet<Key>,
     next_host: HashMap<Key, u32>,

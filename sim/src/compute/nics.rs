@@ -65,8 +65,17 @@ pub(super) async fn update_network_interface(
         let subnet_key = nic.subnet.clone();
         let subnet_link = subnet.self_link();
         let l = link.clone();
+        let release_delay = sim.config.release_delay;
         let mutation: Mutation = Box::new(move |w: &mut World| {
             let link = l;
+            let now = std::time::Instant::now();
+            w.released.retain(|(_, _, at)| now.duration_since(*at) < release_delay);
+            let cooling: Vec<Cidr> = w
+                .released
+                .iter()
+                .filter(|(s, _, _)| *s == subnet_key)
+                .map(|(_, c, _)| *c)
+                .collect();
             // Every alias in this subnet held by another VM (or another NIC).
             let taken: Vec<Cidr> = w
                 .instances
@@ -91,7 +100,8 @@ pub(super) async fn update_network_interface(
                 let parent = range_name.as_deref().and_then(|rn| subnet.range(rn)).unwrap_or(subnet.ip_cidr_range);
                 let cidr = match w {
                     Wanted::Exact(c) => {
-                        if taken.iter().any(|t| t.overlaps(&c)) {
+                        // Held by another VM, or released moments ago and not free yet.
+                        if taken.iter().chain(cooling.iter()).any(|t| t.overlaps(&c)) {
                             return Err(OpError::ip_in_use(&c));
                         }
                         c
@@ -103,8 +113,17 @@ pub(super) async fn update_network_interface(
                 };
                 result.push(Alias { cidr, range_name });
             }
+            let removed: Vec<Cidr> = nic
+                .aliases
+                .iter()
+                .map(|a| a.cidr)
+                .filter(|c| !result.iter().any(|r| r.cidr == *c))
+                .collect();
             nic.aliases = result;
             nic.fingerprint = new_fp;
+            if !release_delay.is_zero() {
+                w.released.extend(removed.into_iter().map(|c| (subnet_key.clone(), c, now)));
+            }
             Ok(())
         });
         Ok(sim.start_operation(api_method, &project, &zone, "updateNetworkInterface", (&link, current.id), rid, mutation))
