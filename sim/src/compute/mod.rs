@@ -64,11 +64,11 @@ pub struct ComputeConfig {
     pub audit: Option<AuditSink>,
     /// How long an alias range removed from a NIC stays unassignable to another
     /// (`IP_IN_USE_BY_ANOTHER_RESOURCE`; zero: free at once). Compute Engine: "up to a minute"
-    /// (https://cloud.google.com/vpc/docs/configure-alias-ip-ranges, Limitations).
+    /// (<https://cloud.google.com/vpc/docs/configure-alias-ip-ranges>, Limitations).
     pub release_delay: Duration,
     /// How long a new VM stays `STAGING` after its insert is DONE before it is `RUNNING`
     /// (zero: `RUNNING` at once). Compute Engine: PROVISIONING → STAGING → RUNNING
-    /// (https://cloud.google.com/compute/docs/instances/instance-life-cycle).
+    /// (<https://cloud.google.com/compute/docs/instances/instance-life-cycle>).
     pub boot_delay: Duration,
 }
 

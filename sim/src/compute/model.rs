@@ -342,7 +342,7 @@ impl Operation {
 /// (`reason`, `domain`, `message`), and — for quota and permission errors — the canonical
 /// `error.status` and `error.details[]` with a `google.rpc.ErrorInfo` whose `reason` is an
 /// UPPER_SNAKE_CASE `google.api.ErrorReason` (`RATE_LIMIT_EXCEEDED`, `IAM_PERMISSION_DENIED`),
-/// as Google APIs answer them (API design guide, "Errors": https://cloud.google.com/apis/design/errors;
+/// as Google APIs answer them (API design guide, "Errors": <https://cloud.google.com/apis/design/errors>;
 /// googleapis `google/api/error_reason.proto`). A client that reads only one of the two shapes
 /// misclassifies: google-cloud-gax exposes `details[]` when present and falls back to
 /// `errors[]` only when it is absent.

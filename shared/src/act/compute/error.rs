@@ -244,7 +244,7 @@ mod tests {
     }
 
     /// Google's bodies carry the reason in the legacy `errors[]`, in `details[]` as a
-    /// `google.rpc.ErrorInfo` (https://cloud.google.com/apis/design/errors), or in both.
+    /// `google.rpc.ErrorInfo` (<https://cloud.google.com/apis/design/errors>), or in both.
     #[test]
     fn reasons_are_read_from_either_shape() {
         let legacy = json!({"error": {"code": 403, "message": "Rate Limit Exceeded",
