@@ -249,3 +249,58 @@ async fn lists_paginate_and_select() {
     .await;
     assert_eq!(st, 400);
 }
+
+/// `limit=0` is no limit; a continue token of a list whose revision etcd compacted answers
+/// 410 `Expired` (Kubernetes API concepts, "Retrieving large results sets in chunks").
+#[tokio::test]
+async fn list_limits_and_expired_continue_tokens() {
+    let s = sim().await;
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    for n in ["n1", "n2", "n3"] {
+        let (st, _) = call(reqwest::Method::POST, &u, JSON, Some(node(n))).await;
+        assert_eq!(st, 201);
+    }
+    let (st, all) = call(reqwest::Method::GET, &format!("{u}?limit=0"), JSON, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
+    assert!(all["metadata"].get("continue").is_none());
+    let (_, page) = call(reqwest::Method::GET, &format!("{u}?limit=1"), JSON, None).await;
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    let (st, next) = call(
+        reqwest::Method::GET,
+        &format!("{u}?limit=1&continue={token}"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{next}");
+    assert_eq!(next["items"][0]["metadata"]["name"], "n2");
+    s.compact_before_next_continue();
+    let (st, expired) = call(
+        reqwest::Method::GET,
+        &format!("{u}?limit=1&continue={token}"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 410, "{expired}");
+    assert_eq!(expired["reason"], "Expired");
+    // A new list (no token) works, and its tokens are valid.
+    let (st, again) = call(reqwest::Method::GET, &format!("{u}?limit=2"), JSON, None).await;
+    assert_eq!(st, 200);
+    let token = again["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    let (st, _) = call(
+        reqwest::Method::GET,
+        &format!("{u}?limit=2&continue={token}"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+}

@@ -48,6 +48,30 @@ async fn nodes_list_in_pages() {
     assert!(k.get_node("absent").await.expect("404 is None").is_none());
 }
 
+/// A continue token expires when etcd compacts the revision the list started at: the API
+/// server answers 410 `Expired` and the client must start the list again (Kubernetes API
+/// concepts, "Retrieving large results sets in chunks"; issue 9, item 13).
+#[tokio::test]
+async fn an_expired_continue_token_restarts_the_list() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    for i in 0..1001 {
+        sim.seed("nodes", "", node(&format!("n-{i:04}"), json!([])))
+            .expect("seed");
+    }
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    sim.compact_before_next_continue();
+    let listed = k.list_nodes(None).await.expect("list");
+    assert_eq!(listed.items.len(), 1001, "every Node once, nothing doubled");
+    let mut names: Vec<&str> = listed.items.iter().map(|n| n.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 1001);
+    assert_eq!(count(&sim, "nodes.list", Some(410)), 1, "one page expired");
+    assert_eq!(
+        listed.pages, 5,
+        "page 1, the expired page 2, then the three pages of the new list"
+    );
+}
+
 #[tokio::test]
 async fn provider_id_is_set_once() {
     let sim = k8s_sim(K8sConfig::default()).await;

@@ -78,6 +78,11 @@ type Key = (String, String, String);
 pub struct Store {
     pub objects: BTreeMap<Key, Value>,
     resource_version: u64,
+    /// Continue tokens of lists started before this revision have expired (etcd compacted).
+    compacted: u64,
+    /// Compact when the next continue request arrives (a test's way to have the compaction
+    /// land between two pages of a list).
+    compact_before_next_continue: bool,
 }
 
 struct Sim {
@@ -201,6 +206,13 @@ impl K8sSim {
     }
 
     /// Every object of a resource.
+    /// Has etcd compact before the next `continue` request is served: that request, and
+    /// every token of a list started before, answer 410 `Expired` (kube-apiserver; the client
+    /// must start the list again).
+    pub fn compact_before_next_continue(&self) {
+        self.server.sim().store().compact_before_next_continue = true;
+    }
+
     pub fn objects(&self, resource: &str) -> Vec<Value> {
         self.server
             .sim()

@@ -267,7 +267,7 @@ async fn collection(
         if verb == "list" {
             let q = parse_query(call.uri.query(), Malformed::Keep);
             return list(
-                &st,
+                &mut st,
                 &resource,
                 kind,
                 (!ns.is_empty()).then_some(ns.as_str()),

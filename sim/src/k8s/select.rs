@@ -37,31 +37,66 @@ fn selector_matches(
 
 /// The `{kind}List` of `resource` in `ns` (every namespace when `None`), in key order.
 pub(super) fn list(
-    st: &Store,
+    st: &mut Store,
     resource: &str,
     kind: &str,
     ns: Option<&str>,
     q: &Query,
 ) -> Result<(StatusCode, Value), ApiError> {
+    // `limit=0` (or none) means no limit (ListOptions.limit).
     let limit = match q.get("limit").filter(|v| !v.is_empty()) {
         None => usize::MAX,
-        Some(v) => v
+        Some(v) => match v
             .parse::<usize>()
             .map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?
-            .max(1),
+        {
+            0 => usize::MAX,
+            n => n,
+        },
     };
-    let after = match q.get("continue").filter(|v| !v.is_empty()) {
+    // A continue token is `REVISION/KEY`: where the list started, and the last key served.
+    let continued = match q.get("continue").filter(|v| !v.is_empty()) {
         None => None,
         Some(t) => Some(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(t)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| {
+                    let (rv, key) = s.split_once('|')?;
+                    Some((rv.parse::<u64>().ok()?, key.to_string()))
+                })
                 .ok_or_else(|| {
                     ApiError::bad_request("continue key is not valid: illegal base64 data")
                 })?,
         ),
     };
+    if let Some((started, _)) = &continued {
+        if st.compact_before_next_continue {
+            st.compact_before_next_continue = false;
+            // Writes went on meanwhile and etcd compacted up to now: every list that started
+            // before is too old; a list started now is not.
+            st.resource_version += 1;
+            st.compacted = st.resource_version;
+        }
+        if *started < st.compacted {
+            // kube-apiserver's answer once etcd has compacted the list's revision.
+            return Err(ApiError::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter, or use the continue token \
+                 in this response to retrieve the remainder of the results. Continuing with the \
+                 provided token results in an inconsistent list - objects that were created, \
+                 modified, or deleted between the time the first chunk was returned and now may \
+                 show up in the list.",
+            ));
+        }
+    }
+    let started = continued
+        .as_ref()
+        .map_or(st.resource_version, |(rv, _)| *rv);
+    let after = continued.map(|(_, key)| key);
     let sel = q.get("labelSelector").cloned().unwrap_or_default();
     let mut items = Vec::new();
     let mut last = None;
@@ -91,7 +126,9 @@ pub(super) fn list(
     if remaining > 0
         && let Some(l) = last
     {
-        meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l));
+        meta["continue"] = json!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{started}|{l}"))
+        );
         meta["remainingItemCount"] = json!(remaining);
     }
     Ok((

@@ -295,20 +295,39 @@ impl Kube {
     where
         K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
+        // A continue token expires when etcd compacts the list's revision (410 `Expired`):
+        // the list is started again, a bounded number of times. Every page read counts.
+        const RESTARTS: u32 = 3;
         let lp = &lp;
-        toolkit::all_pages(|token| async move {
-            let page_params = match &token {
-                Some(t) => lp.clone().continue_token(t),
-                None => lp.clone(),
-            };
-            let page = self
-                .retrying(call, || api.list(&page_params))
-                .await
-                .map_err(|c| fail(call, c))?;
-            let items = page.items.iter().filter_map(view).collect();
-            Ok((items, page.metadata.continue_))
-        })
-        .await
+        let calls = &std::sync::atomic::AtomicUsize::new(0);
+        let mut restarts = 0;
+        loop {
+            let listed = toolkit::all_pages(|token| async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let page_params = match &token {
+                    Some(t) => lp.clone().continue_token(t),
+                    None => lp.clone(),
+                };
+                let page = self
+                    .retrying(call, || api.list(&page_params))
+                    .await
+                    .map_err(|c| fail(call, c))?;
+                let items = page.items.iter().filter_map(view).collect();
+                Ok((items, page.metadata.continue_))
+            })
+            .await;
+            match listed {
+                Err(KubeError::Refused { code: 410, .. }) if restarts < RESTARTS => {
+                    restarts += 1;
+                    tracing::info!(call, restarts, "list continue token expired; listing again");
+                }
+                Ok(mut l) => {
+                    l.pages = calls.load(std::sync::atomic::Ordering::Relaxed);
+                    return Ok(l);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Re-read, compute a merge patch from the Node (None = nothing to do), send it with the
