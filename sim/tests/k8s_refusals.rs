@@ -260,47 +260,28 @@ async fn list_limits_and_expired_continue_tokens() {
         let (st, _) = call(reqwest::Method::POST, &u, JSON, Some(node(n))).await;
         assert_eq!(st, 201);
     }
-    let (st, all) = call(reqwest::Method::GET, &format!("{u}?limit=0"), JSON, None).await;
+    let list = |query: String| {
+        let url = format!("{u}?{query}");
+        async move { call(reqwest::Method::GET, &url, JSON, None).await }
+    };
+    let token_of = |page: &Value| page["metadata"]["continue"].as_str().map(str::to_string);
+    let (st, all) = list("limit=0".into()).await;
     assert_eq!(st, 200);
     assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
-    assert!(all["metadata"].get("continue").is_none());
-    let (_, page) = call(reqwest::Method::GET, &format!("{u}?limit=1"), JSON, None).await;
-    let token = page["metadata"]["continue"]
-        .as_str()
-        .expect("continue")
-        .to_string();
-    let (st, next) = call(
-        reqwest::Method::GET,
-        &format!("{u}?limit=1&continue={token}"),
-        JSON,
-        None,
-    )
-    .await;
+    assert!(token_of(&all).is_none());
+    let (_, page) = list("limit=1".into()).await;
+    let token = token_of(&page).expect("continue");
+    let (st, next) = list(format!("limit=1&continue={token}")).await;
     assert_eq!(st, 200, "{next}");
     assert_eq!(next["items"][0]["metadata"]["name"], "n2");
     s.compact_before_next_continue();
-    let (st, expired) = call(
-        reqwest::Method::GET,
-        &format!("{u}?limit=1&continue={token}"),
-        JSON,
-        None,
-    )
-    .await;
+    let (st, expired) = list(format!("limit=1&continue={token}")).await;
     assert_eq!(st, 410, "{expired}");
     assert_eq!(expired["reason"], "Expired");
     // A new list (no token) works, and its tokens are valid.
-    let (st, again) = call(reqwest::Method::GET, &format!("{u}?limit=2"), JSON, None).await;
+    let (st, again) = list("limit=2".into()).await;
     assert_eq!(st, 200);
-    let token = again["metadata"]["continue"]
-        .as_str()
-        .expect("continue")
-        .to_string();
-    let (st, _) = call(
-        reqwest::Method::GET,
-        &format!("{u}?limit=2&continue={token}"),
-        JSON,
-        None,
-    )
-    .await;
+    let token = token_of(&again).expect("continue");
+    let (st, _) = list(format!("limit=2&continue={token}")).await;
     assert_eq!(st, 200);
 }
