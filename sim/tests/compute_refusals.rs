@@ -197,6 +197,111 @@ async fn alias_ranges_are_validated() {
     );
 }
 
+/// "Alias IP ranges can be added or deleted, but they can't be updated."
+/// (<https://cloud.google.com/vpc/docs/configure-alias-ip-ranges>, Limitations.)
+#[tokio::test]
+async fn an_alias_range_is_added_or_deleted_never_updated() {
+    let s = sim(0, "10.4.0.0/22").await;
+    let fp = |vm: &Value| {
+        vm["networkInterfaces"][0]["fingerprint"]
+            .as_str()
+            .expect("fp")
+            .to_string()
+    };
+    let nic = url(
+        &s,
+        "instances/vm-a/updateNetworkInterface?networkInterface=nic0",
+    );
+    let range = |c: &str| json!({"ipCidrRange": c, "subnetworkRangeName": "pods"});
+    let patch =
+        |fp: String, ranges: Vec<Value>| json!({"fingerprint": fp, "aliasIpRanges": ranges});
+    let (st, op) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![range("10.4.0.0/24")]),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(wait_done(&s, &op).await.get("error").is_none());
+    // Replacing the range by another in one request is an update: refused at once, 400.
+    let (st, body) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![range("10.4.1.0/24")]),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("10.4.0.0/24")),
+        "{body}"
+    );
+    // So is moving the same block to another secondary range name, or a bare /N in its place.
+    let (st, _) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(
+            fp(&get(&s, "vm-a").await),
+            vec![json!({"ipCidrRange": "10.4.0.0/24"})],
+        ),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, _) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![range("/24")]),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        get(&s, "vm-a").await["networkInterfaces"][0]["aliasIpRanges"][0]["ipCidrRange"],
+        "10.4.0.0/24"
+    );
+    // Keeping it and adding one is an addition; dropping one is a deletion: both accepted.
+    let (st, op) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(
+            fp(&get(&s, "vm-a").await),
+            vec![range("10.4.0.0/24"), range("10.4.1.0/24")],
+        ),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(wait_done(&s, &op).await.get("error").is_none());
+    let (st, op) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![range("10.4.1.0/24")]),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(wait_done(&s, &op).await.get("error").is_none());
+    // Delete, then add: the way to move to another range.
+    let (st, op) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![]),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(wait_done(&s, &op).await.get("error").is_none());
+    let (st, op) = send(
+        reqwest::Method::PATCH,
+        &nic,
+        patch(fp(&get(&s, "vm-a").await), vec![range("10.4.2.0/24")]),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(wait_done(&s, &op).await.get("error").is_none());
+    assert_eq!(
+        get(&s, "vm-a").await["networkInterfaces"][0]["aliasIpRanges"][0]["ipCidrRange"],
+        "10.4.2.0/24"
+    );
+}
+
 #[tokio::test]
 async fn async_condition_not_met_and_request_id_idempotency() {
     let s = sim(300, "10.4.0.0/16").await;

@@ -523,6 +523,54 @@ async fn hundred_vms_under_twenty_percent_faults() {
     assert!(injected > 50, "faults were really injected ({injected})");
 }
 
+/// The API adds and deletes alias ranges but refuses to update one in a request
+/// (<https://cloud.google.com/vpc/docs/configure-alias-ip-ranges>, Limitations): moving nic0
+/// to another range is a removal, a fresh read of the fingerprint, then an addition.
+#[tokio::test]
+async fn moving_to_another_range_removes_then_adds() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-a");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    c.set_alias_ranges(&vm, &[pods("10.4.1.0/24")])
+        .await
+        .expect("set");
+    sim.chaos().clear_requests();
+    assert_eq!(
+        c.set_alias_ranges(&vm, &[pods("10.4.2.0/24")])
+            .await
+            .expect("moved"),
+        WriteOutcome::Changed
+    );
+    let sent: Vec<serde_json::Value> = sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "instances.updateNetworkInterface")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0]["aliasIpRanges"], serde_json::json!([]));
+    assert_eq!(sent[1]["aliasIpRanges"][0]["ipCidrRange"], "10.4.2.0/24");
+    assert_ne!(
+        sent[0]["fingerprint"], sent[1]["fingerprint"],
+        "the addition carries the fingerprint read after the removal"
+    );
+    let nic = c
+        .get_instance(&vm)
+        .await
+        .expect("get")
+        .expect("exists")
+        .nic0
+        .expect("nic");
+    assert_eq!(nic.aliases, vec![pods("10.4.2.0/24")]);
+    // Adding beside a kept range is one request.
+    sim.chaos().clear_requests();
+    c.set_alias_ranges(&vm, &[pods("10.4.2.0/24"), pods("10.4.3.0/24")])
+        .await
+        .expect("added");
+    assert_eq!(count(&sim, "instances.updateNetworkInterface"), 1);
+}
+
 #[tokio::test]
 async fn clearing_aliases_sends_an_explicit_empty_list() {
     let sim = compute_sim(0).await;

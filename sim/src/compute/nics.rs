@@ -2,7 +2,8 @@
 //! when stale); the sent alias list replaces the NIC's (PATCH: without `aliasIpRanges` the
 //! aliases stay); each range must lie in the named secondary range of the NIC's subnet (400
 //! otherwise); overlap with another VM's alias in that subnet ends the operation with
-//! `IP_IN_USE_BY_ANOTHER_RESOURCE`; a bare `/N` allocates a free block when the operation
+//! `IP_IN_USE_BY_ANOTHER_RESOURCE`; a request that drops one range and adds another is an
+//! update, which the API refuses (400); a bare `/N` allocates a free block when the operation
 //! completes, `IP_SPACE_EXHAUSTED` when none is left.
 
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub(super) async fn update_network_interface(
             if exact[i + 1..].iter().any(|b| a.overlaps(b)) {
                 return Err(invalid(&format!("Invalid value for field 'resource.aliasIpRanges': alias IP ranges overlap ({a}).")));
             }
+        }
+        if replace_aliases {
+            refuse_update(&nic.aliases, &wanted)?;
         }
         let expected = nic.fingerprint;
         let new_fp = sim.fp();
@@ -129,6 +133,29 @@ pub(super) async fn update_network_interface(
         Ok(sim.start_operation(api_method, &project, &zone, "updateNetworkInterface", (&link, current.id), rid, mutation))
     })
     .await
+}
+
+/// "Alias IP ranges can be added or deleted, but they can't be updated" (Compute Engine docs,
+/// "Configuring alias IP ranges", Limitations): one request may keep ranges and add new ones,
+/// or keep ranges and drop some, but not drop one range and add another — that is an update,
+/// refused synchronously. The wording of the message is ours; the refusal is the API's.
+fn refuse_update(current: &[Alias], wanted: &[(Wanted, Option<String>)]) -> Result<(), Answer> {
+    let kept = |a: &Alias| {
+        wanted
+            .iter()
+            .any(|(w, rn)| matches!(w, Wanted::Exact(c) if *c == a.cidr) && *rn == a.range_name)
+    };
+    let added = wanted.iter().any(|(w, rn)| match w {
+        Wanted::Exact(c) => !current.iter().any(|a| a.cidr == *c && a.range_name == *rn),
+        Wanted::Allocate(_) => true,
+    });
+    match current.iter().find(|a| !kept(a)) {
+        Some(gone) if added => Err(invalid(&format!(
+            "Invalid value for field 'resource.aliasIpRanges': alias IP range '{}' cannot be updated in place; remove it in one request, then add the new range in another.",
+            gone.cidr
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The sent `aliasIpRanges`, each checked against the range it names (the primary range when

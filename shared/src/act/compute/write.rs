@@ -69,12 +69,19 @@ impl Compute {
 
     /// Sets nic0's alias ranges to exactly `ranges` (`(cidr, secondary range name)`).
     ///
+    /// Compute Engine adds and deletes alias ranges but does not update them ("Configuring
+    /// alias IP ranges", Limitations): a request that drops one range and adds another is
+    /// refused. So when both are needed this converges in two operations — first drop what
+    /// must go (keeping what stays), wait for that operation, re-read the fingerprint, then add
+    /// — each a separate read-modify-write. Between the two the VM holds only the kept ranges.
+    ///
     /// The library leaves an empty list out of the request body, which under PATCH semantics
-    /// changes nothing; an empty `ranges` is therefore sent directly over HTTP with the same
+    /// changes nothing; an empty list is therefore sent directly over HTTP with the same
     /// credentials, fingerprint and `requestId` rules.
     ///
     /// # Idempotency
-    /// No request is sent when nic0 already has exactly these ranges.
+    /// No request is sent when nic0 already has exactly these ranges; a redelivery after the
+    /// removal went through finds the kept ranges and only adds.
     ///
     /// # Errors
     /// [`ComputeError::AliasInUse`], [`ComputeError::RangeExhausted`], [`ComputeError::Refused`]
@@ -84,40 +91,49 @@ impl Compute {
         r: &InstanceRef,
         ranges: &[AliasRange],
     ) -> Result<WriteOutcome, ComputeError> {
-        self.mutate("instances.updateNetworkInterface", r, |i| {
-            let nic = i.network_interfaces.first()?;
-            let current: Vec<AliasRange> = nic
-                .alias_ip_ranges
-                .iter()
-                .map(|a| AliasRange {
-                    cidr: a.ip_cidr_range.clone().unwrap_or_default(),
-                    range_name: a.subnetwork_range_name.clone(),
+        let mut outcome = WriteOutcome::Unchanged;
+        // Removal, then addition; a third pass only confirms (and catches a racing writer).
+        for _ in 0..3 {
+            let step = self
+                .mutate("instances.updateNetworkInterface", r, |i| {
+                    let nic = i.network_interfaces.first()?;
+                    let current: Vec<AliasRange> = nic
+                        .alias_ip_ranges
+                        .iter()
+                        .map(|a| AliasRange {
+                            cidr: a.ip_cidr_range.clone().unwrap_or_default(),
+                            range_name: a.subnetwork_range_name.clone(),
+                        })
+                        .collect();
+                    let next = next_alias_list(&current, ranges)?;
+                    let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+                    if next.is_empty() {
+                        return Some(Change::ClearAliases {
+                            nic: nic_name,
+                            fingerprint: nic
+                                .fingerprint
+                                .clone()
+                                .map(|b| b.to_vec())
+                                .unwrap_or_default(),
+                        });
+                    }
+                    let body = model::NetworkInterface::new()
+                        .set_alias_ip_ranges(next.iter().map(|a| {
+                            let mut x =
+                                model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
+                            x.subnetwork_range_name = a.range_name.clone();
+                            x
+                        }))
+                        .set_or_clear_fingerprint(nic.fingerprint.clone());
+                    Some(Change::Nic(nic_name, Box::new(body)))
                 })
-                .collect();
-            if current == ranges {
-                return None;
+                .await?;
+            match step {
+                WriteOutcome::Unchanged => return Ok(outcome),
+                WriteOutcome::Changed => outcome = WriteOutcome::Changed,
             }
-            let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
-            if ranges.is_empty() {
-                return Some(Change::ClearAliases {
-                    nic: nic_name,
-                    fingerprint: nic
-                        .fingerprint
-                        .clone()
-                        .map(|b| b.to_vec())
-                        .unwrap_or_default(),
-                });
-            }
-            let body = model::NetworkInterface::new()
-                .set_alias_ip_ranges(ranges.iter().map(|a| {
-                    let mut x = model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
-                    x.subnetwork_range_name = a.range_name.clone();
-                    x
-                }))
-                .set_or_clear_fingerprint(nic.fingerprint.clone());
-            Some(Change::Nic(nic_name, Box::new(body)))
-        })
-        .await
+        }
+        Ok(outcome)
     }
 
     /// Read-modify-write of the VM's metadata: `edit` changes the item map; nothing is sent
@@ -316,5 +332,70 @@ impl Compute {
             None => Ok(()),
             Some(c) => Err(c),
         }
+    }
+}
+
+/// The alias list to send next on the way from `current` to `wanted`: `None` when there,
+/// `wanted` itself when that is a pure addition or a pure removal, and otherwise the ranges
+/// both share (the removal half of an update the API refuses in one request).
+fn next_alias_list(current: &[AliasRange], wanted: &[AliasRange]) -> Option<Vec<AliasRange>> {
+    if current == wanted {
+        return None;
+    }
+    let drops = current.iter().any(|a| !wanted.contains(a));
+    let adds = wanted.iter().any(|a| !current.contains(a));
+    if drops && adds {
+        Some(
+            current
+                .iter()
+                .filter(|a| wanted.contains(a))
+                .cloned()
+                .collect(),
+        )
+    } else {
+        Some(wanted.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(c: &str) -> AliasRange {
+        AliasRange {
+            cidr: c.into(),
+            range_name: Some("pods".into()),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::cloned_ref_to_slice_refs)] // one-element lists read best as literals here
+    fn an_update_is_split_into_a_removal_then_an_addition() {
+        let (a, b, c) = (r("10.4.1.0/24"), r("10.4.2.0/24"), r("10.4.3.0/24"));
+        // Replace one range by another: drop first, to nothing.
+        assert_eq!(next_alias_list(&[a.clone()], &[b.clone()]), Some(vec![]));
+        // Then the addition is a pure add.
+        assert_eq!(next_alias_list(&[], &[b.clone()]), Some(vec![b.clone()]));
+        // A kept range stays through the removal.
+        assert_eq!(
+            next_alias_list(&[a.clone(), c.clone()], &[a.clone(), b.clone()]),
+            Some(vec![a.clone()])
+        );
+        // Pure removal and pure addition go in one request.
+        assert_eq!(
+            next_alias_list(&[a.clone(), b.clone()], &[a.clone()]),
+            Some(vec![a.clone()])
+        );
+        assert_eq!(
+            next_alias_list(&[a.clone()], &[a.clone(), b.clone()]),
+            Some(vec![a.clone(), b.clone()])
+        );
+        // The same range under another secondary range name is an update too.
+        let renamed = AliasRange {
+            cidr: a.cidr.clone(),
+            range_name: Some("other".into()),
+        };
+        assert_eq!(next_alias_list(&[a.clone()], &[renamed]), Some(vec![]));
+        assert_eq!(next_alias_list(&[a.clone()], &[a]), None);
     }
 }
