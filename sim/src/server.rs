@@ -84,6 +84,17 @@ impl<T: Into<Answer>, E: Into<Answer>> From<Result<T, E>> for Answer {
 pub(crate) struct Call {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
+    pub(crate) headers: axum::http::HeaderMap,
+}
+
+impl Call {
+    /// A request header as text (empty when absent or not ASCII).
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Call {
@@ -93,6 +104,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
         Ok(Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
         })
     }
 }

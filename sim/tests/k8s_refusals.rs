@@ -126,7 +126,9 @@ async fn stale_resource_versions_conflict() {
 }
 
 #[tokio::test]
-async fn taints_are_validated_and_strategic_merge_is_by_key() {
+/// A strategic-merge patch of `spec.taints` replaces the list: `NodeSpec.Taints` declares no
+/// patch strategy (k8s.io/api core/v1 types.go), so there is nothing to merge by.
+async fn taints_are_validated_and_a_strategic_merge_replaces_them() {
     let s = sim().await;
     let u = format!("{}/api/v1/nodes", s.endpoint());
     call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
@@ -156,7 +158,11 @@ async fn taints_are_validated_and_strategic_merge_is_by_key() {
     )
     .await;
     assert_eq!(st, 200);
-    assert_eq!(n["spec"]["taints"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        n["spec"]["taints"],
+        json!([{"key": "b", "effect": "NoExecute"}]),
+        "replaced, not merged by key"
+    );
 }
 
 #[tokio::test]
@@ -284,4 +290,77 @@ async fn list_limits_and_expired_continue_tokens() {
     let token = token_of(&again).expect("continue");
     let (st, _) = list(format!("limit=2&continue={token}")).await;
     assert_eq!(st, 200);
+}
+
+/// Field selectors: only the labels a kind registers are accepted (`field label not
+/// supported` otherwise, 400); Events filter by their `involvedObject` fields, which is how
+/// `kubectl describe node` finds a Node's Events. Namespaced resources also list across
+/// every namespace at `/api/v1/{resource}`.
+#[tokio::test]
+async fn field_selectors_are_per_kind() {
+    let s = sim().await;
+    let base = s.endpoint();
+    let ev = format!("{base}/api/v1/namespaces/default/events");
+    for (name, uid) in [("n1", "u-1"), ("n2", "u-2")] {
+        let e = json!({"metadata": {"generateName": format!("{name}.")}, "involvedObject": {"kind": "Node", "name": name, "uid": uid}, "reason": "NodeWired", "message": "m", "type": "Normal"});
+        let (st, _) = call(reqwest::Method::POST, &ev, JSON, Some(e)).await;
+        assert_eq!(st, 201);
+    }
+    let (st, l) = call(
+        reqwest::Method::GET,
+        &format!(
+            "{base}/api/v1/events?fieldSelector=involvedObject.kind%3DNode,involvedObject.uid%3Du-2"
+        ),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(1), "{l}");
+    assert_eq!(l["items"][0]["involvedObject"]["name"], "n2");
+    let (_, l) = call(
+        reqwest::Method::GET,
+        &format!("{ev}?fieldSelector=involvedObject.name!%3Dn2"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(1), "{l}");
+    let (st, body) = call(
+        reqwest::Method::GET,
+        &format!("{base}/api/v1/nodes?fieldSelector=spec.providerID%3Dx"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        body["message"],
+        "field label not supported: spec.providerID"
+    );
+    let (st, _) = call(
+        reqwest::Method::GET,
+        &format!("{base}/api/v1/nodes?fieldSelector=metadata.name%3Dn1"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Pods are there to be listed (kubectl describe node does), but none run in the simulation.
+    let (st, l) = call(
+        reqwest::Method::GET,
+        &format!("{base}/api/v1/pods?fieldSelector=spec.nodeName%3Dn1,status.phase!%3DSucceeded"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!((st, l["kind"].clone()), (200, json!("PodList")));
+    let (st, _) = call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/namespaces/default/pods"),
+        JSON,
+        Some(json!({"metadata": {"name": "p"}})),
+    )
+    .await;
+    assert_eq!(st, 405);
 }

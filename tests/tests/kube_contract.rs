@@ -383,6 +383,9 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
 #[tokio::test]
 async fn node_events_are_recorded_in_default() {
     let sim = k8s_sim(K8sConfig::default()).await;
+    let node = sim
+        .seed("nodes", "", serde_json::json!({"metadata": {"name": "n1"}}))
+        .expect("node");
     let k = kube_client(&sim, fast_kube_policy()).await;
     k.node_event(
         "n1",
@@ -397,4 +400,6 @@ async fn node_events_are_recorded_in_default() {
     assert_eq!(evs[0]["metadata"]["namespace"], "default");
     assert_eq!(evs[0]["involvedObject"]["kind"], "Node");
     assert_eq!(evs[0]["reason"], "AliasRangeInUse");
+    // kubectl describe node selects the Node's Events by involvedObject.uid as well.
+    assert_eq!(evs[0]["involvedObject"]["uid"], node["metadata"]["uid"]);
 }

@@ -4,7 +4,7 @@
 //! - `resourceVersion` on every object, 409 `Conflict` when an update or patch carries a stale
 //!   one; 409 `AlreadyExists` on create; `Status` bodies exactly in the API's shape;
 //! - list with `limit`/`continue` and label selectors;
-//! - merge, JSON (with `test`), strategic-merge (taints by key) patches and server-side apply
+//! - merge, JSON (with `test`), strategic-merge (the schema's list strategies: taints replaced, conditions by type) patches and server-side apply
 //!   (applied as a merge, without field ownership);
 //! - validation: `spec.providerID` and `spec.podCIDR(s)` change only from empty (422 with the
 //!   real message), taints, the bootstrap-token Secret format, the Event namespace rule;
@@ -20,6 +20,7 @@
 pub mod patch;
 
 mod configmaps;
+mod discovery;
 mod events;
 mod ipam;
 mod nodes;
@@ -28,6 +29,7 @@ mod rest;
 mod secrets;
 mod select;
 mod status;
+mod table;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,9 @@ impl Service for Sim {
     fn router(sim: Arc<Self>) -> Router {
         Router::new()
             .route("/version", get(version))
+            .route("/api", get(discovery::core_versions))
+            .route("/apis", get(discovery::groups))
+            .route("/api/v1", get(discovery::core_v1))
             .route(
                 "/api/v1/nodes",
                 get(rest::node_collection).post(rest::node_collection),
@@ -125,6 +130,8 @@ impl Service for Sim {
                     .patch(rest::node_item)
                     .delete(rest::node_item),
             )
+            // Namespaced resources across every namespace (list only).
+            .route("/api/v1/{resource}", get(rest::all_namespaces))
             .route(
                 "/api/v1/namespaces/{ns}/{resource}",
                 get(rest::ns_collection).post(rest::ns_collection),
@@ -181,6 +188,9 @@ fn kind_of(resource: &str) -> Option<(&'static str, bool)> {
         "secrets" => Some(("Secret", true)),
         "configmaps" => Some(("ConfigMap", true)),
         "events" => Some(("Event", true)),
+        // Listed and read only: the simulated cluster schedules no Pods (kubectl describe node
+        // lists the Pods on the node, so the collection has to exist).
+        "pods" => Some(("Pod", true)),
         _ => None,
     }
 }

@@ -1,5 +1,5 @@
 //! Patch application as the API server does it: JSON merge patch (RFC 7386), JSON patch
-//! (RFC 6902) and the strategic merge patch subset nodewire's objects need.
+//! (RFC 6902) and strategic merge patch with the list strategies of the served kinds.
 
 use serde_json::{Map, Value};
 
@@ -24,39 +24,163 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Strategic merge patch for the fields nodewire touches: like a merge patch, except that
-/// `spec.taints` merges by `key` (with `$patch: delete` elements removing), as the Node schema
-/// declares for taints.
-pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
-    let mut patch = patch.clone();
-    let taints_patch = patch
-        .get_mut("spec")
-        .and_then(|s| s.as_object_mut())
-        .and_then(|s| s.remove("taints"));
-    merge_patch(target, &patch);
-    if let Some(Value::Array(items)) = taints_patch {
-        let current = target
-            .pointer("/spec/taints")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut merged = current;
-        for item in items {
-            let key = item.get("key").cloned();
-            let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-            merged.retain(|t| t.get("key") != key.as_ref());
-            if !delete {
-                merged.push(item);
+/// How a list merges in a strategic merge patch: the `patchStrategy` / `patchMergeKey` tags of
+/// the k8s.io/api Go types. A list without a strategy is replaced whole — `spec.taints` is one
+/// (`NodeSpec.Taints` has no patch strategy), so `kubectl taint … key-` sends the full new list
+/// and the server takes it as it is.
+enum ListMerge {
+    Replace,
+    /// A list of scalars merged as a set (`patchStrategy:"merge"` on `[]string`).
+    Primitive,
+    /// Elements matched by this field (`patchStrategy:"merge" patchMergeKey:"…"`).
+    ByKey(&'static str),
+}
+
+fn list_strategy(path: &[&str]) -> ListMerge {
+    match path {
+        ["metadata", "finalizers"] | ["spec", "podCIDRs"] => ListMerge::Primitive,
+        ["metadata", "ownerReferences"] => ListMerge::ByKey("uid"),
+        ["status", "conditions" | "addresses"] => ListMerge::ByKey("type"),
+        ["status", "volumesAttached"] => ListMerge::ByKey("name"),
+        _ => ListMerge::Replace,
+    }
+}
+
+/// Why a strategic merge patch did not apply (the API answers 400 or 422).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategicPatchError(pub String);
+
+/// Strategic merge patch (<https://github.com/kubernetes/community/blob/master/contributors/devel/sig-api-machinery/strategic-merge-patch.md>)
+/// for the objects served: maps merge, `null` deletes, lists follow [`list_strategy`];
+/// `$patch: replace|delete` on maps and keyed elements, `$deleteFromPrimitiveList/<field>` and
+/// the ordering hint `$setElementOrder/<field>` (accepted, order not enforced) are honoured.
+///
+/// # Errors
+/// An unknown `$patch` directive, or a keyed element without its key.
+pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), StrategicPatchError> {
+    let mut out = target.clone();
+    smp_value(&mut out, patch, &mut Vec::new())?;
+    *target = out;
+    Ok(())
+}
+
+fn smp_value<'a>(
+    target: &mut Value,
+    patch: &'a Value,
+    path: &mut Vec<&'a str>,
+) -> Result<(), StrategicPatchError> {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    match p.get("$patch").and_then(Value::as_str) {
+        None => {}
+        Some("replace") => {
+            let mut m = p.clone();
+            m.remove("$patch");
+            *target = Value::Object(m);
+            return Ok(());
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(StrategicPatchError(format!(
+                "unknown patch type: {other:?}"
+            )));
+        }
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(t) = target else {
+        return Ok(());
+    };
+    for (k, v) in p {
+        if k == "$patch" || k.starts_with("$setElementOrder/") || k == "$retainKeys" {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            let gone = v.as_array().cloned().unwrap_or_default();
+            if let Some(Value::Array(l)) = t.get_mut(field) {
+                l.retain(|x| !gone.contains(x));
+            }
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        path.push(k.as_str());
+        let slot = t.entry(k.clone()).or_insert(Value::Null);
+        match v {
+            Value::Array(items) => smp_list(slot, items, path)?,
+            _ => {
+                smp_value(slot, v, path)?;
+                if slot.is_null() {
+                    t.remove(k);
+                }
             }
         }
-        if let Some(spec) = target.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("taints".into(), Value::Array(merged));
-        }
-    } else if let Some(Value::Null) = taints_patch
-        && let Some(spec) = target.get_mut("spec").and_then(Value::as_object_mut)
-    {
-        spec.remove("taints");
+        path.pop();
     }
+    Ok(())
+}
+
+fn smp_list<'a>(
+    slot: &mut Value,
+    items: &'a [Value],
+    path: &mut Vec<&'a str>,
+) -> Result<(), StrategicPatchError> {
+    let replace_all = items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
+    let strategy = if replace_all {
+        ListMerge::Replace
+    } else {
+        list_strategy(path)
+    };
+    let current = slot.as_array().cloned().unwrap_or_default();
+    let merged = match strategy {
+        ListMerge::Replace => items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .cloned()
+            .collect(),
+        ListMerge::Primitive => {
+            let mut l = current;
+            for i in items {
+                if !l.contains(i) {
+                    l.push(i.clone());
+                }
+            }
+            l
+        }
+        ListMerge::ByKey(key) => {
+            let mut l = current;
+            for i in items {
+                let Some(id) = i.get(key) else {
+                    return Err(StrategicPatchError(format!(
+                        "map: {i} does not contain declared merge key: {key}"
+                    )));
+                };
+                let at = l.iter().position(|x| x.get(key) == Some(id));
+                let delete = i.get("$patch").and_then(Value::as_str) == Some("delete");
+                match (at, delete) {
+                    (Some(n), true) => {
+                        l.remove(n);
+                    }
+                    (None, true) => {}
+                    (Some(n), false) => smp_value(&mut l[n], i, path)?,
+                    (None, false) => l.push(i.clone()),
+                }
+            }
+            l
+        }
+    };
+    *slot = Value::Array(merged);
+    Ok(())
 }
 
 fn unescape(token: &str) -> String {
@@ -229,17 +353,38 @@ mod tests {
         );
     }
 
+    /// `NodeSpec.Taints` has no patch strategy: the patch's list replaces the Node's (what
+    /// `kubectl taint` relies on to remove one), while `status.conditions` merge by `type`.
     #[test]
-    fn strategic_taints_by_key() {
-        let mut v = json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]}});
+    fn strategic_lists_follow_the_schema() {
+        let mut v = json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}, {"type": "MemoryPressure", "status": "False"}]}});
         strategic_merge_patch(
             &mut v,
-            &json!({"spec": {"taints": [{"key": "c", "effect": "NoExecute"}, {"key": "a", "$patch": "delete"}]}}),
-        );
+            &json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "$patch": "delete"}]}}),
+        )
+        .expect("applies");
         assert_eq!(
             v,
-            json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}, {"key": "c", "effect": "NoExecute"}]}})
+            json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
         );
+        strategic_merge_patch(
+            &mut v,
+            &json!({"spec": {"podCIDRs": ["10.0.0.0/24"], "taints": null}}),
+        )
+        .expect("applies");
+        assert_eq!(v["spec"], json!({"podCIDRs": ["10.0.0.0/24"]}));
+        assert!(
+            strategic_merge_patch(
+                &mut v,
+                &json!({"status": {"conditions": [{"status": "True"}]}})
+            )
+            .is_err(),
+            "a keyed element without its key"
+        );
+        assert!(strategic_merge_patch(&mut v, &json!({"spec": {"$patch": "sideways"}})).is_err());
     }
 
     #[test]

@@ -99,6 +99,32 @@ fn check_resource(resource: &str, namespaced: bool) -> Result<&'static str, ApiE
     }
 }
 
+/// A read's answer as the client asked for it: a server-printed `Table` when its `Accept`
+/// header asks for one first, the object or list otherwise.
+fn printed(
+    call: &Call,
+    resource: &str,
+    (status, body): (StatusCode, Value),
+) -> (StatusCode, Value) {
+    if super::table::wanted(call.header("accept")) {
+        (status, super::table::render(resource, &body))
+    } else {
+        (status, body)
+    }
+}
+
+/// Pods are listed and read, never written: the simulated cluster runs none.
+fn read_only(resource: &str) -> Result<(), ApiError> {
+    if resource == "pods" {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the simulated cluster schedules no Pods: pods are served for get and list only",
+        ));
+    }
+    Ok(())
+}
+
 async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: Bytes) -> Response {
     let verb = match call.method.as_str() {
         "GET" => "get",
@@ -116,6 +142,9 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
     let resp = run(&sim, &api_method, &call, &body, |s| {
         check_resource(&t.resource, !t.ns.is_empty())?;
         let mut st = s.store();
+        if verb != "get" {
+            read_only(&t.resource)?;
+        }
         let (out, write) = match verb {
             "get" => (t.current(&st)?, None),
             "update" => put(&mut st, &t, &body)?,
@@ -130,6 +159,9 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
             }
         };
         written = write;
+        if verb == "get" {
+            return Ok(printed(&call, &t.resource, (StatusCode::OK, out)));
+        }
         Ok((StatusCode::OK, out))
     })
     .await;
@@ -198,7 +230,9 @@ fn apply_patch(
     };
     match content_type.split(';').next().unwrap_or("").trim() {
         "application/merge-patch+json" => patch::merge_patch(obj, p),
-        "application/strategic-merge-patch+json" => patch::strategic_merge_patch(obj, p),
+        "application/strategic-merge-patch+json" => {
+            patch::strategic_merge_patch(obj, p).map_err(|e| ApiError::bad_request(e.0))?;
+        }
         "application/apply-patch+yaml" => {
             let q = parse_query(query, Malformed::Keep);
             if q.get("fieldManager").is_none_or(|f| f.is_empty()) {
@@ -272,8 +306,10 @@ async fn collection(
                 kind,
                 (!ns.is_empty()).then_some(ns.as_str()),
                 &q,
-            );
+            )
+            .map(|o| printed(&call, &resource, o));
         }
+        read_only(&resource)?;
         let obj = parse_body(&body)?;
         let out = create(&mut st, &resource, &ns, obj)?;
         if resource == "nodes" {
@@ -316,6 +352,21 @@ pub(super) async fn node_item(
         name,
     };
     item(sim, call, &headers, t, body).await
+}
+
+/// `GET /api/v1/{resource}` for a namespaced resource: the list across every namespace.
+pub(super) async fn all_namespaces(
+    State(sim): State<Arc<Sim>>,
+    Path(resource): Path<String>,
+    call: Call,
+) -> Response {
+    let api_method = format!("{resource}.list");
+    run(&sim, &api_method, &call, &[], |s| -> Outcome {
+        let kind = check_resource(&resource, true)?;
+        let q = parse_query(call.uri.query(), Malformed::Keep);
+        list(&mut s.store(), &resource, kind, None, &q).map(|o| printed(&call, &resource, o))
+    })
+    .await
 }
 
 pub(super) async fn ns_collection(

@@ -1,5 +1,6 @@
 //! Lists: equality-based label selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`; set-based ones are
-//! refused with 400), and pagination with `limit` and an opaque `continue` token, with
+//! refused with 400), field selectors over the fields each kind supports (any other field label
+//! is refused with 400 `field label not supported`, as the API server does), and pagination with `limit` and an opaque `continue` token, with
 //! `remainingItemCount` while items remain.
 
 use axum::http::StatusCode;
@@ -33,6 +34,81 @@ fn selector_matches(
         }
     }
     Ok(true)
+}
+
+/// The value of a field label for a field selector, `None` when the kind does not support the
+/// label. Supported labels per kind, as kube-apiserver registers them (`metadata.name` and
+/// `metadata.namespace` everywhere; pkg/registry/core/*/strategy.go for the rest).
+fn field_value(resource: &str, obj: &Value, label: &str) -> Option<String> {
+    let s = |p: &str| {
+        obj.pointer(p)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => b.to_string(),
+                _ => String::new(),
+            })
+            .unwrap_or_default()
+    };
+    let pointer = match (resource, label) {
+        (_, "metadata.name") => "/metadata/name",
+        (_, "metadata.namespace") => "/metadata/namespace",
+        ("nodes", "spec.unschedulable") => {
+            return Some(
+                obj.pointer("/spec/unschedulable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string(),
+            );
+        }
+        ("secrets", "type") => "/type",
+        ("events", "type") => "/type",
+        ("events", "reason") => "/reason",
+        ("events", "source") => "/source/component",
+        ("events", "reportingComponent") => "/reportingComponent",
+        ("events", l) if l.starts_with("involvedObject.") => {
+            let f = l.trim_start_matches("involvedObject.");
+            match f {
+                "kind" | "namespace" | "name" | "uid" | "apiVersion" | "resourceVersion"
+                | "fieldPath" => return Some(s(&format!("/involvedObject/{f}"))),
+                _ => return None,
+            }
+        }
+        ("pods", "spec.nodeName") => "/spec/nodeName",
+        ("pods", "spec.restartPolicy") => "/spec/restartPolicy",
+        ("pods", "spec.schedulerName") => "/spec/schedulerName",
+        ("pods", "spec.serviceAccountName") => "/spec/serviceAccountName",
+        ("pods", "status.phase") => "/status/phase",
+        ("pods", "status.podIP") => "/status/podIP",
+        _ => return None,
+    };
+    Some(s(pointer))
+}
+
+/// Parses a field selector into `(label, value, equal)` terms, refusing unsupported labels.
+fn field_terms(resource: &str, sel: &str) -> Result<Vec<(String, String, bool)>, ApiError> {
+    let probe = json!({});
+    sel.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|term| {
+            let (label, value, equal) = if let Some((k, v)) = term.split_once("!=") {
+                (k, v, false)
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (k, v, true)
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {term:?}: invalid selector: '{term}'; can't understand '{term}'"
+                )));
+            };
+            let label = label.trim();
+            if field_value(resource, &probe, label).is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {label}"
+                )));
+            }
+            Ok((label.to_string(), value.trim().to_string(), equal))
+        })
+        .collect()
 }
 
 /// The `{kind}List` of `resource` in `ns` (every namespace when `None`), in key order.
@@ -98,6 +174,7 @@ pub(super) fn list(
         .map_or(st.resource_version, |(rv, _)| *rv);
     let after = continued.map(|(_, key)| key);
     let sel = q.get("labelSelector").cloned().unwrap_or_default();
+    let fields = field_terms(resource, q.get("fieldSelector").map_or("", String::as_str))?;
     let mut items = Vec::new();
     let mut last = None;
     let mut remaining = 0usize;
@@ -113,6 +190,11 @@ pub(super) fn list(
             &sel,
             obj.pointer("/metadata/labels").and_then(Value::as_object),
         )? {
+            continue;
+        }
+        if !fields.iter().all(|(label, value, equal)| {
+            (field_value(resource, obj, label).as_deref() == Some(value.as_str())) == *equal
+        }) {
             continue;
         }
         if items.len() < limit {

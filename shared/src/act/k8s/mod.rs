@@ -471,7 +471,10 @@ impl Kube {
     }
 
     /// Records a core/v1 Event about a Node (in `default`, where Events about cluster-scoped
-    /// objects live). `type_` is `Normal` or `Warning`.
+    /// objects live). `type_` is `Normal` or `Warning`. The reference carries the Node's
+    /// `uid` (read first): `kubectl describe node` selects Events by
+    /// `involvedObject.uid` too, and would not show one without it. When the Node cannot be
+    /// read the Event is still sent, without the uid.
     ///
     /// # Errors
     /// [`KubeError`].
@@ -486,6 +489,13 @@ impl Kube {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
         const CALL: &str = "events.create";
         let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let uid = match self.get_node_raw(node).await {
+            Ok(n) => n.and_then(|n| n.metadata.uid),
+            Err(e) => {
+                tracing::debug!(node, error = %e, "no uid for the event's reference");
+                None
+            }
+        };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let ev = Event {
             metadata: kube::api::ObjectMeta {
@@ -497,6 +507,7 @@ impl Kube {
                 api_version: Some("v1".into()),
                 kind: Some("Node".into()),
                 name: Some(node.to_string()),
+                uid,
                 ..Default::default()
             },
             reason: Some(reason.to_string()),
