@@ -128,7 +128,7 @@ pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> ChainDep
     let k = Kube::new(
         &KubeConnection::Direct {
             url: k8s.endpoint(),
-            token: None,
+            token: Some(k8s.nodewire_token()),
             ca_pem: None,
         },
         KubePolicy::default(),

@@ -314,6 +314,7 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
         println!("sandbox: {}", if ok { "OK" } else { "FAILED" });
     }
+    let mut clients_dir = None;
     if a.keep_running {
         println!(
             "\nStill running (Ctrl-C stops). To use the CLI against it from another terminal:"
@@ -322,12 +323,78 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
             println!("  export {k}={v}");
         }
         println!("  nodewire status");
+        let dir = std::env::temp_dir().join(format!("nodewire-sandbox-{}", std::process::id()));
+        let lines = write_client_configs(&stack, &dir)?;
+        println!(
+            "\nTo point gcloud and kubectl at it (configuration of their own under {}):",
+            dir.display()
+        );
+        for l in lines {
+            println!("  {l}");
+        }
+        println!("ready: the sandbox keeps running");
+        clients_dir = Some(dir);
         nodewire::shutdown::signal().await;
     }
     stack.stop().await;
+    if let Some(dir) = clients_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Writes a gcloud configuration directory (the Compute endpoint overridden to the simulator,
+/// an access-token file, the project, no prompts and no update checks) and a kubeconfig for
+/// the Kubernetes simulator under `dir`, and returns the lines a person types to use them.
+///
+/// # Errors
+/// When the files cannot be written.
+pub fn write_client_configs(stack: &Stack, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context as _;
+    let gcloud = dir.join("gcloud");
+    let conf = gcloud.join("configurations");
+    std::fs::create_dir_all(&conf).with_context(|| format!("creating {}", conf.display()))?;
+    let token = gcloud.join("access-token");
+    // The Compute simulator takes any bearer token; gcloud needs one to send.
+    std::fs::write(&token, "sandbox-access-token\n")?;
+    std::fs::write(gcloud.join("active_config"), "default")?;
+    std::fs::write(
+        conf.join("config_default"),
+        format!(
+            "[core]\nproject = {project}\ndisable_usage_reporting = true\ndisable_prompts = true\n\
+             [auth]\naccess_token_file = {token}\n\
+             [api_endpoint_overrides]\ncompute = {compute}/compute/v1/\n\
+             [component_manager]\ndisable_update_check = true\n",
+            project = stack.opts.project,
+            token = token.display(),
+            compute = stack.compute.endpoint(),
+        ),
+    )?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: sandbox-admin\n  user:\n    token: {token}\n\
+             contexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox-admin\n\
+             current-context: sandbox\n",
+            // kubectl sends the token only over TLS: the HTTPS front, trusted by its PEM.
+            server = stack.k8s_tls.endpoint(),
+            ca = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                stack.k8s_tls.ca_pem()
+            ),
+            token = stack.k8s.admin_token(),
+        ),
+    )?;
+    Ok(vec![
+        format!("export CLOUDSDK_CONFIG={}", gcloud.display()),
+        format!("export KUBECONFIG={}", kubeconfig.display()),
+        "gcloud compute instances list".to_string(),
+        "kubectl get nodes".to_string(),
+    ])
 }

@@ -1,16 +1,16 @@
 //! The simulated VM agent: plays each node VM's startup script. When `kubeadm-join` appears in a
 //! VM's metadata it waits a configurable delay, parses the JoinConfiguration, checks the token
-//! against its Secret (exists, matching secret, not expired, authentication usage, the kubeadm
-//! node group) and the CA pin against `kube-public/cluster-info`, and then registers the Node as
-//! the kubelet would (name, providerID and taints from the configuration) through the API
-//! server's HTTP API, so that the IPAM controller and the audit pipeline see it. A wrong token
+//! by the kubelet's TLS bootstrap (the API server authenticates it against its Secret: exists,
+//! matching secret, not expired, authentication usage; kubeadm approves only the node group's
+//! certificates) and the CA pin against `kube-public/cluster-info`, and then registers the Node
+//! as the kubelet would (name, providerID and taints from the configuration) through the API
+//! server's HTTP API with its node credential (`system:node:NAME`, under NodeRestriction), so that the IPAM controller and the audit pipeline see it. A wrong token
 //! or pin means the Node never registers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -165,11 +165,6 @@ impl VmAgent {
     }
 }
 
-fn secret_field(secret: &Value, key: &str) -> Option<String> {
-    let b64 = secret.pointer(&format!("/data/{key}"))?.as_str()?;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
-}
-
 fn provider_id(args: Option<&Value>) -> Option<String> {
     match args? {
         // v1beta4: a list of {name, value}
@@ -219,40 +214,9 @@ async fn check_and_register(
     if jc.discovery.bootstrap_token.api_server_endpoint.is_empty() {
         return Ok(AgentOutcome::Refused("no apiServerEndpoint".into()));
     }
-    // The token: bootstrap-token-<id> with the same secret, not expired, usable for authentication.
-    let Some((id, secret)) = jc.discovery.bootstrap_token.token.split_once('.') else {
+    let token = &jc.discovery.bootstrap_token.token;
+    if token.split_once('.').is_none() {
         return Ok(AgentOutcome::Refused("the token is not id.secret".into()));
-    };
-    let Some(stored) = k8s.object("secrets", "kube-system", &format!("bootstrap-token-{id}"))
-    else {
-        return Ok(AgentOutcome::Refused(format!(
-            "token {id}: no such bootstrap token"
-        )));
-    };
-    if secret_field(&stored, "token-secret").as_deref() != Some(secret) {
-        return Ok(AgentOutcome::Refused(format!("token {id}: wrong secret")));
-    }
-    let expired = secret_field(&stored, "expiration")
-        .and_then(|e| {
-            time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339).ok()
-        })
-        .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
-    if expired {
-        return Ok(AgentOutcome::Refused(format!("token {id}: expired")));
-    }
-    if secret_field(&stored, "usage-bootstrap-authentication").as_deref() != Some("true") {
-        return Ok(AgentOutcome::Refused(format!(
-            "token {id}: not usable for authentication"
-        )));
-    }
-    let groups = secret_field(&stored, "auth-extra-groups").unwrap_or_default();
-    if !groups
-        .split(',')
-        .any(|g| g.trim() == "system:bootstrappers:kubeadm:default-node-token")
-    {
-        return Ok(AgentOutcome::Refused(format!(
-            "token {id}: not in the kubeadm node group"
-        )));
     }
     // The CA pin: kubeadm refuses a cluster-info whose CA does not match.
     let Some(kubeconfig) = k8s
@@ -280,6 +244,12 @@ async fn check_and_register(
     if k8s.object("nodes", "", &name).is_some() {
         return Ok(AgentOutcome::AlreadyRegistered);
     }
+    // TLS bootstrap: the bootstrap token authenticates, the CSR is approved, the kubelet
+    // holds a credential for system:node:NAME and registers with that.
+    let credential = match k8s.tls_bootstrap(token, &name) {
+        Ok(c) => c,
+        Err(why) => return Ok(AgentOutcome::Refused(why)),
+    };
     let taints: Vec<Value> = jc
         .node_registration
         .taints
@@ -300,6 +270,7 @@ async fn check_and_register(
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec});
     match http
         .post(format!("{}/api/v1/nodes", cfg.k8s_endpoint))
+        .bearer_auth(&credential)
         .json(&node)
         .send()
         .await

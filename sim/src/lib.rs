@@ -18,3 +18,4 @@ pub mod faults;
 pub mod k8s;
 mod server;
 pub mod stack;
+pub mod tls;

@@ -126,6 +126,8 @@ pub struct StackOptions {
     pub boot_delay: Duration,
     pub ipam_delay: Duration,
     pub join_delay: Duration,
+    /// The RBAC manifests the Kubernetes simulator enforces; `None`: nodewire's shipped ones.
+    pub rbac_manifests: Option<Vec<String>>,
 }
 
 impl Default for StackOptions {
@@ -148,6 +150,7 @@ impl Default for StackOptions {
             boot_delay: Duration::from_millis(200),
             ipam_delay: Duration::from_millis(200),
             join_delay: Duration::from_millis(300),
+            rbac_manifests: None,
         }
     }
 }
@@ -188,6 +191,8 @@ pub struct Stack {
     pub in_process: Option<InProcessBus>,
     pub compute: ComputeSim,
     pub k8s: K8sSim,
+    /// The Kubernetes simulator over HTTPS, for kubectl.
+    pub k8s_tls: crate::tls::TlsFront,
     pub agent: VmAgent,
     servers: Vec<(String, FnServer)>,
     subscriptions: Vec<String>,
@@ -233,7 +238,24 @@ impl Stack {
     pub async fn start(opts: StackOptions) -> Result<Self, String> {
         let (emu, base_bus, in_process) = Self::start_bus(&opts).await?;
         let (compute, k8s, agent) = Self::start_simulators(&opts, &base_bus).await?;
-        let env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
+        let k8s_tls = k8s
+            .start_tls_front()
+            .await
+            .map_err(|e| format!("the Kubernetes simulator's HTTPS front: {e}"))?;
+        let mut env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
+        // nodewire's service account token, in a file as a pod or Secret Manager mount has it,
+        // for the CLI run against this stack.
+        let token_file = std::env::temp_dir().join(format!(
+            "nodewire-stack-{}-{}.token",
+            std::process::id(),
+            k8s.endpoint().rsplit(':').next().unwrap_or("0")
+        ));
+        std::fs::write(&token_file, k8s.nodewire_token())
+            .map_err(|e| format!("writing {}: {e}", token_file.display()))?;
+        env.insert(
+            "NODEWIRE_KUBE_TOKEN_FILE".into(),
+            token_file.display().to_string(),
+        );
         let (servers, sweep_server) =
             Self::start_functions(&opts, &env, &k8s, &base_bus, emu.is_some()).await?;
         let (subscriptions, pushers) =
@@ -245,6 +267,7 @@ impl Stack {
             in_process,
             compute,
             k8s,
+            k8s_tls,
             agent,
             servers,
             subscriptions,
@@ -334,6 +357,10 @@ impl Stack {
             }),
             audit_project: p.clone(),
             audit_zone: format!("{}-a", opts.region),
+            rbac_manifests: opts
+                .rbac_manifests
+                .clone()
+                .unwrap_or_else(|| vec![crate::k8s::rbac::NODEWIRE_RBAC.to_string()]),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -402,6 +429,7 @@ impl Stack {
             let duplicate = opts.duplicate_steps;
             let base_bus = base_bus.clone();
             let kube_url = kube_url.clone();
+            let kube_token = k8s.nodewire_token();
             async move {
                 let config = config?;
                 let bus: Arc<dyn Bus> = if emulated {
@@ -430,7 +458,7 @@ impl Stack {
                 let kube = Kube::new(
                     &KubeConnection::Direct {
                         url: kube_url,
-                        token: None,
+                        token: Some(kube_token),
                         ca_pem: None,
                     },
                     KubePolicy::default(),
@@ -655,6 +683,8 @@ impl Stack {
             let resp = self
                 .http
                 .delete(format!("{}/api/v1/nodes/{name}", self.k8s.endpoint()))
+                // As a person with kubectl would: the cluster admin.
+                .bearer_auth(self.k8s.admin_token())
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -763,6 +793,9 @@ impl Stack {
             s.stop().await;
         }
         self.sweep_server.stop().await;
+        if let Some(f) = self.env.get("NODEWIRE_KUBE_TOKEN_FILE") {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

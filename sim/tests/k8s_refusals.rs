@@ -7,10 +7,30 @@ async fn sim() -> K8sSim {
     K8sSim::start(K8sConfig::default()).await.expect("start")
 }
 
-async fn call(method: reqwest::Method, url: &str, ct: &str, body: Option<Value>) -> (u16, Value) {
+/// A request as the cluster admin (`system:masters`), unless the test is about who asks.
+async fn call(
+    s: &K8sSim,
+    method: reqwest::Method,
+    url: &str,
+    ct: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    call_as(Some(&s.admin_token()), method, url, ct, body).await
+}
+
+async fn call_as(
+    token: Option<&str>,
+    method: reqwest::Method,
+    url: &str,
+    ct: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = reqwest::Client::new()
         .request(method, url)
         .header("content-type", ct);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
     if let Some(b) = body {
         r = r.body(b.to_string());
     }
@@ -30,13 +50,14 @@ fn node(name: &str) -> Value {
 async fn provider_id_and_pod_cidr_are_set_once() {
     let s = sim().await;
     let u = format!("{}/api/v1/nodes", s.endpoint());
-    let (st, created) = call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    let (st, created) = call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
     assert_eq!(st, 201);
     assert_eq!(created["metadata"]["resourceVersion"], "1");
-    let (st, _) = call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    let (st, _) = call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
     assert_eq!(st, 409, "AlreadyExists");
     let nu = format!("{u}/n1");
     let (st, _) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -45,6 +66,7 @@ async fn provider_id_and_pod_cidr_are_set_once() {
     .await;
     assert_eq!(st, 200, "from empty to a value is allowed");
     let (st, body) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -59,6 +81,7 @@ async fn provider_id_and_pod_cidr_are_set_once() {
     );
     assert_eq!(body["details"]["causes"][0]["field"], "spec.providerID");
     let (st, body) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -71,7 +94,7 @@ async fn provider_id_and_pod_cidr_are_set_once() {
             .as_str()
             .is_some_and(|m| m.contains("may not change podCIDR"))
     );
-    let (st, got) = call(reqwest::Method::GET, &nu, JSON, None).await;
+    let (st, got) = call(&s, reqwest::Method::GET, &nu, JSON, None).await;
     assert_eq!(st, 200);
     assert_eq!(
         got["spec"]["podCIDRs"],
@@ -84,11 +107,12 @@ async fn provider_id_and_pod_cidr_are_set_once() {
 async fn stale_resource_versions_conflict() {
     let s = sim().await;
     let u = format!("{}/api/v1/nodes", s.endpoint());
-    call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
     let nu = format!("{u}/n1");
-    let (_, n) = call(reqwest::Method::GET, &nu, JSON, None).await;
+    let (_, n) = call(&s, reqwest::Method::GET, &nu, JSON, None).await;
     let rv = n["metadata"]["resourceVersion"].clone();
     let (st, _) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -97,6 +121,7 @@ async fn stale_resource_versions_conflict() {
     .await;
     assert_eq!(st, 200);
     let (st, body) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -112,13 +137,27 @@ async fn stale_resource_versions_conflict() {
     );
     let mut stale = n.clone();
     stale["metadata"]["labels"]["y"] = json!("1");
-    let (st, _) = call(reqwest::Method::PUT, &nu, JSON, Some(stale)).await;
+    let (st, _) = call(&s, reqwest::Method::PUT, &nu, JSON, Some(stale)).await;
     assert_eq!(st, 409, "PUT with a stale resourceVersion");
-    let (st, body) = call(reqwest::Method::PATCH, &nu, "application/json-patch+json", Some(json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "add", "path": "/metadata/labels/z", "value": "1"}]))).await;
+    let (st, body) = call(&s, reqwest::Method::PATCH, &nu, "application/json-patch+json", Some(json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "add", "path": "/metadata/labels/z", "value": "1"}]))).await;
     assert_eq!(st, 422, "failed JSON patch test: {body}");
-    let (st, _) = call(reqwest::Method::PATCH, &nu, "text/plain", Some(json!({}))).await;
+    let (st, _) = call(
+        &s,
+        reqwest::Method::PATCH,
+        &nu,
+        "text/plain",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(st, 415);
-    let (st, body) = call(reqwest::Method::GET, &format!("{u}/missing"), JSON, None).await;
+    let (st, body) = call(
+        &s,
+        reqwest::Method::GET,
+        &format!("{u}/missing"),
+        JSON,
+        None,
+    )
+    .await;
     assert_eq!(st, 404);
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "NotFound");
@@ -131,9 +170,10 @@ async fn stale_resource_versions_conflict() {
 async fn taints_are_validated_and_a_strategic_merge_replaces_them() {
     let s = sim().await;
     let u = format!("{}/api/v1/nodes", s.endpoint());
-    call(reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
     let nu = format!("{u}/n1");
     let (st, _) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -141,9 +181,10 @@ async fn taints_are_validated_and_a_strategic_merge_replaces_them() {
     )
     .await;
     assert_eq!(st, 422);
-    let (st, _) = call(reqwest::Method::PATCH, &nu, MERGE, Some(json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "a", "effect": "NoSchedule"}]}}))).await;
+    let (st, _) = call(&s, reqwest::Method::PATCH, &nu, MERGE, Some(json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "a", "effect": "NoSchedule"}]}}))).await;
     assert_eq!(st, 422, "duplicate taint");
     call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         MERGE,
@@ -151,6 +192,7 @@ async fn taints_are_validated_and_a_strategic_merge_replaces_them() {
     )
     .await;
     let (st, n) = call(
+        &s,
         reqwest::Method::PATCH,
         &nu,
         "application/strategic-merge-patch+json",
@@ -173,7 +215,7 @@ async fn bootstrap_token_secrets_and_events_are_validated() {
         "stringData": {"token-id": "abcdef", "token-secret": "0123456789abcdef", "expiration": "2030-01-01T00:00:00Z",
         "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
         "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}});
-    let (st, created) = call(reqwest::Method::POST, &u, JSON, Some(good.clone())).await;
+    let (st, created) = call(&s, reqwest::Method::POST, &u, JSON, Some(good.clone())).await;
     assert_eq!(st, 201, "{created}");
     assert!(
         created.get("stringData").is_none() && created["data"]["token-id"] == "YWJjZGVm",
@@ -194,17 +236,18 @@ async fn bootstrap_token_secrets_and_events_are_validated() {
                 bad["stringData"]["token-id"] = json!("zyxwvu");
             }
         }
-        let (st, body) = call(reqwest::Method::POST, &u, JSON, Some(bad)).await;
+        let (st, body) = call(&s, reqwest::Method::POST, &u, JSON, Some(bad)).await;
         assert_eq!(st, 422, "{field}: {body}");
     }
     let ev = format!("{}/api/v1/namespaces/kube-system/events", s.endpoint());
     let event = json!({"metadata": {"generateName": "n1."}, "involvedObject": {"kind": "Node", "name": "n1"}, "reason": "NodeWired", "message": "m", "type": "Normal"});
-    let (st, _) = call(reqwest::Method::POST, &ev, JSON, Some(event.clone())).await;
+    let (st, _) = call(&s, reqwest::Method::POST, &ev, JSON, Some(event.clone())).await;
     assert_eq!(
         st, 422,
         "an event about a cluster-scoped Node must live in default"
     );
     let (st, _) = call(
+        &s,
         reqwest::Method::POST,
         &format!("{}/api/v1/namespaces/default/events", s.endpoint()),
         JSON,
@@ -223,13 +266,21 @@ async fn lists_paginate_and_select() {
         if i % 2 == 0 {
             n["metadata"]["labels"]["pool"] = json!("b");
         }
-        call(reqwest::Method::POST, &u, JSON, Some(n)).await;
+        call(&s, reqwest::Method::POST, &u, JSON, Some(n)).await;
     }
-    let (_, page) = call(reqwest::Method::GET, &format!("{u}?&limit=2"), JSON, None).await;
+    let (_, page) = call(
+        &s,
+        reqwest::Method::GET,
+        &format!("{u}?&limit=2"),
+        JSON,
+        None,
+    )
+    .await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
     assert_eq!(page["metadata"]["remainingItemCount"], 3);
     let token = page["metadata"]["continue"].as_str().expect("continue");
     let (_, page2) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{u}?&limit=10&continue={token}"),
         JSON,
@@ -239,6 +290,7 @@ async fn lists_paginate_and_select() {
     assert_eq!(page2["items"].as_array().map(Vec::len), Some(3));
     assert!(page2["metadata"].get("continue").is_none());
     let (_, sel) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{u}?&labelSelector=pool%3Db"),
         JSON,
@@ -247,6 +299,7 @@ async fn lists_paginate_and_select() {
     .await;
     assert_eq!(sel["items"].as_array().map(Vec::len), Some(3));
     let (st, _) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{u}?&continue=%%%"),
         JSON,
@@ -263,12 +316,13 @@ async fn list_limits_and_expired_continue_tokens() {
     let s = sim().await;
     let u = format!("{}/api/v1/nodes", s.endpoint());
     for n in ["n1", "n2", "n3"] {
-        let (st, _) = call(reqwest::Method::POST, &u, JSON, Some(node(n))).await;
+        let (st, _) = call(&s, reqwest::Method::POST, &u, JSON, Some(node(n))).await;
         assert_eq!(st, 201);
     }
+    let sim_ref = &s;
     let list = |query: String| {
         let url = format!("{u}?{query}");
-        async move { call(reqwest::Method::GET, &url, JSON, None).await }
+        async move { call(sim_ref, reqwest::Method::GET, &url, JSON, None).await }
     };
     let token_of = |page: &Value| page["metadata"]["continue"].as_str().map(str::to_string);
     let (st, all) = list("limit=0".into()).await;
@@ -303,10 +357,11 @@ async fn field_selectors_are_per_kind() {
     let ev = format!("{base}/api/v1/namespaces/default/events");
     for (name, uid) in [("n1", "u-1"), ("n2", "u-2")] {
         let e = json!({"metadata": {"generateName": format!("{name}.")}, "involvedObject": {"kind": "Node", "name": name, "uid": uid}, "reason": "NodeWired", "message": "m", "type": "Normal"});
-        let (st, _) = call(reqwest::Method::POST, &ev, JSON, Some(e)).await;
+        let (st, _) = call(&s, reqwest::Method::POST, &ev, JSON, Some(e)).await;
         assert_eq!(st, 201);
     }
     let (st, l) = call(
+        &s,
         reqwest::Method::GET,
         &format!(
             "{base}/api/v1/events?fieldSelector=involvedObject.kind%3DNode,involvedObject.uid%3Du-2"
@@ -319,6 +374,7 @@ async fn field_selectors_are_per_kind() {
     assert_eq!(l["items"].as_array().map(Vec::len), Some(1), "{l}");
     assert_eq!(l["items"][0]["involvedObject"]["name"], "n2");
     let (_, l) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{ev}?fieldSelector=involvedObject.name!%3Dn2"),
         JSON,
@@ -327,6 +383,7 @@ async fn field_selectors_are_per_kind() {
     .await;
     assert_eq!(l["items"].as_array().map(Vec::len), Some(1), "{l}");
     let (st, body) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{base}/api/v1/nodes?fieldSelector=spec.providerID%3Dx"),
         JSON,
@@ -339,6 +396,7 @@ async fn field_selectors_are_per_kind() {
         "field label not supported: spec.providerID"
     );
     let (st, _) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{base}/api/v1/nodes?fieldSelector=metadata.name%3Dn1"),
         JSON,
@@ -348,6 +406,7 @@ async fn field_selectors_are_per_kind() {
     assert_eq!(st, 200);
     // Pods are there to be listed (kubectl describe node does), but none run in the simulation.
     let (st, l) = call(
+        &s,
         reqwest::Method::GET,
         &format!("{base}/api/v1/pods?fieldSelector=spec.nodeName%3Dn1,status.phase!%3DSucceeded"),
         JSON,
@@ -356,6 +415,7 @@ async fn field_selectors_are_per_kind() {
     .await;
     assert_eq!((st, l["kind"].clone()), (200, json!("PodList")));
     let (st, _) = call(
+        &s,
         reqwest::Method::POST,
         &format!("{base}/api/v1/namespaces/default/pods"),
         JSON,
@@ -363,4 +423,115 @@ async fn field_selectors_are_per_kind() {
     )
     .await;
     assert_eq!(st, 405);
+}
+
+/// Who asks matters: no token is `system:anonymous` (403 but for cluster-info), an unknown
+/// token is 401, nodewire's service account gets exactly what `infra/k8s/nodewire-rbac.yaml`
+/// grants, and a kubelet's credential (from the TLS bootstrap with a valid bootstrap token)
+/// may register and modify only its own Node, never its taints (NodeRestriction).
+#[tokio::test]
+async fn requests_are_authenticated_and_authorized() {
+    let s = sim().await;
+    let base = s.endpoint();
+    let nodes = format!("{base}/api/v1/nodes");
+    let secrets = format!("{base}/api/v1/namespaces/kube-system/secrets");
+    let (st, body) = call_as(None, reqwest::Method::GET, &nodes, JSON, None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("system:anonymous")),
+        "{body}"
+    );
+    let (st, body) = call_as(Some("made-up"), reqwest::Method::GET, &nodes, JSON, None).await;
+    assert_eq!((st, body["reason"].clone()), (401, json!("Unauthorized")));
+    let (st, _) = call_as(
+        None,
+        reqwest::Method::GET,
+        &format!("{base}/api"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "discovery is for authenticated users");
+    let (st, _) = call_as(
+        None,
+        reqwest::Method::GET,
+        &format!("{base}/version"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let nw = s.nodewire_token();
+    let nw = Some(nw.as_str());
+    let (st, _) = call_as(nw, reqwest::Method::GET, &format!("{base}/api"), JSON, None).await;
+    assert_eq!(st, 200);
+    let (st, _) = call_as(nw, reqwest::Method::GET, &nodes, JSON, None).await;
+    assert_eq!(st, 200);
+    let (st, _) = call_as(nw, reqwest::Method::POST, &nodes, JSON, Some(node("n9"))).await;
+    assert_eq!(st, 403, "nodewire never creates Nodes");
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::GET,
+        &format!("{secrets}/bootstrap-token-abcdef"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "list and delete tokens, never read one: {body}");
+    assert_eq!(
+        body["message"],
+        "secrets \"bootstrap-token-abcdef\" is forbidden: User \"system:serviceaccount:kube-system:nodewire\" cannot get resource \"secrets\" in API group \"\" in the namespace \"kube-system\""
+    );
+    // A kubelet: TLS bootstrap with a valid token, then its own Node only.
+    s.seed(
+        "secrets",
+        "kube-system",
+        sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z"),
+    )
+    .expect("token");
+    assert!(
+        s.view()
+            .tls_bootstrap("abcdef.wrongwrongwrong0", "vm-1")
+            .is_err(),
+        "wrong secret"
+    );
+    let kubelet = s
+        .view()
+        .tls_bootstrap("abcdef.0123456789abcdef", "vm-1")
+        .expect("bootstrap");
+    let k = Some(kubelet.as_str());
+    let tainted = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vm-1"},
+        "spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}});
+    let (st, body) = call_as(k, reqwest::Method::POST, &nodes, JSON, Some(node("vm-2"))).await;
+    assert_eq!(st, 403, "another Node: {body}");
+    let (st, _) = call_as(k, reqwest::Method::POST, &nodes, JSON, Some(tainted)).await;
+    assert_eq!(st, 201, "its own Node, with taints at registration");
+    let (st, body) = call_as(
+        k,
+        reqwest::Method::PATCH,
+        &format!("{nodes}/vm-1"),
+        MERGE,
+        Some(json!({"spec": {"taints": null}})),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not allowed to modify taints")),
+        "{body}"
+    );
+    let (st, _) = call_as(
+        k,
+        reqwest::Method::PATCH,
+        &format!("{nodes}/vm-1"),
+        MERGE,
+        Some(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _) = call_as(k, reqwest::Method::GET, &secrets, JSON, None).await;
+    assert_eq!(st, 403);
 }

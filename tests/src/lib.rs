@@ -178,7 +178,7 @@ pub mod simfix {
         Kube::new(
             &KubeConnection::Direct {
                 url: sim.endpoint(),
-                token: None,
+                token: Some(sim.nodewire_token()),
                 ca_pem: None,
             },
             policy,

@@ -22,6 +22,8 @@ pub struct WorldOptions {
     pub duplicate_steps: bool,
     /// `NODEWIRE_INSTANCE_PREFIX` of every function.
     pub name_prefix: Option<&'static str>,
+    /// The RBAC manifests the Kubernetes simulator enforces instead of the shipped ones.
+    pub rbac_manifests: Option<&'static str>,
 }
 
 /// Everything running, on the emulator.
@@ -43,6 +45,7 @@ impl World {
             faults: o.faults,
             duplicate_steps: o.duplicate_steps,
             name_prefix: o.name_prefix.map(str::to_string),
+            rbac_manifests: o.rbac_manifests.map(|m| vec![m.to_string()]),
             ..StackOptions::default()
         };
         match Stack::start(opts).await {

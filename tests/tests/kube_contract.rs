@@ -328,15 +328,27 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
         ..K8sConfig::default()
     })
     .await;
-    // The kubelet registers.
+    // The kubelet registers, with the node credential its TLS bootstrap got it.
+    sim.seed(
+        "secrets",
+        "kube-system",
+        sim::k8s::token_secret("abcdef", "k8s-worker-1", "z", "2099-01-01T00:00:00Z"),
+    )
+    .expect("token");
+    let kubelet = sim
+        .view()
+        .tls_bootstrap("abcdef.0123456789abcdef", "k8s-worker-1")
+        .expect("bootstrap");
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/nodes", sim.endpoint()))
+        .bearer_auth(kubelet)
         .json(&json!({"metadata": {"name": "k8s-worker-1"}, "spec": {"providerID": "gce://example-project/us-central1-a/k8s-worker-1"}}))
         .send()
         .await
         .expect("create");
     assert_eq!(resp.status().as_u16(), 201);
     let mut kinds = Vec::new();
+    let mut users = Vec::new();
     for _ in 0..2 {
         let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -345,7 +357,18 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
         let evs = NodeEvents::decode(&d.message.data)
             .expect("our decoder reads the simulator's audit entries");
         kinds.extend(evs.events);
+        let raw: serde_json::Value = serde_json::from_slice(&d.message.data).expect("json");
+        users.push(raw["jsonPayload"]["user"]["username"].clone());
     }
+    // Each entry names who really acted: the kubelet, then the node IPAM controller.
+    assert_eq!(
+        users,
+        [
+            json!("system:node:k8s-worker-1"),
+            json!("system:serviceaccount:kube-system:node-controller")
+        ],
+        "{users:?}"
+    );
     assert!(
         matches!(&kinds[0], NodeEvent::Registered(c) if c.instance.as_ref().is_some_and(|i| i.name() == "k8s-worker-1")),
         "{kinds:?}"

@@ -126,6 +126,7 @@ async fn every_drift_kind_is_detected_and_healed() {
     let url = format!("{}/api/v1/nodes/{}", w.k8s.endpoint(), name(4));
     reqwest::Client::new()
         .patch(&url)
+        .bearer_auth(w.k8s.admin_token())
         .header("content-type", "application/merge-patch+json")
         .json(
             &json!({"spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}}),

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p nodewire-sim -- --compute-port 8091 --k8s-port 8092
 //! curl -s localhost:8091/compute/v1/projects/example-project/aggregated/instances
-//! curl -s localhost:8092/api/v1/nodes
+//! curl -s -H "Authorization: Bearer $ADMIN_TOKEN" localhost:8092/api/v1/nodes   # printed at start
 //! ```
 
 use std::sync::Arc;
@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             audit: sinks.map(|s| s.1),
             audit_project: a.project.clone(),
             audit_zone: format!("{}-a", a.region),
+            ..K8sConfig::default()
         },
     )?;
     k8s.publish_cluster_info_in(a.nodes_range, TEST_CA)
@@ -145,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
         a.subnet
     );
     println!("Kubernetes API simulator: {}", k8s.endpoint());
+    println!(
+        "  bearer tokens: admin (system:masters) {}  nodewire (kube-system/nodewire) {}",
+        k8s.admin_token(),
+        k8s.nodewire_token()
+    );
     println!("Press Ctrl-C to stop.");
     nodewire::shutdown::signal().await;
     Ok(())

@@ -5,8 +5,23 @@
 //! same `Accept` header, which is what an API server without aggregated discovery answers.
 //! Shapes: <https://kubernetes.io/docs/reference/using-api/api-concepts/#discovery-api>.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+use super::Sim;
+use crate::server::{Answer, Call};
+
+/// Discovery answers only authenticated users (kube-apiserver's `system:discovery` role is
+/// bound to `system:authenticated`).
+fn gate(sim: &Sim, call: &Call, body: Value) -> Response {
+    match sim.authenticated(call.header("authorization")) {
+        Ok(_) => axum::Json(body).into_response(),
+        Err(e) => Answer::from(e).into_response(),
+    }
+}
 
 /// The resources served, as `/api/v1` lists them.
 fn resources() -> Value {
@@ -25,24 +40,28 @@ fn resources() -> Value {
     ])
 }
 
-pub(super) async fn core_versions() -> Response {
-    axum::Json(json!({
+pub(super) async fn core_versions(State(sim): State<Arc<Sim>>, call: Call) -> Response {
+    let body = json!({
         "kind": "APIVersions",
         "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
-    }))
-    .into_response()
+    });
+    gate(&sim, &call, body)
 }
 
-pub(super) async fn groups() -> Response {
-    axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})).into_response()
+pub(super) async fn groups(State(sim): State<Arc<Sim>>, call: Call) -> Response {
+    gate(
+        &sim,
+        &call,
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+    )
 }
 
-pub(super) async fn core_v1() -> Response {
-    axum::Json(json!({
+pub(super) async fn core_v1(State(sim): State<Arc<Sim>>, call: Call) -> Response {
+    let body = json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": resources(),
-    }))
-    .into_response()
+    });
+    gate(&sim, &call, body)
 }

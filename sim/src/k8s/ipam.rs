@@ -38,7 +38,9 @@ impl Sim {
                     "patch",
                     &name,
                     200,
-                    "system:serviceaccount:kube-system:node-controller",
+                    // kube-controller-manager with --use-service-account-credentials
+                    // (kubeadm's default) runs the node IPAM controller as this account.
+                    &super::rbac::Identity::service_account("kube-system", "node-controller"),
                     Some(patch),
                 );
             }

@@ -25,6 +25,7 @@ mod events;
 mod ipam;
 mod nodes;
 mod objects;
+pub mod rbac;
 mod rest;
 mod secrets;
 mod select;
@@ -57,6 +58,9 @@ pub struct K8sConfig {
     /// Project and zone of the simulated control-plane VM, for the audit entries' resource.
     pub audit_project: String,
     pub audit_zone: String,
+    /// The RBAC manifests in force (multi-document YAML), besides the kubeadm defaults:
+    /// nodewire's shipped `infra/k8s/nodewire-rbac.yaml` unless a test passes others.
+    pub rbac_manifests: Vec<String>,
 }
 
 impl Default for K8sConfig {
@@ -67,6 +71,7 @@ impl Default for K8sConfig {
             audit: None,
             audit_project: "example-project".into(),
             audit_zone: "us-central1-a".into(),
+            rbac_manifests: vec![rbac::NODEWIRE_RBAC.to_string()],
         }
     }
 }
@@ -92,11 +97,56 @@ struct Sim {
     chaos: Chaos,
     config: K8sConfig,
     audit: AuditLog,
+    policy: rbac::Policy,
+    tokens: Mutex<rbac::Tokens>,
+    /// The cluster admin's token (`kubernetes-admin` in `system:masters`), for people.
+    admin_token: String,
+    /// nodewire's service account token (`kube-system/nodewire`).
+    nodewire_token: String,
 }
 
 impl Sim {
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    /// Authenticates the request and authorizes `req` for that identity.
+    ///
+    /// # Errors
+    /// 401 for an unknown token, 403 when neither the Node authorizer nor RBAC allows it.
+    fn authorize(
+        &self,
+        authorization: &str,
+        req: &rbac::Request<'_>,
+    ) -> Result<rbac::Identity, ApiError> {
+        let who = {
+            let st = self.store();
+            lock(&self.tokens).authenticate(authorization, |id, secret| {
+                secrets::bootstrap_identity(&st, id, secret)
+            })?
+        };
+        if self.policy.allows(&who, req) {
+            Ok(who)
+        } else {
+            Err(rbac::forbidden(&who, req))
+        }
+    }
+
+    /// Discovery is for authenticated users (`system:discovery`, bound to
+    /// `system:authenticated`); `/version` for everyone (`system:public-info-viewer`).
+    fn authenticated(&self, authorization: &str) -> Result<rbac::Identity, ApiError> {
+        let st = self.store();
+        let who = lock(&self.tokens).authenticate(authorization, |id, secret| {
+            secrets::bootstrap_identity(&st, id, secret)
+        })?;
+        if who.user == "system:anonymous" {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                "forbidden: User \"system:anonymous\" cannot get path \"/api\"",
+            ));
+        }
+        Ok(who)
     }
 }
 
@@ -105,11 +155,37 @@ impl Service for Sim {
 
     fn new(config: K8sConfig) -> Self {
         let audit = AuditLog::start(config.audit.as_ref());
+        let chaos = Chaos::new(config.seed);
+        let manifests: Vec<&str> = config.rbac_manifests.iter().map(String::as_str).collect();
+        let policy = rbac::Policy::load(&manifests).unwrap_or_else(|e| {
+            // A broken manifest grants nothing: every request nodewire makes is then refused,
+            // which the tests report; the simulator itself keeps running.
+            tracing::error!(error = %e, "RBAC manifests do not load; no RBAC grants in force");
+            rbac::Policy::load(&[]).unwrap_or_default()
+        });
+        let mut tokens = rbac::Tokens::default();
+        let admin_token = format!("admin-{:016x}", chaos.draw_u64());
+        let nodewire_token = format!("sa-nodewire-{:016x}", chaos.draw_u64());
+        tokens.issue(
+            admin_token.clone(),
+            rbac::Identity::new(
+                "kubernetes-admin",
+                &["system:masters", "system:authenticated"],
+            ),
+        );
+        tokens.issue(
+            nodewire_token.clone(),
+            rbac::Identity::service_account("kube-system", "nodewire"),
+        );
         Self {
             store: Mutex::new(Store::default()),
-            chaos: Chaos::new(config.seed),
+            chaos,
             config,
             audit,
+            policy,
+            tokens: Mutex::new(tokens),
+            admin_token,
+            nodewire_token,
         }
     }
 
@@ -196,6 +272,34 @@ fn kind_of(resource: &str) -> Option<(&'static str, bool)> {
 }
 
 impl K8sSim {
+    /// The cluster admin's bearer token (`kubernetes-admin`, `system:masters`): for people
+    /// and for tests that poke the API directly.
+    pub fn admin_token(&self) -> String {
+        self.server.sim().admin_token.clone()
+    }
+
+    /// nodewire's service account token: what its functions authenticate with.
+    pub fn nodewire_token(&self) -> String {
+        self.server.sim().nodewire_token.clone()
+    }
+
+    /// The same API over HTTPS on another loopback port, for real clients (kubectl sends a
+    /// kubeconfig's token only to an `https://` server).
+    ///
+    /// # Errors
+    /// When the certificate cannot be made or the port bound.
+    pub async fn start_tls_front(&self) -> std::io::Result<crate::tls::TlsFront> {
+        crate::tls::TlsFront::start(<Sim as Service>::router(self.server.sim().clone())).await
+    }
+
+    /// Issues a token for a service account, as the TokenRequest API would.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let sim = self.server.sim();
+        let t = format!("sa-{name}-{:016x}", sim.chaos.draw_u64());
+        lock(&sim.tokens).issue(t.clone(), rbac::Identity::service_account(namespace, name));
+        t
+    }
+
     /// One object as stored (`namespace` empty for Nodes).
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.view().object(resource, namespace, name)
@@ -255,6 +359,40 @@ impl std::fmt::Debug for K8sView {
 }
 
 impl K8sView {
+    /// The kubelet's TLS bootstrap, condensed: the bootstrap token authenticates (as
+    /// `system:bootstrap:ID`), kubeadm's auto-approval admits only tokens in
+    /// `system:bootstrappers:kubeadm:default-node-token`, and the approved certificate becomes
+    /// a credential for `system:node:NAME` — here a bearer token.
+    ///
+    /// # Errors
+    /// Why the token was not accepted.
+    pub fn tls_bootstrap(&self, token: &str, node: &str) -> Result<String, String> {
+        let who = {
+            let st = self.0.store();
+            lock(&self.0.tokens)
+                .authenticate(&format!("Bearer {token}"), |id, secret| {
+                    secrets::bootstrap_identity(&st, id, secret)
+                })
+                .map_err(|e| format!("the bootstrap token does not authenticate: {}", e.message))?
+        };
+        if !who.user.starts_with("system:bootstrap:") {
+            return Err(format!("{} is not a bootstrap token", who.user));
+        }
+        if !who
+            .groups
+            .iter()
+            .any(|g| g == "system:bootstrappers:kubeadm:default-node-token")
+        {
+            return Err(format!(
+                "{}: not in system:bootstrappers:kubeadm:default-node-token, so no certificate is approved",
+                who.user
+            ));
+        }
+        let t = format!("node-{node}-{:016x}", self.0.chaos.draw_u64());
+        lock(&self.0.tokens).issue(t.clone(), rbac::Identity::node(node));
+        Ok(t)
+    }
+
     /// One object as stored (`namespace` empty for Nodes).
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.0

@@ -137,7 +137,7 @@ impl Sim {
         verb: &str,
         name: &str,
         code: u16,
-        user: &str,
+        who: &super::rbac::Identity,
         request_object: Option<Value>,
     ) {
         if !self.audit.is_on() {
@@ -156,7 +156,7 @@ impl Sim {
             "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Request",
             "auditID": format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", id >> 32, (id >> 16) & 0xffff, id & 0xfff, (id >> 4) & 0xfff, id & 0xffff_ffff_ffff),
             "stage": "ResponseComplete", "requestURI": uri, "verb": verb,
-            "user": {"username": user, "groups": ["system:authenticated"]},
+            "user": {"username": who.user, "groups": who.groups},
             "sourceIPs": ["127.0.0.1"],
             "objectRef": {"resource": "nodes", "name": name, "apiVersion": "v1"},
             "responseStatus": {"metadata": {}, "code": code},

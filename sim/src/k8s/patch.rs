@@ -51,7 +51,7 @@ fn list_strategy(path: &[&str]) -> ListMerge {
 pub struct StrategicPatchError(pub String);
 
 /// Strategic merge patch (<https://github.com/kubernetes/community/blob/master/contributors/devel/sig-api-machinery/strategic-merge-patch.md>)
-/// for the objects served: maps merge, `null` deletes, lists follow [`list_strategy`];
+/// for the objects served: maps merge, `null` deletes, lists follow the schema's patch strategies (`list_strategy`);
 /// `$patch: replace|delete` on maps and keyed elements, `$deleteFromPrimitiveList/<field>` and
 /// the ordering hint `$setElementOrder/<field>` (accepted, order not enforced) are honoured.
 ///

@@ -12,6 +12,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::objects::{create, str_at, update};
+use super::rbac::{self, Identity, Request};
 use super::select::list;
 use super::{ApiError, Sim, Store, kind_of, patch};
 use crate::server::{Call, Malformed, parse_query, run};
@@ -139,17 +140,27 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mut written = None;
+    let mut actor = None;
     let resp = run(&sim, &api_method, &call, &body, |s| {
         check_resource(&t.resource, !t.ns.is_empty())?;
+        let who = s.authorize(
+            call.header("authorization"),
+            &Request {
+                verb,
+                resource: &t.resource,
+                namespace: &t.ns,
+                name: &t.name,
+            },
+        )?;
         let mut st = s.store();
         if verb != "get" {
             read_only(&t.resource)?;
         }
         let (out, write) = match verb {
             "get" => (t.current(&st)?, None),
-            "update" => put(&mut st, &t, &body)?,
-            "patch" => patch_item(&mut st, &t, content_type, call.uri.query(), &body)?,
-            "delete" => delete(&mut st, &t, &body)?,
+            "update" => put(&mut st, &who, &t, &body)?,
+            "patch" => patch_item(&mut st, &who, &t, content_type, call.uri.query(), &body)?,
+            "delete" => delete(&mut st, &who, &t, &body)?,
             _ => {
                 return Err(ApiError::new(
                     405,
@@ -159,20 +170,42 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
             }
         };
         written = write;
+        actor = Some(who);
         if verb == "get" {
             return Ok(printed(&call, &t.resource, (StatusCode::OK, out)));
         }
         Ok((StatusCode::OK, out))
     })
     .await;
-    if let Some(w) = written {
-        sim.audit_node(w.verb, &w.name, 200, "nodewire", w.request);
+    if let (Some(w), Some(who)) = (written, actor) {
+        sim.audit_node(w.verb, &w.name, 200, &who, w.request);
     }
     resp
 }
 
-fn put(st: &mut Store, t: &Target, body: &[u8]) -> Result<(Value, Option<NodeWrite>), ApiError> {
+/// NodeRestriction, when a kubelet writes a Node: only its own, taints and ownerReferences
+/// unchanged after registration.
+fn admit_node_write(
+    who: &Identity,
+    verb: &str,
+    t: &Target,
+    old: Option<&Value>,
+    new: Option<&Value>,
+) -> Result<(), ApiError> {
+    match who.node_name() {
+        Some(node) if t.is_node() => rbac::node_restriction(node, verb, &t.name, old, new),
+        _ => Ok(()),
+    }
+}
+
+fn put(
+    st: &mut Store,
+    who: &Identity,
+    t: &Target,
+    body: &[u8],
+) -> Result<(Value, Option<NodeWrite>), ApiError> {
     let obj = parse_body(body)?;
+    admit_node_write(who, "update", t, st.objects.get(&t.key()), Some(&obj))?;
     // When there is no such object, the update below is refused.
     let old_cidr = st
         .objects
@@ -192,6 +225,7 @@ fn put(st: &mut Store, t: &Target, body: &[u8]) -> Result<(Value, Option<NodeWri
 
 fn patch_item(
     st: &mut Store,
+    who: &Identity,
     t: &Target,
     content_type: &str,
     query: Option<&str>,
@@ -201,6 +235,7 @@ fn patch_item(
     let old = t.current(st)?;
     let mut obj = old.clone();
     apply_patch(&mut obj, &p, content_type, query)?;
+    admit_node_write(who, "patch", t, Some(&old), Some(&obj))?;
     // A resourceVersion in the patched result is a precondition.
     let patched_rv = str_at(&obj, "/metadata/resourceVersion").to_string();
     if patched_rv != str_at(&old, "/metadata/resourceVersion") {
@@ -261,8 +296,14 @@ fn apply_patch(
     Ok(())
 }
 
-fn delete(st: &mut Store, t: &Target, body: &[u8]) -> Result<(Value, Option<NodeWrite>), ApiError> {
+fn delete(
+    st: &mut Store,
+    who: &Identity,
+    t: &Target,
+    body: &[u8],
+) -> Result<(Value, Option<NodeWrite>), ApiError> {
     let old = t.current(st)?;
+    admit_node_write(who, "delete", t, Some(&old), None)?;
     if !body.is_empty() {
         let opts = parse_body(body)?;
         let pre_rv = str_at(&opts, "/preconditions/resourceVersion");
@@ -294,9 +335,18 @@ async fn collection(
         "list"
     };
     let api_method = format!("{resource}.{verb}");
-    let mut created_node: Option<(String, Value)> = None;
+    let mut created_node: Option<(String, Value, Identity)> = None;
     let resp = run(&sim, &api_method, &call, &body, |s| -> Outcome {
         let kind = check_resource(&resource, !ns.is_empty())?;
+        let who = s.authorize(
+            call.header("authorization"),
+            &Request {
+                verb,
+                resource: &resource,
+                namespace: &ns,
+                name: "",
+            },
+        )?;
         let mut st = s.store();
         if verb == "list" {
             let q = parse_query(call.uri.query(), Malformed::Keep);
@@ -311,21 +361,18 @@ async fn collection(
         }
         read_only(&resource)?;
         let obj = parse_body(&body)?;
+        if let (Some(node), "nodes") = (who.node_name(), resource.as_str()) {
+            rbac::node_restriction(node, "create", str_at(&obj, "/metadata/name"), None, None)?;
+        }
         let out = create(&mut st, &resource, &ns, obj)?;
         if resource == "nodes" {
-            created_node = Some((str_at(&out, "/metadata/name").to_string(), out.clone()));
+            created_node = Some((str_at(&out, "/metadata/name").to_string(), out.clone(), who));
         }
         Ok((StatusCode::CREATED, out))
     })
     .await;
-    if let Some((name, obj)) = created_node {
-        sim.audit_node(
-            "create",
-            &name,
-            201,
-            &format!("system:node:{name}"),
-            Some(obj),
-        );
+    if let Some((name, obj, who)) = created_node {
+        sim.audit_node("create", &name, 201, &who, Some(obj));
         sim.schedule_ipam(name);
     }
     resp
@@ -363,6 +410,15 @@ pub(super) async fn all_namespaces(
     let api_method = format!("{resource}.list");
     run(&sim, &api_method, &call, &[], |s| -> Outcome {
         let kind = check_resource(&resource, true)?;
+        s.authorize(
+            call.header("authorization"),
+            &Request {
+                verb: "list",
+                resource: &resource,
+                namespace: "",
+                name: "",
+            },
+        )?;
         let q = parse_query(call.uri.query(), Malformed::Keep);
         list(&mut s.store(), &resource, kind, None, &q).map(|o| printed(&call, &resource, o))
     })

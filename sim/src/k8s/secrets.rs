@@ -6,9 +6,13 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::ApiError;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use super::objects::str_at;
+use super::rbac::Identity;
 use super::status::Subject;
+use super::{ApiError, Store};
 
 /// `stringData` is written into `data`, base64-encoded, and is not stored itself.
 pub(super) fn normalize(obj: &mut Value) {
@@ -35,6 +39,47 @@ fn secret_value(obj: &Value, key: &str) -> Option<String> {
         .decode(b64)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Who a bootstrap token `ID.SECRET` authenticates as: `system:bootstrap:ID` in
+/// `system:bootstrappers` and its `auth-extra-groups`, when `bootstrap-token-ID` exists in
+/// kube-system with that secret, is not expired and allows authentication
+/// (<https://kubernetes.io/docs/reference/access-authn-authz/bootstrap-tokens/>).
+pub(super) fn bootstrap_identity(st: &Store, id: &str, secret: &str) -> Option<Identity> {
+    let obj = st.objects.get(&(
+        "secrets".to_string(),
+        "kube-system".to_string(),
+        format!("bootstrap-token-{id}"),
+    ))?;
+    if obj.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token")
+        || secret_value(obj, "token-id").as_deref() != Some(id)
+        || secret_value(obj, "token-secret").as_deref() != Some(secret)
+        || secret_value(obj, "usage-bootstrap-authentication").as_deref() != Some("true")
+    {
+        return None;
+    }
+    let expired = secret_value(obj, "expiration")
+        .and_then(|e| OffsetDateTime::parse(&e, &Rfc3339).ok())
+        .is_some_and(|e| e <= OffsetDateTime::now_utc());
+    if expired {
+        return None;
+    }
+    let mut groups = vec![
+        "system:bootstrappers".to_string(),
+        "system:authenticated".to_string(),
+    ];
+    groups.extend(
+        secret_value(obj, "auth-extra-groups")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string),
+    );
+    Some(Identity {
+        user: format!("system:bootstrap:{id}"),
+        groups,
+    })
 }
 
 /// `old`: the Secret an update replaces.
