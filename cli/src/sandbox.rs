@@ -247,6 +247,10 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
     let healed = watch(&stack, drifted.len(), timeout, t1, &drifted).await;
     let seconds_to_heal = t1.elapsed().as_secs_f64();
     let after = stack.sweep(true).await.map_err(|e| anyhow::anyhow!(e))?;
+    if after.total() > 0 && !json {
+        println!("\nstill drifted after healing:");
+        crate::status::print_report(&after);
+    }
 
     let mut nodes = Vec::new();
     let mut wired = 0;

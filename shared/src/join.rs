@@ -9,6 +9,13 @@ use crate::config::JoinApi;
 /// The metadata key the startup script reads.
 pub const JOIN_METADATA_KEY: &str = "kubeadm-join";
 
+/// nodewire's mark on a VM that joined (written when its join metadata is cleared).
+pub const JOINED_METADATA_KEY: &str = "nodewire-joined";
+
+/// The metadata key the node-side unit watches: every new value restarts the kubelet, which
+/// registers its Node again when it is gone (a running kubelet does not).
+pub const KUBELET_RESTART_METADATA_KEY: &str = "nodewire-restart-kubelet";
+
 /// What goes into a JoinConfiguration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinParams<'a> {

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use crate::act::compute::{Compute, ComputeError, InstanceView};
 use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo, UNWIRED_TAINT};
 use crate::error::Classify;
-use crate::join::JOIN_METADATA_KEY;
+use crate::join::{JOIN_METADATA_KEY, JOINED_METADATA_KEY, KUBELET_RESTART_METADATA_KEY};
 use crate::names::{InstanceRef, SubnetRef};
-use crate::plan::{Alias, NodeFacts, Observed, TokenFacts, VmFacts};
+use crate::plan::{Alias, KubeletRestarts, NodeFacts, Observed, TokenFacts, VmFacts};
 
 /// A read that failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,11 @@ pub fn vm_facts(v: &InstanceView) -> VmFacts {
             .unwrap_or_default(),
         tags: v.tags.clone(),
         join_metadata: v.metadata.contains_key(JOIN_METADATA_KEY),
+        joined: v.metadata.contains_key(JOINED_METADATA_KEY),
+        kubelet_restarts: v
+            .metadata
+            .get(KUBELET_RESTART_METADATA_KEY)
+            .map(|r| KubeletRestarts::parse(r, time::OffsetDateTime::now_utc().unix_timestamp())),
     }
 }
 

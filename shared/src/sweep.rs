@@ -16,7 +16,7 @@ use crate::event::{Cause, CauseSource, Decode, DecodeError, Step, StepMessage};
 use crate::names::{Cidr, InstanceRef};
 use crate::observe::ObserveError;
 use crate::observe::{node_facts, token_facts, vm_facts};
-use crate::plan::{Gap, Observed, PlanConfig, TokenFacts, gaps};
+use crate::plan::{Gap, KubeletRestarts, Observed, PlanConfig, TokenFacts, gaps};
 
 /// Names listed per drift kind in a report, at most.
 pub const AFFECTED_CAP: usize = 20;
@@ -49,6 +49,10 @@ pub enum DriftKind {
     OrphanToken,
     /// Two VMs hold overlapping pod-range aliases.
     AliasOverlap,
+    /// A VM that joined before has no Node (deleted, or its registration lost): healed by
+    /// asking the node-side unit to restart the kubelet, a bounded number of times; reported
+    /// without a heal once that budget is spent or while a restart is awaited.
+    NodeLost,
 }
 
 /// One drifted aspect, and the step that heals it (if any).
@@ -112,6 +116,18 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
             }
             let valid_token = tokens.iter().any(|t| !t.expired);
+            if facts.joined && facts.status == "RUNNING" {
+                // Never a new token for a VM that joined: its kubelet is restarted instead.
+                let due = facts.kubelet_restarts.is_none_or(|r| {
+                    r.count < KubeletRestarts::MAX && r.age >= KubeletRestarts::backoff(r.count)
+                });
+                out.push(Finding {
+                    kind: DriftKind::NodeLost,
+                    subject: name.clone(),
+                    heal: due.then(|| (Step::Bootstrap, r.clone(), Some(name.clone()))),
+                });
+                continue;
+            }
             // Only a RUNNING VM can be bootstrapped (a stopped one is, once it runs again).
             if !valid_token && facts.status == "RUNNING" {
                 if tokens.is_empty() && !facts.join_metadata {

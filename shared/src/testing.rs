@@ -140,6 +140,8 @@ pub fn fresh_vm() -> VmFacts {
         aliases: vec![],
         tags: vec!["base".into()],
         join_metadata: false,
+        joined: false,
+        kubelet_restarts: None,
     }
 }
 

@@ -1,21 +1,44 @@
-//! The simulated VM agent: plays each node VM's startup script. When `kubeadm-join` appears in a
-//! VM's metadata it waits a configurable delay, parses the JoinConfiguration, checks the token
-//! by the kubelet's TLS bootstrap (the API server authenticates it against its Secret: exists,
-//! matching secret, not expired, authentication usage; kubeadm approves only the node group's
-//! certificates) and the CA pin against `kube-public/cluster-info`, and then registers the Node
-//! as the kubelet would (name, providerID and taints from the configuration) through the API
-//! server's HTTP API with its node credential (`system:node:NAME`, under NodeRestriction), so that the IPAM controller and the audit pipeline see it. A wrong token
-//! or pin means the Node never registers.
+//! The simulated VM agent: plays each node VM's startup script, kubeadm and the kubelet, no
+//! more kindly than they are.
+//!
+//! **`kubeadm join`** — when `kubeadm-join` appears in a RUNNING VM's metadata, after a
+//! configurable delay:
+//! - the JoinConfiguration is decoded strictly for its `apiVersion` (v1beta4:
+//!   `kubeletExtraArgs` a list of `{name, value}`; v1beta3: a map; unknown fields refused);
+//! - preflight: a VM that joined before (its disk has `/etc/kubernetes/kubelet.conf`) fails;
+//! - discovery: `kube-public/cluster-info` must carry the bootstrap signer's
+//!   `jws-kubeconfig-<token id>`, which must verify with the token's secret (kubeadm waits for
+//!   it, up to its discovery timeout); the CA must match a `caCertHashes` pin; the
+//!   `apiServerEndpoint` must be the server cluster-info names;
+//! - a Node of that name must not exist yet (kubeadm refuses to join over it);
+//! - the kubelet's TLS bootstrap with the token (the API server authenticates it against its
+//!   Secret; kubeadm approves only the node group's certificates) gives a credential for
+//!   `system:node:NAME`, and the kubelet registers its Node (name, providerID, the configured
+//!   taints plus `node.kubernetes.io/not-ready`) under NodeRestriction.
+//!
+//! **The kubelet** then reports status (`Ready` after a while, a heartbeat at an interval) to
+//! `nodes/NAME/status`. It registers **once**: a deleted Node is not created again while the
+//! kubelet runs (kubernetes/kubernetes#71398; the re-registration of PR #123535 was not merged,
+//! and #116485 reports the same in current releases). A kubelet *start* registers again: when
+//! the VM goes from stopped to RUNNING, or when the node-side unit nodewire ships restarts it
+//! because the metadata key [`KUBELET_RESTART_KEY`] changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::compute::ComputeView;
 use crate::k8s::K8sView;
+use crate::k8s::controllers::detached_jws;
+
+/// The metadata key whose every new value restarts the kubelet (the node-side unit's
+/// contract; nodewire writes it to heal "VM alive, Node gone").
+pub const KUBELET_RESTART_KEY: &str = nodewire::join::KUBELET_RESTART_METADATA_KEY;
+
+/// kubeadm's default discovery timeout: how long it waits for a signed cluster-info.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How the agent behaves.
 #[derive(Debug, Clone)]
@@ -26,13 +49,21 @@ pub struct AgentConfig {
     pub poll: Duration,
     /// The Kubernetes simulator's URL.
     pub k8s_endpoint: String,
+    /// The kubelet's node status update interval (`nodeStatusUpdateFrequency`, 10 s by
+    /// default); `None`: no status updates.
+    pub heartbeat: Option<Duration>,
+    /// From registration to reporting `Ready` (the runtime and CNI coming up).
+    pub ready_after: Duration,
 }
 
 /// What the agent did for one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentOutcome {
     Joined,
+    /// A Node of that name already exists: kubeadm refuses to join.
     AlreadyRegistered,
+    /// The kubelet started again and registered its Node again.
+    Reregistered,
     Refused(String),
 }
 
@@ -41,48 +72,6 @@ pub enum AgentOutcome {
 pub struct AgentEvent {
     pub vm: String,
     pub outcome: AgentOutcome,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JoinConfiguration {
-    api_version: String,
-    kind: String,
-    discovery: Discovery,
-    node_registration: NodeRegistration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Discovery {
-    bootstrap_token: BootstrapTokenDiscovery,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BootstrapTokenDiscovery {
-    api_server_endpoint: String,
-    token: String,
-    #[serde(default)]
-    ca_cert_hashes: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NodeRegistration {
-    name: String,
-    #[serde(default)]
-    kubelet_extra_args: Option<Value>,
-    #[serde(default)]
-    taints: Vec<TaintSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TaintSpec {
-    key: String,
-    #[serde(default)]
-    value: Option<String>,
-    effect: String,
 }
 
 /// A running agent. Dropping it stops it.
@@ -98,6 +87,27 @@ impl Drop for VmAgent {
     }
 }
 
+/// A VM's kubelet after a successful join: what it registers with, and its state.
+struct Kubelet {
+    /// The VM's numeric id: a VM deleted and created again under the name is another disk.
+    instance_id: u64,
+    node: Value,
+    credential: String,
+    registered_at: Instant,
+    last_heartbeat: Option<Instant>,
+    running: bool,
+    restart_seen: Option<String>,
+}
+
+/// What the agent sees of one VM.
+struct VmSeen {
+    key: String,
+    id: u64,
+    running: bool,
+    join: Option<String>,
+    restart: Option<String>,
+}
+
 impl VmAgent {
     /// Starts watching the Compute simulator's VMs.
     pub fn start(compute: ComputeView, k8s: K8sView, config: AgentConfig) -> Self {
@@ -105,27 +115,58 @@ impl VmAgent {
         let log2 = log.clone();
         let task = tokio::spawn(async move {
             let http = reqwest::Client::new();
+            let record = |vm: &str, outcome: AgentOutcome| {
+                match &outcome {
+                    AgentOutcome::Refused(why) => {
+                        tracing::warn!(vm, %why, "simulated kubeadm join refused");
+                    }
+                    o => tracing::info!(vm, outcome = ?o, "simulated node agent"),
+                }
+                log2.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(AgentEvent {
+                        vm: vm.to_string(),
+                        outcome,
+                    });
+            };
             // (vm, join config) → when it was first seen; handled ones are remembered.
             let mut seen: HashMap<(String, String), Instant> = HashMap::new();
-            let mut done: std::collections::HashSet<(String, String)> = Default::default();
+            let mut done: HashSet<(String, String)> = HashSet::new();
+            let mut kubelets: HashMap<String, Kubelet> = HashMap::new();
             loop {
-                let pending: Vec<(String, String)> = compute.with_world(|w| {
+                let vms: Vec<VmSeen> = compute.with_world(|w| {
                     w.instances
                         .values()
-                        // Only a RUNNING VM runs its startup script.
-                        .filter(|i| i.status == "RUNNING")
-                        .filter_map(|i| {
-                            let yaml = i
-                                .metadata
-                                .iter()
-                                .find(|(k, _)| k == "kubeadm-join")?
-                                .1
-                                .clone();
-                            Some((format!("{}/{}/{}", i.project, i.zone, i.name), yaml))
+                        .map(|i| {
+                            let meta = |k: &str| {
+                                i.metadata
+                                    .iter()
+                                    .find(|(m, _)| m == k)
+                                    .map(|(_, v)| v.clone())
+                            };
+                            VmSeen {
+                                key: format!("{}/{}/{}", i.project, i.zone, i.name),
+                                id: i.id,
+                                running: i.status == "RUNNING",
+                                join: meta("kubeadm-join"),
+                                restart: meta(KUBELET_RESTART_KEY),
+                            }
                         })
                         .collect()
                 });
-                for key in pending {
+                // A deleted (or recreated) VM takes its kubelet with it.
+                kubelets.retain(|k, kl| vms.iter().any(|v| v.key == *k && v.id == kl.instance_id));
+                for vm in &vms {
+                    if let Some(kl) = kubelets.get_mut(&vm.key)
+                        && let Some(o) = kubelet_tick(&http, &k8s, &config, vm, kl).await
+                    {
+                        record(&vm.key, o);
+                    }
+                    // Only a RUNNING VM runs its startup script.
+                    let (Some(yaml), true) = (&vm.join, vm.running) else {
+                        continue;
+                    };
+                    let key = (vm.key.clone(), yaml.clone());
                     if done.contains(&key) {
                         continue;
                     }
@@ -133,22 +174,43 @@ impl VmAgent {
                     if first.elapsed() < config.join_delay {
                         continue;
                     }
-                    let Some(outcome) = join(&http, &k8s, &config, &key.1).await else {
-                        continue; // the API server asked to retry (429/5xx): the kubelet would too
-                    };
-                    match &outcome {
-                        AgentOutcome::Refused(why) => {
-                            tracing::warn!(vm = %key.0, %why, "simulated kubeadm join refused")
-                        }
-                        o => tracing::info!(vm = %key.0, outcome = ?o, "simulated kubeadm join"),
+                    if kubelets.contains_key(&vm.key) {
+                        record(
+                            &vm.key,
+                            AgentOutcome::Refused(
+                                "[preflight] /etc/kubernetes/kubelet.conf already exists: this VM joined before".into(),
+                            ),
+                        );
+                        done.insert(key);
+                        continue;
                     }
-                    log2.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(AgentEvent {
-                            vm: key.0.clone(),
-                            outcome,
-                        });
-                    done.insert(key);
+                    match join(&http, &k8s, &config, yaml).await {
+                        Step::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
+                            tracing::debug!(vm = %vm.key, %why, "kubeadm join retries");
+                        }
+                        Step::Retry(why) => {
+                            record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
+                            done.insert(key);
+                        }
+                        Step::Done(outcome, kubelet) => {
+                            if let Some((node, credential)) = kubelet {
+                                kubelets.insert(
+                                    vm.key.clone(),
+                                    Kubelet {
+                                        instance_id: vm.id,
+                                        node,
+                                        credential,
+                                        registered_at: Instant::now(),
+                                        last_heartbeat: None,
+                                        running: true,
+                                        restart_seen: vm.restart.clone(),
+                                    },
+                                );
+                            }
+                            record(&vm.key, outcome);
+                            done.insert(key);
+                        }
+                    }
                 }
                 tokio::time::sleep(config.poll).await;
             }
@@ -165,105 +227,331 @@ impl VmAgent {
     }
 }
 
-fn provider_id(args: Option<&Value>) -> Option<String> {
-    match args? {
-        // v1beta4: a list of {name, value}
-        Value::Array(items) => items
-            .iter()
-            .find(|i| i["name"] == "provider-id")
-            .and_then(|i| i["value"].as_str())
-            .map(str::to_string),
-        // v1beta3: a map
-        Value::Object(m) => m
-            .get("provider-id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        _ => None,
+/// The kubelet's part of a poll: start (registering its Node if there is none) when the VM
+/// came back to RUNNING or the restart key changed; status updates while it runs.
+async fn kubelet_tick(
+    http: &reqwest::Client,
+    k8s: &K8sView,
+    cfg: &AgentConfig,
+    vm: &VmSeen,
+    kl: &mut Kubelet,
+) -> Option<AgentOutcome> {
+    if !vm.running {
+        kl.running = false;
+        return None;
+    }
+    let restarted = !kl.running || (vm.restart.is_some() && vm.restart != kl.restart_seen);
+    kl.running = true;
+    kl.restart_seen.clone_from(&vm.restart);
+    let name = kl.node["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut outcome = None;
+    if restarted && k8s.object("nodes", "", &name).is_none() {
+        let r = http
+            .post(format!("{}/api/v1/nodes", cfg.k8s_endpoint))
+            .bearer_auth(&kl.credential)
+            .json(&kl.node)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().as_u16() == 201) {
+            kl.registered_at = Instant::now();
+            outcome = Some(AgentOutcome::Reregistered);
+        }
+    }
+    let Some(every) = cfg.heartbeat else {
+        return outcome;
+    };
+    if kl.last_heartbeat.is_some_and(|t| t.elapsed() < every) {
+        return outcome;
+    }
+    kl.last_heartbeat = Some(Instant::now());
+    // A missing Node stays missing: this kubelet's status updates fail with 404.
+    let ready = kl.registered_at.elapsed() >= cfg.ready_after;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let (status, reason) = if ready {
+        ("True", "KubeletReady")
+    } else {
+        ("False", "KubeletNotReady")
+    };
+    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status,
+        "reason": reason, "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "nodeInfo": {"kubeletVersion": "v1.33.0", "containerRuntimeVersion": "containerd://2.0.0",
+            "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0"}}});
+    let _ = http
+        .patch(format!("{}/api/v1/nodes/{name}/status", cfg.k8s_endpoint))
+        .bearer_auth(&kl.credential)
+        .header("content-type", "application/strategic-merge-patch+json")
+        .json(&patch)
+        .send()
+        .await;
+    outcome
+}
+
+/// Where a join attempt ended.
+enum Step {
+    /// kubeadm keeps trying (discovery not ready, the API server asked to retry).
+    Retry(String),
+    /// The outcome, and on success the Node registered and the kubelet's credential.
+    Done(AgentOutcome, Option<(Value, String)>),
+}
+
+fn refused(why: impl Into<String>) -> Step {
+    Step::Done(AgentOutcome::Refused(why.into()), None)
+}
+
+/// The fields kubeadm knows, per level and version (kubeadm.k8s.io/v1beta3 and v1beta4 types).
+fn known_fields(level: &str, v1beta4: bool) -> &'static [&'static str] {
+    match (level, v1beta4) {
+        ("root", false) => &[
+            "apiVersion",
+            "kind",
+            "caCertPath",
+            "discovery",
+            "nodeRegistration",
+            "controlPlane",
+            "skipPhases",
+            "patches",
+        ],
+        ("root", true) => &[
+            "apiVersion",
+            "kind",
+            "dryRun",
+            "caCertPath",
+            "discovery",
+            "nodeRegistration",
+            "controlPlane",
+            "skipPhases",
+            "patches",
+            "timeouts",
+        ],
+        ("discovery", false) => &["bootstrapToken", "file", "tlsBootstrapToken", "timeout"],
+        ("discovery", true) => &["bootstrapToken", "file", "tlsBootstrapToken"],
+        ("bootstrapToken", _) => &[
+            "token",
+            "apiServerEndpoint",
+            "caCertHashes",
+            "unsafeSkipCAVerification",
+        ],
+        ("nodeRegistration", false) => &[
+            "name",
+            "criSocket",
+            "taints",
+            "kubeletExtraArgs",
+            "ignorePreflightErrors",
+            "imagePullPolicy",
+        ],
+        ("nodeRegistration", true) => &[
+            "name",
+            "criSocket",
+            "taints",
+            "kubeletExtraArgs",
+            "ignorePreflightErrors",
+            "imagePullPolicy",
+            "imagePullSerial",
+        ],
+        ("taint", _) => &["key", "value", "effect", "timeAdded"],
+        _ => &[],
     }
 }
 
-async fn join(
-    http: &reqwest::Client,
-    k8s: &K8sView,
-    cfg: &AgentConfig,
-    yaml: &str,
-) -> Option<AgentOutcome> {
-    check_and_register(http, k8s, cfg, yaml).await.ok()
+fn check_fields(obj: &Map<String, Value>, level: &str, v1beta4: bool) -> Result<(), String> {
+    let known = known_fields(level, v1beta4);
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "strict decoding error: unknown field \"{k}\" in {level}"
+        )),
+        None => Ok(()),
+    }
 }
 
-async fn check_and_register(
-    http: &reqwest::Client,
-    k8s: &K8sView,
-    cfg: &AgentConfig,
-    yaml: &str,
-) -> Result<AgentOutcome, ()> {
-    let jc: JoinConfiguration = match serde_saphyr::from_str(yaml) {
-        Ok(j) => j,
-        Err(e) => {
-            return Ok(AgentOutcome::Refused(format!(
-                "the join configuration does not parse: {e}"
-            )));
+/// What a strictly decoded JoinConfiguration gives the join.
+struct Join {
+    endpoint: String,
+    token: String,
+    pins: Vec<String>,
+    name: String,
+    provider_id: Option<String>,
+    taints: Vec<Value>,
+}
+
+fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    v.as_object()
+        .ok_or_else(|| format!("{what}: expected an object"))
+}
+
+fn string(v: Option<&Value>, what: &str) -> Result<String, String> {
+    match v {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("{what}: expected a string")),
+    }
+}
+
+/// Decodes as kubeadm does: the shape its `apiVersion` defines, nothing else.
+fn decode(yaml: &str) -> Result<Join, String> {
+    let root: Value = serde_saphyr::from_str(yaml)
+        .map_err(|e| format!("the join configuration does not parse: {e}"))?;
+    let r = object(&root, "JoinConfiguration")?;
+    let version = string(r.get("apiVersion"), "apiVersion")?;
+    let v1beta4 = match version.as_str() {
+        "kubeadm.k8s.io/v1beta4" => true,
+        "kubeadm.k8s.io/v1beta3" => false,
+        other => {
+            return Err(format!(
+                "no kind \"JoinConfiguration\" is registered for version {other:?}"
+            ));
         }
     };
-    if jc.kind != "JoinConfiguration" || !jc.api_version.starts_with("kubeadm.k8s.io/v1beta") {
-        return Ok(AgentOutcome::Refused(format!(
-            "not a kubeadm JoinConfiguration ({} {})",
-            jc.api_version, jc.kind
-        )));
+    if string(r.get("kind"), "kind")? != "JoinConfiguration" {
+        return Err(format!("not a JoinConfiguration: kind {:?}", r.get("kind")));
     }
-    if jc.discovery.bootstrap_token.api_server_endpoint.is_empty() {
-        return Ok(AgentOutcome::Refused("no apiServerEndpoint".into()));
+    check_fields(r, "root", v1beta4)?;
+    let d = object(r.get("discovery").unwrap_or(&Value::Null), "discovery")?;
+    check_fields(d, "discovery", v1beta4)?;
+    let bt = object(
+        d.get("bootstrapToken").unwrap_or(&Value::Null),
+        "discovery.bootstrapToken",
+    )?;
+    check_fields(bt, "bootstrapToken", v1beta4)?;
+    let empty = json!({});
+    let nr = object(
+        r.get("nodeRegistration").unwrap_or(&empty),
+        "nodeRegistration",
+    )?;
+    check_fields(nr, "nodeRegistration", v1beta4)?;
+    let provider_id = match (nr.get("kubeletExtraArgs"), v1beta4) {
+        (None, _) => None,
+        (Some(Value::Array(items)), true) => {
+            let mut pid = None;
+            for a in items {
+                let a = object(a, "kubeletExtraArgs[]")?;
+                if a.keys().any(|k| k != "name" && k != "value") {
+                    return Err("strict decoding error: kubeletExtraArgs[] has fields other than name and value".into());
+                }
+                if string(a.get("name"), "kubeletExtraArgs[].name")? == "provider-id" {
+                    pid = Some(string(a.get("value"), "kubeletExtraArgs[].value")?);
+                }
+            }
+            pid
+        }
+        (Some(Value::Object(m)), false) => match m.get("provider-id") {
+            None => None,
+            Some(v) => Some(string(Some(v), "kubeletExtraArgs[provider-id]")?),
+        },
+        (Some(_), true) => {
+            return Err("v1beta4 kubeletExtraArgs must be a list of {name, value}".into());
+        }
+        (Some(_), false) => return Err("v1beta3 kubeletExtraArgs must be a map of strings".into()),
+    };
+    let mut taints = Vec::new();
+    for t in nr
+        .get("taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let t = object(t, "taints[]")?;
+        check_fields(t, "taint", v1beta4)?;
+        taints.push(Value::Object(t.clone()));
     }
-    let token = &jc.discovery.bootstrap_token.token;
-    if token.split_once('.').is_none() {
-        return Ok(AgentOutcome::Refused("the token is not id.secret".into()));
+    Ok(Join {
+        endpoint: string(bt.get("apiServerEndpoint"), "apiServerEndpoint")?,
+        token: string(bt.get("token"), "token")?,
+        pins: bt
+            .get("caCertHashes")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        name: string(nr.get("name"), "nodeRegistration.name")?,
+        provider_id,
+        taints,
+    })
+}
+
+/// `HOST:PORT` of the `server:` in a kubeconfig.
+fn server_of(kubeconfig: &str) -> Option<String> {
+    let line = kubeconfig
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))?;
+    let url = line.trim_start().trim_start_matches("server:").trim();
+    Some(
+        url.trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_string(),
+    )
+}
+
+async fn join(http: &reqwest::Client, k8s: &K8sView, cfg: &AgentConfig, yaml: &str) -> Step {
+    let jc = match decode(yaml) {
+        Ok(j) => j,
+        Err(e) => return refused(e),
+    };
+    if jc.endpoint.is_empty() {
+        return refused("discovery.bootstrapToken.apiServerEndpoint is empty");
     }
-    // The CA pin: kubeadm refuses a cluster-info whose CA does not match.
-    let Some(kubeconfig) = k8s
-        .object("configmaps", "kube-public", "cluster-info")
-        .and_then(|cm| {
-            cm.pointer("/data/kubeconfig")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+    let Some((id, secret)) = jc.token.split_once('.') else {
+        return refused("the token is not id.secret");
+    };
+    let Some(ci) = k8s.object("configmaps", "kube-public", "cluster-info") else {
+        return Step::Retry("kube-public/cluster-info is missing".into());
+    };
+    let kubeconfig = ci
+        .pointer("/data/kubeconfig")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    // The bootstrap signer's JWS proves that whoever wrote cluster-info knows the token.
+    let Some(jws) = ci
+        .pointer(&format!("/data/jws-kubeconfig-{id}"))
+        .and_then(Value::as_str)
     else {
-        return Ok(AgentOutcome::Refused(
-            "kube-public/cluster-info is missing".into(),
+        return Step::Retry(format!(
+            "there is no JWS signed token in the cluster-info ConfigMap for token id {id:?}"
         ));
     };
+    if jws != detached_jws(&kubeconfig, id, secret) {
+        return refused(format!(
+            "failed to verify JWS signature of received cluster info object (token id {id:?})"
+        ));
+    }
     let pin = match nodewire::act::k8s::cluster_info_from_kubeconfig(&kubeconfig) {
         Ok(ci) => ci.ca_pin,
-        Err(e) => return Ok(AgentOutcome::Refused(format!("cluster-info: {e}"))),
+        Err(e) => return refused(format!("cluster-info: {e}")),
     };
-    if !jc.discovery.bootstrap_token.ca_cert_hashes.contains(&pin) {
-        return Ok(AgentOutcome::Refused(
-            "the cluster CA does not match any caCertHashes".into(),
+    if !jc.pins.contains(&pin) {
+        return refused("the cluster CA does not match any caCertHashes");
+    }
+    if server_of(&kubeconfig).as_deref() != Some(jc.endpoint.as_str()) {
+        return refused(format!(
+            "apiServerEndpoint {} is not the API server cluster-info names ({})",
+            jc.endpoint,
+            server_of(&kubeconfig).unwrap_or_default()
         ));
     }
-    let name = jc.node_registration.name;
+    let name = jc.name;
     if k8s.object("nodes", "", &name).is_some() {
-        return Ok(AgentOutcome::AlreadyRegistered);
+        return Step::Done(AgentOutcome::AlreadyRegistered, None);
     }
     // TLS bootstrap: the bootstrap token authenticates, the CSR is approved, the kubelet
     // holds a credential for system:node:NAME and registers with that.
-    let credential = match k8s.tls_bootstrap(token, &name) {
+    let credential = match k8s.tls_bootstrap(&jc.token, &name) {
         Ok(c) => c,
-        Err(why) => return Ok(AgentOutcome::Refused(why)),
+        Err(why) => return refused(why),
     };
-    let taints: Vec<Value> = jc
-        .node_registration
-        .taints
-        .iter()
-        .map(|t| {
-            let mut v = json!({"key": t.key, "effect": t.effect});
-            if let Some(val) = &t.value {
-                v["value"] = json!(val);
-            }
-            v
-        })
-        .collect();
+    let mut taints = jc.taints;
+    // The kubelet registers not-ready; the node lifecycle controller lifts it once Ready.
+    taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}));
     let mut spec = json!({"taints": taints});
-    if let Some(pid) = provider_id(jc.node_registration.kubelet_extra_args.as_ref()) {
+    if let Some(pid) = &jc.provider_id {
         spec["providerID"] = json!(pid);
     }
     let labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), name.clone())]);
@@ -275,13 +563,60 @@ async fn check_and_register(
         .send()
         .await
     {
-        Ok(r) if r.status().as_u16() == 201 => Ok(AgentOutcome::Joined),
-        Ok(r) if r.status().as_u16() == 409 => Ok(AgentOutcome::AlreadyRegistered),
-        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => Err(()),
-        Ok(r) => Ok(AgentOutcome::Refused(format!(
+        Ok(r) if r.status().as_u16() == 201 => {
+            Step::Done(AgentOutcome::Joined, Some((node, credential)))
+        }
+        Ok(r) if r.status().as_u16() == 409 => Step::Done(AgentOutcome::AlreadyRegistered, None),
+        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+            Step::Retry(format!("HTTP {}", r.status()))
+        }
+        Ok(r) => refused(format!(
             "registering the Node failed with HTTP {}",
             r.status()
-        ))),
-        Err(_) => Err(()),
+        )),
+        Err(e) => Step::Retry(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(extra: &str) -> String {
+        format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: \"10.0.0.2:6443\"\n    token: \"abcdef.0123456789abcdef\"\n    caCertHashes: [\"sha256:00\"]\nnodeRegistration:\n  name: \"n1\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn join_configurations_are_decoded_strictly_per_version() {
+        let list = "  kubeletExtraArgs:\n    - name: provider-id\n      value: gce://p/z/n1\n";
+        let map = "  kubeletExtraArgs:\n    provider-id: gce://p/z/n1\n";
+        let j = decode(&v4(list)).expect("v1beta4 with a list");
+        assert_eq!(j.provider_id.as_deref(), Some("gce://p/z/n1"));
+        assert!(decode(&v4(map)).is_err(), "v1beta4 with a map");
+        let v3 = |extra: &str| v4(extra).replace("v1beta4", "v1beta3");
+        assert!(decode(&v3(map)).is_ok(), "v1beta3 with a map");
+        assert!(decode(&v3(list)).is_err(), "v1beta3 with a list");
+        assert!(
+            decode(&v4("  nodeLabels: {a: b}\n")).is_err(),
+            "unknown field"
+        );
+        assert!(decode(&v4("").replace("v1beta4", "v1beta9")).is_err());
+        assert!(decode(&v4("  imagePullSerial: true\n")).is_ok());
+        assert!(
+            decode(&v3("  imagePullSerial: true\n")).is_err(),
+            "v1beta4 only"
+        );
+        assert!(
+            decode(&format!("{}timeouts: {{}}\n", v4(""))).is_ok()
+                && decode(&format!("{}timeouts: {{}}\n", v3(""))).is_err()
+        );
+    }
+
+    #[test]
+    fn the_server_of_cluster_info() {
+        let kc = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://10.0.0.2:6443\n";
+        assert_eq!(server_of(kc).as_deref(), Some("10.0.0.2:6443"));
     }
 }

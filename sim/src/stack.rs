@@ -126,6 +126,11 @@ pub struct StackOptions {
     pub boot_delay: Duration,
     pub ipam_delay: Duration,
     pub join_delay: Duration,
+    /// The kubelets' status update interval (10 s on real nodes; shorter here so that every
+    /// Node sees other writers while nodewire works on it).
+    pub kubelet_heartbeat: Duration,
+    /// From registration to Ready (then the not-ready taint is lifted).
+    pub kubelet_ready_after: Duration,
     /// The RBAC manifests the Kubernetes simulator enforces; `None`: nodewire's shipped ones.
     pub rbac_manifests: Option<Vec<String>>,
 }
@@ -151,6 +156,8 @@ impl Default for StackOptions {
             ipam_delay: Duration::from_millis(200),
             join_delay: Duration::from_millis(300),
             rbac_manifests: None,
+            kubelet_heartbeat: Duration::from_millis(500),
+            kubelet_ready_after: Duration::from_millis(300),
         }
     }
 }
@@ -373,6 +380,8 @@ impl Stack {
                 join_delay: opts.join_delay,
                 poll: Duration::from_millis(100),
                 k8s_endpoint: k8s.endpoint(),
+                heartbeat: Some(opts.kubelet_heartbeat),
+                ready_after: opts.kubelet_ready_after,
             },
         );
 
@@ -741,10 +750,12 @@ impl Stack {
         if !self.tokens_of(name).is_empty() {
             return Err("token left".into());
         }
-        if vm["metadata"]["items"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|i| i["key"] == JOIN_METADATA_KEY))
-        {
+        if vm["metadata"]["items"].as_array().is_some_and(|m| {
+            m.iter().any(|i| {
+                i["key"] == JOIN_METADATA_KEY
+                    || i["key"] == nodewire::join::KUBELET_RESTART_METADATA_KEY
+            })
+        }) {
             return Err("join metadata left".into());
         }
         Ok(pod)

@@ -13,9 +13,12 @@ use crate::act::k8s::{KubeError, UNWIRED_TAINT};
 use crate::bus::{BusError, OutboundMessage};
 use crate::deps::{ChainDeps, attr};
 use crate::error::Classify;
-use crate::join::{JOIN_METADATA_KEY, JoinParams, join_configuration};
+use crate::join::{
+    JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams, KUBELET_RESTART_METADATA_KEY,
+    join_configuration,
+};
 use crate::names::{Cidr, InstanceRef};
-use crate::plan::{Action, Observed, Refusal};
+use crate::plan::{Action, KubeletRestarts, Observed, Refusal};
 use crate::trace::TraceContext;
 
 /// Why an action failed.
@@ -158,9 +161,23 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             kube.remove_taint(t.node, UNWIRED_TAINT).await?;
         }
         Action::ClearJoinMetadata => {
+            // One write: the join configuration and any restart request go, the mark stays.
             compute
                 .update_metadata(t.instance, |m| {
                     m.remove(JOIN_METADATA_KEY);
+                    m.remove(KUBELET_RESTART_METADATA_KEY);
+                    m.insert(JOINED_METADATA_KEY.to_string(), "true".to_string());
+                })
+                .await?;
+        }
+        Action::RestartKubelet(n) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            compute
+                .update_metadata(t.instance, |m| {
+                    m.insert(
+                        KUBELET_RESTART_METADATA_KEY.to_string(),
+                        KubeletRestarts::value(*n, now),
+                    );
                 })
                 .await?;
         }

@@ -66,6 +66,55 @@ pub struct VmFacts {
     pub tags: Vec<String>,
     /// The `kubeadm-join` metadata key is present.
     pub join_metadata: bool,
+    /// The VM carries nodewire's mark that it joined (`nodewire-joined`, written when its join
+    /// metadata is cleared): its disk has a kubelet configuration, so `kubeadm join` would
+    /// fail its preflight there.
+    pub joined: bool,
+    /// The kubelet restarts nodewire asked for (`nodewire-restart-kubelet`), when any.
+    pub kubelet_restarts: Option<KubeletRestarts>,
+}
+
+/// Restarts of a VM's kubelet that nodewire asked for to bring back a Node that is gone: how
+/// many, and how long ago the last one was asked for. The metadata value is `COUNT@UNIX-SECONDS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeletRestarts {
+    pub count: u32,
+    pub age: std::time::Duration,
+}
+
+impl KubeletRestarts {
+    /// At most this many restarts; then the lost Node needs a person.
+    pub const MAX: u32 = 3;
+
+    /// Reads `COUNT@UNIX-SECONDS` as of `now` (Unix seconds); junk reads as the budget spent,
+    /// so that a hostile or broken value never leads to more restarts.
+    pub fn parse(value: &str, now: i64) -> Self {
+        let parsed = value.split_once('@').and_then(|(c, t)| {
+            let count = c.trim().parse::<u32>().ok()?;
+            let at = t.trim().parse::<i64>().ok()?;
+            Some((count, at))
+        });
+        match parsed {
+            Some((count, at)) => Self {
+                count,
+                age: std::time::Duration::from_secs(u64::try_from(now - at).unwrap_or(0)),
+            },
+            None => Self {
+                count: Self::MAX,
+                age: std::time::Duration::ZERO,
+            },
+        }
+    }
+
+    /// The metadata value recording attempt `count` asked for at `now`.
+    pub fn value(count: u32, now: i64) -> String {
+        format!("{count}@{now}")
+    }
+
+    /// How long after attempt `count` the next may be asked for: 5 minutes, doubling.
+    pub fn backoff(count: u32) -> std::time::Duration {
+        std::time::Duration::from_secs(300 * 2u64.pow(count.saturating_sub(1).min(8)))
+    }
 }
 
 /// The facts of a Node the planner looks at.
@@ -111,8 +160,12 @@ pub enum Action {
     SetProviderId(String),
     /// Remove the `nodewire.io/unwired` taint.
     RemoveTaint,
-    /// Remove the `kubeadm-join` metadata key.
+    /// Remove the `kubeadm-join` (and `nodewire-restart-kubelet`) metadata keys, marking the
+    /// VM as joined.
     ClearJoinMetadata,
+    /// Ask the node-side unit to restart the kubelet (attempt `n`), which registers its Node
+    /// again: the heal of "VM alive, Node gone" on a VM that joined before.
+    RestartKubelet(u32),
     /// Delete the Node.
     DeleteNode,
     /// Publish `node-wired` and record the `NodeWired` event.
@@ -131,6 +184,7 @@ impl Action {
             Action::SetProviderId(_) => "set-provider-id",
             Action::RemoveTaint => "remove-taint",
             Action::ClearJoinMetadata => "clear-join-metadata",
+            Action::RestartKubelet(_) => "restart-kubelet",
             Action::DeleteNode => "delete-node",
             Action::AnnounceWired => "announce-wired",
         }
@@ -290,7 +344,7 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
     if !obs.tokens.is_empty() {
         out.push(Gap::Token);
     }
-    if vm.join_metadata {
+    if vm.join_metadata || vm.kubelet_restarts.is_some() {
         out.push(Gap::JoinMetadata);
     }
     out.sort();
@@ -356,6 +410,16 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             Action::ClearJoinMetadata => {
                 if let Some(vm) = &mut o.vm {
                     vm.join_metadata = false;
+                    vm.kubelet_restarts = None;
+                    vm.joined = true;
+                }
+            }
+            Action::RestartKubelet(n) => {
+                if let Some(vm) = &mut o.vm {
+                    vm.kubelet_restarts = Some(KubeletRestarts {
+                        count: *n,
+                        age: std::time::Duration::ZERO,
+                    });
                 }
             }
             Action::DeleteNode => o.node = None,
@@ -451,6 +515,9 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     if joined || pending {
         return Ok(vec![]);
     }
+    if vm.joined {
+        return plan_lost_node(vm);
+    }
     let expired: Vec<String> = obs
         .tokens
         .iter()
@@ -463,6 +530,28 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     }
     a.push(Action::Bootstrap);
     Ok(a)
+}
+
+/// A VM that joined before has no Node (deleted, or lost): `kubeadm join` would fail its
+/// preflight there and a running kubelet does not register again, so no token is minted.
+/// Instead the node-side unit is asked to restart the kubelet, which registers the Node anew —
+/// at most [`KubeletRestarts::MAX`] times, spaced by [`KubeletRestarts::backoff`]; after that
+/// the lost Node is reported for a person to decide (delete the VM, or rejoin it by hand).
+fn plan_lost_node(vm: &VmFacts) -> Branch {
+    match vm.kubelet_restarts {
+        None => Ok(vec![Action::RestartKubelet(1)]),
+        Some(r) if r.count >= KubeletRestarts::MAX => Err(Plan::Ignore(format!(
+            "VM {} joined before and its Node is gone; {} kubelet restarts did not bring it back: needs a person (delete the VM, or rejoin it by hand)",
+            vm.instance, r.count
+        ))),
+        Some(r) if r.age < KubeletRestarts::backoff(r.count) => Err(Plan::Wait(format!(
+            "VM {}: kubelet restart {} asked for {}s ago; waiting for its Node",
+            vm.instance,
+            r.count,
+            r.age.as_secs()
+        ))),
+        Some(r) => Ok(vec![Action::RestartKubelet(r.count + 1)]),
+    }
 }
 
 /// `assign-alias`: nic0's aliases become exactly the Node's podCIDR.
@@ -541,7 +630,7 @@ fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
             obs.tokens.iter().map(|t| t.id.clone()).collect(),
         ));
     }
-    if vm.join_metadata {
+    if vm.join_metadata || vm.kubelet_restarts.is_some() {
         a.push(Action::ClearJoinMetadata);
     }
     if !a.is_empty() {

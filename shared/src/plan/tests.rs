@@ -192,6 +192,77 @@ fn bootstrap_table() {
     ]);
 }
 
+/// "VM alive, Node gone" on a VM that joined before: never a token (kubeadm's preflight would
+/// fail there), a bounded number of kubelet restarts instead, then a person.
+#[test]
+fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
+    let joined = fresh().edit(|o| o.vm_mut().joined = true);
+    let restarts = |count: u32, secs: u64| {
+        joined.clone().edit(|o| {
+            o.vm_mut().kubelet_restarts = Some(KubeletRestarts {
+                count,
+                age: std::time::Duration::from_secs(secs),
+            });
+        })
+    };
+    check(vec![
+        (
+            "first loss: restart the kubelet, mint nothing",
+            Step::Bootstrap,
+            joined.clone(),
+            act(vec![Action::RestartKubelet(1)], None),
+        ),
+        (
+            "restart asked for a minute ago: wait for the Node",
+            Step::Bootstrap,
+            restarts(1, 60),
+            Want::That(|p| matches!(p, Plan::Wait(_))),
+        ),
+        (
+            "past the backoff: the next restart",
+            Step::Bootstrap,
+            restarts(1, 301),
+            act(vec![Action::RestartKubelet(2)], None),
+        ),
+        (
+            "the second waits twice as long",
+            Step::Bootstrap,
+            restarts(2, 400),
+            Want::That(|p| matches!(p, Plan::Wait(_))),
+        ),
+        (
+            "the budget spent: a person decides, nothing is done",
+            Step::Bootstrap,
+            restarts(KubeletRestarts::MAX, 100_000),
+            Want::That(|p| matches!(p, Plan::Ignore(w) if w.contains("needs a person"))),
+        ),
+        (
+            "the Node came back: finalize clears the restart request",
+            Step::Finalize,
+            wired().edit(|o| {
+                o.vm_mut().joined = true;
+                o.vm_mut().kubelet_restarts = Some(KubeletRestarts {
+                    count: 1,
+                    age: std::time::Duration::from_secs(5),
+                });
+            }),
+            act(vec![Action::ClearJoinMetadata, Action::AnnounceWired], None),
+        ),
+    ]);
+    // Junk in the metadata value never buys more restarts.
+    assert_eq!(
+        KubeletRestarts::parse("lots", 0).count,
+        KubeletRestarts::MAX
+    );
+    assert_eq!(
+        KubeletRestarts::parse(&KubeletRestarts::value(2, 1_000), 1_060),
+        KubeletRestarts {
+            count: 2,
+            age: std::time::Duration::from_secs(60)
+        }
+    );
+}
+
 #[test]
 fn assign_alias_table() {
     let o = wired().without_alias();

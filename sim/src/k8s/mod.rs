@@ -20,6 +20,7 @@
 pub mod patch;
 
 mod configmaps;
+pub mod controllers;
 mod discovery;
 mod events;
 mod ipam;
@@ -200,6 +201,12 @@ impl Service for Sim {
                 get(rest::node_collection).post(rest::node_collection),
             )
             .route(
+                "/api/v1/nodes/{name}/status",
+                get(rest::node_status)
+                    .put(rest::node_status)
+                    .patch(rest::node_status),
+            )
+            .route(
                 "/api/v1/nodes/{name}",
                 get(rest::node_item)
                     .put(rest::node_item)
@@ -225,6 +232,21 @@ impl Service for Sim {
 
     fn chaos(&self) -> &Chaos {
         &self.chaos
+    }
+
+    /// The bootstrap signer and token cleaner, every second (they also run after each write
+    /// to Secrets and ConfigMaps).
+    fn started(sim: &Arc<Self>) {
+        let weak = Arc::downgrade(sim);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(sim) = weak.upgrade() else {
+                    return;
+                };
+                controllers::reconcile(&mut sim.store());
+            }
+        });
     }
 
     fn injected(error: InjectedError) -> Answer {
@@ -344,7 +366,11 @@ impl K8sSim {
     /// The API error the create would have answered.
     pub fn seed(&self, resource: &str, namespace: &str, object: Value) -> Result<Value, ApiError> {
         let mut st = self.server.sim().store();
-        objects::create(&mut st, resource, namespace, object)
+        let out = objects::create(&mut st, resource, namespace, object);
+        if resource == "secrets" || resource == "configmaps" {
+            controllers::reconcile(&mut st);
+        }
+        out
     }
 }
 

@@ -171,6 +171,9 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
         };
         written = write;
         actor = Some(who);
+        if verb != "get" && (t.resource == "secrets" || t.resource == "configmaps") {
+            super::controllers::reconcile(&mut st);
+        }
         if verb == "get" {
             return Ok(printed(&call, &t.resource, (StatusCode::OK, out)));
         }
@@ -365,6 +368,9 @@ async fn collection(
             rbac::node_restriction(node, "create", str_at(&obj, "/metadata/name"), None, None)?;
         }
         let out = create(&mut st, &resource, &ns, obj)?;
+        if resource == "secrets" || resource == "configmaps" {
+            super::controllers::reconcile(&mut st);
+        }
         if resource == "nodes" {
             created_node = Some((str_at(&out, "/metadata/name").to_string(), out.clone(), who));
         }
@@ -422,6 +428,80 @@ pub(super) async fn all_namespaces(
         let q = parse_query(call.uri.query(), Malformed::Keep);
         list(&mut s.store(), &resource, kind, None, &q).map(|o| printed(&call, &resource, o))
     })
+    .await
+}
+
+/// `nodes/NAME/status`: what kubelets write. Only `status` changes, whatever else the body
+/// says (the status subresource's strategy); authorized as `nodes/status`.
+pub(super) async fn node_status(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    call: Call,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let verb = match call.method.as_str() {
+        "GET" => "get",
+        "PUT" => "update",
+        _ => "patch",
+    };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let t = Target {
+        resource: "nodes".into(),
+        ns: String::new(),
+        name,
+    };
+    run(
+        &sim,
+        &format!("nodes.status.{verb}"),
+        &call,
+        &body,
+        |s| -> Outcome {
+            let who = s.authorize(
+                call.header("authorization"),
+                &Request {
+                    verb,
+                    resource: "nodes/status",
+                    namespace: "",
+                    name: &t.name,
+                },
+            )?;
+            let mut st = s.store();
+            let old = t.current(&st)?;
+            if verb == "get" {
+                return Ok((StatusCode::OK, old));
+            }
+            let mut obj = old.clone();
+            if verb == "update" {
+                obj = parse_body(&body)?;
+            } else {
+                apply_patch(
+                    &mut obj,
+                    &parse_body(&body)?,
+                    &content_type,
+                    call.uri.query(),
+                )?;
+            }
+            let mut new = old.clone();
+            new["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+            admit_node_write(&who, "patch", &t, Some(&old), Some(&new))?;
+            if verb == "update"
+                && str_at(&obj, "/metadata/resourceVersion")
+                    != str_at(&old, "/metadata/resourceVersion")
+            {
+                return Err(t.conflict());
+            }
+            if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            let out = update(&mut st, "nodes", "", &t.name, new, false)?;
+            Ok((StatusCode::OK, out))
+        },
+    )
     .await
 }
 
