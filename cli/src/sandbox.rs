@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use nodewire::names::Cidr;
 use serde::Serialize;
-use sim::stack::{BusChoice, Stack, StackOptions};
+use sim::stack::{BusChoice, Latency, Stack, StackOptions};
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
@@ -31,9 +31,15 @@ pub struct SandboxArgs {
     /// The pod secondary range (one /24 per node).
     #[arg(long, default_value = "192.168.16.0/21")]
     pods_range: Cidr,
-    /// Give up when the VMs are not wired (or the drift not healed) within this many seconds.
-    #[arg(long, default_value_t = 60)]
-    timeout_secs: u64,
+    /// Give up when the VMs are not wired (or the drift not healed) within this many seconds
+    /// (default: 60, or 300 with `--latency realistic`).
+    #[arg(long)]
+    timeout_secs: Option<u64>,
+    /// The simulated world's pace: `fast` (milliseconds) or `realistic` (Compute operations
+    /// of seconds, NIC updates of 12 s, VMs booting for 20 s, audit entries delivered after
+    /// 5 s, kubelets Ready after 15 s and reporting every 10 s).
+    #[arg(long, default_value = "fast")]
+    latency: Latency,
 }
 
 const ZONES: [&str; 3] = [
@@ -162,21 +168,27 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
         a.faults * 100.0
     );
     let started = Instant::now();
-    let stack = Stack::start(StackOptions {
-        bus,
-        faults: a.faults,
-        project: "example-project".into(),
-        other_project: None,
-        region: "asia-southeast1".into(),
-        nodes_range: "10.122.16.0/21"
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        pods_range: a.pods_range,
-        services_range: "172.16.16.0/21"
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ..StackOptions::default()
-    })
+    let timeout_secs = a.timeout_secs.unwrap_or(match a.latency {
+        Latency::Fast => 60,
+        Latency::Realistic => 300,
+    });
+    let stack = Stack::start(
+        a.latency.apply(StackOptions {
+            bus,
+            faults: a.faults,
+            project: "example-project".into(),
+            other_project: None,
+            region: "asia-southeast1".into(),
+            nodes_range: "10.122.16.0/21"
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            pods_range: a.pods_range,
+            services_range: "172.16.16.0/21"
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ..StackOptions::default()
+        }),
+    )
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
     println!(
@@ -205,11 +217,11 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!(e))?;
     }
     let all: Vec<usize> = (0..a.vms).collect();
-    let timeout = Duration::from_secs(a.timeout_secs);
+    let timeout = Duration::from_secs(timeout_secs);
     let wired_ok = watch(&stack, a.vms, timeout, t0, &all).await;
     let seconds_to_wired = t0.elapsed().as_secs_f64();
     if !wired_ok {
-        println!("not every VM was wired within {}s", a.timeout_secs);
+        println!("not every VM was wired within {timeout_secs}s");
     }
 
     println!(

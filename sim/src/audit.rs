@@ -13,6 +13,9 @@ pub struct AuditSink {
     pub bus: Arc<dyn Bus>,
     /// Full topic name (`projects/P/topics/T`).
     pub topic: String,
+    /// How long an entry takes from the API call to the topic (Cloud Logging's routing to a
+    /// sink takes seconds); entries keep their order.
+    pub delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -28,9 +31,23 @@ impl AuditSink {
     /// as a Logging sink does (data = the LogEntry JSON, attribute
     /// `logging.googleapis.com/timestamp`).
     pub fn spawn(self) -> tokio::sync::mpsc::UnboundedSender<Value> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::time::Instant, Value)>();
+        let tx = {
+            // Stamp each entry when the API wrote it, so that the delay runs from then.
+            let (stamped_tx, mut plain_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+            tokio::spawn(async move {
+                while let Some(e) = plain_rx.recv().await {
+                    if tx.send((std::time::Instant::now(), e)).is_err() {
+                        return;
+                    }
+                }
+            });
+            stamped_tx
+        };
+        let delay = self.delay;
         tokio::spawn(async move {
-            while let Some(entry) = rx.recv().await {
+            while let Some((at, entry)) = rx.recv().await {
+                tokio::time::sleep_until((at + delay).into()).await;
                 let ts = entry["timestamp"].as_str().unwrap_or_default().to_string();
                 let msg = OutboundMessage {
                     data: entry.to_string().into_bytes(),

@@ -37,6 +37,10 @@ pub struct FaultSpec {
     pub latency: Duration,
     /// Probability (0..=1) that an accepted Compute operation ends DONE with an error.
     pub async_failure_rate: f64,
+    /// Probability (0..=1) that a request is handled — its effect applied — and then answered
+    /// 503 as if the connection had dropped: the write happened, the answer was lost. A retry
+    /// must not apply it twice (Compute: the same `requestId`).
+    pub lost_answer_rate: f64,
 }
 
 impl Default for FaultSpec {
@@ -50,6 +54,7 @@ impl Default for FaultSpec {
             ],
             latency: Duration::ZERO,
             async_failure_rate: 0.0,
+            lost_answer_rate: 0.0,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct LoggedRequest {
     pub query: String,
     pub body: serde_json::Value,
     pub status: u16,
+    /// The body answered (JSON).
+    pub response: serde_json::Value,
     /// Time since the simulator started.
     pub at: Duration,
     /// True when the answer came from fault injection.
@@ -139,6 +146,12 @@ impl Chaos {
         } else {
             None
         }
+    }
+
+    /// Draws whether the answer to a handled request of `method` is lost.
+    pub fn draw_lost_answer(&self, method: &str) -> bool {
+        let rate = self.faults_for(method).lost_answer_rate;
+        rate > 0.0 && lock(&self.rng).random_bool(rate.clamp(0.0, 1.0))
     }
 
     /// Draws whether an accepted operation of `method` fails asynchronously.

@@ -33,6 +33,11 @@ pub(crate) trait Service: Send + Sync + Sized + 'static {
 
     /// The answer to an injected fault, in the simulated API's error shape.
     fn injected(error: InjectedError) -> Answer;
+
+    /// Starts what runs beside the HTTP server (controllers on a timer); called once, inside
+    /// the runtime. A task started here must hold the state weakly, so that it ends when the
+    /// simulator is dropped.
+    fn started(_sim: &Arc<Self>) {}
 }
 
 /// An HTTP answer: a status and a JSON body.
@@ -126,7 +131,15 @@ pub(crate) async fn run<S: Service, A: Into<Answer>>(
     }
     let (answer, injected) = match chaos.draw_error(method) {
         Some(e) => (S::injected(e), true),
-        None => (handle(sim).into(), false),
+        None => {
+            let answer: Answer = handle(sim).into();
+            // The effect is applied; only the answer is lost on its way back.
+            if answer.status.is_success() && chaos.draw_lost_answer(method) {
+                (S::injected(InjectedError::Unavailable), true)
+            } else {
+                (answer, false)
+            }
+        }
     };
     chaos.record(LoggedRequest {
         method: method.to_string(),
@@ -135,6 +148,7 @@ pub(crate) async fn run<S: Service, A: Into<Answer>>(
         query: call.uri.query().unwrap_or_default().to_string(),
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
         status: answer.status.as_u16(),
+        response: answer.body.clone(),
         at: chaos.elapsed(),
         injected,
     });
@@ -165,6 +179,7 @@ impl<S: Service> Server<S> {
     pub(crate) fn start(listener: TcpListener, config: S::Config) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let sim = Arc::new(S::new(config));
+        S::started(&sim);
         let app = S::router(sim.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -122,6 +122,10 @@ pub struct StackOptions {
     /// `NODEWIRE_INSTANCE_PREFIX`, when set.
     pub name_prefix: Option<String>,
     pub op_latency: Duration,
+    /// A NIC update's operation time, when it differs from `op_latency`.
+    pub nic_op_latency: Option<Duration>,
+    /// Cloud Logging's delay from an API call to its audit entry on the sink's topic.
+    pub audit_delay: Duration,
     /// A new VM's time in STAGING before RUNNING (bootstrap waits for it).
     pub boot_delay: Duration,
     pub ipam_delay: Duration,
@@ -133,6 +137,53 @@ pub struct StackOptions {
     pub kubelet_ready_after: Duration,
     /// The RBAC manifests the Kubernetes simulator enforces; `None`: nodewire's shipped ones.
     pub rbac_manifests: Option<Vec<String>>,
+}
+
+/// How slow the simulated world is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Latency {
+    /// Milliseconds everywhere: the tests' and the default sandbox's pace.
+    #[default]
+    Fast,
+    /// Google Cloud's and a kubeadm node's pace, from their documentation and common
+    /// experience: Compute operations of seconds (3 s; a NIC update 12 s), a VM STAGING for
+    /// 20 s, Cloud Logging delivering an audit entry to its sink's topic after 5 s, the startup
+    /// script reaching `kubeadm join` 20 s after boot, the IPAM controller 1 s, kubelets
+    /// Ready after 15 s and reporting status every 10 s.
+    Realistic,
+}
+
+impl Latency {
+    /// `opts` at this pace (the fast pace leaves them as they are).
+    pub fn apply(self, opts: StackOptions) -> StackOptions {
+        match self {
+            Latency::Fast => opts,
+            Latency::Realistic => StackOptions {
+                op_latency: Duration::from_secs(3),
+                nic_op_latency: Some(Duration::from_secs(12)),
+                audit_delay: Duration::from_secs(5),
+                boot_delay: Duration::from_secs(20),
+                join_delay: Duration::from_secs(20),
+                ipam_delay: Duration::from_secs(1),
+                kubelet_heartbeat: Duration::from_secs(10),
+                kubelet_ready_after: Duration::from_secs(15),
+                ..opts
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Latency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fast" => Ok(Latency::Fast),
+            "realistic" => Ok(Latency::Realistic),
+            other => Err(format!(
+                "unknown latency profile {other:?}: fast or realistic"
+            )),
+        }
+    }
 }
 
 impl Default for StackOptions {
@@ -152,6 +203,8 @@ impl Default for StackOptions {
             selector: ("cluster".into(), "demo".into()),
             name_prefix: None,
             op_latency: Duration::from_millis(60),
+            nic_op_latency: None,
+            audit_delay: Duration::ZERO,
             boot_delay: Duration::from_millis(200),
             ipam_delay: Duration::from_millis(200),
             join_delay: Duration::from_millis(300),
@@ -340,12 +393,14 @@ impl Stack {
         let compute = ComputeSim::start(ComputeConfig {
             seed: 7,
             op_latency: opts.op_latency,
+            nic_op_latency: opts.nic_op_latency,
             boot_delay: opts.boot_delay,
             wait_max: Duration::from_secs(2),
             subnets,
             audit: Some(AuditSink {
                 bus: base_bus.clone(),
                 topic: format!("projects/{p}/topics/gce-audit"),
+                delay: opts.audit_delay,
             }),
             ..ComputeConfig::default()
         })
@@ -361,6 +416,7 @@ impl Stack {
             audit: Some(AuditSink {
                 bus: base_bus.clone(),
                 topic: format!("projects/{p}/topics/k8s-audit"),
+                delay: opts.audit_delay,
             }),
             audit_project: p.clone(),
             audit_zone: format!("{}-a", opts.region),

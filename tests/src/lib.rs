@@ -81,6 +81,8 @@ pub async fn pull_until(
 }
 
 /// Fixtures shared by the simulator-backed tests.
+pub mod discovery;
+
 pub mod simfix {
     use std::time::Duration;
 

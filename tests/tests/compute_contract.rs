@@ -606,3 +606,133 @@ async fn clearing_aliases_sends_an_explicit_empty_list() {
     assert_eq!(last.body["aliasIpRanges"], serde_json::json!([]));
     assert!(last.body["fingerprint"].is_string() && last.query.contains("requestId="));
 }
+
+/// The operations the simulator created, per `(instance name, operation type)`.
+fn operations(sim: &sim::compute::ComputeSim) -> BTreeMap<(String, String), usize> {
+    sim.with_world(|w| {
+        let mut out = BTreeMap::new();
+        for op in w.operations.values() {
+            let name = op
+                .target_link
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            *out.entry((name, op.op_type.clone())).or_insert(0) += 1;
+        }
+        out
+    })
+}
+
+/// The write applied, the answer lost (issue 9, item 6): the simulator handles half of the
+/// mutations and then answers 503 as if the connection had dropped. The client's retry carries
+/// the same `requestId`, so Compute Engine hands back the operation it already started and
+/// nothing is applied twice: one operation per VM and kind, every VM in its wanted state.
+#[tokio::test]
+async fn a_lost_answer_is_retried_under_the_same_request_id_and_applied_once() {
+    let sim = compute_sim(30).await;
+    let lossy = FaultSpec {
+        lost_answer_rate: 0.5,
+        ..FaultSpec::default()
+    };
+    for m in [
+        "instances.setTags",
+        "instances.setMetadata",
+        "instances.updateNetworkInterface",
+    ] {
+        sim.chaos().set_faults(m, lossy.clone());
+    }
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    let vms: Vec<_> = (0..12).map(|i| seed(&sim, &format!("vm-{i:02}"))).collect();
+    for (i, vm) in vms.iter().enumerate() {
+        c.add_tags(vm, &["k8s-node".to_string()])
+            .await
+            .expect("tags");
+        c.set_alias_ranges(vm, &[pods(&format!("10.4.{i}.0/24"))])
+            .await
+            .expect("alias");
+        c.update_metadata(vm, |m| {
+            m.insert("k".into(), "v".into());
+        })
+        .await
+        .expect("metadata");
+    }
+    let lost = sim
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.injected && r.status == 503)
+        .count();
+    assert!(lost >= 6, "answers were really lost ({lost})");
+    for (i, vm) in vms.iter().enumerate() {
+        let v = c.get_instance(vm).await.expect("get").expect("vm");
+        assert!(v.tags.contains(&"k8s-node".to_string()));
+        assert_eq!(
+            v.nic0.expect("nic").aliases,
+            vec![pods(&format!("10.4.{i}.0/24"))]
+        );
+    }
+    for ((vm, kind), n) in operations(&sim) {
+        assert_eq!(n, 1, "{vm}: {n} {kind} operations");
+    }
+}
+
+/// An operation longer than the step may wait (issue 9, item 5): the first delivery gives up
+/// at its deadline with the operation still running; the redelivered step computes the same
+/// change from the same state, sends the same `requestId`, and waits for the operation in
+/// flight instead of starting a second one.
+#[tokio::test]
+async fn a_redelivered_step_waits_for_the_operation_in_flight() {
+    let sim = compute_sim(1_500).await;
+    let vm = seed(&sim, "vm-slow");
+    let c = compute_client(
+        &sim,
+        nodewire::act::compute::ComputePolicy {
+            operation_deadline: Duration::from_millis(400),
+            ..fast_compute_policy()
+        },
+    )
+    .await;
+    let tags = ["k8s-node".to_string()];
+    let first = c.add_tags(&vm, &tags).await;
+    assert!(
+        matches!(first, Err(ComputeError::OperationTimeout { .. })),
+        "{first:?}"
+    );
+    // Redeliveries, each with the same deadline, until the operation is over.
+    let mut outcome = None;
+    for _ in 0..10 {
+        match c.add_tags(&vm, &tags).await {
+            Ok(o) => {
+                outcome = Some(o);
+                break;
+            }
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert!(outcome.is_some(), "never finished");
+    let rids: std::collections::BTreeSet<String> = sim
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == "instances.setTags")
+        .filter_map(|r| {
+            r.query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("requestId=").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(rids.len(), 1, "one requestId for every delivery: {rids:?}");
+    assert_eq!(
+        operations(&sim).get(&("vm-slow".to_string(), "setTags".to_string())),
+        Some(&1)
+    );
+    assert!(
+        c.get_instance(&vm)
+            .await
+            .expect("get")
+            .expect("vm")
+            .tags
+            .contains(&tags[0])
+    );
+}

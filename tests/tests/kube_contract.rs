@@ -324,6 +324,7 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
         audit: Some(AuditSink {
             bus: Arc::new(bus.clone()),
             topic: topic.into(),
+            delay: std::time::Duration::ZERO,
         }),
         ..K8sConfig::default()
     })

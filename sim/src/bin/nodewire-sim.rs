@@ -92,10 +92,12 @@ async fn main() -> anyhow::Result<()> {
                 AuditSink {
                     bus: bus.clone(),
                     topic: format!("projects/{}/topics/{}", a.project, a.gce_audit_topic),
+                    delay: std::time::Duration::ZERO,
                 },
                 AuditSink {
                     bus,
                     topic: format!("projects/{}/topics/{}", a.project, a.k8s_audit_topic),
+                    delay: std::time::Duration::ZERO,
                 },
             ))
         }

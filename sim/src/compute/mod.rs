@@ -70,6 +70,9 @@ pub struct ComputeConfig {
     /// (zero: `RUNNING` at once). Compute Engine: PROVISIONING → STAGING → RUNNING
     /// (<https://cloud.google.com/compute/docs/instances/instance-life-cycle>).
     pub boot_delay: Duration,
+    /// From an accepted `updateNetworkInterface` to DONE, when it differs from `op_latency`
+    /// (NIC updates take up to tens of seconds on Compute Engine).
+    pub nic_op_latency: Option<Duration>,
 }
 
 impl Default for ComputeConfig {
@@ -83,6 +86,7 @@ impl Default for ComputeConfig {
             audit: None,
             boot_delay: Duration::ZERO,
             release_delay: Duration::ZERO,
+            nic_op_latency: None,
         }
     }
 }

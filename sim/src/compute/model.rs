@@ -318,7 +318,6 @@ impl Operation {
             "progress": if self.status == OpStatus::Done { 100 } else { 0 },
             "insertTime": self.insert_time,
             "selfLink": format!("{API}projects/{}/zones/{}/operations/{}", self.project, self.zone, self.name),
-            "selfLinkWithId": format!("{API}projects/{}/zones/{}/operations/{}", self.project, self.zone, self.id),
         });
         if let Some(t) = &self.start_time {
             v["startTime"] = json!(t);

@@ -63,6 +63,15 @@ impl Mutating {
         validate_location(project, zone)?;
         let q = parse_query(q, Malformed::Skip);
         let rid = request_id(&q)?;
+        // A requestId seen before answers with that operation, before anything else is looked
+        // at: the request was received, so this one is ignored (the answer of the first may
+        // have been lost; its fingerprint may be stale by now).
+        if let Some(rid) = &rid {
+            let w = sim.world();
+            if let Some(op) = w.request_ids.get(rid).and_then(|k| w.operations.get(k)) {
+                return Err(Answer::ok(op.to_json()));
+            }
+        }
         let body = parse_body(body)?;
         let key = (project.to_string(), zone.to_string(), name.to_string());
         let link = instance_link(project, zone, name);

@@ -86,7 +86,10 @@ impl Sim {
             w.request_ids.insert(rid, key.clone());
         }
         let async_fail = self.chaos.draw_async_failure(method);
-        let latency = self.config.op_latency;
+        let latency = match (op_type, self.config.nic_op_latency) {
+            ("updateNetworkInterface", Some(nic)) => nic,
+            _ => self.config.op_latency,
+        };
         if latency.is_zero() {
             complete(&mut w, &key, mutation, async_fail);
             let body = operation_json(&w, &key);

@@ -13,7 +13,37 @@ use crate::names::InstanceRef;
 
 /// A fresh `requestId` (a random UUID v4).
 pub(super) fn request_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
+    uuid_text(rand::rng().random())
+}
+
+/// The `requestId` of a change computed from a read: a UUID derived from the call, the VM
+/// (name and numeric id) and the change itself, fingerprint included. A step redelivered while
+/// its operation still runs computes the same change from the same (not yet changed) state, so
+/// it sends the same `requestId` and Compute Engine answers with the operation in flight
+/// instead of starting a second one; once the operation applied, the fingerprint moved and a
+/// later change gets another id.
+fn derived_request_id(call: &str, r: &InstanceRef, id: Option<u64>, change: &Change) -> String {
+    use sha2::Digest as _;
+    let body = match change {
+        Change::Tags(t) => serde_json::to_string(t),
+        Change::Metadata(m) => serde_json::to_string(m),
+        Change::Nic(name, n) => serde_json::to_string(&(name, n.as_ref())),
+        Change::ClearAliases { nic, fingerprint } => serde_json::to_string(&(nic, fingerprint)),
+    }
+    .unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    for part in [call, &r.to_string(), &id.unwrap_or(0).to_string(), &body] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid_text(b)
+}
+
+/// RFC 4122 text of 16 bytes, marked as a version-4-shaped UUID.
+fn uuid_text(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -190,6 +220,9 @@ impl Compute {
         r: &InstanceRef,
         plan: impl Fn(&model::Instance) -> Option<Change>,
     ) -> Result<WriteOutcome, ComputeError> {
+        // After an operation of ours failed, a derived id would name that failed operation
+        // again (the server keeps it): from then on every send gets a fresh one.
+        let mut fresh_ids = false;
         for resend in 0..=self.policy.max_resends {
             let Some(current) = self.get_model(r).await? else {
                 return Err(ComputeError::NotFound {
@@ -201,11 +234,22 @@ impl Compute {
                 return Ok(WriteOutcome::Unchanged);
             };
             // One requestId for every transient retry of this body: the server applies it once.
-            let rid = request_id();
+            let rid = if fresh_ids {
+                request_id()
+            } else {
+                derived_request_id(call, r, current.id, &change)
+            };
             let sent = self
                 .retrying(call, || self.send(call, r, &change, &rid))
                 .await;
             let op = match sent {
+                Ok(op) if !fresh_ids && op_failed(&op) => {
+                    // Already DONE with an error at once: the answer to an earlier attempt with
+                    // this id (a delivery before this one). Send again under a fresh id.
+                    tracing::debug!(call, instance = %r, "the derived requestId names a failed operation; resending under a fresh one");
+                    fresh_ids = true;
+                    continue;
+                }
                 Ok(op) => op,
                 Err(Class::Precondition) => {
                     tracing::debug!(call, instance = %r, resend, "fingerprint race lost (412); re-reading");
@@ -220,6 +264,7 @@ impl Compute {
                 }
                 Err(Class::Retry(message)) => {
                     // The operation failed transiently and changed nothing: send again.
+                    fresh_ids = true;
                     tracing::debug!(call, instance = %r, %message, "operation failed transiently; resending");
                     tokio::time::sleep(self.policy.retry.delay(resend + 1)).await;
                 }
@@ -303,9 +348,19 @@ impl Compute {
                     deadline_ms: self.policy.operation_deadline.as_millis() as u64,
                 }));
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout = || ComputeError::OperationTimeout {
+                call,
+                operation: name.clone(),
+                deadline_ms: self.policy.operation_deadline.as_millis() as u64,
+            };
             let next = self
                 .retrying(WAIT, || async {
+                    // Each retry of the wait gets only what is left of the deadline, and none
+                    // once it passed: the delivery is never held past it.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(Class::Fail(timeout()));
+                    }
                     let req = self
                         .operations
                         .wait()
@@ -333,6 +388,11 @@ impl Compute {
             Some(c) => Err(c),
         }
     }
+}
+
+/// An operation that is over and failed.
+fn op_failed(op: &model::Operation) -> bool {
+    op.status == Some(model::operation::Status::Done) && op.error.is_some()
 }
 
 /// The alias list to send next on the way from `current` to `wanted`: `None` when there,
