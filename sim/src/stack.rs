@@ -316,6 +316,15 @@ impl Stack {
             "NODEWIRE_KUBE_TOKEN_FILE".into(),
             token_file.display().to_string(),
         );
+        // As against a real API server: HTTPS, trusting the cluster's CA.
+        let ca_file = token_file.with_extension("ca.crt");
+        std::fs::write(&ca_file, k8s_tls.ca_pem())
+            .map_err(|e| format!("writing {}: {e}", ca_file.display()))?;
+        env.insert("NODEWIRE_KUBE_API_URL".into(), k8s_tls.endpoint());
+        env.insert(
+            "NODEWIRE_KUBE_CA_FILE".into(),
+            ca_file.display().to_string(),
+        );
         let (servers, sweep_server) =
             Self::start_functions(&opts, &env, &k8s, &base_bus, emu.is_some()).await?;
         let (subscriptions, pushers) =
@@ -487,7 +496,15 @@ impl Stack {
     ) -> Result<(Vec<(String, FnServer)>, FnServer), String> {
         let src: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let chain = ChainConfig::from_source(&src).map_err(|e| e.to_string())?;
-        let kube_url = k8s.endpoint();
+        // The functions reach the API server as in production: its HTTPS address, its CA.
+        let kube_url = src
+            .get("NODEWIRE_KUBE_API_URL")
+            .map_or_else(|| k8s.endpoint(), |u| (*u).to_string());
+        let kube_ca = src
+            .get("NODEWIRE_KUBE_CA_FILE")
+            .map(std::fs::read_to_string)
+            .transpose()
+            .map_err(|e| format!("the cluster CA: {e}"))?;
         let deps_for = |service: &str| {
             let config = Config::from_source(&src, service).map_err(|e| e.to_string());
             let chain = chain.clone();
@@ -495,6 +512,7 @@ impl Stack {
             let base_bus = base_bus.clone();
             let kube_url = kube_url.clone();
             let kube_token = k8s.nodewire_token();
+            let kube_ca = kube_ca.clone();
             async move {
                 let config = config?;
                 let bus: Arc<dyn Bus> = if emulated {
@@ -524,7 +542,7 @@ impl Stack {
                     &KubeConnection::Direct {
                         url: kube_url,
                         token: Some(kube_token),
-                        ca_pem: None,
+                        ca_pem: kube_ca,
                     },
                     KubePolicy::default(),
                 )
@@ -860,8 +878,10 @@ impl Stack {
             s.stop().await;
         }
         self.sweep_server.stop().await;
-        if let Some(f) = self.env.get("NODEWIRE_KUBE_TOKEN_FILE") {
-            let _ = std::fs::remove_file(f);
+        for k in ["NODEWIRE_KUBE_TOKEN_FILE", "NODEWIRE_KUBE_CA_FILE"] {
+            if let Some(f) = self.env.get(k) {
+                let _ = std::fs::remove_file(f);
+            }
         }
     }
 }

@@ -427,3 +427,42 @@ async fn node_events_are_recorded_in_default() {
     // kubectl describe node selects the Node's Events by involvedObject.uid as well.
     assert_eq!(evs[0]["involvedObject"]["uid"], node["metadata"]["uid"]);
 }
+
+/// A real API server speaks only HTTPS: the production client, given the cluster's CA (as
+/// `NODEWIRE_KUBE_CA_FILE` gives it) and a bearer token, talks to the simulator's HTTPS front;
+/// with another CA it refuses to.
+#[tokio::test]
+async fn the_client_speaks_tls_with_the_clusters_ca() {
+    use nodewire::act::k8s::{Kube, KubeConnection};
+    let sim = k8s_sim(K8sConfig::default()).await;
+    sim.seed("nodes", "", json!({"metadata": {"name": "n1"}}))
+        .expect("node");
+    let front = sim.start_tls_front().await.expect("https front");
+    let k = Kube::new(
+        &KubeConnection::Direct {
+            url: front.endpoint(),
+            token: Some(sim.nodewire_token()),
+            ca_pem: Some(front.ca_pem().to_string()),
+        },
+        fast_kube_policy(),
+    )
+    .await
+    .expect("client");
+    let n = k.get_node("n1").await.expect("get over TLS");
+    assert!(n.is_some());
+    let other = sim.start_tls_front().await.expect("another front");
+    let wrong = Kube::new(
+        &KubeConnection::Direct {
+            url: front.endpoint(),
+            token: Some(sim.nodewire_token()),
+            ca_pem: Some(other.ca_pem().to_string()),
+        },
+        fast_kube_policy(),
+    )
+    .await
+    .expect("client");
+    assert!(
+        wrong.get_node("n1").await.is_err(),
+        "a server whose certificate the CA did not sign is refused"
+    );
+}
