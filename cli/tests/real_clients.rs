@@ -145,6 +145,26 @@ fn refused(s: &Sandbox, tool: &str, args: &[&str], needle: &str) {
     );
 }
 
+/// `gcloud compute instances describe VM --format=value(FIELD)`.
+fn describe(s: &Sandbox, field: &str) -> String {
+    let format = format!("--format=value({field})");
+    ok(
+        s,
+        "gcloud",
+        &[
+            "compute",
+            "instances",
+            "describe",
+            VM,
+            "--zone",
+            ZONE,
+            &format,
+        ],
+    )
+}
+
+const ALIAS: &str = "networkInterfaces[0].aliasIpRanges[0].ipCidrRange";
+
 #[test]
 fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     let s = start_sandbox();
@@ -177,19 +197,7 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
             "kubectl",
             &["get", "node", VM, "-o", "jsonpath={.spec.podCIDR}"],
         );
-        let alias = ok(
-            &s,
-            "gcloud",
-            &[
-                "compute",
-                "instances",
-                "describe",
-                VM,
-                "--zone",
-                ZONE,
-                "--format=value(networkInterfaces[0].aliasIpRanges[0].ipCidrRange)",
-            ],
-        );
+        let alias = describe(&s, ALIAS);
         let taints = run(
             &s,
             "kubectl",
@@ -219,19 +227,7 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     assert_eq!(pod_cidr, alias);
 
     // gcloud sees what nodewire did, the way an operator checks it.
-    let tags = ok(
-        &s,
-        "gcloud",
-        &[
-            "compute",
-            "instances",
-            "describe",
-            VM,
-            "--zone",
-            ZONE,
-            "--format=value(tags.items)",
-        ],
-    );
+    let tags = describe(&s, "tags.items");
     assert!(tags.contains("k8s-node"), "tags: {tags}");
     ok(
         &s,
@@ -247,19 +243,7 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
             "web",
         ],
     );
-    let tags = ok(
-        &s,
-        "gcloud",
-        &[
-            "compute",
-            "instances",
-            "describe",
-            VM,
-            "--zone",
-            ZONE,
-            "--format=value(tags.items)",
-        ],
-    );
+    let tags = describe(&s, "tags.items");
     assert!(
         tags.contains("k8s-node") && tags.contains("web"),
         "tags: {tags}"
@@ -277,19 +261,7 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     let aliases = format!("--aliases=pods:{other}");
     update.push(&aliases);
     refused(&s, "gcloud", &update, "cannot be updated");
-    let alias_after = ok(
-        &s,
-        "gcloud",
-        &[
-            "compute",
-            "instances",
-            "describe",
-            VM,
-            "--zone",
-            ZONE,
-            "--format=value(networkInterfaces[0].aliasIpRanges[0].ipCidrRange)",
-        ],
-    );
+    let alias_after = describe(&s, ALIAS);
     assert_eq!(alias_after, pod_cidr, "the refused update changed nothing");
 
     // kubectl: discovery, tables, jsonpath, patch, describe with nodewire's Events.

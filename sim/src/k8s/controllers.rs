@@ -38,13 +38,7 @@ pub fn detached_jws(content: &str, token_id: &str, token_secret: &str) -> String
     format!("{header}..{}", B64.encode(mac.finalize().into_bytes()))
 }
 
-fn data(obj: &Value, key: &str) -> Option<String> {
-    let b = obj.pointer(&format!("/data/{key}"))?.as_str()?;
-    base64::engine::general_purpose::STANDARD
-        .decode(b)
-        .ok()
-        .and_then(|v| String::from_utf8(v).ok())
-}
+use super::secrets::secret_value as data;
 
 fn expired(obj: &Value, now: OffsetDateTime) -> bool {
     data(obj, "expiration")

@@ -33,7 +33,7 @@ pub(super) fn normalize(obj: &mut Value) {
 }
 
 /// A `data` value, decoded.
-fn secret_value(obj: &Value, key: &str) -> Option<String> {
+pub(super) fn secret_value(obj: &Value, key: &str) -> Option<String> {
     let b64 = obj.pointer(&format!("/data/{key}"))?.as_str()?;
     base64::engine::general_purpose::STANDARD
         .decode(b64)
