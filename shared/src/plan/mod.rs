@@ -564,13 +564,26 @@ fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
         Ok(None) => return Err(Plan::Wait(format!("Node {} has no podCIDR yet", node.name))),
         Err(r) => return Err(Plan::Refuse(r)),
     };
-    if vm.aliases == [cfg.wanted_alias(cidr)] {
-        Ok(vec![])
-    } else {
-        Ok(vec![Action::SetAlias {
+    // The Node registered, so its kubelet has its own credential: the join token has done its
+    // job and goes now, not only after full wiring (issue 10, item 4).
+    let mut a = revoke_all(obs);
+    if vm.aliases != [cfg.wanted_alias(cidr)] {
+        a.push(Action::SetAlias {
             cidr,
             range_name: cfg.pod_range_name.clone(),
-        }])
+        });
+    }
+    Ok(a)
+}
+
+/// Revoking every token of the VM, when it has any.
+fn revoke_all(obs: &Observed) -> Vec<Action> {
+    if obs.tokens.is_empty() {
+        vec![]
+    } else {
+        vec![Action::RevokeTokens(
+            obs.tokens.iter().map(|t| t.id.clone()).collect(),
+        )]
     }
 }
 
@@ -608,8 +621,8 @@ fn plan_provider_id(obs: &Observed, vm: &VmFacts) -> Branch {
     }
 }
 
-/// `finalize`: only once everything but the clean-up holds; then lift the taint, revoke the
-/// tokens, clear the join metadata and announce.
+/// `finalize`: only once everything but the clean-up holds; then revoke the tokens, clear the
+/// join metadata, lift the taint and announce.
 fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     let blocking = gaps(obs, cfg)
         .into_iter()
@@ -621,17 +634,14 @@ fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
             next: first.step(),
         });
     }
-    let mut a = Vec::new();
-    if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
-        a.push(Action::RemoveTaint);
-    }
-    if !obs.tokens.is_empty() {
-        a.push(Action::RevokeTokens(
-            obs.tokens.iter().map(|t| t.id.clone()).collect(),
-        ));
-    }
+    // Revoke, then remove the join metadata, then lift the taint: no Pod can run on the node
+    // while a join credential for it still exists (issue 10, item 4).
+    let mut a = revoke_all(obs);
     if vm.join_metadata || vm.kubelet_restarts.is_some() {
         a.push(Action::ClearJoinMetadata);
+    }
+    if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
+        a.push(Action::RemoveTaint);
     }
     if !a.is_empty() {
         a.push(Action::AnnounceWired);
@@ -660,10 +670,13 @@ fn plan_decommission(obs: &Observed, cfg: &PlanConfig) -> Plan {
     }
     let mut actions = Vec::new();
     if let Some(node) = &obs.node {
+        // Only a Node that provably was this VM's: its providerID names it. A Node without one
+        // is never deleted on a VM's account — kubeadm's control-plane Nodes usually have none,
+        // and a forged or stale step naming one must not take it down (issue 10, item 3).
         let ours = node
             .provider_id
             .as_deref()
-            .is_none_or(|p| p == obs.instance.provider_id());
+            .is_some_and(|p| p == obs.instance.provider_id());
         if ours {
             actions.push(Action::DeleteNode);
         }

@@ -298,6 +298,21 @@ fn assign_alias_table() {
             Want::That(|p| matches!(p, Plan::Wait(_))),
         ),
         (
+            "the Node registered: its join token is revoked at once, before the alias",
+            Step::AssignAlias,
+            o.clone().with_token("abcdef", false),
+            act(
+                vec![
+                    Action::RevokeTokens(vec!["abcdef".into()]),
+                    Action::SetAlias {
+                        cidr: "10.4.1.0/24".parse().expect("c"),
+                        range_name: "pods".into(),
+                    },
+                ],
+                None,
+            ),
+        ),
+        (
             "podCIDR outside the pod range: refused",
             Step::AssignAlias,
             o.clone().with_pod_cidr(Some("192.168.0.0/24")),
@@ -371,9 +386,9 @@ fn tag_provider_id_finalize_table() {
                 .with_join_metadata(),
             act(
                 vec![
-                    Action::RemoveTaint,
                     Action::RevokeTokens(vec!["abcdef".into()]),
                     Action::ClearJoinMetadata,
+                    Action::RemoveTaint,
                     Action::AnnounceWired,
                 ],
                 None,
@@ -405,7 +420,14 @@ fn decommission_and_release_table() {
         (
             "a Node of the same name on another VM is not deleted",
             Step::Decommission,
-            gone.with_provider_id(Some("gce://example-project/us-central1-b/vm-1")),
+            gone.clone()
+                .with_provider_id(Some("gce://example-project/us-central1-b/vm-1")),
+            act(vec![Action::RevokeTokens(vec!["abcdef".into()])], None),
+        ),
+        (
+            "a Node without providerID is never deleted (a kubeadm control-plane Node has none)",
+            Step::Decommission,
+            gone.with_provider_id(None),
             act(vec![Action::RevokeTokens(vec!["abcdef".into()])], None),
         ),
         (

@@ -92,15 +92,22 @@ impl std::fmt::Debug for KubeConnection {
 /// True for `http://` URLs whose host is a loopback address (the only place plain HTTP is
 /// allowed).
 pub fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    // Parsed, not cut by hand: in `http://[::1]@host/` the host is `host` (the rest is
+    // userinfo), and a URL with userinfo is not a loopback address however it starts.
+    let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };
-    let host_port = rest.split('/').next().unwrap_or("");
-    let host = if let Some(h) = host_port.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    let Some(authority) = uri.authority() else {
+        return false;
     };
+    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -550,6 +557,10 @@ mod tests {
             "https://127.0.0.1",
             "http://example.com",
             "http://127.0.0.1.evil.com",
+            "http://[::1]@example.com/",
+            "http://127.0.0.1@example.com:6443",
+            "http://localhost@10.0.0.1",
+            "http://",
         ] {
             assert!(!is_loopback_http(bad), "{bad}");
         }
