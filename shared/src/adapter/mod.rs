@@ -28,6 +28,7 @@
 pub mod push;
 pub mod verdict;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -68,6 +69,9 @@ pub mod dead_letter_attr {
 
 /// Pub/Sub attribute values are limited to 1024 bytes.
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
+
+/// Pub/Sub's limit on attributes per message.
+const MAX_ATTRIBUTES: usize = 100;
 
 /// How long the publisher may take to flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -261,7 +265,11 @@ fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> V
                 Verdict::Retry(reason)
             }
         }
-        None => Verdict::Retry(reason),
+        // Pub/Sub always sends a publish time; without one the age of the message cannot be
+        // told, and a retry could go on for ever: give up now.
+        None => Verdict::Reject(format!(
+            "no publish time, so its retries cannot be bounded: {reason}"
+        )),
     }
 }
 
@@ -282,7 +290,22 @@ async fn dead_letter(
     reason: &str,
 ) -> Result<String, crate::bus::BusError> {
     use dead_letter_attr as a;
-    let mut attributes = meta.attributes.clone();
+    // Pub/Sub takes at most 100 attributes: keep room for the five added here, and say how
+    // many of the original's were left out (a message that cannot be dead-lettered would be
+    // redelivered for ever).
+    let mut attributes: BTreeMap<String, String> = meta
+        .attributes
+        .iter()
+        .take(MAX_ATTRIBUTES - 6)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let dropped = meta.attributes.len().saturating_sub(attributes.len());
+    if dropped > 0 {
+        attributes.insert(
+            format!("{}-attributes-dropped", a::REASON),
+            dropped.to_string(),
+        );
+    }
     let mut put = |k: &str, v: &str| {
         attributes.insert(k.to_string(), crate::text::shorten(v, MAX_ATTRIBUTE_BYTES));
     };

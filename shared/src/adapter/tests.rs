@@ -215,6 +215,51 @@ async fn transient_failure_of_an_old_message_is_dead_lettered() {
     assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("still failing"));
 }
 
+/// Without a publish time the age of a failing message cannot be told: it is dead-lettered,
+/// not retried without bound (issue 10, item 6).
+#[tokio::test]
+async fn a_transient_failure_without_a_publish_time_is_not_retried_for_ever() {
+    let (deps, bus) = deps_with(&[]);
+    let mut env: serde_json::Value = serde_json::from_str(&envelope(b"x", "")).expect("json");
+    if let Some(m) = env["message"].as_object_mut() {
+        m.remove("publishTime");
+    }
+    let resp = router(deps, transient)
+        .oneshot(post(env.to_string()))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("no publish time"));
+}
+
+/// A message with Pub/Sub's maximum of 100 attributes still fits on the dead-letter topic
+/// with the reason: some of its own are left out, and their number is said.
+#[tokio::test]
+async fn dead_lettering_keeps_within_the_attribute_limit() {
+    let (deps, bus) = deps_with(&[]);
+    let mut env: serde_json::Value = serde_json::from_str(&envelope(b"x", &now())).expect("json");
+    let attrs: serde_json::Map<String, serde_json::Value> = (0..100)
+        .map(|i| (format!("a{i:03}"), serde_json::json!("v")))
+        .collect();
+    env["message"]["attributes"] = serde_json::Value::Object(attrs);
+    let resp = router(deps, permanent)
+        .oneshot(post(env.to_string()))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    let a = &dl[0].message.attributes;
+    assert!(a.len() <= 100, "{} attributes", a.len());
+    assert_eq!(a[dead_letter_attr::REASON], "test failure (false)");
+    assert_eq!(
+        a[&format!("{}-attributes-dropped", dead_letter_attr::REASON)],
+        "6"
+    );
+}
+
 #[tokio::test]
 async fn failed_dead_lettering_asks_for_redelivery() {
     let (deps, bus) = deps_with(&[]);
