@@ -117,29 +117,38 @@ impl Sim {
     /// 401 for an unknown token, 403 when neither the Node authorizer nor RBAC allows it.
     fn authorize(
         &self,
-        authorization: &str,
-        req: &rbac::Request<'_>,
+        call: &server::Call,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
     ) -> Result<rbac::Identity, ApiError> {
-        let who = {
-            let st = self.store();
-            lock(&self.tokens).authenticate(authorization, |id, secret| {
-                secrets::bootstrap_identity(&st, id, secret)
-            })?
+        let req = rbac::Request {
+            verb,
+            resource,
+            namespace,
+            name,
         };
-        if self.policy.allows(&who, req) {
+        let who = self.authenticated_as(call.header("authorization"))?;
+        if self.policy.allows(&who, &req) {
             Ok(who)
         } else {
-            Err(rbac::forbidden(&who, req))
+            Err(rbac::forbidden(&who, &req))
         }
+    }
+
+    /// Who the `Authorization` header says it is (401 for a token nobody issued).
+    fn authenticated_as(&self, authorization: &str) -> Result<rbac::Identity, ApiError> {
+        let st = self.store();
+        lock(&self.tokens).authenticate(authorization, |id, secret| {
+            secrets::bootstrap_identity(&st, id, secret)
+        })
     }
 
     /// Discovery is for authenticated users (`system:discovery`, bound to
     /// `system:authenticated`); `/version` for everyone (`system:public-info-viewer`).
     fn authenticated(&self, authorization: &str) -> Result<rbac::Identity, ApiError> {
-        let st = self.store();
-        let who = lock(&self.tokens).authenticate(authorization, |id, secret| {
-            secrets::bootstrap_identity(&st, id, secret)
-        })?;
+        let who = self.authenticated_as(authorization)?;
         if who.user == "system:anonymous" {
             return Err(ApiError::new(
                 403,
@@ -393,14 +402,10 @@ impl K8sView {
     /// # Errors
     /// Why the token was not accepted.
     pub fn tls_bootstrap(&self, token: &str, node: &str) -> Result<String, String> {
-        let who = {
-            let st = self.0.store();
-            lock(&self.0.tokens)
-                .authenticate(&format!("Bearer {token}"), |id, secret| {
-                    secrets::bootstrap_identity(&st, id, secret)
-                })
-                .map_err(|e| format!("the bootstrap token does not authenticate: {}", e.message))?
-        };
+        let who = self
+            .0
+            .authenticated_as(&format!("Bearer {token}"))
+            .map_err(|e| format!("the bootstrap token does not authenticate: {}", e.message))?;
         if !who.user.starts_with("system:bootstrap:") {
             return Err(format!("{} is not a bootstrap token", who.user));
         }

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::objects::{create, str_at, update};
-use super::rbac::{self, Identity, Request};
+use super::rbac::{self, Identity};
 use super::select::list;
 use super::{ApiError, Sim, Store, kind_of, patch};
 use crate::server::{Call, Malformed, parse_query, run};
@@ -143,15 +143,7 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
     let mut actor = None;
     let resp = run(&sim, &api_method, &call, &body, |s| {
         check_resource(&t.resource, !t.ns.is_empty())?;
-        let who = s.authorize(
-            call.header("authorization"),
-            &Request {
-                verb,
-                resource: &t.resource,
-                namespace: &t.ns,
-                name: &t.name,
-            },
-        )?;
+        let who = s.authorize(&call, verb, &t.resource, &t.ns, &t.name)?;
         let mut st = s.store();
         if verb != "get" {
             read_only(&t.resource)?;
@@ -341,15 +333,7 @@ async fn collection(
     let mut created_node: Option<(String, Value, Identity)> = None;
     let resp = run(&sim, &api_method, &call, &body, |s| -> Outcome {
         let kind = check_resource(&resource, !ns.is_empty())?;
-        let who = s.authorize(
-            call.header("authorization"),
-            &Request {
-                verb,
-                resource: &resource,
-                namespace: &ns,
-                name: "",
-            },
-        )?;
+        let who = s.authorize(&call, verb, &resource, &ns, "")?;
         let mut st = s.store();
         if verb == "list" {
             let q = parse_query(call.uri.query(), Malformed::Keep);
@@ -416,15 +400,7 @@ pub(super) async fn all_namespaces(
     let api_method = format!("{resource}.list");
     run(&sim, &api_method, &call, &[], |s| -> Outcome {
         let kind = check_resource(&resource, true)?;
-        s.authorize(
-            call.header("authorization"),
-            &Request {
-                verb: "list",
-                resource: &resource,
-                namespace: "",
-                name: "",
-            },
-        )?;
+        s.authorize(&call, "list", &resource, "", "")?;
         let q = parse_query(call.uri.query(), Malformed::Keep);
         list(&mut s.store(), &resource, kind, None, &q).map(|o| printed(&call, &resource, o))
     })
@@ -461,15 +437,7 @@ pub(super) async fn node_status(
         &call,
         &body,
         |s| -> Outcome {
-            let who = s.authorize(
-                call.header("authorization"),
-                &Request {
-                    verb,
-                    resource: "nodes/status",
-                    namespace: "",
-                    name: &t.name,
-                },
-            )?;
+            let who = s.authorize(&call, verb, "nodes/status", "", &t.name)?;
             let mut st = s.store();
             let old = t.current(&st)?;
             if verb == "get" {
