@@ -113,6 +113,7 @@ pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> ChainDep
         ("NODEWIRE_POD_RANGE", "10.0.0.0/8"),
         ("NODEWIRE_NODE_TAGS", "k8s-node"),
         ("NODEWIRE_SELECTOR_LABELS", "cluster=demo"),
+        ("NODEWIRE_PUSH_AUTH", "off"),
     ]);
     let config = Config::from_source(&env, service).expect("config");
     let chain = ChainConfig::from_source(&env).expect("chain");

@@ -19,6 +19,21 @@ pub fn config_or_exit(binary: &str) -> Config {
     Config::from_source(&Env, binary).unwrap_or_else(|e| exit_config(binary, &e))
 }
 
+/// The configuration of a process that serves deliveries: as [`config_or_exit`], and push
+/// authentication must be configured (on, or explicitly off for loopback use), or exit 64.
+pub fn server_config_or_exit(binary: &str) -> Config {
+    let config = config_or_exit(binary);
+    if config.push_auth == crate::config::PushAuthSettings::Unset {
+        exit_config(
+            binary,
+            &"configuration variables NODEWIRE_PUSH_AUDIENCES and NODEWIRE_PUSH_INVOKERS: are \
+              required (who may deliver to this function); NODEWIRE_PUSH_AUTH=off only for \
+              loopback use",
+        );
+    }
+    config
+}
+
 /// The chain's configuration (the Kubernetes API is required too), or exit 64.
 pub fn chain_config_or_exit(binary: &str, config: &Config) -> ChainConfig {
     if config.kube.is_none() {
@@ -49,7 +64,7 @@ pub async fn connect_chain(config: Config, chain: ChainConfig) -> Result<ChainDe
 /// # Errors
 /// [`SetupError`] when the Pub/Sub client cannot be built.
 pub async fn router(binary: &str) -> Result<Deps, SetupError> {
-    let config = config_or_exit(binary);
+    let config = server_config_or_exit(binary);
     crate::telemetry::init(&config);
     Deps::connect(config).await
 }
@@ -60,7 +75,7 @@ pub async fn router(binary: &str) -> Result<Deps, SetupError> {
 /// # Errors
 /// [`SetupError`] when a client cannot be built.
 pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), SetupError> {
-    let config = config_or_exit(binary);
+    let config = server_config_or_exit(binary);
     crate::telemetry::init(&config);
     let base = Deps::connect(config).await?;
     let compute = base.compute().await?;
@@ -80,7 +95,7 @@ pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), Setup
 /// # Errors
 /// [`SetupError`] when a client cannot be built.
 pub async fn chain(binary: &str) -> Result<ChainDeps, SetupError> {
-    let config = config_or_exit(binary);
+    let config = server_config_or_exit(binary);
     let chain = chain_config_or_exit(binary, &config);
     crate::telemetry::init(&config);
     connect_chain(config, chain).await

@@ -29,6 +29,8 @@ pub fn config(emu: &Emulator, service: &str, extra: &[(&str, &str)]) -> Config {
         ("NODEWIRE_PROJECT", PROJECT),
         ("PUBSUB_EMULATOR_HOST", host.as_str()),
         ("NODEWIRE_PUBLISH_TIMEOUT_SECS", "10"),
+        // The emulator pushes without ID tokens; these servers listen on loopback only.
+        ("NODEWIRE_PUSH_AUTH", "off"),
     ]);
     env.extend(extra.iter().copied());
     Config::from_source(&env, service).expect("valid test configuration")

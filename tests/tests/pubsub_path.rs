@@ -296,6 +296,7 @@ async fn sigterm_during_a_slow_delivery_lets_it_finish() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slow-fn"))
         .env("PORT", port.to_string())
         .env("NODEWIRE_PROJECT", PROJECT)
+        .env("NODEWIRE_PUSH_AUTH", "off")
         .env("PUBSUB_EMULATOR_HOST", emu.host())
         .env("LOG_FORMAT", "json")
         .env("NODEWIRE_SHUTDOWN_GRACE_SECS", "8")

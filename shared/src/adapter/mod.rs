@@ -25,6 +25,7 @@
 //! (413), the deadline, panics (500), the ack/retry/dead-letter decision and graceful shutdown.
 //! It must not know what any function does.
 
+pub mod auth;
 pub mod push;
 pub mod verdict;
 
@@ -46,6 +47,7 @@ use http::HeaderMap;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
+pub use auth::{AuthError, Authenticator, Caller};
 pub use push::{EnvelopeError, PushEvent, PushMeta, Transport, parse_delivery};
 pub use verdict::{Classify, Failure, Outcome, Verdict};
 
@@ -100,6 +102,7 @@ where
 
 struct App<T, H> {
     deps: Deps,
+    auth: Authenticator,
     handler: H,
     _payload: PhantomData<fn() -> T>,
 }
@@ -111,8 +114,10 @@ where
     H: Handler<T>,
 {
     let limit = deps.config.limits.max_body_bytes;
+    let auth = Authenticator::new(&deps.config.push_auth);
     let app = Arc::new(App {
         deps,
+        auth,
         handler,
         _payload: PhantomData,
     });
@@ -152,6 +157,21 @@ where
     T: Decode + Send + 'static,
     H: Handler<T>,
 {
+    // Who sent it, before anything of it is read.
+    let caller = match app.auth.check(headers).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                verdict = "unauthenticated",
+                status = e.status().as_u16(),
+                reason = %e,
+                bytes = body.len(),
+                "request refused: its sender is not proven"
+            );
+            return Verdict::Unauthenticated(e).into_response();
+        }
+    };
+    let caller = caller.map_or_else(|| "unchecked".to_string(), |c| c.email);
     let meta = match parse_delivery(headers, body) {
         Ok(m) => m,
         Err(e) => {
@@ -167,6 +187,7 @@ where
         message_id = %meta.message_id,
         subscription = %meta.subscription,
         delivery_attempt = meta.delivery_attempt,
+        caller = %caller,
         trace = %meta.trace.logging_trace(&cfg.pubsub.project),
         span_id = %meta.trace.span_id(),
     );
@@ -212,7 +233,10 @@ fn log_verdict(verdict: &Verdict, elapsed_ms: u64) {
         Verdict::Panic(reason) => {
             tracing::error!(verdict = "panic", %reason, elapsed_ms, "handler panicked; answering 500");
         }
-        Verdict::Reject(_) | Verdict::DeadLetterFailed(_) | Verdict::NotADelivery(_) => {}
+        Verdict::Reject(_)
+        | Verdict::DeadLetterFailed(_)
+        | Verdict::NotADelivery(_)
+        | Verdict::Unauthenticated(_) => {}
     }
 }
 
@@ -326,18 +350,56 @@ async fn dead_letter(
         .await
 }
 
-/// Serves `handler` on `0.0.0.0:$PORT` until SIGTERM/SIGINT, then drains and flushes.
+/// Serves `handler` on `0.0.0.0:$PORT` until SIGTERM/SIGINT, then drains and flushes. With
+/// push authentication off (`NODEWIRE_PUSH_AUTH=off`) it serves on `127.0.0.1:$PORT` only.
 ///
 /// # Errors
-/// The I/O error when the port cannot be bound or the server fails.
+/// The I/O error when the port cannot be bound or the server fails; `InvalidInput` when push
+/// authentication is not configured.
 pub async fn serve<T, H>(deps: Deps, handler: H) -> std::io::Result<()>
 where
     T: Decode + Send + 'static,
     H: Handler<T>,
 {
-    let addr = SocketAddr::from(([0, 0, 0, 0], deps.config.port));
+    let host = match deps.config.push_auth {
+        crate::config::PushAuthSettings::Off => [127, 0, 0, 1],
+        _ => [0, 0, 0, 0],
+    };
+    let addr = SocketAddr::from((host, deps.config.port));
     let listener = TcpListener::bind(addr).await?;
     serve_on(listener, deps, handler, crate::shutdown::signal()).await
+}
+
+/// Refuses to serve without a push authentication setting, or with it off anywhere but on
+/// loopback; says loudly that it is off.
+fn check_exposure(
+    auth: &crate::config::PushAuthSettings,
+    local: SocketAddr,
+) -> std::io::Result<()> {
+    use crate::config::PushAuthSettings as P;
+    match auth {
+        P::Unset => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "push authentication is not configured: set NODEWIRE_PUSH_AUDIENCES and \
+             NODEWIRE_PUSH_INVOKERS (or NODEWIRE_PUSH_AUTH=off for loopback use)",
+        )),
+        P::Off if !local.ip().is_loopback() => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "push authentication is off (NODEWIRE_PUSH_AUTH=off), which is allowed on \
+                 loopback only, and this server listens on {local}"
+            ),
+        )),
+        P::Off => {
+            tracing::warn!(
+                address = %local,
+                "PUSH AUTHENTICATION IS OFF: any local process can make this function act; \
+                 for the sandbox and tests only"
+            );
+            Ok(())
+        }
+        P::Oidc(_) => Ok(()),
+    }
 }
 
 /// Serves on a bound listener until `shutdown` resolves. Then: stop accepting, let in-flight
@@ -357,6 +419,7 @@ where
     S: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr()?;
+    check_exposure(&deps.config.push_auth, local)?;
     let grace = deps.config.limits.shutdown_grace;
     let bus = deps.bus.clone();
     let app = router(deps, handler);
@@ -403,3 +466,6 @@ where
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod auth_tests;

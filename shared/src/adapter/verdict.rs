@@ -7,13 +7,17 @@
 //! - permanent → logged at ERROR, forwarded once to the dead-letter topic, then 204;
 //! - a panic → 500;
 //! - a permanent failure whose dead-lettering failed → 503 (redelivered, so it is not lost);
-//! - a request that is not a delivery at all → 400 (there is no message to ack).
+//! - a request that is not a delivery at all → 400 (there is no message to ack);
+//! - a request whose sender is not proven (`auth`) → 401, 403, or 503 when Google's keys cannot
+//!   be fetched; nothing of it is read.
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+
+use super::auth::AuthError;
 
 /// What a handler reports when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +78,8 @@ pub enum Verdict {
     DeadLetterFailed(String),
     /// Not a Pub/Sub push, CloudEvent or Scheduler request: 400.
     NotADelivery(String),
+    /// The sender is not proven or not allowed: 401 / 403 / 503 (see [`AuthError::status`]).
+    Unauthenticated(AuthError),
 }
 
 impl Verdict {
@@ -96,6 +102,7 @@ impl Verdict {
             Verdict::Retry(_) | Verdict::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Verdict::Panic(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Verdict::NotADelivery(_) => StatusCode::BAD_REQUEST,
+            Verdict::Unauthenticated(e) => e.status(),
         }
     }
 
@@ -108,6 +115,7 @@ impl Verdict {
             Verdict::Reject(_) => "dead-letter",
             Verdict::Panic(_) => "panic",
             Verdict::NotADelivery(_) => "refused",
+            Verdict::Unauthenticated(_) => "unauthenticated",
         }
     }
 }
@@ -122,6 +130,7 @@ impl fmt::Display for Verdict {
             | Verdict::Panic(r)
             | Verdict::DeadLetterFailed(r)
             | Verdict::NotADelivery(r) => write!(f, "{}: {r}", self.label()),
+            Verdict::Unauthenticated(e) => write!(f, "{}: {e}", self.label()),
         }
     }
 }
@@ -138,6 +147,16 @@ impl IntoResponse for Verdict {
             | Verdict::Panic(r)
             | Verdict::DeadLetterFailed(r)
             | Verdict::NotADelivery(r) => (status, r).into_response(),
+            Verdict::Unauthenticated(e) => {
+                let mut resp = (status, e.to_string()).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                resp
+            }
             Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => status.into_response(),
         }
     }

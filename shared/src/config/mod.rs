@@ -144,6 +144,11 @@ impl Default for Limits {
 
 pub use crate::select::Selector;
 
+mod push_auth;
+pub use push_auth::{
+    GOOGLE_JWKS_URL, OidcSettings, PushAuthSettings, SignatureCheck, UNKNOWN_KID_REFETCH,
+};
+
 mod chain;
 pub use chain::{ChainConfig, JoinApi};
 
@@ -181,6 +186,8 @@ pub struct Config {
     pub compute_endpoint: Option<String>,
     /// The Kubernetes API server, when this function talks to it.
     pub kube: Option<KubeSettings>,
+    /// Who may deliver to this function (`NODEWIRE_PUSH_AUTH` and friends).
+    pub push_auth: PushAuthSettings,
 }
 
 fn parse_var<T: FromStr>(src: &impl Source, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -407,6 +414,7 @@ impl Config {
             labels: parse_selector_labels(src)?,
         };
         Ok(Self {
+            push_auth: PushAuthSettings::from_source(src)?,
             compute_endpoint,
             kube,
             port: parse_var(src, "PORT", 8080u16)?,

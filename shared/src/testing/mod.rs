@@ -43,7 +43,7 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
 
 /// A valid configuration of `service` in [`PROJECT`], with `extra` variables on top.
 pub fn config(service: &str, extra: &[(&'static str, &'static str)]) -> Config {
-    let mut env = BTreeMap::from([("NODEWIRE_PROJECT", PROJECT)]);
+    let mut env = BTreeMap::from([("NODEWIRE_PROJECT", PROJECT), ("NODEWIRE_PUSH_AUTH", "off")]);
     env.extend(extra.iter().copied());
     Config::from_source(&env, service).unwrap_or_else(|e| panic!("test configuration: {e}"))
 }
@@ -255,3 +255,5 @@ impl ObservedExt for Observed {
         self.edit(|o| o.tokens.push(token(id, expired)))
     }
 }
+
+pub mod oidc;
