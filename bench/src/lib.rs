@@ -130,6 +130,7 @@ pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> ChainDep
         &KubeConnection::Direct {
             url: k8s.endpoint(),
             token: Some(k8s.nodewire_token()),
+            token_file: None,
             ca_pem: None,
         },
         KubePolicy::default(),

@@ -81,6 +81,9 @@ struct ReplayArgs {
     /// With --dead-letter: stop after this many seconds without a message.
     #[arg(long, default_value_t = 3, requires = "dead_letter")]
     quiet_secs: u64,
+    /// With --dead-letter: look at this many messages at most.
+    #[arg(long, default_value_t = 1000, requires = "dead_letter", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max: u64,
     /// Show what would be published; publish and acknowledge nothing.
     #[arg(long)]
     dry_run: bool,
@@ -178,6 +181,7 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
             a.all,
             a.dry_run,
             Duration::from_secs(a.quiet_secs),
+            usize::try_from(a.max).unwrap_or(usize::MAX),
         )
         .await?;
         if json {
@@ -188,14 +192,19 @@ async fn replay_cmd(a: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "MESSAGE", "ACTION", "INSTANCE"
             );
             for d in &dls {
-                let action = match (&d.republished_to, d.chosen) {
-                    (Some(_), _) => "republished",
-                    (None, true) if a.dry_run => "would send",
-                    (None, true) => "kept",
-                    (None, false) => "kept",
+                let action = match (&d.republished_to, d.chosen, &d.refused) {
+                    (Some(_), _, _) => "republished",
+                    (None, true, Some(_)) => "refused",
+                    (None, true, None) if a.dry_run => "would send",
+                    (None, _, _) => "kept",
                 };
+                let why_not = d
+                    .refused
+                    .as_deref()
+                    .map(|w| format!(" (cannot be republished: {w})"))
+                    .unwrap_or_default();
                 println!(
-                    "{:<20} {:<10} {:<60} {}",
+                    "{:<20} {:<10} {:<60} {}{why_not}",
                     d.message_id, action, d.instance, d.reason
                 );
             }

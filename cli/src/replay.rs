@@ -175,6 +175,10 @@ pub struct DeadLetter {
     pub source_subscription: String,
     pub chosen: bool,
     pub republished_to: Option<String>,
+    /// Where it would go back to (judged from its content).
+    pub destination: Option<String>,
+    /// Why it cannot be republished.
+    pub refused: Option<String>,
 }
 
 const DL_PREFIXES: [&str; 2] = ["nodewire-dead-letter-", "CloudPubSubDeadLetter"];
@@ -262,12 +266,39 @@ impl PubSubRest {
     }
 }
 
-/// Pulls the dead-letter subscription until it is empty for `quiet`, shows why each message
-/// died, republishes the chosen ones to the topic they came from, acknowledges only those,
-/// and makes the others available again at once.
+/// Where a dead-lettered message goes back to, judged from what it is — never from a topic or
+/// subscription named in its attributes, which whoever published it chose (issue 10, item 8):
+/// a step message to its step's topic, a Compute audit entry to the Compute audit topic, a
+/// Kubernetes one to the Kubernetes audit topic. Only nodewire's configured topics.
 ///
 /// # Errors
-/// When the subscription cannot be read or a topic cannot be resolved.
+/// Why the message has no destination.
+pub fn destination(config: &Config, data: &[u8]) -> Result<String, String> {
+    use nodewire::event::Decode as _;
+    if let Ok(step) = nodewire::event::StepMessage::decode(data) {
+        return Ok(config.pubsub.topic(step.step.as_str()));
+    }
+    let entry: Value = serde_json::from_slice(data)
+        .map_err(|_| "neither a step message nor an audit entry (not JSON)".to_string())?;
+    match classify(&entry)? {
+        Source::Compute => Ok(config.pubsub.gce_audit_topic.clone()),
+        Source::Kubernetes => Ok(config.pubsub.k8s_audit_topic.clone()),
+    }
+}
+
+/// Messages pulled (and acknowledged) per batch.
+pub const BATCH: u32 = 100;
+
+/// Pulls the dead-letter subscription in batches of [`BATCH`] until it is empty for `quiet` or
+/// `max` messages were seen, shows why each message died, republishes the chosen ones to the
+/// nodewire topic their content belongs to ([`destination`]; the source subscription in their
+/// attributes is shown, never followed), acknowledges those batch by batch as soon as they are
+/// republished (a stop half-way does not republish them twice), and makes the others available
+/// again at once.
+///
+/// # Errors
+/// When the subscription cannot be read.
+#[allow(clippy::too_many_arguments)]
 pub async fn dead_letters(
     config: &Config,
     bus: &dyn Bus,
@@ -276,6 +307,7 @@ pub async fn dead_letters(
     all: bool,
     dry_run: bool,
     quiet: Duration,
+    max: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     use base64::Engine as _;
     let sub_name = if subscription.starts_with("projects/") {
@@ -287,17 +319,16 @@ pub async fn dead_letters(
         )
     };
     let rest = PubSubRest::new(config)?;
-    let mut topics: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
-    let mut keep: Vec<String> = Vec::new();
-    let mut done: Vec<String> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let mut last_message = tokio::time::Instant::now();
-    loop {
+    while out.len() < max {
+        let want = u32::try_from(max - out.len()).unwrap_or(BATCH).min(BATCH);
         let v = rest
             .call(
                 reqwest::Method::POST,
                 &format!("{sub_name}:pull"),
-                Some(serde_json::json!({"maxMessages": 100, "returnImmediately": true})),
+                Some(serde_json::json!({"maxMessages": want, "returnImmediately": true})),
             )
             .await?;
         let received = v["receivedMessages"]
@@ -312,6 +343,8 @@ pub async fn dead_letters(
             continue;
         }
         last_message = tokio::time::Instant::now();
+        let mut keep: Vec<String> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
         for rm in received {
             let ack_id = rm["ackId"].as_str().unwrap_or_default().to_string();
             let m = &rm["message"];
@@ -353,26 +386,17 @@ pub async fn dead_letters(
                 source_subscription: source.clone(),
                 chosen,
                 republished_to: None,
+                destination: None,
+                refused: None,
             };
-            if !chosen || dry_run || source.is_empty() {
+            match destination(config, &data) {
+                Ok(t) => dl.destination = Some(t),
+                Err(why) => dl.refused = Some(why),
+            }
+            let Some(topic) = dl.destination.clone().filter(|_| chosen && !dry_run) else {
                 keep.push(ack_id);
                 out.push(dl);
                 continue;
-            }
-            let topic = match topics.get(&source) {
-                Some(t) => t.clone(),
-                None => {
-                    let s = rest
-                        .call(reqwest::Method::GET, &source, None)
-                        .await
-                        .with_context(|| format!("reading subscription {source}"))?;
-                    let t = s["topic"].as_str().unwrap_or_default().to_string();
-                    if t.is_empty() {
-                        bail!("subscription {source} names no topic");
-                    }
-                    topics.insert(source.clone(), t.clone());
-                    t
-                }
             };
             let attributes: BTreeMap<String, String> = attrs
                 .into_iter()
@@ -404,22 +428,36 @@ pub async fn dead_letters(
             }
             out.push(dl);
         }
+        // This batch's republished messages are acknowledged now, the others released.
+        if !done.is_empty() {
+            rest.call(
+                reqwest::Method::POST,
+                &format!("{sub_name}:acknowledge"),
+                Some(serde_json::json!({"ackIds": done})),
+            )
+            .await?;
+        }
+        if !keep.is_empty() {
+            // Released at the end of the review rather than now: released at once, the
+            // same messages would be pulled again in this run. Extend them meanwhile.
+            rest.call(
+                reqwest::Method::POST,
+                &format!("{sub_name}:modifyAckDeadline"),
+                Some(serde_json::json!({"ackIds": keep, "ackDeadlineSeconds": 600})),
+            )
+            .await?;
+            kept.extend(keep);
+        }
     }
-    if !done.is_empty() {
-        rest.call(
-            reqwest::Method::POST,
-            &format!("{sub_name}:acknowledge"),
-            Some(serde_json::json!({"ackIds": done})),
-        )
-        .await?;
-    }
-    if !keep.is_empty() {
-        rest.call(
-            reqwest::Method::POST,
-            &format!("{sub_name}:modifyAckDeadline"),
-            Some(serde_json::json!({"ackIds": keep, "ackDeadlineSeconds": 0})),
-        )
-        .await?;
+    if !kept.is_empty() {
+        for chunk in kept.chunks(BATCH as usize) {
+            rest.call(
+                reqwest::Method::POST,
+                &format!("{sub_name}:modifyAckDeadline"),
+                Some(serde_json::json!({"ackIds": chunk, "ackDeadlineSeconds": 0})),
+            )
+            .await?;
+        }
     }
     Ok(out)
 }

@@ -308,6 +308,27 @@ async fn dead_letters_are_shown_then_republished_by_choice() {
         "{:?}",
         back[0].attributes
     );
+    // A dead letter naming a subscription of someone else's (whose topic is not nodewire's):
+    // shown, never followed. Its content (a Compute audit entry) decides where it goes back.
+    emu.create_topic("elsewhere").await.expect("topic");
+    emu.create_subscription("elsewhere-sub", "elsewhere", json!({}))
+        .await
+        .expect("sub");
+    emu.create_subscription("elsewhere-observer", "elsewhere", json!({}))
+        .await
+        .expect("sub");
+    let elsewhere = format!("projects/{P}/subscriptions/elsewhere-sub");
+    emu.publish(
+        "nodewire-dead-letter",
+        entry.as_bytes(),
+        &[
+            ("nodewire-dead-letter-reason", "forged"),
+            ("nodewire-dead-letter-subscription", &elsewhere),
+            ("origin", "c"),
+        ],
+    )
+    .await
+    .expect("publish");
     let out = nodewire(
         &[
             "--json",
@@ -325,16 +346,47 @@ async fn dead_letters_are_shown_then_republished_by_choice() {
     let rest = stdout_json(&out);
     assert_eq!(
         rest.as_array().map(Vec::len),
-        Some(1),
+        Some(2),
         "the republished one was acknowledged: {rest}"
     );
+    // The truncated message has no destination: refused, left on the subscription.
+    assert!(
+        rest.as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["refused"].is_string() && d["republished_to"].is_null()),
+        "{rest}"
+    );
+    let back = emu.pull("gce-audit-observer", 10).await.expect("pull");
+    assert_eq!(back.len(), 1, "{rest}");
     assert_eq!(
-        emu.pull("gce-audit-observer", 10)
+        back[0].attributes.get("origin").map(String::as_str),
+        Some("c")
+    );
+    assert!(
+        emu.pull("elsewhere-observer", 10)
             .await
             .expect("pull")
-            .len(),
-        1
+            .is_empty(),
+        "a destination named in a message is never followed"
     );
+    // --max bounds a run: one message looked at, the rest left for later.
+    let out = nodewire(
+        &[
+            "--json",
+            "replay",
+            "--dead-letter",
+            "dlq",
+            "--max",
+            "1",
+            "--quiet-secs",
+            "1",
+        ],
+        &env,
+    )
+    .await;
+    assert!(out.status.success());
+    assert_eq!(stdout_json(&out).as_array().map(Vec::len), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -96,24 +96,31 @@ fn read_file(path: &std::path::Path) -> Result<String, SetupError> {
     })
 }
 
-/// Builds the Kubernetes connection from the configuration (reads the token and CA files).
+/// Builds the Kubernetes connection from the configuration (reads the CA file; the token file
+/// is read by the client, again whenever it may have changed).
 ///
 /// # Errors
 /// [`SetupError::File`] when a file cannot be read.
 pub fn kube_connection(s: &KubeSettings) -> Result<KubeConnection, SetupError> {
     Ok(match s {
-        KubeSettings::Kubeconfig(p) => KubeConnection::Kubeconfig(p.clone()),
+        KubeSettings::Kubeconfig {
+            path,
+            allow_insecure_tls,
+            allow_exec,
+        } => KubeConnection::Kubeconfig {
+            path: path.clone(),
+            allow_insecure_tls: *allow_insecure_tls,
+            allow_exec: *allow_exec,
+        },
         KubeSettings::Direct {
             url,
             token_file,
             ca_file,
         } => KubeConnection::Direct {
             url: url.clone(),
-            token: token_file
-                .as_deref()
-                .map(read_file)
-                .transpose()?
-                .map(|t| t.trim().to_string()),
+            token: None,
+            // The client re-reads it (projected service-account tokens rotate).
+            token_file: token_file.clone(),
             ca_pem: ca_file.as_deref().map(read_file).transpose()?,
         },
     })

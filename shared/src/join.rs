@@ -16,6 +16,11 @@ pub const JOINED_METADATA_KEY: &str = "nodewire-joined";
 /// registers its Node again when it is gone (a running kubelet does not).
 pub const KUBELET_RESTART_METADATA_KEY: &str = "nodewire-restart-kubelet";
 
+/// nodewire's count of join tokens minted for a VM that has not joined yet (`COUNT@UNIX`),
+/// written with the join configuration and removed with it once the VM joined: it bounds
+/// re-minting (see `plan::BootstrapAttempts`).
+pub const BOOTSTRAP_ATTEMPTS_METADATA_KEY: &str = "nodewire-bootstrap-attempts";
+
 /// What goes into a JoinConfiguration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinParams<'a> {

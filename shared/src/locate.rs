@@ -1,6 +1,6 @@
 //! OBSERVE seam: which VM is behind a Node? Kubernetes audit events name the Node; the steps
-//! are keyed by the VM. Events that carry `spec.providerID` answer it themselves; for the others
-//! a [`Locator`] is asked: [`ClusterLocator`] in production (the Node's providerID, else the
+//! are keyed by the VM. A [`Locator`] answers it for every event (a providerID written in an
+//! event is only checked against the answer, never believed): [`ClusterLocator`] in production (the Node's providerID, else the
 //! project's VMs of that name), [`NoLocator`] in a process without clients. (The fixed-table
 //! locator of the tests is in `testing`.)
 
@@ -12,7 +12,7 @@ use crate::names::InstanceRef;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocateError {
     /// This process has no way to look VMs up.
-    #[error("no VM locator is configured, and the event does not carry spec.providerID")]
+    #[error("no VM locator is configured")]
     NotConfigured,
     /// The lookup failed in a way that may pass (API error, timeout).
     #[error("looking up the VM of node {node} failed")]

@@ -7,9 +7,14 @@ use std::collections::BTreeMap;
 use crate::act::compute::{Compute, ComputeError, InstanceView};
 use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo, UNWIRED_TAINT};
 use crate::error::Classify;
-use crate::join::{JOIN_METADATA_KEY, JOINED_METADATA_KEY, KUBELET_RESTART_METADATA_KEY};
+use crate::join::{
+    BOOTSTRAP_ATTEMPTS_METADATA_KEY, JOIN_METADATA_KEY, JOINED_METADATA_KEY,
+    KUBELET_RESTART_METADATA_KEY,
+};
 use crate::names::{InstanceRef, SubnetRef};
-use crate::plan::{Alias, KubeletRestarts, NodeFacts, Observed, TokenFacts, VmFacts};
+use crate::plan::{
+    Alias, BootstrapAttempts, KubeletRestarts, NodeFacts, Observed, TokenFacts, VmFacts,
+};
 
 /// A read that failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +55,15 @@ pub async fn one_vm(
         instance: instance.clone(),
         vm: vm?.as_ref().map(vm_facts),
         node: node?.as_ref().map(node_facts),
-        tokens: tokens?.items.iter().map(|t| token_facts(t, now)).collect(),
+        // Tokens are found by the VM's name, and kept only when minted for this very VM's
+        // zone: a step naming a VM of the same name in another zone (forged or stale) must
+        // not revoke — or count — another VM's join token.
+        tokens: tokens?
+            .items
+            .iter()
+            .filter(|t| t.zone.as_deref() == Some(instance.zone()))
+            .map(|t| token_facts(t, now))
+            .collect(),
     })
 }
 
@@ -132,6 +145,11 @@ pub fn vm_facts(v: &InstanceView) -> VmFacts {
             .metadata
             .get(KUBELET_RESTART_METADATA_KEY)
             .map(|r| KubeletRestarts::parse(r, time::OffsetDateTime::now_utc().unix_timestamp())),
+        service_accounts: v.service_accounts.clone(),
+        bootstrap_attempts: v
+            .metadata
+            .get(BOOTSTRAP_ATTEMPTS_METADATA_KEY)
+            .map(|r| BootstrapAttempts::parse(r, time::OffsetDateTime::now_utc().unix_timestamp())),
     }
 }
 

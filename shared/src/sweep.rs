@@ -1,7 +1,13 @@
 //! The drift sweep: list every Node, every VM of the project and every nodewire bootstrap
 //! token, join them, and find what has drifted from "wired" — with the same planner facts
 //! and the same definition of wired as the chain. The sweep writes nothing itself; it
-//! publishes one step per drifted aspect and reports.
+//! publishes steps and reports. Without storms (issue 10, item 7): at most one step per VM per
+//! run (its first gap: the chain continues from there); none for a VM the sweep restarted less
+//! than the cooldown ago (its chain is in flight) nor for one the planner would refuse (the
+//! refusal is reported, not dead-lettered again on every run); at most
+//! [`SweepLimits::max_steps`] per run, published [`PUBLISH_CONCURRENCY`] at a time; and never
+//! two sweeps at once (the lock in `kube-system/nodewire-sweep`, which also keeps the
+//! cooldown's memory).
 //!
 //! [`assess`] is pure; [`run`] observes, assesses and publishes.
 
@@ -63,6 +69,32 @@ pub struct Finding {
     pub subject: String,
     /// `(step, VM, node name)` to publish.
     pub heal: Option<(Step, InstanceRef, Option<String>)>,
+    /// Why the planner would refuse that step (then nothing is published).
+    pub refused: Option<String>,
+}
+
+/// Steps published at a time.
+pub const PUBLISH_CONCURRENCY: usize = 16;
+
+/// The sweep's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepLimits {
+    /// A VM the sweep published a step for is not restarted again before this has passed.
+    pub cooldown: std::time::Duration,
+    /// Steps published per run at most; the rest wait for the next run.
+    pub max_steps: usize,
+    /// How long a sweep holds its lock at most (a crashed sweep's lock expires).
+    pub hold: std::time::Duration,
+}
+
+impl Default for SweepLimits {
+    fn default() -> Self {
+        Self {
+            cooldown: std::time::Duration::from_secs(900),
+            max_steps: 1000,
+            hold: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 pub use crate::observe::Inventory;
@@ -106,6 +138,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             kind,
             subject: name.clone(),
             heal: Some((step, r.clone(), Some(name.clone()))),
+            refused: None,
         };
         let Some(node) = node else {
             if facts
@@ -125,16 +158,23 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                     kind: DriftKind::NodeLost,
                     subject: name.clone(),
                     heal: due.then(|| (Step::Bootstrap, r.clone(), Some(name.clone()))),
+                    refused: None,
                 });
                 continue;
             }
             // Only a RUNNING VM can be bootstrapped (a stopped one is, once it runs again).
             if !valid_token && facts.status == "RUNNING" {
-                if tokens.is_empty() && !facts.join_metadata {
-                    out.push(finding(DriftKind::NeverBootstrapped, Step::Bootstrap));
+                let mut f = if tokens.is_empty() && !facts.join_metadata {
+                    finding(DriftKind::NeverBootstrapped, Step::Bootstrap)
                 } else {
-                    out.push(finding(DriftKind::BootstrapExpired, Step::Bootstrap));
+                    finding(DriftKind::BootstrapExpired, Step::Bootstrap)
+                };
+                // Re-minting is bounded: a VM that keeps not joining waits for its next
+                // attempt (the count is in its metadata, where the sweep reads it).
+                if crate::plan::BootstrapAttempts::next(facts.bootstrap_attempts).is_err() {
+                    f.heal = None;
                 }
+                out.push(f);
             }
             continue;
         };
@@ -144,8 +184,32 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             node: Some(node_facts(node)),
             tokens,
         };
+        // A Node under this VM's name that is not provably its own (no providerID and no
+        // nodewire mark, or another VM's providerID): reported for a person, never healed.
+        if let (Some(n), Some(vm)) = (&obs.node, &obs.vm)
+            && let Err(plan) = crate::plan::node_is_the_vms(n, vm)
+        {
+            let why = match plan {
+                crate::plan::Plan::Refuse(r) => r.to_string(),
+                crate::plan::Plan::Ignore(w) => w,
+                other => format!("{other:?}"),
+            };
+            out.push(Finding {
+                kind: DriftKind::ProviderIdWrong,
+                subject: name.clone(),
+                heal: None,
+                refused: Some(why),
+            });
+            continue;
+        }
+        // A step the planner would refuse (another VM's Node, a podCIDR outside the range)
+        // is reported, not published: it would only be dead-lettered again on every run.
+        let refusal = |step: Step| match crate::plan::plan(step, &obs, cfg) {
+            crate::plan::Plan::Refuse(r) => Some(r.to_string()),
+            _ => None,
+        };
         for g in gaps(&obs, cfg) {
-            let f = match g {
+            let mut f = match g {
                 Gap::Alias => finding(DriftKind::AliasMismatch, Step::AssignAlias),
                 Gap::Tag => finding(DriftKind::TagMissing, Step::TagInstance),
                 Gap::ProviderId => finding(DriftKind::ProviderIdWrong, Step::ProviderId),
@@ -155,6 +219,12 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 // Waiting for the IPAM controller (or the kubelet): not drift.
                 Gap::NoPodCidr | Gap::NoNode => continue,
             };
+            if let Some((step, _, _)) = &f.heal
+                && let Some(why) = refusal(*step)
+            {
+                f.heal = None;
+                f.refused = Some(why);
+            }
             out.push(f);
         }
     }
@@ -176,6 +246,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 kind: DriftKind::NodeWithoutVm,
                 subject: n.name.clone(),
                 heal: Some((Step::Decommission, r, Some(n.name.clone()))),
+                refused: None,
             });
         }
     }
@@ -204,6 +275,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             kind: DriftKind::OrphanToken,
             subject: name.to_string(),
             heal,
+            refused: None,
         });
     }
 
@@ -216,6 +288,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             for who in [a, b] {
                 out.push(Finding {
                     kind: DriftKind::AliasOverlap,
+                    refused: None,
                     subject: who.name().to_string(),
                     heal: nodes_by_name.contains_key(who.name()).then(|| {
                         (
@@ -244,6 +317,20 @@ pub struct Report {
     pub affected: BTreeMap<DriftKind, Vec<String>>,
     /// Steps published (planned, in a dry run).
     pub steps: usize,
+    /// VMs with drift whose step was not published because the sweep restarted their chain
+    /// less than the cooldown ago.
+    #[serde(default)]
+    pub cooling: usize,
+    /// Steps left for the next run (over [`SweepLimits::max_steps`]).
+    #[serde(default)]
+    pub deferred: usize,
+    /// Drift the planner refuses to heal, by subject, with the reason (at most
+    /// [`AFFECTED_CAP`]): for a person to look at, never published.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, String>,
+    /// Set when this run did nothing because another sweep holds the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// List calls made, per API.
     pub api_calls: BTreeMap<String, usize>,
     /// Zones the VM list could not reach: nothing there was reported as gone.
@@ -294,7 +381,19 @@ impl crate::adapter::Classify for SweepError {
     }
 }
 
-/// Assesses an inventory and publishes one step per drifted aspect (none in a dry run).
+/// What [`heal`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Healed {
+    pub findings: Vec<Finding>,
+    /// Steps published (planned, in a dry run), one per VM at most.
+    pub published: Vec<StepMessage>,
+    pub cooling: usize,
+    pub deferred: usize,
+}
+
+/// Assesses an inventory and publishes at most one step per VM — the first in chain order,
+/// release before bootstrap — skipping the VMs in `cooling` (keys `projects/P/zones/Z/instances/N`) and stopping at
+/// `limits.max_steps`, [`PUBLISH_CONCURRENCY`] publishes at a time (none in a dry run).
 ///
 /// # Errors
 /// [`SweepError::Publish`] when a step cannot be published.
@@ -303,36 +402,60 @@ pub async fn heal(
     inv: &Inventory,
     cfg: &PlanConfig,
     dry_run: bool,
+    cooling: &BTreeSet<String>,
+    limits: &SweepLimits,
     trace: &crate::trace::TraceContext,
-) -> Result<(Vec<Finding>, usize), SweepError> {
+) -> Result<Healed, SweepError> {
+    use futures::StreamExt as _;
     let findings = assess(inv, cfg, time::OffsetDateTime::now_utc());
-    let mut planned: BTreeSet<(String, Step)> = BTreeSet::new();
-    let mut steps = Vec::new();
+    // The first gap of each VM: the chain goes on from there by itself.
+    let mut first: BTreeMap<String, (Step, &InstanceRef, &Option<String>)> = BTreeMap::new();
     for f in &findings {
-        if let Some((step, r, node)) = &f.heal
-            && planned.insert((r.to_string(), *step))
-        {
-            let mut msg = StepMessage::new(
-                *step,
-                r.clone(),
-                Cause {
-                    source: CauseSource::Sweep,
-                    id: None,
-                },
-                trace.trace_id(),
-            );
-            msg.node = node.clone();
-            steps.push(msg);
+        if let Some((step, r, node)) = &f.heal {
+            let e = first.entry(r.to_string()).or_insert((*step, r, node));
+            if release_first(*step) < release_first(e.0) {
+                *e = (*step, r, node);
+            }
         }
     }
-    // Within one VM, release before bootstrap and the chain's order otherwise.
-    steps.sort_by_key(|m| (m.instance.to_string(), release_first(m.step)));
+    let mut out = Healed::default();
+    for (key, (step, r, node)) in first {
+        if cooling.contains(&key) {
+            out.cooling += 1;
+            continue;
+        }
+        if out.published.len() >= limits.max_steps {
+            out.deferred += 1;
+            continue;
+        }
+        let mut msg = StepMessage::new(
+            step,
+            r.clone(),
+            Cause {
+                source: CauseSource::Sweep,
+                id: None,
+            },
+            trace.trace_id(),
+        );
+        msg.node.clone_from(node);
+        out.published.push(msg);
+    }
     if !dry_run {
-        for m in &steps {
-            deps.publish_step(m, trace).await?;
+        let publishes = out
+            .published
+            .clone()
+            .into_iter()
+            .map(|m| async move { deps.publish_step(&m, trace).await });
+        let results: Vec<Result<String, crate::bus::BusError>> = futures::stream::iter(publishes)
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            r?;
         }
     }
-    Ok((findings, steps.len()))
+    out.findings = findings;
+    Ok(out)
 }
 
 fn release_first(s: Step) -> u8 {
@@ -350,15 +473,20 @@ fn release_first(s: Step) -> u8 {
 /// Builds the report.
 pub fn report(
     inv: &Inventory,
-    findings: &[Finding],
-    steps: usize,
+    healed: &Healed,
     api_calls: BTreeMap<String, usize>,
     dry_run: bool,
     started: Instant,
 ) -> Report {
     let mut drift: BTreeMap<DriftKind, usize> = BTreeMap::new();
     let mut affected: BTreeMap<DriftKind, Vec<String>> = BTreeMap::new();
-    for f in findings {
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
+    for f in &healed.findings {
+        if let Some(why) = &f.refused
+            && refused.len() < AFFECTED_CAP
+        {
+            refused.insert(f.subject.clone(), why.clone());
+        }
         *drift.entry(f.kind).or_insert(0) += 1;
         let list = affected.entry(f.kind).or_default();
         if list.len() < AFFECTED_CAP && !list.contains(&f.subject) {
@@ -372,7 +500,11 @@ pub fn report(
         tokens: inv.tokens.len(),
         drift,
         affected,
-        steps,
+        steps: healed.published.len(),
+        cooling: healed.cooling,
+        deferred: healed.deferred,
+        refused,
+        skipped: None,
         api_calls,
         unreachable_zones: inv.unreachable_zones.clone(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -389,10 +521,89 @@ pub async fn run(
     dry_run: bool,
     trace: &crate::trace::TraceContext,
 ) -> Result<Report, SweepError> {
+    run_with(deps, dry_run, &deps.chain.sweep, trace).await
+}
+
+/// [`run`] with explicit bounds. A real run takes the sweep lock first (a dry run neither
+/// takes it nor remembers anything), skips the VMs still cooling down, and on the way out
+/// stores when it published a step for each VM.
+///
+/// # Errors
+/// [`SweepError`].
+pub async fn run_with(
+    deps: &ChainDeps,
+    dry_run: bool,
+    limits: &SweepLimits,
+    trace: &crate::trace::TraceContext,
+) -> Result<Report, SweepError> {
     let started = Instant::now();
-    let (inv, calls) = crate::observe::inventory(&deps.compute, &deps.kube).await?;
-    let (findings, steps) = heal(&deps.base, &inv, &deps.plan, dry_run, trace).await?;
-    Ok(report(&inv, &findings, steps, calls, dry_run, started))
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let holder = trace.trace_id().to_string();
+    let state = if dry_run {
+        None
+    } else {
+        match deps
+            .kube
+            .acquire_sweep(&holder, now, limits.hold)
+            .await
+            .map_err(ObserveError::from)?
+        {
+            Some(s) => Some(s),
+            None => return Ok(skipped_report(dry_run, started)),
+        }
+    };
+    let cooldown = i64::try_from(limits.cooldown.as_secs()).unwrap_or(i64::MAX);
+    let cooling: BTreeSet<String> = state
+        .as_ref()
+        .map(|s| {
+            s.healed
+                .iter()
+                .filter(|(_, t)| now.saturating_sub(**t) < cooldown)
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let result = async {
+        let (inv, calls) = crate::observe::inventory(&deps.compute, &deps.kube).await?;
+        let healed = heal(
+            &deps.base, &inv, &deps.plan, dry_run, &cooling, limits, trace,
+        )
+        .await?;
+        Ok::<_, SweepError>((inv, calls, healed))
+    }
+    .await;
+    if let Some(mut s) = state {
+        if let Ok((_, _, healed)) = &result {
+            s.healed.retain(|_, t| now.saturating_sub(*t) < cooldown);
+            for m in &healed.published {
+                s.healed.insert(m.instance.to_string(), now);
+            }
+        }
+        if let Err(e) = deps.kube.release_sweep(s).await {
+            tracing::warn!(error = %e, "releasing the sweep lock failed; it expires by itself");
+        }
+    }
+    let (inv, calls, healed) = result?;
+    Ok(report(&inv, &healed, calls, dry_run, started))
+}
+
+fn skipped_report(dry_run: bool, started: Instant) -> Report {
+    Report {
+        dry_run,
+        vms: 0,
+        nodes: 0,
+        tokens: 0,
+        drift: BTreeMap::new(),
+        affected: BTreeMap::new(),
+        steps: 0,
+        cooling: 0,
+        deferred: 0,
+        refused: BTreeMap::new(),
+        skipped: Some("another sweep holds the lock (kube-system/nodewire-sweep)".into()),
+        api_calls: BTreeMap::new(),
+        unreachable_zones: Vec::new(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 #[cfg(test)]
@@ -414,7 +625,8 @@ mod tests {
             } else {
                 BTreeMap::new()
             },
-            metadata: BTreeMap::new(),
+            metadata: crate::act::compute::MetadataView::default(),
+            service_accounts: vec![],
             nic0: Some(NicView {
                 name: "nic0".into(),
                 subnetwork: "projects/example-project/regions/us-central1/subnetworks/k8s-nodes"
@@ -446,6 +658,80 @@ mod tests {
         let mut v: Vec<_> = f.iter().map(|x| (x.kind, x.subject.clone())).collect();
         v.sort();
         v
+    }
+
+    /// Issue 10, item 7: one step per VM (its first gap), none for a VM cooling down, none the
+    /// planner would refuse (reported instead), and at most `max_steps` per run.
+    #[tokio::test]
+    async fn a_sweep_publishes_one_step_per_vm_within_its_bounds() {
+        let mut a = vm("a", Some("10.4.9.0/24"), true); // alias mismatch …
+        a.tags.clear(); // … and tag missing: one step (assign-alias), not two
+        let mut b = vm("b", Some("10.4.2.0/24"), true);
+        b.tags.clear();
+        let c = vm("c", Some("10.4.3.0/24"), true);
+        let mut other = node("c", "us-central1-a", "10.4.3.0/24");
+        other.provider_id = Some("gce://example-project/us-central1-a/b".into());
+        let inv = Inventory {
+            vms: vec![a, b, c],
+            nodes: vec![
+                node("a", "us-central1-a", "10.4.1.0/24"),
+                node("b", "us-central1-a", "10.4.2.0/24"),
+                other, // another VM's Node under c's name: refused, reported
+            ],
+            tokens: vec![],
+            unreachable_zones: vec![],
+        };
+        let (deps, bus) = crate::testing::deps("drift-sweep", &[]);
+        let trace = crate::trace::TraceContext::new_root();
+        let limits = SweepLimits::default();
+        let h = heal(
+            &deps,
+            &inv,
+            &cfg(),
+            false,
+            &BTreeSet::new(),
+            &limits,
+            &trace,
+        )
+        .await
+        .expect("heal");
+        let steps: Vec<(String, Step)> = h
+            .published
+            .iter()
+            .map(|m| (m.instance.name().to_string(), m.step))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("a".to_string(), Step::AssignAlias),
+                ("b".to_string(), Step::TagInstance)
+            ]
+        );
+        assert_eq!(bus.published().len(), 2);
+        let r = report(&inv, &h, BTreeMap::new(), false, Instant::now());
+        assert!(
+            r.refused
+                .get("c")
+                .is_some_and(|why| why.contains("providerID")),
+            "{r:?}"
+        );
+        // a cooling down: only b; and a bound of one step a run defers the rest.
+        let cooling =
+            BTreeSet::from(
+                ["projects/example-project/zones/us-central1-a/instances/a".to_string()],
+            );
+        let h = heal(&deps, &inv, &cfg(), true, &cooling, &limits, &trace)
+            .await
+            .expect("heal");
+        assert_eq!((h.published.len(), h.cooling), (1, 1));
+        let one = SweepLimits {
+            max_steps: 1,
+            ..limits
+        };
+        let h = heal(&deps, &inv, &cfg(), true, &BTreeSet::new(), &one, &trace)
+            .await
+            .expect("heal");
+        assert_eq!((h.published.len(), h.deferred), (1, 1));
     }
 
     #[test]

@@ -545,6 +545,7 @@ impl Stack {
                     &KubeConnection::Direct {
                         url: kube_url,
                         token: Some(kube_token),
+                        token_file: None,
                         ca_pem: kube_ca,
                     },
                     KubePolicy::default(),

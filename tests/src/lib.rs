@@ -178,11 +178,26 @@ pub mod simfix {
         }
     }
 
+    /// A VM's metadata value as the simulator holds it (nodewire's views keep no values).
+    pub fn metadata_value(
+        sim: &sim::compute::ComputeSim,
+        vm: &nodewire::names::InstanceRef,
+        key: &str,
+    ) -> Option<String> {
+        sim.instance_json(vm.project(), vm.zone(), vm.name())?
+            .pointer("/metadata/items")?
+            .as_array()?
+            .iter()
+            .find(|it| it["key"] == key)
+            .and_then(|it| it["value"].as_str().map(str::to_string))
+    }
+
     pub async fn kube_client(sim: &K8sSim, policy: KubePolicy) -> Kube {
         Kube::new(
             &KubeConnection::Direct {
                 url: sim.endpoint(),
                 token: Some(sim.nodewire_token()),
+                token_file: None,
                 ca_pem: None,
             },
             policy,

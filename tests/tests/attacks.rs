@@ -64,3 +64,190 @@ async fn a_forged_decommission_does_not_delete_a_node_without_provider_id() {
     );
     w.stop().await;
 }
+
+/// Publishes a forged step straight onto its topic (Pub/Sub pushes it with a valid token: the
+/// publisher is the attacker here).
+async fn forge(w: &World, step: Step, vm: &str, node: Option<&str>, project: &str) {
+    let mut msg = StepMessage::new(
+        step,
+        InstanceRef::new(project, Z, vm).expect("ref"),
+        Cause {
+            source: CauseSource::Replay,
+            id: None,
+        },
+        "forged",
+    );
+    msg.node = node.map(str::to_string);
+    let data = serde_json::to_vec(&msg).expect("json");
+    w.emu()
+        .publish(&format!("nodewire-{}", step.as_str()), &data, &[])
+        .await
+        .expect("publish");
+}
+
+const Z: &str = "us-central1-a";
+
+/// Writes nodewire made (Compute writes and Kubernetes writes, the kubelets' own excluded).
+fn writes(w: &World) -> Vec<String> {
+    let mut out: Vec<String> = w
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.http_method != "GET" && !r.method.starts_with("zoneOperations"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    out.extend(
+        w.k8s
+            .chaos()
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.http_method != "GET"
+                    && !r.method.starts_with("nodes.status.")
+                    && !r.method.starts_with("events.")
+            })
+            .map(|r| format!("{} {}", r.method, r.path)),
+    );
+    out
+}
+
+/// Issue 10's forged steps against a wired cluster: each is delivered (the function reads the
+/// VM it names), and nothing is written — no alias moved, no token minted, no Node touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_steps_against_a_wired_cluster_change_nothing() {
+    let w = World::start(WorldOptions::default()).await;
+    for n in ["k8s-a", "k8s-b"] {
+        w.insert_vm(P, Z, n, &[("cluster", "demo")], true).await;
+    }
+    let wired = w
+        .wait_until(Duration::from_secs(90), |w| {
+            w.wired(Z, "k8s-a").is_ok() && w.wired(Z, "k8s-b").is_ok()
+        })
+        .await;
+    assert!(wired, "the cluster converged first");
+    let (pod_a, pod_b) = (
+        w.wired(Z, "k8s-a").expect("a"),
+        w.wired(Z, "k8s-b").expect("b"),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.compute.chaos().clear_requests();
+    w.k8s.chaos().clear_requests();
+
+    // An assign-alias for A whose `node` is B's Node: the field is not believed.
+    forge(&w, Step::AssignAlias, "k8s-a", Some("k8s-b"), P).await;
+    // Steps for a VM of a foreign project: ignored before any read.
+    forge(
+        &w,
+        Step::AssignAlias,
+        "k8s-a",
+        Some("k8s-a"),
+        "other-project",
+    )
+    .await;
+    forge(
+        &w,
+        Step::Decommission,
+        "k8s-a",
+        Some("k8s-a"),
+        "other-project",
+    )
+    .await;
+    // A bootstrap for a VM that has joined: no token, no metadata.
+    forge(&w, Step::Bootstrap, "k8s-a", None, P).await;
+    // A release-alias for a VM whose Node is alive: its alias stays.
+    forge(&w, Step::ReleaseAlias, "k8s-b", None, P).await;
+    // A decommission for a live VM: it exists, nothing goes.
+    forge(&w, Step::Decommission, "k8s-b", None, P).await;
+    // A provider-id and a finalize for wired nodes: nothing to do.
+    forge(&w, Step::ProviderId, "k8s-a", Some("k8s-b"), P).await;
+    forge(&w, Step::Finalize, "k8s-b", Some("k8s-a"), P).await;
+
+    // All were delivered: each step of our project read its VM.
+    let delivered = w
+        .wait_until(Duration::from_secs(30), |w| {
+            let gets = w
+                .compute
+                .chaos()
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "instances.get")
+                .count();
+            gets >= 6
+        })
+        .await;
+    assert!(delivered, "the forged steps were not delivered");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !w.compute
+            .chaos()
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("other-project")),
+        "a foreign project's VM was read"
+    );
+    assert_eq!(writes(&w), Vec::<String>::new(), "a forged step wrote");
+    assert_eq!(w.wired(Z, "k8s-a"), Ok(pod_a));
+    assert_eq!(w.wired(Z, "k8s-b"), Ok(pod_b));
+    w.stop().await;
+}
+
+/// A Node registered under A's name whose providerID names B (the kubelet of a token holder
+/// chose both): A's chain must not take B's Node — neither its podCIDR as A's alias, nor its
+/// taint — and the refusal is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_vms_node_under_this_vms_name_is_refused() {
+    let w = World::start(WorldOptions::default()).await;
+    w.insert_vm(P, Z, "k8s-b", &[("cluster", "demo")], true)
+        .await;
+    assert!(
+        w.wait_until(Duration::from_secs(90), |w| w.wired(Z, "k8s-b").is_ok())
+            .await
+    );
+    // k8s-a exists (no kubelet will join: its Node is planted first), with B's providerID.
+    w.k8s
+        .seed(
+            "nodes",
+            "",
+            json!({"metadata": {"name": "k8s-a"},
+                   "spec": {"providerID": format!("gce://{P}/{Z}/k8s-b"), "podCIDR": "10.4.77.0/24",
+                            "taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}}),
+        )
+        .expect("planted node");
+    w.compute
+        .seed_instance(sim::compute::InstanceSeed::node_vm(
+            P,
+            integration_tests::simfix::REGION,
+            Z,
+            "k8s-a",
+        ))
+        .expect("vm a");
+    w.compute.chaos().clear_requests();
+    forge(&w, Step::AssignAlias, "k8s-a", None, P).await;
+    forge(&w, Step::Finalize, "k8s-a", None, P).await;
+    let report = w.sweep(true).await;
+    assert!(
+        report
+            .refused
+            .get("k8s-a")
+            .is_some_and(|why| why.contains("k8s-b")),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !w.compute
+            .chaos()
+            .requests()
+            .iter()
+            .any(|r| r.method.starts_with("instances.updateNetworkInterface")
+                || r.method.starts_with("instances.setMetadata")),
+        "A was written to on the strength of B's Node"
+    );
+    let node = w.k8s.object("nodes", "", "k8s-a").expect("node");
+    assert!(
+        node.pointer("/spec/taints")
+            .is_some_and(|t| t.to_string().contains("nodewire.io/unwired")),
+        "the planted Node's taint was lifted: {node}"
+    );
+    w.stop().await;
+}

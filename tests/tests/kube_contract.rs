@@ -442,6 +442,7 @@ async fn the_client_speaks_tls_with_the_clusters_ca() {
         &KubeConnection::Direct {
             url: front.endpoint(),
             token: Some(sim.nodewire_token()),
+            token_file: None,
             ca_pem: Some(front.ca_pem().to_string()),
         },
         fast_kube_policy(),
@@ -455,6 +456,7 @@ async fn the_client_speaks_tls_with_the_clusters_ca() {
         &KubeConnection::Direct {
             url: front.endpoint(),
             token: Some(sim.nodewire_token()),
+            token_file: None,
             ca_pem: Some(other.ca_pem().to_string()),
         },
         fast_kube_policy(),
@@ -465,4 +467,58 @@ async fn the_client_speaks_tls_with_the_clusters_ca() {
         wrong.get_node("n1").await.is_err(),
         "a server whose certificate the CA did not sign is refused"
     );
+}
+
+/// Issue 10, item 7: two sweeps never run at once. The lock is an update of one ConfigMap
+/// under its resourceVersion: the second sweep sees it held; an expired lock (a sweep that
+/// crashed) is free again; a release keeps what the sweep remembers (the cooldown).
+#[tokio::test]
+async fn the_sweep_lock_admits_one_sweep_at_a_time() {
+    let sim = k8s_sim(K8sConfig::default()).await;
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let hold = Duration::from_secs(600);
+    let now = 1_800_000_000;
+    let mut a = k
+        .acquire_sweep("sweep-a", now, hold)
+        .await
+        .expect("read")
+        .expect("free: a takes it");
+    assert!(
+        k.acquire_sweep("sweep-b", now + 1, hold)
+            .await
+            .expect("read")
+            .is_none(),
+        "held by a"
+    );
+    a.healed
+        .insert("projects/p/zones/z/instances/vm".into(), now);
+    k.release_sweep(a).await.expect("release");
+    let b = k
+        .acquire_sweep("sweep-b", now + 2, hold)
+        .await
+        .expect("read")
+        .expect("released: b takes it");
+    assert_eq!(
+        b.healed.get("projects/p/zones/z/instances/vm"),
+        Some(&now),
+        "the cooldown memory survives the release"
+    );
+    // b crashes without releasing: the lock expires.
+    assert!(
+        k.acquire_sweep("sweep-c", now + 3, hold)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        k.acquire_sweep("sweep-c", now + 700, hold)
+            .await
+            .expect("read")
+            .is_some(),
+        "an expired lock is free"
+    );
+    let cm = sim
+        .object("configmaps", "kube-system", nodewire::act::k8s::SWEEP_STATE)
+        .expect("the ConfigMap");
+    assert_eq!(cm["data"]["holder"], "sweep-c");
 }

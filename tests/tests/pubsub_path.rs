@@ -116,8 +116,14 @@ async fn node_events_routes_registrations_on_the_emulator() {
         &[("assign-observer", "nodewire-assign-alias")],
     )
     .await;
-    let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), |d: Deps| {
-        node_events::handler(d, std::sync::Arc::new(nodewire::locate::NoLocator))
+    // The VM is always located (a providerID in the event is only checked against it).
+    let vm =
+        nodewire::names::InstanceRef::new(PROJECT, "us-central1-a", "k8s-worker-1").expect("valid");
+    let f = integration_tests::serve_fn(config(&emu, "node-events", &[]), move |d: Deps| {
+        node_events::handler(
+            d,
+            std::sync::Arc::new(nodewire::testing::TableLocator::new([vm])),
+        )
     })
     .await;
     push_to(&emu, "k8s-audit-push", "k8s-audit", &f).await;

@@ -5,7 +5,8 @@ use nodewire::{adapter, handlers::node_events, startup};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Events without spec.providerID are located through the Node and the VM list.
+    // Every Node's VM is located through the cluster and the VM list (a providerID in an
+    // event is only checked against it).
     let (deps, locator) = startup::node_router("node-events").await?;
     adapter::serve(deps.clone(), node_events::handler(deps, locator)).await?;
     Ok(())

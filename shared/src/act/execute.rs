@@ -14,8 +14,8 @@ use crate::bus::{BusError, OutboundMessage};
 use crate::deps::{ChainDeps, attr};
 use crate::error::Classify;
 use crate::join::{
-    JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams, KUBELET_RESTART_METADATA_KEY,
-    join_configuration,
+    BOOTSTRAP_ATTEMPTS_METADATA_KEY, JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams,
+    KUBELET_RESTART_METADATA_KEY, join_configuration,
 };
 use crate::names::{Cidr, InstanceRef};
 use crate::plan::{Action, KubeletRestarts, Observed, Refusal};
@@ -166,6 +166,7 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
                 .update_metadata(t.instance, |m| {
                     m.remove(JOIN_METADATA_KEY);
                     m.remove(KUBELET_RESTART_METADATA_KEY);
+                    m.remove(BOOTSTRAP_ATTEMPTS_METADATA_KEY);
                     m.insert(JOINED_METADATA_KEY.to_string(), "true".to_string());
                 })
                 .await?;
@@ -215,9 +216,23 @@ async fn bootstrap(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError> {
         },
         chain.join_api,
     );
+    // The attempt is recorded in the same write: re-minting stays bounded (the planner and
+    // the sweep read it back).
+    let attempt = crate::plan::BootstrapAttempts::next(
+        t.observed.vm.as_ref().and_then(|v| v.bootstrap_attempts),
+    )
+    .unwrap_or(1);
+    let attempts = crate::plan::BootstrapAttempts::value(
+        attempt,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    );
     let written = compute
         .update_metadata(vm, |m| {
             m.insert(JOIN_METADATA_KEY.to_string(), yaml.clone());
+            m.insert(
+                BOOTSTRAP_ATTEMPTS_METADATA_KEY.to_string(),
+                attempts.clone(),
+            );
         })
         .await;
     if let Err(e) = written {

@@ -22,8 +22,9 @@ use crate::testing::oidc::{KeyServer, SigningKey, push_claims};
 
 const AUD: &str = "https://instance-events-abc123-as.a.run.app";
 const PUSHER: &str = "nodewire-push@example-project.iam.gserviceaccount.com";
-/// Production waits 30 s between fetches for unknown key ids; the tests, a moment.
-const REFETCH: Duration = Duration::from_millis(300);
+/// Production waits 30 s between fetches for unknown key ids; the tests, two seconds (long
+/// enough that a loaded machine does not cross it between two requests).
+const REFETCH: Duration = Duration::from_secs(2);
 const BOOTSTRAP: &str = "projects/example-project/topics/nodewire-bootstrap";
 
 fn settings(keys: &KeyServer, signature: SignatureCheck) -> PushAuthSettings {
@@ -189,6 +190,7 @@ async fn a_valid_push_token_is_accepted_and_every_forgery_refused() {
 #[tokio::test]
 async fn keys_are_refetched_for_a_new_key_id_but_not_for_a_flood_of_made_up_ones() {
     let old = SigningKey::generate("old");
+    let new = SigningKey::generate("new");
     let keys = KeyServer::start(&[&old], "max-age=3600").await;
     let (app, _bus) = app_with(settings(&keys, SignatureCheck::Verify));
     assert_eq!(
@@ -198,7 +200,6 @@ async fn keys_are_refetched_for_a_new_key_id_but_not_for_a_flood_of_made_up_ones
     assert_eq!(keys.fetches(), 1);
     // Google rotates: a token under a new key id fetches the set again (once the refetch
     // interval has passed since the last fetch; before, it is refused and Pub/Sub retries).
-    let new = SigningKey::generate("new");
     keys.serve_keys(&[&old, &new]);
     let new_token = new.token(&push_claims(AUD, PUSHER));
     assert_eq!(

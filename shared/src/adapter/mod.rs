@@ -75,6 +75,10 @@ const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// Pub/Sub's limit on attributes per message.
 const MAX_ATTRIBUTES: usize = 100;
 
+/// A message delivered this many times and still failing is dead-lettered (Pub/Sub's own
+/// dead-letter policy allows at most 100 attempts; this holds without one too).
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 100;
+
 /// How long the publisher may take to flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -202,6 +206,13 @@ where
                     tracing::error!(verdict = "dead-letter", %reason, dead_letter_message_id = %id, elapsed_ms, "delivery failed permanently; forwarded to the dead-letter topic and acked");
                     Verdict::Reject(reason)
                 }
+                Err(e) if past_dead_letter_bound(&meta, cfg.limits.max_retry_age) => {
+                    // The dead-letter topic has been failing for longer than any retry may
+                    // last: give up rather than loop for ever. The subscription's own
+                    // dead-letter policy (max delivery attempts) is the backstop in production.
+                    tracing::error!(verdict = "dropped", %reason, error = %e, elapsed_ms, publish_time = ?meta.publish_time, data_bytes = meta.data.len(), "delivery failed permanently and dead-lettering kept failing past twice the retry bound; acked and dropped");
+                    Verdict::Reject(reason)
+                }
                 Err(e) => {
                     tracing::error!(verdict = "retry", %reason, error = %e, elapsed_ms, "delivery failed permanently but dead-lettering failed; asking for redelivery");
                     Verdict::DeadLetterFailed(reason)
@@ -269,10 +280,36 @@ where
 
 /// A message that keeps failing transiently is dead-lettered once it is older than the bound,
 /// so that no retry loop is endless even without a dead-letter policy on the subscription.
+///
+/// A panic is aged the same way (a payload that always panics must not be redelivered for
+/// ever), and so is a message Pub/Sub has delivered [`MAX_DELIVERY_ATTEMPTS`] times.
 fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> Verdict {
-    let Verdict::Retry(reason) = verdict else {
-        return verdict;
+    let (reason, panicked) = match verdict {
+        Verdict::Retry(r) => (r, false),
+        Verdict::Panic(r) => (r, true),
+        v => return v,
     };
+    let again = |reason: String| {
+        if panicked {
+            Verdict::Panic(reason)
+        } else {
+            Verdict::Retry(reason)
+        }
+    };
+    let label = if panicked {
+        format!("panicked: {reason}")
+    } else {
+        reason.clone()
+    };
+    if meta
+        .delivery_attempt
+        .is_some_and(|n| u64::from(n) >= u64::from(MAX_DELIVERY_ATTEMPTS))
+    {
+        return Verdict::Reject(format!(
+            "still failing at delivery attempt {} (bound {MAX_DELIVERY_ATTEMPTS}): {label}",
+            meta.delivery_attempt.unwrap_or_default()
+        ));
+    }
     let published = meta.publish_time.as_deref().and_then(|t| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
     });
@@ -281,19 +318,31 @@ fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> V
             let age = time::OffsetDateTime::now_utc() - t;
             if age > max_age {
                 Verdict::Reject(format!(
-                    "still failing {}s after publication (bound {}s): {reason}",
+                    "still failing {}s after publication (bound {}s): {label}",
                     age.whole_seconds(),
                     max_age.as_secs()
                 ))
             } else {
-                Verdict::Retry(reason)
+                again(reason)
             }
         }
         // Pub/Sub always sends a publish time; without one the age of the message cannot be
         // told, and a retry could go on for ever: give up now.
         None => Verdict::Reject(format!(
-            "no publish time, so its retries cannot be bounded: {reason}"
+            "no publish time, so its retries cannot be bounded: {label}"
         )),
+    }
+}
+
+/// True when a message that cannot be dead-lettered is older than twice the retry bound (or
+/// has no publish time at all): redelivering it again cannot be allowed to go on for ever.
+fn past_dead_letter_bound(meta: &PushMeta, max_age: Duration) -> bool {
+    let published = meta.publish_time.as_deref().and_then(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    });
+    match published {
+        Some(t) => (time::OffsetDateTime::now_utc() - t) > max_age * 2,
+        None => true,
     }
 }
 

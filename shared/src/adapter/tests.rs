@@ -271,6 +271,42 @@ async fn failed_dead_lettering_asks_for_redelivery() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Issue 10, item 6: a dead-letter topic that keeps failing does not make a message loop for
+/// ever: past twice the retry bound it is acked and dropped (logged at ERROR).
+#[tokio::test]
+async fn dead_lettering_that_keeps_failing_is_bounded_too() {
+    let (deps, bus) = deps_with(&[("NODEWIRE_MAX_RETRY_AGE_SECS", "60")]);
+    bus.fail_topic(DLQ);
+    let resp = router(deps, permanent)
+        .oneshot(post(envelope(b"x", "2024-11-19T13:13:49.56Z")))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+/// A payload that always panics is aged like any failure: dead-lettered once too old, or at
+/// the delivery-attempt bound.
+#[tokio::test]
+async fn a_panic_that_keeps_happening_is_dead_lettered() {
+    let (deps, bus) = deps_with(&[("NODEWIRE_MAX_RETRY_AGE_SECS", "60")]);
+    let app = router(deps, panics);
+    let resp = app
+        .clone()
+        .oneshot(post(envelope(b"boom", "2024-11-19T13:13:49.56Z")))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let mut env: serde_json::Value =
+        serde_json::from_str(&envelope(b"boom", &now())).expect("json");
+    env["deliveryAttempt"] = serde_json::json!(MAX_DELIVERY_ATTEMPTS);
+    let resp = app.oneshot(post(env.to_string())).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 2);
+    assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("panicked"));
+    assert!(dl[1].message.attributes[dead_letter_attr::REASON].contains("delivery attempt"));
+}
+
 #[tokio::test]
 async fn panic_is_500_and_the_server_keeps_serving() {
     let (deps, _bus) = deps_with(&[]);

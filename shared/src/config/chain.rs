@@ -34,6 +34,12 @@ pub struct ChainConfig {
     pub api_server_endpoint: Option<String>,
     /// `NODEWIRE_TOKEN_GROUPS` (default kubeadm's default node group).
     pub token_groups: String,
+    /// `NODEWIRE_NODE_SERVICE_ACCOUNTS` (comma-separated emails): when set, only VMs running as
+    /// one of them get a join token.
+    pub node_service_accounts: std::collections::BTreeSet<String>,
+    /// `NODEWIRE_SWEEP_COOLDOWN_SECS` (default 900), `NODEWIRE_SWEEP_MAX_STEPS` (default
+    /// 1000), `NODEWIRE_SWEEP_LOCK_SECS` (default 600): the drift sweep's bounds.
+    pub sweep: crate::sweep::SweepLimits,
 }
 
 impl ChainConfig {
@@ -130,7 +136,39 @@ impl ChainConfig {
                 "every group must start with system:bootstrappers:",
             ));
         }
+        let defaults = crate::sweep::SweepLimits::default();
+        let max_steps: usize =
+            super::parse_var(src, "NODEWIRE_SWEEP_MAX_STEPS", defaults.max_steps)?;
+        if !(1..=100_000).contains(&max_steps) {
+            return Err(err(
+                "NODEWIRE_SWEEP_MAX_STEPS",
+                "must be between 1 and 100000",
+            ));
+        }
+        let sweep = crate::sweep::SweepLimits {
+            cooldown: parse_secs(src, "NODEWIRE_SWEEP_COOLDOWN_SECS", defaults.cooldown)?,
+            max_steps,
+            hold: parse_secs(src, "NODEWIRE_SWEEP_LOCK_SECS", defaults.hold)?,
+        };
+        let node_service_accounts: std::collections::BTreeSet<String> = src
+            .get("NODEWIRE_NODE_SERVICE_ACCOUNTS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(bad) = node_service_accounts
+            .iter()
+            .find(|s| !s.contains('@') || s.len() > 254)
+        {
+            return Err(err(
+                "NODEWIRE_NODE_SERVICE_ACCOUNTS",
+                format!("{:?} is not a service account email", echo(bad)),
+            ));
+        }
         Ok(Self {
+            node_service_accounts,
+            sweep,
             subnet,
             pod_range_name,
             pod_range,
@@ -150,6 +188,7 @@ impl ChainConfig {
             pod_range_name: self.pod_range_name.clone(),
             pod_range: self.pod_range,
             node_tags: self.node_tags.clone(),
+            node_service_accounts: self.node_service_accounts.clone(),
         }
     }
 }

@@ -155,8 +155,14 @@ pub use chain::{ChainConfig, JoinApi};
 /// How to reach the Kubernetes API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeSettings {
-    /// `NODEWIRE_KUBECONFIG`: a kubeconfig file (its current context).
-    Kubeconfig(std::path::PathBuf),
+    /// `NODEWIRE_KUBECONFIG`: a kubeconfig file (its current context). Refused at start when
+    /// it skips TLS verification (unless `NODEWIRE_KUBE_ALLOW_INSECURE=true`) or runs a
+    /// credential plugin (unless `NODEWIRE_KUBE_ALLOW_EXEC=true`).
+    Kubeconfig {
+        path: std::path::PathBuf,
+        allow_insecure_tls: bool,
+        allow_exec: bool,
+    },
     /// `NODEWIRE_KUBE_API_URL` (+ `NODEWIRE_KUBE_TOKEN_FILE`, `NODEWIRE_KUBE_CA_FILE`).
     Direct {
         url: String,
@@ -188,6 +194,10 @@ pub struct Config {
     pub kube: Option<KubeSettings>,
     /// Who may deliver to this function (`NODEWIRE_PUSH_AUTH` and friends).
     pub push_auth: PushAuthSettings,
+    /// `NODEWIRE_K8S_AUDIT_LOG` (default `projects/{NODEWIRE_PROJECT}/logs/k8s_audit`): the full
+    /// `logName` the control plane's Ops Agent writes the kube-apiserver audit file to; entries
+    /// of any other log are not acted on by `node-events`.
+    pub k8s_audit_log: String,
 }
 
 fn parse_var<T: FromStr>(src: &impl Source, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -292,6 +302,21 @@ impl Config {
                         format!("{:?} is not HOST:PORT", echo(&h)),
                     ));
                 }
+                // The emulator speaks plain, unauthenticated HTTP: a stray variable must not
+                // send every step (and dead letter) to some other host.
+                let remote_ok: bool =
+                    parse_var(src, "NODEWIRE_ALLOW_REMOTE_PUBSUB_EMULATOR", false)?;
+                if !remote_ok && !crate::act::k8s::is_loopback_http(&format!("http://{h}/")) {
+                    return Err(err(
+                        "PUBSUB_EMULATOR_HOST",
+                        format!(
+                            "{:?} is not a loopback address (set \
+                             NODEWIRE_ALLOW_REMOTE_PUBSUB_EMULATOR=true to use an emulator \
+                             elsewhere)",
+                            echo(&h)
+                        ),
+                    ));
+                }
                 Some(format!("http://{h}"))
             }
         };
@@ -388,7 +413,11 @@ impl Config {
                     "set either NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL, not both",
                 ));
             }
-            (Some(path), None) => Some(KubeSettings::Kubeconfig(path.into())),
+            (Some(path), None) => Some(KubeSettings::Kubeconfig {
+                path: path.into(),
+                allow_insecure_tls: parse_var(src, "NODEWIRE_KUBE_ALLOW_INSECURE", false)?,
+                allow_exec: parse_var(src, "NODEWIRE_KUBE_ALLOW_EXEC", false)?,
+            }),
             (None, Some(url)) => {
                 if !(url.starts_with("https://") || crate::act::k8s::is_loopback_http(&url)) {
                     return Err(err(
@@ -413,8 +442,32 @@ impl Config {
             name_prefix,
             labels: parse_selector_labels(src)?,
         };
+        let k8s_audit_log = src
+            .get("NODEWIRE_K8S_AUDIT_LOG")
+            .unwrap_or_else(|| format!("projects/{project}/logs/k8s_audit"));
+        let log_ok = k8s_audit_log
+            .strip_prefix("projects/")
+            .and_then(|r| r.split_once("/logs/"))
+            .is_some_and(|(p, id)| {
+                validate_project_id(p).is_ok()
+                    && !id.is_empty()
+                    && id.len() <= 512
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b))
+            });
+        if !log_ok {
+            return Err(err(
+                "NODEWIRE_K8S_AUDIT_LOG",
+                format!(
+                    "{:?} is not a log name projects/PROJECT/logs/LOG_ID",
+                    echo(&k8s_audit_log)
+                ),
+            ));
+        }
         Ok(Self {
             push_auth: PushAuthSettings::from_source(src)?,
+            k8s_audit_log,
             compute_endpoint,
             kube,
             port: parse_var(src, "PORT", 8080u16)?,

@@ -39,8 +39,10 @@ pub enum SignatureCheck {
     /// replaced its signature with `SIGNATURE_REMOVED_BY_GOOGLE`
     /// (<https://cloud.google.com/run/docs/troubleshooting#signature-removed>); the claims are
     /// still checked here (issuer, audience, expiry, the allow-listed email). Only a token with
-    /// that marker is accepted, so a service deployed without the IAM check cannot be fooled by
-    /// a forged unsigned token (it would carry a signature of its own, which is not trusted).
+    /// that marker is accepted. This mode is safe only behind that IAM check (no `allUsers`
+    /// invoker, the check not disabled): on a service without it, a forged token carrying the
+    /// marker would be believed. A signed token reaching the container is refused, as the sign
+    /// that the check did not run.
     RemovedByCloudRun,
 }
 

@@ -2,10 +2,15 @@
 //!
 //! What counts: the **final** entry (`operation.last`) of a **successful** `instances.insert`,
 //! `instances.bulkInsert` (per-VM entry) or `instances.delete`, under any API version prefix
-//! (`v1.`, `beta.`, `alpha.`, none). Everything else is [`InstanceEvent::Ignored`] with the
-//! reason; malformed identifiers are a [`DecodeError`].
+//! (`v1.`, `beta.`, `alpha.`, none), **written by Google to the Admin Activity audit log**
+//! (`logName` `projects/P/logs/cloudaudit.googleapis.com%2Factivity`, a Cloud Audit Log
+//! payload, `resource.type` `gce_instance`, and one project throughout: the log's, the
+//! resource labels' and the `resourceName`'s — which for VMs of a managed instance group
+//! carries the project *number*). An entry of any other log (which anything with
+//! `logging.logEntries.create` can write) is [`InstanceEvent::Ignored`] with the reason, as is
+//! everything else; malformed identifiers are a [`DecodeError`].
 
-use super::logentry::LogEntry;
+use super::logentry::{ADMIN_ACTIVITY_LOG_ID, AUDIT_LOG_TYPE, LogEntry};
 use super::{Decode, DecodeError};
 use crate::names::{InstanceRef, NameError, echo, validate_zone};
 
@@ -72,6 +77,34 @@ impl InstanceEvent {
                 "not a Cloud Audit Log entry (no protoPayload)".into(),
             ));
         };
+        // Google Cloud writes the Admin Activity log: an entry of another log may be anyone's.
+        let Some((log_project, log_id)) = entry.log_project_and_id() else {
+            return Ok(Self::Ignored(format!(
+                "logName {:?} is not projects/P/logs/ID",
+                echo(entry.log_name.as_deref().unwrap_or(""))
+            )));
+        };
+        if log_id != ADMIN_ACTIVITY_LOG_ID {
+            return Ok(Self::Ignored(format!(
+                "log {:?} is not the Admin Activity audit log ({ADMIN_ACTIVITY_LOG_ID})",
+                echo(log_id)
+            )));
+        }
+        if audit.type_.as_deref() != Some(AUDIT_LOG_TYPE) {
+            return Ok(Self::Ignored(format!(
+                "protoPayload @type {:?} is not {AUDIT_LOG_TYPE}",
+                echo(audit.type_.as_deref().unwrap_or(""))
+            )));
+        }
+        if let Some(p) = entry.resource_label("project_id")
+            && p != log_project
+        {
+            return Ok(Self::Ignored(format!(
+                "resource.labels.project_id {:?} is not the log's project {:?}",
+                echo(p),
+                echo(log_project)
+            )));
+        }
         let service = audit.service_name.as_deref().unwrap_or("");
         if service != "compute.googleapis.com" {
             return Ok(Self::Ignored(format!(
@@ -143,6 +176,14 @@ impl InstanceEvent {
                 ));
             }
         };
+        // resourceName names the same project by id, or by number (managed instance groups).
+        if *rn_project != project && !rn_project.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(DecodeError::Shape(format!(
+                "resourceName project {:?} disagrees with resource.labels.project_id {:?}",
+                echo(rn_project),
+                echo(project)
+            )));
+        }
         let zone = entry.resource_label("zone").unwrap_or(rn_zone);
         validate_zone(zone).map_err(DecodeError::Invalid)?;
         if zone != *rn_zone {
@@ -420,8 +461,51 @@ mod tests {
         let mut e = last_entry();
         e["resource"]["labels"]["instance_id"] = json!("12ab");
         assert!(matches!(decode_value(&e), Err(DecodeError::Invalid(_))));
+        // A project label that is not the log's project: not acted on.
         let mut e = last_entry();
         e["resource"]["labels"]["project_id"] = json!("../../evil");
-        assert!(matches!(decode_value(&e), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode_value(&e), Ok(InstanceEvent::Ignored(_))));
+    }
+
+    /// Issue 10, item 2: only the Admin Activity audit log counts. Anything with
+    /// `logging.logEntries.create` (a pod through its node's service account, say) can write an
+    /// entry of the same shape to another log; Google Cloud services write the
+    /// `cloudaudit.googleapis.com` logs (<https://cloud.google.com/logging/docs/audit#log-names>); and whatever reaches the
+    /// topic only starts a step that reads the VM from Compute.
+    #[test]
+    fn only_googles_admin_activity_entries_count() {
+        assert!(matches!(
+            decode_value(&last_entry()),
+            Ok(InstanceEvent::Created(_))
+        ));
+        let forged_logs = [
+            json!("projects/example-project/logs/my-app"),
+            json!("projects/example-project/logs/cloudaudit.googleapis.com%2Fdata_access"),
+            json!("projects/example-project/logs/cloudaudit.googleapis.com%2Factivity-copy"),
+            json!("projects/other-project/logs/cloudaudit.googleapis.com%2Factivity"),
+            json!("organizations/1/logs/cloudaudit.googleapis.com%2Factivity"),
+            json!(null),
+        ];
+        for log in forged_logs {
+            let mut e = last_entry();
+            e["logName"] = log.clone();
+            assert!(
+                matches!(decode_value(&e), Ok(InstanceEvent::Ignored(_))),
+                "{log}"
+            );
+        }
+        let mut e = last_entry();
+        e["protoPayload"]["@type"] = json!("type.googleapis.com/my.Fake");
+        assert!(matches!(decode_value(&e), Ok(InstanceEvent::Ignored(_))));
+        // resourceName in another project than the labels: refused.
+        let mut e = last_entry();
+        e["protoPayload"]["resourceName"] =
+            json!("projects/other-project/zones/us-central1-a/instances/k8s-worker-1");
+        assert!(matches!(decode_value(&e), Err(DecodeError::Shape(_))));
+        // A project number (managed instance groups) is consistent with any id.
+        let mut e = last_entry();
+        e["protoPayload"]["resourceName"] =
+            json!("projects/123456789012/zones/us-central1-a/instances/k8s-worker-1");
+        assert!(matches!(decode_value(&e), Ok(InstanceEvent::Created(_))));
     }
 }

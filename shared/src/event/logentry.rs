@@ -52,9 +52,20 @@ pub struct AuditLog {
     pub method_name: Option<String>,
     pub resource_name: Option<String>,
     pub status: Option<RpcStatus>,
+    pub authentication_info: Option<AuthenticationInfo>,
     pub request: Option<serde_json::Value>,
     pub response: Option<serde_json::Value>,
 }
+
+/// `protoPayload.authenticationInfo`: who made the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthenticationInfo {
+    pub principal_email: Option<String>,
+}
+
+/// The `@type` of a Cloud Audit Log payload.
+pub const AUDIT_LOG_TYPE: &str = "type.googleapis.com/google.cloud.audit.AuditLog";
 
 /// `google.rpc.Status` as written in audit logs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -71,7 +82,20 @@ impl RpcStatus {
     }
 }
 
+/// The log id of Admin Activity audit logs, URL-encoded as it appears in `logName`
+/// (<https://cloud.google.com/logging/docs/audit#log-names>), which Google Cloud services
+/// write. (Whether `entries.write` refuses this name to others is not documented; nodewire does
+/// not rely on it: a Compute entry only starts a step, which reads the VM from Compute.)
+pub const ADMIN_ACTIVITY_LOG_ID: &str = "cloudaudit.googleapis.com%2Factivity";
+
 impl LogEntry {
+    /// The project of `logName` (`projects/P/logs/ID`) and its log id, when it has that form.
+    pub fn log_project_and_id(&self) -> Option<(&str, &str)> {
+        let rest = self.log_name.as_deref()?.strip_prefix("projects/")?;
+        let (project, id) = rest.split_once("/logs/")?;
+        (!project.is_empty() && !project.contains('/') && !id.is_empty()).then_some((project, id))
+    }
+
     /// `resource.labels[key]`, if present and non-empty.
     pub fn resource_label(&self, key: &str) -> Option<&str> {
         self.resource

@@ -10,6 +10,9 @@ pub mod logentry;
 pub mod node;
 pub mod step;
 
+#[cfg(test)]
+mod props;
+
 pub use instance::{InstanceChange, InstanceEvent};
 pub use node::{NodeChange, NodeEvent, NodeEvents};
 pub use step::{Cause, CauseSource, STEP_SCHEMA, Step, StepMessage};

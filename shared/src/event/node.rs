@@ -8,7 +8,15 @@
 //! - a bare audit `Event`;
 //! - an audit `EventList` (the audit webhook's body): one delivery, many events.
 //!
-//! Only completed (`ResponseComplete`), successful requests on the `nodes` resource count.
+//! Only completed (`ResponseComplete`), successful requests on the `nodes` resource count, and
+//! only by the principal that does that in a cluster (issue 10, item 2): a Node's registration
+//! by its own kubelet (`system:node:NAME`), a podCIDR by the node IPAM controller
+//! (kube-controller-manager's `node-controller` service account, or its own identity without
+//! `--use-service-account-credentials`). A deletion counts whoever made it (the step it
+//! starts re-reads that the Node is gone). Anything else is ignored with the reason. The log a
+//! LogEntry came from is kept in [`NodeEvents::log_name`] for `node-events` to check against
+//! the configured audit log. An Ops Agent entry whose line was not parsed into `jsonPayload`
+//! (`jsonPayload.message` holding the JSON text) is read too.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -47,7 +55,16 @@ pub struct NodeChange {
 pub struct NodeEvents {
     pub events: Vec<NodeEvent>,
     pub rejected: Vec<(usize, DecodeError)>,
+    /// `logName` of the LogEntry that carried the events; `None` for a bare `Event` or
+    /// `EventList`.
+    pub log_name: Option<String>,
 }
+
+/// Who may make each change count.
+const IPAM_PRINCIPALS: [&str; 2] = [
+    "system:serviceaccount:kube-system:node-controller",
+    "system:kube-controller-manager",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -61,6 +78,13 @@ struct AuditEvent {
     response_status: Option<ResponseStatus>,
     request_object: Option<Value>,
     response_object: Option<Value>,
+    user: Option<UserInfo>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UserInfo {
+    username: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +114,7 @@ impl NodeEvents {
         r.map(|e| NodeEvents {
             events: vec![e],
             rejected: vec![],
+            log_name: None,
         })
     }
 
@@ -107,10 +132,13 @@ impl NodeEvents {
         if obj.contains_key("protoPayload") || obj.contains_key("jsonPayload") {
             let entry: LogEntry = serde_json::from_value(value)
                 .map_err(|e| DecodeError::Json(format!("LogEntry: {e}")))?;
-            if let Some(payload) = entry.json_payload.clone() {
-                return Self::from_value(payload);
-            }
-            return Self::single(from_gke_entry(&entry));
+            let mut out = match entry.json_payload.clone() {
+                Some(payload) => Self::from_value(unparsed_line(payload)?)?,
+                None => Self::single(from_gke_entry(&entry))?,
+            };
+            // The outermost carrier's log is the one Logging routed.
+            out.log_name = entry.log_name.clone();
+            return Ok(out);
         }
         match obj.get("kind").and_then(Value::as_str) {
             Some("EventList") => {
@@ -136,6 +164,23 @@ impl NodeEvents {
                 other.map(echo)
             )))),
         }
+    }
+}
+
+/// An Ops Agent entry whose line was not parsed as JSON carries it as text in
+/// `jsonPayload.message`; that text is the audit event.
+fn unparsed_line(payload: Value) -> Result<Value, DecodeError> {
+    match &payload {
+        Value::Object(m) if !m.contains_key("kind") => match m.get("message") {
+            Some(Value::String(line)) => serde_json::from_str(line).map_err(|e| {
+                DecodeError::Json(format!(
+                    "jsonPayload.message is not an audit event: {}",
+                    crate::text::shorten(&e.to_string(), crate::text::ERROR_MAX)
+                ))
+            }),
+            _ => Ok(payload),
+        },
+        _ => Ok(payload),
     }
 }
 
@@ -183,6 +228,7 @@ fn from_audit_value(value: &Value) -> Result<NodeEvent, DecodeError> {
         name,
         ev.request_object.as_ref(),
         ev.audit_id,
+        ev.user.and_then(|u| u.username).as_deref(),
     )
 }
 
@@ -215,7 +261,17 @@ fn from_gke_entry(entry: &LogEntry) -> Result<NodeEvent, DecodeError> {
         .and_then(|r| r.strip_prefix("core/v1/nodes/"))
         .map(str::to_string)
         .or_else(|| object_name(audit.request.as_ref()));
-    classify(verb, name, audit.request.as_ref(), entry.insert_id.clone())
+    let actor = audit
+        .authentication_info
+        .as_ref()
+        .and_then(|a| a.principal_email.as_deref());
+    classify(
+        verb,
+        name,
+        audit.request.as_ref(),
+        entry.insert_id.clone(),
+        actor,
+    )
 }
 
 fn object_name(obj: Option<&Value>) -> Option<String> {
@@ -260,6 +316,7 @@ fn classify(
     name: Option<String>,
     request: Option<&Value>,
     audit_id: Option<String>,
+    actor: Option<&str>,
 ) -> Result<NodeEvent, DecodeError> {
     if !matches!(verb, "create" | "patch" | "update" | "delete") {
         return Ok(NodeEvent::Ignored(format!(
@@ -277,13 +334,26 @@ fn classify(
         instance,
         audit_id,
     };
+    let actor = actor.unwrap_or("");
     Ok(match verb {
-        "create" => NodeEvent::Registered(change),
+        "create" if actor == format!("system:node:{}", change.node) => {
+            NodeEvent::Registered(change)
+        }
+        "create" => NodeEvent::Ignored(format!(
+            "Node {} was created by {:?}, not by its own kubelet",
+            change.node,
+            echo(actor)
+        )),
         "delete" => NodeEvent::Deleted(change),
-        _ if change.pod_cidr.is_some() => NodeEvent::CidrAssigned(change),
-        _ => NodeEvent::Ignored(format!(
+        _ if change.pod_cidr.is_none() => NodeEvent::Ignored(format!(
             "{verb} of Node {} does not set spec.podCIDR",
             change.node
+        )),
+        _ if IPAM_PRINCIPALS.contains(&actor) => NodeEvent::CidrAssigned(change),
+        _ => NodeEvent::Ignored(format!(
+            "the podCIDR of Node {} was set by {:?}, not by the node IPAM controller",
+            change.node,
+            echo(actor)
         )),
     })
 }
@@ -368,7 +438,7 @@ mod tests {
 
     #[test]
     fn gke_form() {
-        let entry = |method: &str, request: Value, status: Value| {
+        let entry_by = |who: &str, method: &str, request: Value, status: Value| {
             json!({
                 "insertId": "abc123",
                 "logName": "projects/example-project/logs/cloudaudit.googleapis.com%2Factivity",
@@ -378,11 +448,28 @@ mod tests {
                     "serviceName": "k8s.io",
                     "methodName": method,
                     "resourceName": "core/v1/nodes/k8s-worker-1",
+                    "authenticationInfo": {"principalEmail": who},
                     "request": request,
                     "status": status
                 }
             })
         };
+        let entry = |method: &str, request: Value, status: Value| {
+            let who = if method.ends_with(".create") {
+                "system:node:k8s-worker-1"
+            } else {
+                "system:serviceaccount:kube-system:node-controller"
+            };
+            entry_by(who, method, request, status)
+        };
+        // Registration by anyone but the Node's own kubelet does not count.
+        let ev = one(&entry_by(
+            "kubernetes-admin",
+            "io.k8s.core.v1.nodes.create",
+            json!({"metadata": {"name": "k8s-worker-1"}}),
+            json!({}),
+        ));
+        assert!(matches!(ev, NodeEvent::Ignored(_)), "{ev:?}");
         let ev = one(&entry(
             "io.k8s.core.v1.nodes.create",
             json!({"metadata": {"name": "k8s-worker-1"}}),
@@ -450,6 +537,73 @@ mod tests {
                 .is_empty()
         );
         assert!(decode(&json!({"kind": "EventList", "items": 5})).is_err());
+    }
+
+    /// Issue 10, item 2: an audit entry counts only when it names the principal that makes
+    /// such a change in a cluster. The audit log's entries can be forged by whatever may write
+    /// that log; a forged one must at least name the right actor, and even then it only starts
+    /// a step that re-reads the Node and the VM.
+    #[test]
+    fn only_the_principal_that_makes_a_change_counts() {
+        let create = fixture("k8s-audit-node-create.json");
+        assert!(matches!(one(&create), NodeEvent::Registered(_)));
+        for who in [
+            "kubernetes-admin",
+            "system:node:k8s-worker-2",
+            "system:serviceaccount:default:evil",
+        ] {
+            let mut e = create.clone();
+            e["user"]["username"] = json!(who);
+            assert!(
+                matches!(one(&e), NodeEvent::Ignored(ref r) if r.contains("own kubelet")),
+                "{who}"
+            );
+        }
+        let mut e = create.clone();
+        e["user"] = json!(null);
+        assert!(matches!(one(&e), NodeEvent::Ignored(_)));
+        let patch = fixture("k8s-audit-node-podcidr-patch.json");
+        assert!(matches!(one(&patch), NodeEvent::CidrAssigned(_)));
+        let mut e = patch.clone();
+        e["user"]["username"] = json!("system:kube-controller-manager");
+        assert!(matches!(one(&e), NodeEvent::CidrAssigned(_)));
+        for who in ["kubernetes-admin", "system:node:k8s-worker-1"] {
+            let mut e = patch.clone();
+            e["user"]["username"] = json!(who);
+            assert!(
+                matches!(one(&e), NodeEvent::Ignored(ref r) if r.contains("IPAM")),
+                "{who}"
+            );
+        }
+        // Deletions count whoever made them: release-alias checks the Node is really gone.
+        assert!(matches!(
+            one(&fixture("k8s-audit-node-delete.json")),
+            NodeEvent::Deleted(_)
+        ));
+    }
+
+    #[test]
+    fn the_carriers_log_is_kept_and_an_unparsed_line_is_read() {
+        let entry = fixture("opsagent-k8s-audit-logentry.json");
+        let evs = decode(&entry).expect("decodes");
+        assert_eq!(evs.log_name, entry["logName"].as_str().map(str::to_string));
+        assert_eq!(
+            decode(&fixture("k8s-audit-node-create.json"))
+                .expect("decodes")
+                .log_name,
+            None
+        );
+        // The Ops Agent without a JSON parser: the line is text in jsonPayload.message.
+        let mut raw = entry.clone();
+        raw["jsonPayload"] = json!({"message": entry["jsonPayload"].to_string()});
+        let evs = decode(&raw).expect("decodes");
+        assert!(
+            matches!(evs.events.as_slice(), [NodeEvent::CidrAssigned(_)]),
+            "{evs:?}"
+        );
+        let mut raw = entry;
+        raw["jsonPayload"] = json!({"message": "E1202 not json"});
+        assert!(matches!(decode(&raw), Err(DecodeError::Json(_))));
     }
 
     #[test]

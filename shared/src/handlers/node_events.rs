@@ -31,7 +31,21 @@ pub async fn handle(
     deps: &Deps,
     locator: &dyn Locator,
 ) -> Result<Outcome, RouteError> {
-    let NodeEvents { events, rejected } = event.payload;
+    let NodeEvents {
+        events,
+        rejected,
+        log_name,
+    } = event.payload;
+    // Only entries of the audit log the control plane writes. Any log can be written by
+    // anything with logging.logEntries.create (issue 10, item 2); the sink's filter routes the
+    // right one here, and this refuses the rest should anything else reach the topic.
+    if log_name.as_deref() != Some(deps.config.k8s_audit_log.as_str()) {
+        return Ok(Outcome::Ignored(format!(
+            "not an entry of the Kubernetes audit log {} (logName {:?})",
+            deps.config.k8s_audit_log,
+            log_name.as_deref().map(|l| crate::text::shorten(l, 200))
+        )));
+    }
     let mut routed = 0usize;
     let mut ignored = Vec::new();
     for ev in events {
@@ -84,21 +98,35 @@ async fn route(
     if let Err(why) = deps.config.selector.admits_name(&change.node) {
         return Ok(Some(format!("node {why}")));
     }
-    let instance = match change.instance {
-        Some(i) => i,
-        None => match locator.locate(&change.node).await {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                return Ok(Some(format!("no VM named {} exists", change.node)));
-            }
-            Err(source) => {
-                return Err(RouteError::Locate {
-                    node: change.node,
-                    source,
-                });
-            }
-        },
+    // The VM is located from the cluster and Compute Engine, never taken from the event: a
+    // providerID written in an audit entry is what the writer of the entry says (issue 10,
+    // item 3). One it carries must agree with what was found.
+    let instance = match locator.locate(&change.node).await {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            return Ok(Some(format!("no VM named {} exists", change.node)));
+        }
+        Err(source) => {
+            return Err(RouteError::Locate {
+                node: change.node,
+                source,
+            });
+        }
     };
+    if instance.name() != change.node {
+        return Ok(Some(format!(
+            "Node {} is located on VM {instance}, whose name differs: not a node nodewire joined",
+            change.node
+        )));
+    }
+    if let Some(claimed) = &change.instance
+        && *claimed != instance
+    {
+        return Ok(Some(format!(
+            "the event says Node {} is VM {claimed}, but it is VM {instance}",
+            change.node
+        )));
+    }
     if let Err(why) = deps.config.selector.admits(&instance) {
         return Ok(Some(why.0));
     }
@@ -162,12 +190,30 @@ mod tests {
         PushEvent::new(NodeEvents {
             events: evs,
             rejected: vec![],
+            log_name: Some("projects/example-project/logs/k8s_audit".into()),
         })
     }
 
     #[tokio::test]
-    async fn registration_with_provider_id_needs_no_locator() {
-        let (deps, bus, loc) = deps(false);
+    async fn registration_is_located_and_its_provider_id_checked() {
+        let (deps, bus, _) = deps(false);
+        let loc: Arc<dyn Locator> = Arc::new(TableLocator::new([vm("k8s-worker-2")]));
+        // An event whose providerID names another VM than the one located: not routed.
+        let forged = handle(
+            events(vec![NodeEvent::Registered(change(
+                "k8s-worker-2",
+                Some(vm("k8s-worker-9")),
+            ))]),
+            &deps,
+            loc.as_ref(),
+        )
+        .await
+        .expect("ok");
+        assert!(
+            matches!(forged, Outcome::Ignored(ref why) if why.contains("k8s-worker-9")),
+            "{forged:?}"
+        );
+        assert!(bus.published().is_empty());
         let r = handle(
             events(vec![NodeEvent::Registered(change(
                 "k8s-worker-2",
@@ -184,6 +230,27 @@ mod tests {
         let step = StepMessage::decode(&out[0].message.data).expect("step");
         assert_eq!(step.node.as_deref(), Some("k8s-worker-2"));
         assert_eq!(step.cause.source, CauseSource::K8sAudit);
+    }
+
+    /// Issue 10, item 2: entries of another log than the configured audit log are not acted
+    /// on, nor bare events that came in no LogEntry at all.
+    #[tokio::test]
+    async fn only_the_configured_audit_log_counts() {
+        let (deps, bus, loc) = deps(true);
+        for log in [
+            Some("projects/example-project/logs/my-app".to_string()),
+            Some("projects/other-project/logs/k8s_audit".to_string()),
+            None,
+        ] {
+            let mut ev = events(vec![NodeEvent::CidrAssigned(change("k8s-worker-1", None))]);
+            ev.payload.log_name = log.clone();
+            let r = handle(ev, &deps, loc.as_ref()).await.expect("ok");
+            assert!(
+                matches!(r, Outcome::Ignored(ref why) if why.contains("not an entry of the Kubernetes audit log")),
+                "{log:?}: {r:?}"
+            );
+        }
+        assert!(bus.published().is_empty());
     }
 
     #[tokio::test]
@@ -241,10 +308,11 @@ mod tests {
         .expect("ok");
         assert!(matches!(r, Outcome::Ignored(ref w) if w.contains("prefix")));
         let other = InstanceRef::new("other-project", "us-central1-a", "k8s-x").expect("valid");
+        let in_other_project: Arc<dyn Locator> = Arc::new(TableLocator::new([other.clone()]));
         let r = handle(
             events(vec![NodeEvent::Registered(change("k8s-x", Some(other)))]),
             &deps,
-            loc.as_ref(),
+            in_other_project.as_ref(),
         )
         .await
         .expect("ok");

@@ -74,10 +74,11 @@ pub async fn handle(
     if let Err(why) = deps.plan.selector.admits(&msg.instance) {
         return Ok(Outcome::Ignored(why.0));
     }
-    let node = msg
-        .node
-        .clone()
-        .unwrap_or_else(|| msg.instance.name().to_string());
+    // The Node is named like its VM (nodewire's JoinConfiguration sets nodeRegistration.name
+    // to the VM's name). The message's `node` field is not believed: a forged one could point a
+    // step at another VM's Node (issue 10, item 3); the planner then checks that the Node is
+    // provably this VM's.
+    let node = msg.instance.name().to_string();
     let obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node).await?;
     let node = obs.node.as_ref().map_or(node, |n| n.name.clone());
     let (actions, next) = match plan::plan(step, &obs, &deps.plan) {

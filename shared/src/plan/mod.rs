@@ -27,6 +27,9 @@ pub struct PlanConfig {
     pub pod_range: Cidr,
     /// Network tags every node VM carries.
     pub node_tags: Vec<String>,
+    /// When not empty, only a VM running as one of these service accounts is given a join
+    /// token (`NODEWIRE_NODE_SERVICE_ACCOUNTS`).
+    pub node_service_accounts: std::collections::BTreeSet<String>,
 }
 
 /// An alias range as observed on nic0.
@@ -72,6 +75,75 @@ pub struct VmFacts {
     pub joined: bool,
     /// The kubelet restarts nodewire asked for (`nodewire-restart-kubelet`), when any.
     pub kubelet_restarts: Option<KubeletRestarts>,
+    /// The join tokens minted for it so far (`nodewire-bootstrap-attempts`), when any.
+    pub bootstrap_attempts: Option<BootstrapAttempts>,
+    /// The service accounts it runs as.
+    pub service_accounts: Vec<String>,
+}
+
+/// Join tokens minted for a VM that has not joined yet: how many, and how long ago the last.
+/// The metadata value is `COUNT@UNIX-SECONDS`, written with the join configuration. A VM that
+/// never joins gets at most [`BootstrapAttempts::MAX`] tokens a day, spaced by
+/// [`BootstrapAttempts::backoff`] — not one per sweep (issue 10, item 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapAttempts {
+    pub count: u32,
+    pub age: std::time::Duration,
+}
+
+impl BootstrapAttempts {
+    /// Tokens per [`Self::WINDOW`] at most.
+    pub const MAX: u32 = 6;
+    /// After this long without a new token, counting starts again.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// Reads `COUNT@UNIX-SECONDS` as of `now`; junk (or a time in the future) reads as the
+    /// budget spent now, so a hostile value never leads to more tokens.
+    pub fn parse(value: &str, now: i64) -> Self {
+        let parsed = value.split_once('@').and_then(|(c, t)| {
+            Some((c.trim().parse::<u32>().ok()?, t.trim().parse::<i64>().ok()?))
+        });
+        match parsed {
+            Some((count, at)) => Self {
+                count,
+                age: std::time::Duration::from_secs(u64::try_from(now - at).unwrap_or(0)),
+            },
+            None => Self {
+                count: Self::MAX,
+                age: std::time::Duration::ZERO,
+            },
+        }
+    }
+
+    /// The metadata value recording attempt `count` at `now`.
+    pub fn value(count: u32, now: i64) -> String {
+        format!("{count}@{now}")
+    }
+
+    /// How long after attempt `count` the next may be made: 30 minutes, doubling.
+    pub fn backoff(count: u32) -> std::time::Duration {
+        std::time::Duration::from_secs(1800 * 2u64.pow(count.saturating_sub(1).min(8)))
+    }
+
+    /// The number of the next attempt, or why none is due yet.
+    pub fn next(this: Option<Self>) -> Result<u32, String> {
+        match this {
+            None => Ok(1),
+            Some(a) if a.age >= Self::WINDOW => Ok(1),
+            Some(a) if a.count >= Self::MAX => Err(format!(
+                "{} join tokens minted in a day and the VM never joined; the next in {}s",
+                a.count,
+                Self::WINDOW.saturating_sub(a.age).as_secs()
+            )),
+            Some(a) if a.age < Self::backoff(a.count) => Err(format!(
+                "join token {} was minted {}s ago and the VM did not join; the next in {}s",
+                a.count,
+                a.age.as_secs(),
+                Self::backoff(a.count).saturating_sub(a.age).as_secs()
+            )),
+            Some(a) => Ok(a.count + 1),
+        }
+    }
 }
 
 /// Restarts of a VM's kubelet that nodewire asked for to bring back a Node that is gone: how
@@ -344,7 +416,7 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
     if !obs.tokens.is_empty() {
         out.push(Gap::Token);
     }
-    if vm.join_metadata || vm.kubelet_restarts.is_some() {
+    if vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some() {
         out.push(Gap::JoinMetadata);
     }
     out.sort();
@@ -375,6 +447,10 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             Action::Bootstrap => {
                 if let Some(vm) = &mut o.vm {
                     vm.join_metadata = true;
+                    vm.bootstrap_attempts = Some(BootstrapAttempts {
+                        count: BootstrapAttempts::next(vm.bootstrap_attempts).unwrap_or(1),
+                        age: std::time::Duration::ZERO,
+                    });
                 }
                 o.tokens.push(TokenFacts {
                     id: format!("new{}", o.tokens.len()),
@@ -411,6 +487,7 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
                 if let Some(vm) = &mut o.vm {
                     vm.join_metadata = false;
                     vm.kubelet_restarts = None;
+                    vm.bootstrap_attempts = None;
                     vm.joined = true;
                 }
             }
@@ -442,6 +519,11 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
     if let Some(why) = cfg.not_selected(vm) {
         return Plan::Ignore(why);
     }
+    if let Some(node) = &obs.node
+        && let Err(plan) = node_is_the_vms(node, vm)
+    {
+        return plan;
+    }
     if is_wired(obs, cfg) {
         return Plan::Act {
             actions: vec![],
@@ -465,6 +547,34 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
             }
         }
         Err(plan) => plan,
+    }
+}
+
+/// A step acts on a Node only when it is provably this VM's (issue 10, item 3): its providerID
+/// names the VM, or it has none yet and carries nodewire's mark — the unwired taint, which only
+/// nodewire's JoinConfiguration registers (NodeRestriction forbids a kubelet to add taints
+/// later). A Node whose providerID names another VM is refused (an operator must delete it); one
+/// with neither is left alone: it is someone else's (a control-plane Node, a node joined by
+/// hand). To adopt such a node, set its providerID to `gce://P/Z/N` by hand.
+pub fn node_is_the_vms(node: &NodeFacts, vm: &VmFacts) -> Result<(), Plan> {
+    let wanted = vm.instance.provider_id();
+    match node.provider_id.as_deref() {
+        Some(p) if p == wanted => Ok(()),
+        Some(other) => Err(Plan::Refuse(Refusal::ProviderIdConflict(
+            ProviderIdConflict {
+                node: node.name.clone(),
+                current: other.to_string(),
+                wanted,
+            },
+        ))),
+        None if node.unwired_taint => Ok(()),
+        None => Err(Plan::Ignore(format!(
+            "Node {} has no providerID and no nodewire mark (taint {}): not provably VM {}'s; \
+             set its spec.providerID to {wanted} to have nodewire wire it",
+            node.name,
+            crate::act::k8s::UNWIRED_TAINT,
+            vm.instance
+        ))),
     }
 }
 
@@ -518,6 +628,23 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     if vm.joined {
         return plan_lost_node(vm);
     }
+    // Who may join: a VM can run as a service account only if its creator may act as that
+    // account (iam.serviceAccounts.actAs), so the account proves who made the VM — unlike
+    // labels or metadata, which whoever creates a VM chooses (issue 10, item 2).
+    if !cfg.node_service_accounts.is_empty()
+        && !vm
+            .service_accounts
+            .iter()
+            .any(|sa| cfg.node_service_accounts.contains(&sa.to_ascii_lowercase()))
+    {
+        return Err(Plan::Ignore(format!(
+            "VM {} runs as {:?}, none of NODEWIRE_NODE_SERVICE_ACCOUNTS: not given a join token",
+            vm.instance, vm.service_accounts
+        )));
+    }
+    if let Err(why) = BootstrapAttempts::next(vm.bootstrap_attempts) {
+        return Err(Plan::Ignore(format!("VM {}: {why}", vm.instance)));
+    }
     let expired: Vec<String> = obs
         .tokens
         .iter()
@@ -559,14 +686,22 @@ fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     let Some(node) = &obs.node else {
         return Err(no_node(vm));
     };
+    // The Node registered, so its kubelet has its own credential: the join token has done its
+    // job and goes now — at registration, not once a podCIDR exists, nor after full wiring
+    // (issue 10, item 4).
+    let mut a = revoke_all(obs);
     let cidr = match pod_cidr(node, cfg) {
         Ok(Some(c)) => c,
+        // Revoke now; the podCIDR's own audit event (or the sweep) brings the chain back.
+        Ok(None) if !a.is_empty() => {
+            return Err(Plan::Act {
+                actions: a,
+                next: None,
+            });
+        }
         Ok(None) => return Err(Plan::Wait(format!("Node {} has no podCIDR yet", node.name))),
         Err(r) => return Err(Plan::Refuse(r)),
     };
-    // The Node registered, so its kubelet has its own credential: the join token has done its
-    // job and goes now, not only after full wiring (issue 10, item 4).
-    let mut a = revoke_all(obs);
     if vm.aliases != [cfg.wanted_alias(cidr)] {
         a.push(Action::SetAlias {
             cidr,
@@ -637,7 +772,7 @@ fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     // Revoke, then remove the join metadata, then lift the taint: no Pod can run on the node
     // while a join credential for it still exists (issue 10, item 4).
     let mut a = revoke_all(obs);
-    if vm.join_metadata || vm.kubelet_restarts.is_some() {
+    if vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some() {
         a.push(Action::ClearJoinMetadata);
     }
     if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
@@ -720,8 +855,9 @@ fn plan_release(obs: &Observed, cfg: &PlanConfig) -> Plan {
     } else {
         vec![Action::ReleaseAlias { keep }]
     };
-    Plan::Act {
-        actions,
-        next: None,
-    }
+    // A VM that had joined has lost its Node: bootstrap asks its kubelet to register again
+    // (bounded; see plan_lost_node). The sweep publishes one step per VM, so the chain must
+    // carry on from here by itself.
+    let next = (vm.joined && vm.status == "RUNNING").then_some(Step::Bootstrap);
+    Plan::Act { actions, next }
 }

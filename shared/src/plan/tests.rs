@@ -192,6 +192,67 @@ fn bootstrap_table() {
     ]);
 }
 
+/// Issue 10, item 2: with an allow-list of node service accounts, a VM running as another
+/// (or none) gets no join token.
+#[test]
+fn only_vms_running_as_an_allowed_service_account_are_bootstrapped() {
+    let mut c = cfg();
+    c.node_service_accounts = ["nodes@example-project.iam.gserviceaccount.com".to_string()].into();
+    let mints = |o: &Observed, c: &PlanConfig| matches!(plan(Step::Bootstrap, o, c), Plan::Act { ref actions, .. } if actions.contains(&Action::Bootstrap));
+    assert!(mints(&fresh(), &c));
+    let other = fresh().edit(|o| {
+        o.vm_mut().service_accounts = vec!["123-compute@developer.gserviceaccount.com".into()];
+    });
+    assert!(!mints(&other, &c));
+    assert!(!mints(
+        &fresh().edit(|o| o.vm_mut().service_accounts.clear()),
+        &c
+    ));
+    assert!(mints(&other, &cfg()), "no allow-list, no condition");
+}
+
+/// Issue 10, item 4: a VM that never joins gets a handful of join tokens a day, not one per
+/// sweep: the count and time of the last are in its metadata.
+#[test]
+fn re_minting_join_tokens_is_bounded() {
+    let attempts = |count: u32, secs: u64| {
+        fresh().edit(|o| {
+            o.vm_mut().bootstrap_attempts = Some(BootstrapAttempts {
+                count,
+                age: std::time::Duration::from_secs(secs),
+            });
+        })
+    };
+    let mints = |o: &Observed| matches!(plan(Step::Bootstrap, o, &cfg()), Plan::Act { ref actions, .. } if actions.contains(&Action::Bootstrap));
+    assert!(mints(&fresh()), "the first token");
+    assert!(!mints(&attempts(1, 600)), "10 min after the first: wait");
+    assert!(mints(&attempts(1, 1900)), "past 30 min: the second");
+    assert!(!mints(&attempts(3, 3600)), "the fourth waits 2 h");
+    assert!(mints(&attempts(3, 2 * 3600 + 1)));
+    assert!(!mints(&attempts(6, 20 * 3600)), "six a day at most");
+    assert!(mints(&attempts(6, 24 * 3600)), "a new day");
+    // A hostile or broken value spends the budget; a time in the future is "just now".
+    let now = 1_800_000_000;
+    assert_eq!(
+        BootstrapAttempts::parse("junk", now).count,
+        BootstrapAttempts::MAX
+    );
+    assert_eq!(
+        BootstrapAttempts::parse("1@1900000000", now).age,
+        std::time::Duration::ZERO
+    );
+    // Minting records the attempt; finalize removes the record with the join metadata.
+    let after = apply(&attempts(1, 1900), &[Action::Bootstrap], &cfg());
+    assert_eq!(
+        after
+            .vm
+            .as_ref()
+            .and_then(|v| v.bootstrap_attempts)
+            .map(|a| a.count),
+        Some(2)
+    );
+}
+
 /// "VM alive, Node gone" on a VM that joined before: never a token (kubeadm's preflight would
 /// fail there), a bounded number of kubelet restarts instead, then a person.
 #[test]
@@ -515,11 +576,13 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 v.tags.push("k8s-node".into());
             }
             v.join_metadata = join;
+            // Reachable under nodewire: a Node without providerID carries nodewire's mark (an
+            // unmarked one is someone else's and is never wired; `unmarked_nodes_are_left_alone`).
             let node = node.map(|(pid, cidr, taint)| NodeFacts {
                 name: "vm-1".into(),
                 provider_id: pid.then(|| vm_ref().provider_id()),
                 pod_cidr: cidr.map(str::to_string),
-                unwired_taint: taint,
+                unwired_taint: taint || !pid,
             });
             let tokens = tokens
                 .into_iter()
@@ -536,6 +599,46 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 step,
             )
         })
+}
+
+/// Issue 10, item 3: a step acts on a Node only when it is provably the VM's.
+#[test]
+fn unmarked_nodes_are_left_alone_and_another_vms_node_is_refused() {
+    let c = cfg();
+    let mut o = fresh();
+    o.node = Some(NodeFacts {
+        name: "vm-1".into(),
+        provider_id: None,
+        pod_cidr: Some("10.4.1.0/24".into()),
+        unwired_taint: false,
+    });
+    for step in CHAIN {
+        assert!(
+            matches!(plan(step, &o, &c), Plan::Ignore(ref why) if why.contains("not provably")),
+            "{step}: {:?}",
+            plan(step, &o, &c)
+        );
+    }
+    // Another VM's Node (a forged step naming this VM while the Node was registered for
+    // another): never its podCIDR as this VM's alias, never its taint or tokens.
+    if let Some(n) = o.node.as_mut() {
+        n.provider_id = Some("gce://example-project/us-central1-b/other-vm".into());
+        n.unwired_taint = true;
+    }
+    for step in CHAIN {
+        assert!(
+            matches!(
+                plan(step, &o, &c),
+                Plan::Refuse(Refusal::ProviderIdConflict(_))
+            ),
+            "{step}"
+        );
+    }
+    // Marked, or naming this VM: worked on.
+    if let Some(n) = o.node.as_mut() {
+        n.provider_id = None;
+    }
+    assert!(matches!(plan(Step::AssignAlias, &o, &c), Plan::Act { .. }));
 }
 
 proptest! {

@@ -106,6 +106,7 @@ pub fn plan_config() -> PlanConfig {
         pod_range_name: "pods".into(),
         pod_range: "10.4.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
         node_tags: vec!["k8s-node".into()],
+        node_service_accounts: std::collections::BTreeSet::new(),
     }
 }
 
@@ -142,6 +143,8 @@ pub fn fresh_vm() -> VmFacts {
         join_metadata: false,
         joined: false,
         kubelet_restarts: None,
+        bootstrap_attempts: None,
+        service_accounts: vec!["nodes@example-project.iam.gserviceaccount.com".into()],
     }
 }
 

@@ -29,7 +29,7 @@ mod view;
 mod write;
 
 pub use error::ComputeError;
-pub use view::{AliasRange, InstanceView, NicView, SubnetView, WriteOutcome};
+pub use view::{AliasRange, InstanceView, MetadataView, NicView, SubnetView, WriteOutcome};
 
 use super::toolkit::{self, Backoff, Listed};
 use crate::names::InstanceRef;

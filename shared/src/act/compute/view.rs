@@ -1,6 +1,6 @@
 //! OBSERVE, Compute side: the small views the client reduces API objects to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use google_cloud_compute_v1::model;
 
@@ -33,6 +33,47 @@ pub struct NicView {
     pub aliases: Vec<AliasRange>,
 }
 
+/// What nodewire keeps of a VM's metadata: which keys exist, and the values of its own two
+/// small bookkeeping keys only. No other value — the join token in `kubeadm-join`, ssh keys,
+/// startup scripts — is kept in a view (issue 10, item 4); writes read the metadata afresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataView {
+    keys: BTreeSet<String>,
+    values: BTreeMap<String, String>,
+}
+
+impl MetadataView {
+    /// The keys whose values are kept.
+    pub const KEPT: [&'static str; 2] = [
+        crate::join::KUBELET_RESTART_METADATA_KEY,
+        crate::join::BOOTSTRAP_ATTEMPTS_METADATA_KEY,
+    ];
+    /// A kept value longer than this is cut (they are `COUNT@UNIX`).
+    const MAX_VALUE: usize = 64;
+
+    /// Reduces `(key, value)` items.
+    pub fn from_items<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut m = Self::default();
+        for (k, v) in items {
+            m.keys.insert(k.to_string());
+            if Self::KEPT.contains(&k) {
+                m.values
+                    .insert(k.to_string(), crate::text::shorten(v, Self::MAX_VALUE));
+            }
+        }
+        m
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// The value of one of the [`Self::KEPT`] keys.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.values.get(key)
+    }
+}
+
 /// The facts nodewire reads from a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceView {
@@ -42,8 +83,10 @@ pub struct InstanceView {
     pub can_ip_forward: bool,
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: MetadataView,
     pub nic0: Option<NicView>,
+    /// The emails of the service accounts the VM runs as (`serviceAccounts[].email`).
+    pub service_accounts: Vec<String>,
 }
 
 impl InstanceView {
@@ -89,15 +132,17 @@ impl InstanceView {
                 .metadata
                 .as_ref()
                 .map(|m| {
-                    m.items
-                        .iter()
-                        .filter_map(|it| {
-                            Some((it.key.clone()?, it.value.clone().unwrap_or_default()))
-                        })
-                        .collect()
+                    MetadataView::from_items(m.items.iter().filter_map(|it| {
+                        Some((it.key.as_deref()?, it.value.as_deref().unwrap_or_default()))
+                    }))
                 })
                 .unwrap_or_default(),
             nic0,
+            service_accounts: i
+                .service_accounts
+                .iter()
+                .filter_map(|sa| sa.email.clone())
+                .collect(),
         })
     }
 }

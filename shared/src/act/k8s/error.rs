@@ -77,6 +77,14 @@ pub(super) fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::
 
 pub(super) fn classify(call: &'static str, e: &kube::Error) -> Class {
     match e {
+        // A projected service-account token rotates; the client re-reads its file within a
+        // minute. A 401 is therefore retried (bounded like every transient failure), not a
+        // permanent error that would dead-letter every delivery until the file is re-read.
+        kube::Error::Api(s) if s.code == 401 => Class::Retry(format!(
+            "HTTP 401 {}: {} (the bearer token may have just rotated)",
+            s.reason,
+            api_message(&s.message)
+        )),
         kube::Error::Api(s) => {
             let message = api_message(&s.message);
             match classify_http(s.code, &[s.reason.as_str()]) {

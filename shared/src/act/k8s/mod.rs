@@ -16,10 +16,12 @@ use serde_json::json;
 
 mod cluster_info;
 mod error;
+mod sweep_state;
 mod tokens;
 
 pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
 pub use error::KubeError;
+pub use sweep_state::{MAX_REMEMBERED, SWEEP_STATE, SweepState};
 pub use tokens::{BootstrapToken, TokenInfo, TokenSecret};
 
 use super::toolkit::{self, Backoff, Listed, api_message};
@@ -65,12 +67,22 @@ impl Default for KubePolicy {
 /// How to reach the API server.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KubeConnection {
-    /// A kubeconfig file (its current context).
-    Kubeconfig(std::path::PathBuf),
+    /// A kubeconfig file (its current context). Refused when its cluster skips TLS
+    /// verification or its user runs an `exec` or `auth-provider` plugin, unless allowed.
+    Kubeconfig {
+        path: std::path::PathBuf,
+        allow_insecure_tls: bool,
+        allow_exec: bool,
+    },
     /// URL, bearer token and CA, as a pod's service account has them.
     Direct {
         url: String,
+        /// A bearer token given inline (tests, the sandbox).
         token: Option<String>,
+        /// A file holding the bearer token, re-read by the client at least every minute, so a
+        /// projected or rotated token is picked up (kube's `TokenFile`). Takes the place of
+        /// `token` when both are set.
+        token_file: Option<std::path::PathBuf>,
         /// PEM.
         ca_pem: Option<String>,
     },
@@ -79,7 +91,9 @@ pub enum KubeConnection {
 impl std::fmt::Debug for KubeConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KubeConnection::Kubeconfig(p) => f.debug_tuple("Kubeconfig").field(p).finish(),
+            KubeConnection::Kubeconfig { path, .. } => {
+                f.debug_tuple("Kubeconfig").field(path).finish()
+            }
             KubeConnection::Direct { url, token, .. } => f
                 .debug_struct("Direct")
                 .field("url", url)
@@ -87,6 +101,51 @@ impl std::fmt::Debug for KubeConnection {
                 .finish_non_exhaustive(),
         }
     }
+}
+
+/// A kubeconfig's current context may not skip TLS verification nor run a credential plugin
+/// (`exec`, `auth-provider`: code the kubeconfig's author chose, run with nodewire's rights),
+/// unless explicitly allowed.
+fn kubeconfig_is_acceptable(
+    kc: &kube::config::Kubeconfig,
+    allow_insecure_tls: bool,
+    allow_exec: bool,
+) -> Result<(), String> {
+    let current = kc.current_context.as_deref().unwrap_or_default();
+    let Some(ctx) = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+    else {
+        return Err(format!("current context {current:?} is not defined"));
+    };
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.as_ref());
+    if !allow_insecure_tls && cluster.is_some_and(|c| c.insecure_skip_tls_verify == Some(true)) {
+        return Err(
+            "the cluster sets insecure-skip-tls-verify (set NODEWIRE_KUBE_ALLOW_INSECURE=true \
+             to accept that anyone on the path can impersonate the API server)"
+                .into(),
+        );
+    }
+    let user = ctx.user.as_deref().and_then(|u| {
+        kc.auth_infos
+            .iter()
+            .find(|a| a.name == u)
+            .and_then(|a| a.auth_info.as_ref())
+    });
+    if !allow_exec && user.is_some_and(|u| u.exec.is_some() || u.auth_provider.is_some()) {
+        return Err(
+            "the user runs an exec or auth-provider credential plugin (set \
+             NODEWIRE_KUBE_ALLOW_EXEC=true to run it)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// True for `http://` URLs whose host is a loopback address (the only place plain HTTP is
@@ -170,9 +229,19 @@ impl Kube {
     /// [`KubeError::Setup`] when the connection settings are unusable.
     pub async fn new(conn: &KubeConnection, policy: KubePolicy) -> Result<Self, KubeError> {
         let mut cfg = match conn {
-            KubeConnection::Kubeconfig(path) => {
+            KubeConnection::Kubeconfig {
+                path,
+                allow_insecure_tls,
+                allow_exec,
+            } => {
                 let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                     KubeError::Setup(crate::error::Cause::msg(format!("{}: {e}", path.display())))
+                })?;
+                kubeconfig_is_acceptable(&kc, *allow_insecure_tls, *allow_exec).map_err(|why| {
+                    KubeError::Setup(crate::error::Cause::msg(format!(
+                        "{}: {why}",
+                        path.display()
+                    )))
                 })?;
                 kube::Config::from_custom_kubeconfig(
                     kc,
@@ -181,7 +250,12 @@ impl Kube {
                 .await
                 .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?
             }
-            KubeConnection::Direct { url, token, ca_pem } => {
+            KubeConnection::Direct {
+                url,
+                token,
+                token_file,
+                ca_pem,
+            } => {
                 if url.starts_with("http://") && !is_loopback_http(url) {
                     return Err(KubeError::Setup(crate::error::Cause::msg(format!(
                         "{url}: plain HTTP is allowed only for a loopback address"
@@ -191,7 +265,19 @@ impl Kube {
                     KubeError::Setup(crate::error::Cause::msg(format!("{url}: {e}")))
                 })?;
                 let mut cfg = kube::Config::new(uri);
-                if let Some(t) = token {
+                if let Some(f) = token_file {
+                    // Read now, so a missing file fails at start; re-read by kube afterwards.
+                    std::fs::metadata(f).map_err(|e| {
+                        KubeError::Setup(crate::error::Cause::msg(format!(
+                            "token file {}: {e}",
+                            f.display()
+                        )))
+                    })?;
+                    cfg.auth_info = kube::config::AuthInfo {
+                        token_file: Some(f.display().to_string()),
+                        ..Default::default()
+                    };
+                } else if let Some(t) = token {
                     cfg.auth_info = kube::config::AuthInfo {
                         token: Some(t.clone().into()),
                         ..Default::default()

@@ -1,0 +1,8 @@
+//! `NodeEvents::decode` on any bytes: a value or a `DecodeError`, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use nodewire::event::Decode as _;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = nodewire::event::NodeEvents::decode(data);
+});
