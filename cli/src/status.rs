@@ -133,9 +133,15 @@ pub async fn observe_ours(deps: &ChainDeps, instance: &str) -> anyhow::Result<Ob
     let not_ours =
         |e: nodewire::select::NotOurs| anyhow::anyhow!("{e}: the step functions would ignore it");
     deps.plan.selector.admits(&r).map_err(not_ours)?;
-    let obs = nodewire::observe::one_vm(&deps.compute, &deps.kube, &r, r.name())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let obs = nodewire::observe::one_vm(
+        &deps.compute,
+        &deps.kube,
+        &r,
+        r.name(),
+        nodewire::observe::Tokens::Read,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
     if let Some(vm) = &obs.vm {
         deps.plan
             .selector

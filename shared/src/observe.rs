@@ -34,8 +34,18 @@ impl Classify for ObserveError {
     }
 }
 
-/// Reads one VM, its Node (`node`) and the VM's tokens, concurrently, and reduces them to the
-/// planner's facts as of now.
+/// Which of a VM's join tokens a read looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokens {
+    /// List them (metadata only): the steps that mint or revoke, the CLI.
+    Read,
+    /// Do not touch Secrets at all (issue 10, item 5): the steps that never act on tokens;
+    /// a leftover token is the drift sweep's to find.
+    Skip,
+}
+
+/// Reads one VM, its Node (`node`) and (with [`Tokens::Read`]) the VM's tokens, concurrently,
+/// and reduces them to the planner's facts as of now.
 ///
 /// # Errors
 /// [`ObserveError`] when a read fails.
@@ -44,16 +54,29 @@ pub async fn one_vm(
     kube: &Kube,
     instance: &InstanceRef,
     node: &str,
+    which: Tokens,
 ) -> Result<Observed, ObserveError> {
+    let list_tokens = async {
+        match which {
+            Tokens::Read => kube.list_bootstrap_tokens(Some(instance.name())).await,
+            Tokens::Skip => Ok(crate::act::toolkit::Listed {
+                items: Vec::new(),
+                pages: 0,
+                unreachable: Vec::new(),
+            }),
+        }
+    };
     let (vm, node, tokens) = tokio::join!(
         compute.get_instance(instance),
         kube.get_node(node),
-        kube.list_bootstrap_tokens(Some(instance.name())),
+        list_tokens,
     );
     let now = time::OffsetDateTime::now_utc();
+    let vm = vm?;
+    let vm_id = vm.as_ref().and_then(|v| v.id).map(|i| i.to_string());
     Ok(Observed {
         instance: instance.clone(),
-        vm: vm?.as_ref().map(vm_facts),
+        vm: vm.as_ref().map(vm_facts),
         node: node?.as_ref().map(node_facts),
         // Tokens are found by the VM's name, and kept only when minted for this very VM's
         // zone: a step naming a VM of the same name in another zone (forged or stale) must
@@ -62,6 +85,11 @@ pub async fn one_vm(
             .items
             .iter()
             .filter(|t| t.zone.as_deref() == Some(instance.zone()))
+            // and, when both are known, for this VM and not an earlier one of the same name.
+            .filter(|t| match (&t.instance_id, &vm_id) {
+                (Some(t), Some(v)) => t == v,
+                _ => true,
+            })
             .map(|t| token_facts(t, now))
             .collect(),
     })

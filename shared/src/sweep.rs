@@ -786,11 +786,11 @@ mod tests {
                 node("gone", "us-central1-b", "10.4.3.0/24"),
             ],
             tokens: vec![TokenInfo {
+                instance_id: None,
                 id: "abcdef".into(),
                 instance: Some("ghost".into()),
                 zone: Some("us-central1-c".into()),
                 expiration: None,
-                description: None,
             }],
             unreachable_zones: vec![],
         };
@@ -825,11 +825,11 @@ mod tests {
     #[test]
     fn nothing_in_an_unreachable_zone_is_taken_for_gone() {
         let token = |zone: Option<&str>| TokenInfo {
+            instance_id: None,
             id: "abcdef".into(),
             instance: Some("ghost".into()),
             zone: zone.map(str::to_string),
             expiration: None,
-            description: None,
         };
         let inv = |unreachable: Vec<String>, token_zone: Option<&str>| Inventory {
             vms: vec![vm("a", Some("10.4.1.0/24"), true)],

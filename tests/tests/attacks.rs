@@ -189,6 +189,36 @@ async fn forged_steps_against_a_wired_cluster_change_nothing() {
     assert_eq!(writes(&w), Vec::<String>::new(), "a forged step wrote");
     assert_eq!(w.wired(Z, "k8s-a"), Ok(pod_a));
     assert_eq!(w.wired(Z, "k8s-b"), Ok(pod_b));
+
+    // Least privilege in code (issue 10, item 5): the steps that never act on join tokens do
+    // not touch Secrets at all.
+    w.compute.chaos().clear_requests();
+    w.k8s.chaos().clear_requests();
+    forge(&w, Step::TagInstance, "k8s-a", None, P).await;
+    forge(&w, Step::ProviderId, "k8s-b", None, P).await;
+    forge(&w, Step::ReleaseAlias, "k8s-a", None, P).await;
+    let delivered = w
+        .wait_until(Duration::from_secs(30), |w| {
+            w.k8s
+                .chaos()
+                .requests()
+                .iter()
+                .filter(|r| r.method == "nodes.get")
+                .count()
+                >= 3
+        })
+        .await;
+    assert!(delivered, "the steps were not delivered");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let secrets: Vec<String> = w
+        .k8s
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method.starts_with("secrets."))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(secrets.is_empty(), "{secrets:?}");
     w.stop().await;
 }
 

@@ -289,6 +289,32 @@ async fn bootstrap_tokens_and_cluster_info() {
         .items;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].id, t.id);
+    // Listed metadata-only (issue 10, item 5): the expiration comes from the annotation, the
+    // VM's id from its label, and no token secret ever crossed the wire to nodewire.
+    assert_eq!(
+        mine[0].expiration.as_deref(),
+        Some(data("expiration").as_str())
+    );
+    assert_eq!(mine[0].instance_id.as_deref(), Some("2525602744967966726"));
+    let lists: Vec<_> = sim
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "secrets.list")
+        .collect();
+    assert!(!lists.is_empty());
+    for l in &lists {
+        assert_eq!(
+            l.response["kind"], "PartialObjectMetadataList",
+            "{}",
+            l.response
+        );
+        assert!(
+            !l.response.to_string().contains(&data("token-secret")),
+            "a token secret was listed: {}",
+            l.response
+        );
+    }
     assert!(
         k.list_bootstrap_tokens(Some("other"))
             .await

@@ -440,11 +440,15 @@ fn check_exposure(
             ),
         )),
         P::Off => {
-            tracing::warn!(
-                address = %local,
-                "PUSH AUTHENTICATION IS OFF: any local process can make this function act; \
-                 for the sandbox and tests only"
-            );
+            // Once per process (the sandbox serves every function from one).
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    address = %local,
+                    "PUSH AUTHENTICATION IS OFF: any local process can make these functions \
+                     act; for the sandbox and tests only"
+                );
+            });
             Ok(())
         }
         P::Oidc(_) => Ok(()),

@@ -79,7 +79,14 @@ pub async fn handle(
     // step at another VM's Node (issue 10, item 3); the planner then checks that the Node is
     // provably this VM's.
     let node = msg.instance.name().to_string();
-    let obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node).await?;
+    // Only the steps that mint or revoke join tokens read them.
+    let tokens = match step {
+        Step::Bootstrap | Step::AssignAlias | Step::Finalize | Step::Decommission => {
+            observe::Tokens::Read
+        }
+        Step::TagInstance | Step::ProviderId | Step::ReleaseAlias => observe::Tokens::Skip,
+    };
+    let obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node, tokens).await?;
     let node = obs.node.as_ref().map_or(node, |n| n.name.clone());
     let (actions, next) = match plan::plan(step, &obs, &deps.plan) {
         Plan::Ignore(why) => return Ok(Outcome::Ignored(why)),

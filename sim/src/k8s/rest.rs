@@ -107,10 +107,44 @@ fn printed(
     resource: &str,
     (status, body): (StatusCode, Value),
 ) -> (StatusCode, Value) {
-    if super::table::wanted(call.header("accept")) {
+    let accept = call.header("accept");
+    if super::table::wanted(accept) {
         (status, super::table::render(resource, &body))
+    } else if metadata_only(accept) {
+        (status, partial_metadata(&body))
     } else {
         (status, body)
+    }
+}
+
+/// Whether the client asked for metadata only (`as=PartialObjectMetadataList` or
+/// `as=PartialObjectMetadata`, group `meta.k8s.io`), as `kubectl get -o name` and kube's
+/// `list_metadata` do (<https://kubernetes.io/docs/reference/using-api/api-concepts/#receiving-resources-as-tables>
+/// and the metadata-only form beside it).
+fn metadata_only(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        first.contains("as=PartialObjectMetadata") && first.contains("g=meta.k8s.io")
+    })
+}
+
+/// An object or a list reduced to `PartialObjectMetadata`: only `metadata` survives — a
+/// Secret's data never leaves the server this way.
+fn partial_metadata(body: &Value) -> Value {
+    let one = |o: &Value| {
+        json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": o.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        })
+    };
+    match body.get("items").and_then(Value::as_array) {
+        Some(items) => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "items": items.iter().map(one).collect::<Vec<_>>(),
+        }),
+        None => one(body),
     }
 }
 

@@ -193,7 +193,8 @@ fn validate_bootstrap_token(subject: Subject<'_>, obj: &Value) -> Result<(), Api
 /// for), with the test secret `0123456789abcdef`: for seeding drift in tests.
 pub fn token_secret(id: &str, vm: &str, zone: &str, expiration: &str) -> Value {
     json!({"metadata": {"name": format!("bootstrap-token-{id}"),
-                        "labels": {"nodewire.io/instance": vm, "nodewire.io/zone": zone}},
+                        "labels": {"nodewire.io/instance": vm, "nodewire.io/zone": zone},
+                        "annotations": {"nodewire.io/expiration": expiration}},
            "type": "bootstrap.kubernetes.io/token",
            "stringData": {"token-id": id, "token-secret": "0123456789abcdef", "expiration": expiration,
                           "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",

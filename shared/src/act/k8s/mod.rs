@@ -34,6 +34,11 @@ pub use crate::act::compute::WriteOutcome;
 pub const UNWIRED_TAINT: &str = "nodewire.io/unwired";
 /// Label on nodewire's bootstrap-token Secrets naming the VM they were minted for.
 pub const TOKEN_INSTANCE_LABEL: &str = "nodewire.io/instance";
+/// Label on nodewire's bootstrap-token Secrets naming the VM's numeric id (when known).
+pub const TOKEN_INSTANCE_ID_LABEL: &str = "nodewire.io/instance-id";
+/// Annotation on nodewire's bootstrap-token Secrets repeating their expiration, so that they
+/// can be listed metadata-only (the expiration proper is in the Secret's data).
+pub const TOKEN_EXPIRATION_ANNOTATION: &str = "nodewire.io/expiration";
 /// Label on nodewire's bootstrap-token Secrets naming that VM's zone.
 pub const TOKEN_ZONE_LABEL: &str = "nodewire.io/zone";
 /// Field manager of every write.
@@ -388,10 +393,55 @@ impl Kube {
     where
         K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
+        self.list_pages(call, lp, |p| async move {
+            let page = api.list(&p).await?;
+            Ok((
+                page.items.iter().filter_map(view).collect(),
+                page.metadata.continue_,
+            ))
+        })
+        .await
+    }
+
+    /// Like [`Self::list_all`], asking for metadata only (`PartialObjectMetadataList`): the
+    /// objects' contents never reach this process.
+    async fn list_all_metadata<K, T>(
+        &self,
+        call: &'static str,
+        api: &Api<K>,
+        lp: ListParams,
+        view: fn(&kube::core::PartialObjectMeta<K>) -> Option<T>,
+    ) -> Result<Listed<T>, KubeError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        self.list_pages(call, lp, |p| async move {
+            let page = api.list_metadata(&p).await?;
+            Ok((
+                page.items.iter().filter_map(view).collect(),
+                page.metadata.continue_,
+            ))
+        })
+        .await
+    }
+
+    /// Pages of a list (`fetch` one page for the given parameters), restarted when the
+    /// continue token expired.
+    async fn list_pages<T, F, Fut>(
+        &self,
+        call: &'static str,
+        lp: ListParams,
+        fetch: F,
+    ) -> Result<Listed<T>, KubeError>
+    where
+        F: Fn(ListParams) -> Fut,
+        Fut: Future<Output = Result<(Vec<T>, Option<String>), kube::Error>>,
+    {
         // A continue token expires when etcd compacts the list's revision (410 `Expired`):
         // the list is started again, a bounded number of times. Every page read counts.
         const RESTARTS: u32 = 3;
         let lp = &lp;
+        let fetch = &fetch;
         let calls = &std::sync::atomic::AtomicUsize::new(0);
         let mut restarts = 0;
         loop {
@@ -401,12 +451,9 @@ impl Kube {
                     Some(t) => lp.clone().continue_token(t),
                     None => lp.clone(),
                 };
-                let page = self
-                    .retrying(call, || api.list(&page_params))
+                self.retrying(call, || fetch(page_params.clone()))
                     .await
-                    .map_err(|c| fail(call, c))?;
-                let items = page.items.iter().filter_map(view).collect();
-                Ok((items, page.metadata.continue_))
+                    .map_err(|c| fail(call, c))
             })
             .await;
             match listed {

@@ -10,7 +10,10 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use rand::Rng as _;
 
 use super::error::{Class, KubeError, fail};
-use super::{FIELD_MANAGER, Kube, TOKEN_INSTANCE_LABEL, TOKEN_ZONE_LABEL, WriteOutcome};
+use super::{
+    FIELD_MANAGER, Kube, TOKEN_EXPIRATION_ANNOTATION, TOKEN_INSTANCE_ID_LABEL,
+    TOKEN_INSTANCE_LABEL, TOKEN_ZONE_LABEL, WriteOutcome,
+};
 use crate::act::toolkit::Listed;
 use crate::names::InstanceRef;
 
@@ -51,24 +54,17 @@ pub struct TokenInfo {
     pub instance: Option<String>,
     /// That VM's zone (label `nodewire.io/zone`).
     pub zone: Option<String>,
+    /// That VM's numeric id (label `nodewire.io/instance-id`), when it was known at minting.
+    pub instance_id: Option<String>,
     /// RFC 3339, as kubeadm writes it.
     pub expiration: Option<String>,
-    pub description: Option<String>,
 }
 
 impl TokenInfo {
-    /// The public facts of a bootstrap-token Secret (never its secret); `None` for other
-    /// Secrets.
-    fn from_secret(s: &Secret) -> Option<Self> {
-        if s.type_.as_deref() != Some("bootstrap.kubernetes.io/token") {
-            return None;
-        }
-        let get = |k: &str| {
-            s.data
-                .as_ref()
-                .and_then(|d| d.get(k))
-                .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        };
+    /// The public facts of a bootstrap-token Secret from its metadata alone: id (its name),
+    /// VM, zone, instance id (labels), expiration (annotation; a token without one counts as
+    /// expired). `None` for other Secrets.
+    fn from_metadata(s: &kube::core::PartialObjectMeta<Secret>) -> Option<Self> {
         let label = |k: &str| s.metadata.labels.as_ref().and_then(|l| l.get(k).cloned());
         let id = s
             .metadata
@@ -79,8 +75,12 @@ impl TokenInfo {
             id: id.to_string(),
             instance: label(TOKEN_INSTANCE_LABEL),
             zone: label(TOKEN_ZONE_LABEL),
-            expiration: get("expiration"),
-            description: get("description"),
+            instance_id: label(TOKEN_INSTANCE_ID_LABEL),
+            expiration: s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TOKEN_EXPIRATION_ANNOTATION).cloned()),
         })
     }
 }
@@ -142,17 +142,30 @@ impl Kube {
                 metadata: kube::api::ObjectMeta {
                     name: Some(format!("bootstrap-token-{id}")),
                     namespace: Some("kube-system".into()),
-                    labels: Some(BTreeMap::from([
-                        (
-                            TOKEN_INSTANCE_LABEL.to_string(),
-                            instance.name().to_string(),
-                        ),
-                        (TOKEN_ZONE_LABEL.to_string(), instance.zone().to_string()),
-                        (
-                            "app.kubernetes.io/managed-by".to_string(),
-                            FIELD_MANAGER.to_string(),
-                        ),
-                    ])),
+                    labels: Some(
+                        BTreeMap::from([
+                            (
+                                TOKEN_INSTANCE_LABEL.to_string(),
+                                instance.name().to_string(),
+                            ),
+                            (TOKEN_ZONE_LABEL.to_string(), instance.zone().to_string()),
+                            (
+                                "app.kubernetes.io/managed-by".to_string(),
+                                FIELD_MANAGER.to_string(),
+                            ),
+                        ])
+                        .into_iter()
+                        .chain(
+                            instance_id
+                                .filter(|i| i.bytes().all(|b| b.is_ascii_digit()) && i.len() <= 20)
+                                .map(|i| (TOKEN_INSTANCE_ID_LABEL.to_string(), i.to_string())),
+                        )
+                        .collect(),
+                    ),
+                    annotations: Some(BTreeMap::from([(
+                        TOKEN_EXPIRATION_ANNOTATION.to_string(),
+                        expiration.clone(),
+                    )])),
                     ..Default::default()
                 },
                 type_: Some("bootstrap.kubernetes.io/token".into()),
@@ -194,8 +207,9 @@ impl Kube {
             Some(n) => format!("{TOKEN_INSTANCE_LABEL}={n}"),
             None => TOKEN_INSTANCE_LABEL.to_string(),
         };
+        // Metadata only: no token secret (nor any other Secret's data) is ever read back.
         let lp = ListParams::default().labels(&selector).limit(500);
-        self.list_all("secrets.list", &self.secrets, lp, TokenInfo::from_secret)
+        self.list_all_metadata("secrets.list", &self.secrets, lp, TokenInfo::from_metadata)
             .await
     }
 
