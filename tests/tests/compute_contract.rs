@@ -758,3 +758,61 @@ async fn a_redelivered_step_waits_for_the_operation_in_flight() {
             .contains(&tags[0])
     );
 }
+
+/// Issue 10, item 7: the VM list asks only for the fields the views need (a partial
+/// response, `fields=`), so a startup script or an ssh key of every VM is not fetched; the few
+/// VMs carrying one of nodewire's bookkeeping keys are read whole for its value.
+#[tokio::test]
+async fn the_vm_list_asks_only_for_what_the_views_need() {
+    let sim = compute_sim(0).await;
+    let a = seed(&sim, "vm-a");
+    let b = seed(&sim, "vm-b");
+    let c = compute_client(&sim, fast_compute_policy()).await;
+    c.update_metadata(&b, |m| {
+        m.insert(
+            nodewire::join::KUBELET_RESTART_METADATA_KEY.into(),
+            "2@1800000000".into(),
+        );
+    })
+    .await
+    .expect("set");
+    sim.chaos().clear_requests();
+    let listed = c.list_instances(None).await.expect("list").items;
+    assert_eq!(listed.len(), 2);
+    let view = |r: &nodewire::names::InstanceRef| {
+        listed
+            .iter()
+            .find(|v| &v.instance == r)
+            .expect("listed")
+            .clone()
+    };
+    let va = view(&a);
+    assert!(va.metadata.contains_key("startup-script"));
+    assert!(va.can_ip_forward && va.nic0.is_some() && !va.labels.is_empty());
+    assert_eq!(
+        view(&b)
+            .metadata
+            .get(nodewire::join::KUBELET_RESTART_METADATA_KEY)
+            .map(String::as_str),
+        Some("2@1800000000"),
+        "the bookkeeping value comes from a read of that VM"
+    );
+    let requests = sim.chaos().requests();
+    let list = requests
+        .iter()
+        .find(|r| r.method == "instances.aggregatedList")
+        .expect("listed");
+    assert!(list.query.contains("fields="), "{}", list.query);
+    assert!(
+        !list.response.to_string().contains("#!/bin/sh"),
+        "a startup script was listed: {}",
+        list.response
+    );
+    let gets: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "instances.get")
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(gets.len(), 1, "only vm-b is read whole: {gets:?}");
+    assert!(gets[0].ends_with("/vm-b"));
+}

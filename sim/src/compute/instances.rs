@@ -84,6 +84,17 @@ fn filter(q: &Query) -> Result<Filter, Answer> {
     }
 }
 
+/// The answer as the `fields` parameter asks (all of it without one); a malformed selection
+/// is a 400, as the API answers.
+fn partial(q: Option<&str>, body: Value) -> Result<Value, Answer> {
+    let q = parse_query(q, Malformed::Skip);
+    match q.get("fields").filter(|f| !f.is_empty()) {
+        None => Ok(body),
+        Some(f) => super::fields::partial(&body, f)
+            .map_err(|e| invalid(&format!("Invalid field selection '{f}': {e}"))),
+    }
+}
+
 pub(super) async fn list(
     State(sim): State<Arc<Sim>>,
     Path((project, zone)): Path<(String, String)>,
@@ -161,7 +172,7 @@ pub(super) async fn aggregated_list(
         let mut body = json!({"kind": "compute#instanceAggregatedList", "id": format!("projects/{project}/aggregated/instances"),
             "items": items, "selfLink": format!("{API}projects/{project}/aggregated/instances")});
         page.link_next(all.len(), &mut body);
-        Ok::<_, Answer>(Answer::ok(body))
+        Ok::<_, Answer>(Answer::ok(partial(q.as_deref(), body)?))
     })
     .await
 }

@@ -12,7 +12,8 @@
 //!   alias in that subnet ends the operation with `IP_IN_USE_BY_ANOTHER_RESOURCE`; a bare
 //!   `/N` allocates a free block, `IP_SPACE_EXHAUSTED` when none is left;
 //! - `zoneOperations.wait` blocks up to its deadline and may return before DONE;
-//! - list and aggregatedList with filters and pagination (`maxResults` ≤ 500, `pageToken`);
+//! - list and aggregatedList with filters and pagination (`maxResults` ≤ 500, `pageToken`),
+//!   aggregatedList with partial responses (`fields`, [`fields`]);
 //! - fault injection per method and a request log ([`crate::faults`]);
 //! - as Cloud Logging's sink: the audit LogEntries of `instances.insert`/`delete` (first and
 //!   last) are published to a topic.
@@ -20,6 +21,7 @@
 //! This file holds the simulator, its world and its routes; each resource family's handlers
 //! live in their own module.
 
+pub mod fields;
 pub mod filter;
 pub mod model;
 

@@ -1,6 +1,8 @@
-//! ACT, Compute side: the one request sent without the library — `updateNetworkInterface`
-//! with an empty alias list, which the library would leave out of the body — over plain HTTP
-//! with the same credentials, fingerprint and `requestId` rules.
+//! ACT, Compute side: the requests sent without the library, over plain HTTP with the same
+//! credentials: `updateNetworkInterface` with an empty alias list (which the library would
+//! leave out of the body), with the same fingerprint and `requestId` rules; and
+//! `aggregatedList` with the `fields` parameter (a partial response, which the library cannot
+//! ask for).
 
 use google_cloud_compute_v1::model;
 
@@ -58,6 +60,49 @@ impl RawClient {
             Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => Ok(None),
             Err(e) => Err(Class::Retry(format!("credentials: {e}"))),
         }
+    }
+
+    /// One page of `instances.aggregatedList`, asking only for `fields`.
+    pub(super) async fn aggregated_page(
+        &self,
+        call: &'static str,
+        project: &str,
+        filter: Option<&str>,
+        page_token: Option<&str>,
+        fields: &str,
+    ) -> Result<model::InstanceAggregatedList, Class> {
+        let url = format!(
+            "{}/compute/v1/projects/{project}/aggregated/instances",
+            self.base
+        );
+        let mut query: Vec<(&str, &str)> = vec![("maxResults", "500"), ("fields", fields)];
+        if let Some(f) = filter {
+            query.push(("filter", f));
+        }
+        if let Some(t) = page_token {
+            query.push(("pageToken", t));
+        }
+        let mut req = self.http.get(url).query(&query);
+        if let Some(h) = self.auth_headers().await? {
+            req = req.headers(h);
+        }
+        let resp = req.send().await.map_err(|e| Class::Retry(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Class::Retry(e.to_string()))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                Class::Fail(ComputeError::Refused {
+                    call,
+                    status,
+                    reason: "response".into(),
+                    message: e.to_string(),
+                })
+            });
+        }
+        Err(classify_body(call, status, &bytes))
     }
 
     /// `updateNetworkInterface` with an explicit (possibly empty) alias list.
