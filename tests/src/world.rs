@@ -38,6 +38,36 @@ impl Deref for World {
 }
 
 impl World {
+    /// The writes nodewire made, as `METHOD PATH`: Compute requests other than GET and
+    /// operation polls; Kubernetes requests other than GET, without the kubelets' status
+    /// updates, Events, and the sweep's lock (`kube-system` ConfigMaps).
+    pub fn writes(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .compute
+            .chaos()
+            .requests()
+            .into_iter()
+            .filter(|r| r.http_method != "GET" && !r.method.starts_with("zoneOperations"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        out.extend(
+            self.k8s
+                .chaos()
+                .requests()
+                .into_iter()
+                .filter(|r| {
+                    r.http_method != "GET"
+                        && !r.method.starts_with("nodes.status.")
+                        && !r.method.starts_with("events.")
+                        && !r
+                            .path
+                            .starts_with("/api/v1/namespaces/kube-system/configmaps")
+                })
+                .map(|r| format!("{} {}", r.method, r.path)),
+        );
+        out
+    }
+
     /// Starts everything; fails the test (never skips) when a part cannot start.
     pub async fn start(o: WorldOptions) -> Self {
         let opts = StackOptions {

@@ -87,31 +87,6 @@ async fn forge(w: &World, step: Step, vm: &str, node: Option<&str>, project: &st
 
 const Z: &str = "us-central1-a";
 
-/// Writes nodewire made (Compute writes and Kubernetes writes, the kubelets' own excluded).
-fn writes(w: &World) -> Vec<String> {
-    let mut out: Vec<String> = w
-        .compute
-        .chaos()
-        .requests()
-        .into_iter()
-        .filter(|r| r.http_method != "GET" && !r.method.starts_with("zoneOperations"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    out.extend(
-        w.k8s
-            .chaos()
-            .requests()
-            .into_iter()
-            .filter(|r| {
-                r.http_method != "GET"
-                    && !r.method.starts_with("nodes.status.")
-                    && !r.method.starts_with("events.")
-            })
-            .map(|r| format!("{} {}", r.method, r.path)),
-    );
-    out
-}
-
 /// Issue 10's forged steps against a wired cluster: each is delivered (the function reads the
 /// VM it names), and nothing is written — no alias moved, no token minted, no Node touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,7 +161,7 @@ async fn forged_steps_against_a_wired_cluster_change_nothing() {
             .any(|r| r.path.contains("other-project")),
         "a foreign project's VM was read"
     );
-    assert_eq!(writes(&w), Vec::<String>::new(), "a forged step wrote");
+    assert_eq!(w.writes(), Vec::<String>::new(), "a forged step wrote");
     assert_eq!(w.wired(Z, "k8s-a"), Ok(pod_a));
     assert_eq!(w.wired(Z, "k8s-b"), Ok(pod_b));
 

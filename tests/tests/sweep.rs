@@ -27,32 +27,6 @@ async fn wired_world(n: usize) -> World {
     w
 }
 
-fn writes(w: &World) -> Vec<String> {
-    let mut out: Vec<String> = w
-        .compute
-        .chaos()
-        .requests()
-        .into_iter()
-        .filter(|r| r.http_method != "GET" && !r.method.starts_with("zoneOperations"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    out.extend(
-        w.k8s
-            .chaos()
-            .requests()
-            .into_iter()
-            // The kubelets' status updates are theirs, not nodewire's; the sweep's own lock
-            // (kube-system/nodewire-sweep) is counted by `lock_writes`.
-            .filter(|r| {
-                r.http_method != "GET"
-                    && !r.method.starts_with("nodes.status.")
-                    && !is_sweep_state(&r.path)
-            })
-            .map(|r| format!("{} {}", r.method, r.path)),
-    );
-    out
-}
-
 fn is_sweep_state(path: &str) -> bool {
     path.starts_with("/api/v1/namespaces/kube-system/configmaps")
 }
@@ -86,7 +60,7 @@ async fn a_converged_cluster_sweeps_to_nothing() {
         assert_eq!(r.api_calls.get("k8s.nodes.list"), Some(&1));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(writes(&w).is_empty(), "zero writes: {:?}", writes(&w));
+    assert!(w.writes().is_empty(), "zero writes: {:?}", w.writes());
     // The real run (not the dry one) took and released its lock: two writes of one ConfigMap.
     assert_eq!(lock_writes(&w), 2, "{:?}", w.k8s.objects("configmaps"));
     // The zone of every VM cannot be listed (aggregatedList answers UNREACHABLE for it): the
@@ -100,7 +74,7 @@ async fn a_converged_cluster_sweeps_to_nothing() {
     assert_eq!(r.vms, 0, "the VM list is partial");
     assert_eq!(r.unreachable_zones, vec![Z.to_string()]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(writes(&w).is_empty(), "zero writes: {:?}", writes(&w));
+    assert!(w.writes().is_empty(), "zero writes: {:?}", w.writes());
     assert_eq!(w.k8s.objects("nodes").len(), 3, "no Node was deleted");
     w.stop().await;
 }
@@ -261,7 +235,7 @@ async fn every_drift_kind_is_detected_and_healed() {
         "{dry:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(writes(&w).is_empty(), "the dry run wrote: {:?}", writes(&w));
+    assert!(w.writes().is_empty(), "the dry run wrote: {:?}", w.writes());
     assert!(
         w.wired(Z, &name(0)).is_err(),
         "still drifted after the dry run"
@@ -306,7 +280,8 @@ async fn every_drift_kind_is_detected_and_healed() {
         "a Node that is not provably the VM's is left alone"
     );
     assert_eq!(w.wired(Z, &name(1)).expect("wired"), pod1);
-    let touched: Vec<String> = writes(&w)
+    let touched: Vec<String> = w
+        .writes()
         .into_iter()
         .filter(|x| x.contains(&format!("/{}", name(8))))
         .collect();

@@ -100,19 +100,8 @@ impl BootstrapAttempts {
     /// Reads `COUNT@UNIX-SECONDS` as of `now`; junk (or a time in the future) reads as the
     /// budget spent now, so a hostile value never leads to more tokens.
     pub fn parse(value: &str, now: i64) -> Self {
-        let parsed = value.split_once('@').and_then(|(c, t)| {
-            Some((c.trim().parse::<u32>().ok()?, t.trim().parse::<i64>().ok()?))
-        });
-        match parsed {
-            Some((count, at)) => Self {
-                count,
-                age: std::time::Duration::from_secs(u64::try_from(now - at).unwrap_or(0)),
-            },
-            None => Self {
-                count: Self::MAX,
-                age: std::time::Duration::ZERO,
-            },
-        }
+        let (count, age) = count_at(value, now).unwrap_or((Self::MAX, std::time::Duration::ZERO));
+        Self { count, age }
     }
 
     /// The metadata value recording attempt `count` at `now`.
@@ -146,6 +135,18 @@ impl BootstrapAttempts {
     }
 }
 
+/// Reads nodewire's `COUNT@UNIX-SECONDS` metadata values as of `now`: the count and the age (a
+/// time in the future is an age of zero); `None` for junk.
+fn count_at(value: &str, now: i64) -> Option<(u32, std::time::Duration)> {
+    let (c, t) = value.split_once('@')?;
+    let count = c.trim().parse::<u32>().ok()?;
+    let at = t.trim().parse::<i64>().ok()?;
+    Some((
+        count,
+        std::time::Duration::from_secs(u64::try_from(now.saturating_sub(at)).unwrap_or(0)),
+    ))
+}
+
 /// Restarts of a VM's kubelet that nodewire asked for to bring back a Node that is gone: how
 /// many, and how long ago the last one was asked for. The metadata value is `COUNT@UNIX-SECONDS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,21 +162,8 @@ impl KubeletRestarts {
     /// Reads `COUNT@UNIX-SECONDS` as of `now` (Unix seconds); junk reads as the budget spent,
     /// so that a hostile or broken value never leads to more restarts.
     pub fn parse(value: &str, now: i64) -> Self {
-        let parsed = value.split_once('@').and_then(|(c, t)| {
-            let count = c.trim().parse::<u32>().ok()?;
-            let at = t.trim().parse::<i64>().ok()?;
-            Some((count, at))
-        });
-        match parsed {
-            Some((count, at)) => Self {
-                count,
-                age: std::time::Duration::from_secs(u64::try_from(now - at).unwrap_or(0)),
-            },
-            None => Self {
-                count: Self::MAX,
-                age: std::time::Duration::ZERO,
-            },
-        }
+        let (count, age) = count_at(value, now).unwrap_or((Self::MAX, std::time::Duration::ZERO));
+        Self { count, age }
     }
 
     /// The metadata value recording attempt `count` asked for at `now`.

@@ -62,27 +62,12 @@ impl RawClient {
         }
     }
 
-    /// One page of `instances.aggregatedList`, asking only for `fields`.
-    pub(super) async fn aggregated_page(
+    /// Sends `req` with the credentials and reads a JSON answer, or classifies the failure.
+    async fn send<T: serde::de::DeserializeOwned>(
         &self,
         call: &'static str,
-        project: &str,
-        filter: Option<&str>,
-        page_token: Option<&str>,
-        fields: &str,
-    ) -> Result<model::InstanceAggregatedList, Class> {
-        let url = format!(
-            "{}/compute/v1/projects/{project}/aggregated/instances",
-            self.base
-        );
-        let mut query: Vec<(&str, &str)> = vec![("maxResults", "500"), ("fields", fields)];
-        if let Some(f) = filter {
-            query.push(("filter", f));
-        }
-        if let Some(t) = page_token {
-            query.push(("pageToken", t));
-        }
-        let mut req = self.http.get(url).query(&query);
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<T, Class> {
         if let Some(h) = self.auth_headers().await? {
             req = req.headers(h);
         }
@@ -103,6 +88,30 @@ impl RawClient {
             });
         }
         Err(classify_body(call, status, &bytes))
+    }
+
+    /// One page of `instances.aggregatedList`, asking only for `fields`.
+    pub(super) async fn aggregated_page(
+        &self,
+        call: &'static str,
+        project: &str,
+        filter: Option<&str>,
+        page_token: Option<&str>,
+        fields: &str,
+    ) -> Result<model::InstanceAggregatedList, Class> {
+        let url = format!(
+            "{}/compute/v1/projects/{project}/aggregated/instances",
+            self.base
+        );
+        let mut query: Vec<(&str, &str)> = vec![("maxResults", "500"), ("fields", fields)];
+        if let Some(f) = filter {
+            query.push(("filter", f));
+        }
+        if let Some(t) = page_token {
+            query.push(("pageToken", t));
+        }
+        let req = self.http.get(url).query(&query);
+        self.send(call, req).await
     }
 
     /// `updateNetworkInterface` with an explicit (possibly empty) alias list.
@@ -137,30 +146,11 @@ impl RawClient {
             "fingerprint": base64::engine::general_purpose::URL_SAFE.encode(fingerprint),
             "aliasIpRanges": ranges,
         });
-        let mut req = self
+        let req = self
             .http
             .patch(url)
             .query(&[("networkInterface", nic), ("requestId", rid)])
             .json(&body);
-        if let Some(h) = self.auth_headers().await? {
-            req = req.headers(h);
-        }
-        let resp = req.send().await.map_err(|e| Class::Retry(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Class::Retry(e.to_string()))?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                Class::Fail(ComputeError::Refused {
-                    call,
-                    status,
-                    reason: "response".into(),
-                    message: e.to_string(),
-                })
-            });
-        }
-        Err(classify_body(call, status, &bytes))
+        self.send(call, req).await
     }
 }
