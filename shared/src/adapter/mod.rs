@@ -310,12 +310,8 @@ fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> V
             meta.delivery_attempt.unwrap_or_default()
         ));
     }
-    let published = meta.publish_time.as_deref().and_then(|t| {
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-    });
-    match published {
-        Some(t) => {
-            let age = time::OffsetDateTime::now_utc() - t;
+    match message_age(meta) {
+        Some(age) => {
             if age > max_age {
                 Verdict::Reject(format!(
                     "still failing {}s after publication (bound {}s): {label}",
@@ -337,13 +333,15 @@ fn give_up_if_too_old(verdict: Verdict, meta: &PushMeta, max_age: Duration) -> V
 /// True when a message that cannot be dead-lettered is older than twice the retry bound (or
 /// has no publish time at all): redelivering it again cannot be allowed to go on for ever.
 fn past_dead_letter_bound(meta: &PushMeta, max_age: Duration) -> bool {
-    let published = meta.publish_time.as_deref().and_then(|t| {
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-    });
-    match published {
-        Some(t) => (time::OffsetDateTime::now_utc() - t) > max_age * 2,
-        None => true,
-    }
+    message_age(meta).is_none_or(|age| age > max_age * 2)
+}
+
+/// How long ago the message was published; `None` without a (readable) publish time.
+fn message_age(meta: &PushMeta) -> Option<time::Duration> {
+    let t = meta.publish_time.as_deref()?;
+    let published =
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(time::OffsetDateTime::now_utc() - published)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

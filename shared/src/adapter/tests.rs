@@ -202,6 +202,14 @@ async fn transient_is_503_permanent_is_dead_lettered() {
     );
 }
 
+/// The answer was 204 and exactly one message went to the dead-letter topic; its reason.
+fn dead_lettered_once(resp: &http::Response<Body>, bus: &InProcessBus) -> String {
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let dl = bus.published_to(DLQ);
+    assert_eq!(dl.len(), 1);
+    dl[0].message.attributes[dead_letter_attr::REASON].clone()
+}
+
 #[tokio::test]
 async fn transient_failure_of_an_old_message_is_dead_lettered() {
     let (deps, bus) = deps_with(&[("NODEWIRE_MAX_RETRY_AGE_SECS", "60")]);
@@ -209,10 +217,7 @@ async fn transient_failure_of_an_old_message_is_dead_lettered() {
         .oneshot(post(envelope(b"x", "2024-11-19T13:13:49.56Z")))
         .await
         .expect("response");
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let dl = bus.published_to(DLQ);
-    assert_eq!(dl.len(), 1);
-    assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("still failing"));
+    assert!(dead_lettered_once(&resp, &bus).contains("still failing"));
 }
 
 /// Without a publish time the age of a failing message cannot be told: it is dead-lettered,
@@ -228,10 +233,7 @@ async fn a_transient_failure_without_a_publish_time_is_not_retried_for_ever() {
         .oneshot(post(env.to_string()))
         .await
         .expect("response");
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let dl = bus.published_to(DLQ);
-    assert_eq!(dl.len(), 1);
-    assert!(dl[0].message.attributes[dead_letter_attr::REASON].contains("no publish time"));
+    assert!(dead_lettered_once(&resp, &bus).contains("no publish time"));
 }
 
 /// A message with Pub/Sub's maximum of 100 attributes still fits on the dead-letter topic
