@@ -22,6 +22,7 @@ pub mod locate;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod privilege;
 pub mod select;
 pub mod shutdown;
 pub mod startup;

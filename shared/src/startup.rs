@@ -4,9 +4,53 @@
 
 use std::sync::Arc;
 
-use crate::config::{ChainConfig, Config, EXIT_CONFIG, Env};
+use crate::config::{ChainConfig, Config, EXIT_CONFIG, Env, PushAuthSettings, Source};
 use crate::deps::{ChainDeps, Deps, SetupError};
 use crate::locate::{ClusterLocator, Locator};
+
+/// The kinds of process that serve deliveries, by what their start-up reads and connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Only publishes ([`router`]): `instance-events`.
+    Router,
+    /// Locates VMs behind Nodes ([`node_router`]): `node-events`; Kubernetes optional.
+    NodeRouter,
+    /// A step function or the drift sweep ([`chain`]): Kubernetes and the chain's variables.
+    Chain,
+}
+
+/// The configuration a service of `kind` starts with, from any [`Source`]: exactly the checks
+/// the start-up paths make before they connect anything (the deployment contract test runs
+/// the Terraform's environment through this). The error is the line the process would print.
+///
+/// # Errors
+/// The first missing or invalid variable, as `configuration variable VAR: problem`.
+pub fn check(
+    binary: &str,
+    kind: ServiceKind,
+    src: &impl Source,
+) -> Result<(Config, Option<ChainConfig>), String> {
+    let config = Config::from_source(src, binary).map_err(|e| e.to_string())?;
+    if config.push_auth == PushAuthSettings::Unset {
+        return Err(
+            "configuration variables NODEWIRE_PUSH_AUDIENCES and NODEWIRE_PUSH_INVOKERS: \
+                    are required (who may deliver to this function); NODEWIRE_PUSH_AUTH=off only \
+                    for loopback use"
+                .to_string(),
+        );
+    }
+    if kind != ServiceKind::Chain {
+        return Ok((config, None));
+    }
+    if config.kube.is_none() {
+        return Err(
+            "configuration variable NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL: is required"
+                .to_string(),
+        );
+    }
+    let chain = ChainConfig::from_source(src).map_err(|e| e.to_string())?;
+    Ok((config, Some(chain)))
+}
 
 /// Prints `binary: problem` and exits with [`EXIT_CONFIG`].
 fn exit_config(binary: &str, problem: &dyn std::fmt::Display) -> ! {
@@ -19,22 +63,13 @@ pub fn config_or_exit(binary: &str) -> Config {
     Config::from_source(&Env, binary).unwrap_or_else(|e| exit_config(binary, &e))
 }
 
-/// The configuration of a process that serves deliveries: as [`config_or_exit`], and push
-/// authentication must be configured (on, or explicitly off for loopback use), or exit 64.
-pub fn server_config_or_exit(binary: &str) -> Config {
-    let config = config_or_exit(binary);
-    if config.push_auth == crate::config::PushAuthSettings::Unset {
-        exit_config(
-            binary,
-            &"configuration variables NODEWIRE_PUSH_AUDIENCES and NODEWIRE_PUSH_INVOKERS: are \
-              required (who may deliver to this function); NODEWIRE_PUSH_AUTH=off only for \
-              loopback use",
-        );
-    }
-    config
+/// The configuration of a service of `kind` ([`check`]), or exit 64.
+fn service_config_or_exit(binary: &str, kind: ServiceKind) -> (Config, Option<ChainConfig>) {
+    check(binary, kind, &Env).unwrap_or_else(|e| exit_config(binary, &e))
 }
 
-/// The chain's configuration (the Kubernetes API is required too), or exit 64.
+/// The chain's configuration for a process that serves no deliveries (the CLI): the
+/// Kubernetes API is required too, or exit 64.
 pub fn chain_config_or_exit(binary: &str, config: &Config) -> ChainConfig {
     if config.kube.is_none() {
         exit_config(
@@ -64,7 +99,7 @@ pub async fn connect_chain(config: Config, chain: ChainConfig) -> Result<ChainDe
 /// # Errors
 /// [`SetupError`] when the Pub/Sub client cannot be built.
 pub async fn router(binary: &str) -> Result<Deps, SetupError> {
-    let config = server_config_or_exit(binary);
+    let (config, _) = service_config_or_exit(binary, ServiceKind::Router);
     crate::telemetry::init(&config);
     Deps::connect(config).await
 }
@@ -75,7 +110,7 @@ pub async fn router(binary: &str) -> Result<Deps, SetupError> {
 /// # Errors
 /// [`SetupError`] when a client cannot be built.
 pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), SetupError> {
-    let config = server_config_or_exit(binary);
+    let (config, _) = service_config_or_exit(binary, ServiceKind::NodeRouter);
     crate::telemetry::init(&config);
     let base = Deps::connect(config).await?;
     let compute = base.compute().await?;
@@ -95,8 +130,10 @@ pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), Setup
 /// # Errors
 /// [`SetupError`] when a client cannot be built.
 pub async fn chain(binary: &str) -> Result<ChainDeps, SetupError> {
-    let config = server_config_or_exit(binary);
-    let chain = chain_config_or_exit(binary, &config);
+    let (config, chain) = service_config_or_exit(binary, ServiceKind::Chain);
+    let Some(chain) = chain else {
+        exit_config(binary, &"the chain's configuration is missing");
+    };
     crate::telemetry::init(&config);
     connect_chain(config, chain).await
 }

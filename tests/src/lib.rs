@@ -84,6 +84,7 @@ pub async fn pull_until(
 
 /// Fixtures shared by the simulator-backed tests.
 pub mod discovery;
+pub mod terraform;
 
 pub mod simfix {
     use std::time::Duration;

@@ -1,0 +1,532 @@
+#!/usr/bin/env bash
+# nodewire control-plane startup script (Debian 12 GCE images; the control-plane VM's
+# startup-script).
+#
+# 1. Reads instance/attributes/nodewire-cluster-config (JSON: pod_range, service_range,
+#    pod_range_name, cluster_name, kubernetes_version, advertise_address, audit_log_name,
+#    kube_token_secret, kube_ca_secret).
+# 2. The same base install as node.sh.
+# 3. /etc/kubernetes/audit-policy.yaml from instance/attributes/nodewire-audit-policy; the
+#    Google Cloud Ops Agent shipping the API server's JSON audit log as log <audit_log_name>.
+# 4. kubeadm init (skipped when /etc/kubernetes/admin.conf exists) with the pod and service
+#    ranges, node CIDR allocation (/24 per Node) and the audit flags.
+# 5. kubectl apply of instance/attributes/nodewire-k8s-rbac, nodewire-k8s-policy and
+#    nodewire-k8s-ip-masq (infra/k8s).
+# 6. The token of ServiceAccount kube-system/nodewire and the cluster CA into Secret Manager
+#    (a new version only when the latest one differs). The token is never printed.
+# 7. This VM's alias IP range = its own Node's podCIDR, and the CNI configuration for it.
+#
+# Tests only: NODEWIRE_ROOT (prefix of every path), NODEWIRE_METADATA_URL, NODEWIRE_RETRY_SLEEP,
+# NODEWIRE_CMD_ATTEMPTS, NODEWIRE_MD_ATTEMPTS, NODEWIRE_MD_TIMEOUT_SEC,
+# NODEWIRE_PODCIDR_ATTEMPTS, NODEWIRE_TOKEN_ATTEMPTS.
+set -euo pipefail
+umask 022
+readonly SCRIPT_NAME="nodewire-control-plane"
+
+# ---- nodewire common begin: this block is identical in node.sh and control-plane.sh (only one
+# file is delivered per VM, so it is repeated; tests/tests/startup_scripts.rs checks that the
+# two copies are equal). ----
+# Every path is under NODEWIRE_ROOT (empty on a VM; a temporary root in the tests).
+readonly ROOT="${NODEWIRE_ROOT:-}"
+readonly MD_URL="${NODEWIRE_METADATA_URL:-http://metadata.google.internal/computeMetadata/v1}"
+readonly RETRY_SLEEP="${NODEWIRE_RETRY_SLEEP:-5}"
+readonly CMD_ATTEMPTS="${NODEWIRE_CMD_ATTEMPTS:-5}"
+readonly MD_ATTEMPTS="${NODEWIRE_MD_ATTEMPTS:-60}"
+readonly MD_TIMEOUT_SEC="${NODEWIRE_MD_TIMEOUT_SEC:-300}"
+readonly PODCIDR_ATTEMPTS="${NODEWIRE_PODCIDR_ATTEMPTS:-120}"
+readonly WORK="${ROOT}/var/lib/nodewire/startup"
+readonly CIDR_RE='^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$'
+
+log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$SCRIPT_NAME" "$*" >&2; }
+die() {
+  log "FATAL: $*"
+  exit 1
+}
+
+# Everything this script prints goes to the serial console too (when there is one).
+console_log() {
+  local console="${ROOT}/dev/ttyS0"
+  if [[ -c "$console" && -w "$console" ]]; then
+    exec > >(tee -a "$console") 2>&1
+  fi
+}
+
+setup_work() {
+  mkdir -p "$WORK"
+  chmod 0700 "$WORK"
+}
+
+# retry CMD...: runs CMD up to CMD_ATTEMPTS times, RETRY_SLEEP apart.
+retry() {
+  local i
+  for ((i = 1; ; i++)); do
+    if "$@"; then return 0; fi
+    if ((i >= CMD_ATTEMPTS)); then
+      log "giving up after ${i} tries: $1 ${2:-}"
+      return 1
+    fi
+    log "failed (try ${i}/${CMD_ATTEMPTS}): $1 ${2:-}; retrying"
+    sleep "$RETRY_SLEEP"
+  done
+}
+
+# md_fetch PATH OUT [HEADERS]: GET ${MD_URL}/PATH into the file OUT (response headers into
+# HEADERS); prints the HTTP status, 000 when the server was not reached.
+md_fetch() {
+  local code
+  code="$(curl -sS --connect-timeout 10 --max-time "$((MD_TIMEOUT_SEC + 30))" \
+    -H 'Metadata-Flavor: Google' -D "${3:-/dev/null}" -o "$2" -w '%{http_code}' \
+    "${MD_URL}/$1")" || code="000"
+  printf '%s' "$code"
+}
+
+# md_get_to PATH FILE: the metadata value, byte for byte, into FILE (mode 0600); returns 1
+# when the key does not exist (404), dies when the server keeps failing.
+md_get_to() {
+  local i code
+  for ((i = 1; ; i++)); do
+    code="$(umask 077 && md_fetch "$1" "$2")"
+    case "$code" in
+      200) return 0 ;;
+      404)
+        rm -f "$2"
+        return 1
+        ;;
+    esac
+    rm -f "$2"
+    ((i < MD_ATTEMPTS)) || die "metadata $1: HTTP ${code} after ${i} tries"
+    log "metadata $1: HTTP ${code}; retrying"
+    sleep "$RETRY_SLEEP"
+  done
+}
+
+# md_get PATH: prints the metadata value; returns 1 when the key does not exist.
+md_get() {
+  local tmp rc=0
+  tmp="$(mktemp "${WORK}/md.XXXXXX")"
+  md_get_to "$1" "$tmp" || rc=$?
+  if ((rc == 0)); then cat "$tmp"; fi
+  rm -f "$tmp"
+  return "$rc"
+}
+
+# header_etag FILE: the ETag of a response (empty when absent or not a plain token).
+header_etag() {
+  local etag
+  etag="$(tr -d '\r' <"$1" | sed -n 's/^[Ee][Tt][Aa][Gg]:[[:space:]]*//p' | tail -n 1)"
+  if [[ "$etag" =~ ^[A-Za-z0-9._-]{1,128}$ ]]; then printf '%s' "$etag"; fi
+}
+
+# cfg JSON KEY REGEX: the string value of KEY in the flat JSON object JSON, checked against
+# REGEX (values are names, versions and CIDRs: no escapes). Dies when absent or malformed.
+cfg() {
+  local re="\"$2\"[[:space:]]*:[[:space:]]*\"([^\"\\\\]*)\"" value
+  [[ "$1" =~ $re ]] || die "configuration: \"$2\" is missing"
+  value="${BASH_REMATCH[1]}"
+  [[ "$value" =~ $3 ]] || die "configuration: \"$2\" is malformed"
+  printf '%s' "$value"
+}
+
+# The guest agent must not install the VM's alias IP ranges (the pod range) as local routes:
+# the pods behind cni0 own those addresses, not the host.
+guest_agent_no_ip_aliases() {
+  local conf="${ROOT}/etc/default/instance_configs.cfg" tmp
+  mkdir -p "${conf%/*}"
+  touch "$conf"
+  tmp="$(mktemp "${conf}.XXXXXX")"
+  awk '
+    /^[[:space:]]*\[/ {
+      insec = ($0 ~ /^[[:space:]]*\[IpForwarding\][[:space:]]*$/)
+      print
+      if (insec && !done) { print "ip_aliases = false"; done = 1 }
+      next
+    }
+    insec && /^[[:space:]]*ip_aliases[[:space:]]*=/ { next }
+    { print }
+    END { if (!done) { print "[IpForwarding]"; print "ip_aliases = false" } }
+  ' "$conf" >"$tmp"
+  chmod 0644 "$tmp"
+  if cmp -s "$tmp" "$conf"; then
+    rm -f "$tmp"
+    return 0
+  fi
+  mv -f "$tmp" "$conf"
+  log "guest agent: ip_aliases = false; restarting google-guest-agent"
+  systemctl restart google-guest-agent || log "could not restart google-guest-agent"
+}
+
+kernel_prereqs() {
+  mkdir -p "${ROOT}/etc/modules-load.d" "${ROOT}/etc/sysctl.d"
+  printf 'overlay\nbr_netfilter\n' >"${ROOT}/etc/modules-load.d/nodewire-k8s.conf"
+  modprobe overlay
+  modprobe br_netfilter
+  printf '%s\n' 'net.ipv4.ip_forward = 1' 'net.bridge.bridge-nf-call-iptables = 1' \
+    'net.bridge.bridge-nf-call-ip6tables = 1' >"${ROOT}/etc/sysctl.d/99-nodewire-k8s.conf"
+  sysctl -p "${ROOT}/etc/sysctl.d/99-nodewire-k8s.conf" >/dev/null
+}
+
+configure_containerd() {
+  mkdir -p "${ROOT}/etc/containerd"
+  cat >"${ROOT}/etc/containerd/config.toml" <<'EOF'
+# Written by nodewire's startup script.
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+
+  # Debian's containernetworking-plugins installs the CNI plugins here.
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+EOF
+  systemctl enable containerd
+  systemctl restart containerd
+}
+
+# Debian 12's own containerd is 1.6, out of support since July 2025 and not in containerd's
+# support grid for Kubernetes 1.33 (1.7.24+ or 2.0.1+): take Docker's containerd.io 1.7.
+docker_apt_key() {
+  curl -fsSL --retry 5 "https://download.docker.com/linux/debian/gpg" |
+    gpg --batch --yes --dearmor -o "${ROOT}/etc/apt/keyrings/docker-apt-keyring.gpg"
+}
+
+k8s_apt_key() {
+  curl -fsSL --retry 5 "https://pkgs.k8s.io/core:/stable:/v$1/deb/Release.key" |
+    gpg --batch --yes --dearmor -o "${ROOT}/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
+}
+
+# install_base VERSION: containerd 1.7 (Docker's containerd.io), the CNI plugins, kubelet/kubeadm/kubectl VERSION (held).
+install_base() {
+  local version="$1" minor="${1%.*}" marker="${ROOT}/var/lib/nodewire/base-installed-$1"
+  if [[ -f "$marker" ]]; then
+    log "base packages for Kubernetes ${version} already installed"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  retry apt-get update -q
+  retry apt-get install -y -q --no-install-recommends ca-certificates curl gpg \
+    containernetworking-plugins conntrack socat ethtool iptables
+  mkdir -p "${ROOT}/etc/apt/keyrings" "${ROOT}/etc/apt/sources.list.d"
+  retry docker_apt_key
+  chmod 0644 "${ROOT}/etc/apt/keyrings/docker-apt-keyring.gpg"
+  printf 'deb [signed-by=/etc/apt/keyrings/docker-apt-keyring.gpg] %s bookworm stable\n' \
+    "https://download.docker.com/linux/debian" >"${ROOT}/etc/apt/sources.list.d/docker.list"
+  retry apt-get update -q
+  retry apt-get install -y -q --no-install-recommends "containerd.io=1.7.*"
+  apt-mark hold containerd.io
+  configure_containerd
+  retry k8s_apt_key "$minor"
+  chmod 0644 "${ROOT}/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
+  printf 'deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] %s /\n' \
+    "https://pkgs.k8s.io/core:/stable:/v${minor}/deb/" \
+    >"${ROOT}/etc/apt/sources.list.d/kubernetes.list"
+  retry apt-get update -q
+  retry apt-get install -y -q --no-install-recommends --allow-change-held-packages \
+    "kubelet=${version}-*" "kubeadm=${version}-*" "kubectl=${version}-*"
+  apt-mark hold kubelet kubeadm kubectl
+  systemctl enable kubelet
+  touch "$marker"
+}
+
+# node_pod_cidr KUBECONFIG NODE: waits for the Node's spec.podCIDR and prints it.
+node_pod_cidr() {
+  local i cidr
+  for ((i = 1; i <= PODCIDR_ATTEMPTS; i++)); do
+    cidr="$(kubectl --kubeconfig "$1" get node "$2" -o jsonpath='{.spec.podCIDR}')" || cidr=""
+    if [[ "$cidr" =~ $CIDR_RE ]]; then
+      printf '%s' "$cidr"
+      return 0
+    fi
+    sleep "$RETRY_SLEEP"
+  done
+  return 1
+}
+
+# write_cni_config PODCIDR: the bridge + host-local CNI configuration for this Node's range
+# (infra/k8s/README.md says why). Masquerading is ip-masq-agent's; routing between nodes is
+# the VPC's alias IP ranges.
+write_cni_config() {
+  local dir="${ROOT}/etc/cni/net.d" tmp
+  mkdir -p "$dir"
+  tmp="$(mktemp "${dir}/.nodewire.XXXXXX")"
+  cat >"$tmp" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "nodewire",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$1"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {"portMappings": true}
+    }
+  ]
+}
+EOF
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "${dir}/10-nodewire-bridge.conflist"
+  log "CNI configuration written for podCIDR $1"
+}
+# ---- nodewire common end ----
+
+readonly TOKEN_ATTEMPTS="${NODEWIRE_TOKEN_ATTEMPTS:-60}"
+readonly ADMIN_CONF="${ROOT}/etc/kubernetes/admin.conf"
+readonly OPS_AGENT_REPO_SCRIPT="https://dl.google.com/cloudagents/add-google-cloud-ops-agent-repo.sh"
+
+kc() { kubectl --kubeconfig "$ADMIN_CONF" "$@"; }
+
+ops_agent_install() {
+  (cd "${WORK}/ops-agent" &&
+    curl -sSO "$OPS_AGENT_REPO_SCRIPT" &&
+    bash add-google-cloud-ops-agent-repo.sh --also-install)
+}
+
+# install_ops_agent LOG_NAME: ships /var/log/kubernetes/audit/audit.log as log LOG_NAME (the
+# receiver id), one JSON audit Event per entry (jsonPayload).
+install_ops_agent() {
+  local name="$1" marker="${ROOT}/var/lib/nodewire/ops-agent-installed"
+  if [[ ! -f "$marker" ]]; then
+    mkdir -p "${WORK}/ops-agent"
+    retry ops_agent_install
+    touch "$marker"
+  fi
+  mkdir -p "${ROOT}/etc/google-cloud-ops-agent"
+  cat >"${ROOT}/etc/google-cloud-ops-agent/config.yaml" <<YAML
+# Written by nodewire's control-plane startup script: kube-apiserver's JSON audit log to
+# Cloud Logging as projects/PROJECT/logs/${name} (resource gce_instance).
+logging:
+  receivers:
+    ${name}:
+      type: files
+      include_paths: [/var/log/kubernetes/audit/audit.log]
+      record_log_file_path: true
+  processors:
+    ${name}_json:
+      type: parse_json
+      time_key: stageTimestamp
+      time_format: "%Y-%m-%dT%H:%M:%S.%LZ"
+  service:
+    pipelines:
+      ${name}:
+        receivers: [${name}]
+        processors: [${name}_json]
+YAML
+  systemctl restart google-cloud-ops-agent
+}
+
+# write_kubeadm_config FILE ...: InitConfiguration + ClusterConfiguration (v1beta4).
+write_kubeadm_config() {
+  local file="$1" name="$2" provider_id="$3" advertise="$4" cluster="$5" version="$6"
+  local pods="$7" services="$8"
+  cat >"$file" <<YAML
+# Written by nodewire's control-plane startup script.
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+# kubeadm's own token is not used (nodewire mints one per VM): keep it short-lived.
+bootstrapTokens:
+  - groups: ["system:bootstrappers:kubeadm:default-node-token"]
+    ttl: "15m0s"
+    usages: ["signing", "authentication"]
+localAPIEndpoint:
+  advertiseAddress: "${advertise}"
+  bindPort: 6443
+nodeRegistration:
+  name: "${name}"
+  criSocket: "unix:///var/run/containerd/containerd.sock"
+  kubeletExtraArgs:
+    - name: "provider-id"
+      value: "${provider_id}"
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+clusterName: "${cluster}"
+kubernetesVersion: "v${version}"
+controlPlaneEndpoint: "${advertise}:6443"
+networking:
+  podSubnet: "${pods}"
+  serviceSubnet: "${services}"
+apiServer:
+  extraArgs:
+    - name: "audit-policy-file"
+      value: "/etc/kubernetes/audit-policy.yaml"
+    - name: "audit-log-path"
+      value: "/var/log/kubernetes/audit/audit.log"
+    - name: "audit-log-format"
+      value: "json"
+    - name: "audit-log-maxsize"
+      value: "100"
+    - name: "audit-log-maxbackup"
+      value: "5"
+  extraVolumes:
+    - name: "audit-policy"
+      hostPath: "/etc/kubernetes/audit-policy.yaml"
+      mountPath: "/etc/kubernetes/audit-policy.yaml"
+      readOnly: true
+      pathType: "File"
+    - name: "audit-log"
+      hostPath: "/var/log/kubernetes/audit"
+      mountPath: "/var/log/kubernetes/audit"
+      readOnly: false
+      pathType: "DirectoryOrCreate"
+controllerManager:
+  extraArgs:
+    - name: "allocate-node-cidrs"
+      value: "true"
+    - name: "cluster-cidr"
+      value: "${pods}"
+    - name: "node-cidr-mask-size"
+      value: "24"
+YAML
+  chmod 0600 "$file"
+}
+
+kubeadm_init() {
+  local i
+  for ((i = 1; i <= CMD_ATTEMPTS; i++)); do
+    log "kubeadm init (try ${i}/${CMD_ATTEMPTS})"
+    if kubeadm init --config "$1"; then return 0; fi
+    log "kubeadm init failed; kubeadm reset -f"
+    kubeadm reset -f || log "kubeadm reset failed"
+    sleep "$RETRY_SLEEP"
+  done
+  return 1
+}
+
+# apply_manifests: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata.
+apply_manifests() {
+  local key file dir="${ROOT}/etc/kubernetes/nodewire"
+  mkdir -p "$dir"
+  for key in nodewire-k8s-rbac nodewire-k8s-policy nodewire-k8s-ip-masq; do
+    file="${dir}/${key}.yaml"
+    md_get_to "instance/attributes/${key}" "$file" || die "instance/attributes/${key} is missing"
+    retry kc apply -f "$file"
+    log "applied ${key}"
+  done
+}
+
+# put_secret_version NAME: stdin as a new version of Secret Manager secret NAME, unless the
+# latest version holds exactly that already. The data is never printed nor put in an argv.
+put_secret_version() {
+  local data current wanted
+  data="$(cat && printf x)"
+  data="${data%x}"
+  wanted="$(printf '%s' "$data" | sha256sum)"
+  current="$(gcloud secrets versions access latest --secret="$1" 2>/dev/null | sha256sum)" ||
+    current=""
+  if [[ "$current" == "$wanted" ]]; then
+    log "secret $1: latest version is current"
+    return 0
+  fi
+  retry _add_secret_version "$1"
+  log "secret $1: new version added"
+}
+_add_secret_version() {
+  printf '%s' "$data" | gcloud secrets versions add "$1" --data-file=- >/dev/null
+}
+
+# publish_credentials TOKEN_SECRET CA_SECRET: a service-account-token Secret for nodewire, its
+# token and the cluster CA into Secret Manager.
+publish_credentials() {
+  local file="${ROOT}/etc/kubernetes/nodewire/nodewire-token.yaml" token="" i
+  cat >"$file" <<'YAML'
+apiVersion: v1
+kind: Secret
+metadata:
+  name: nodewire-token
+  namespace: kube-system
+  annotations:
+    kubernetes.io/service-account.name: nodewire
+type: kubernetes.io/service-account-token
+YAML
+  retry kc apply -f "$file"
+  for ((i = 1; i <= TOKEN_ATTEMPTS; i++)); do
+    token="$(kc -n kube-system get secret nodewire-token -o 'jsonpath={.data.token}' |
+      base64 -d)" || token=""
+    if [[ -n "$token" ]]; then break; fi
+    sleep "$RETRY_SLEEP"
+  done
+  [[ -n "$token" ]] || die "Secret kube-system/nodewire-token got no token"
+  printf '%s' "$token" | put_secret_version "$1"
+  token=""
+  put_secret_version "$2" <"${ROOT}/etc/kubernetes/pki/ca.crt"
+}
+
+# ensure_alias NAME ZONE RANGE_NAME PODCIDR: this VM's nic0 alias IP range = its podCIDR.
+ensure_alias() {
+  local current
+  current="$(md_get instance/network-interfaces/0/ip-aliases/0)" || current=""
+  if [[ "$current" == "$4" ]]; then
+    log "alias IP range $4 already in place"
+    return 0
+  fi
+  retry gcloud compute instances network-interfaces update "$1" --zone "$2" \
+    --aliases "$3:$4"
+  log "alias IP range $3:$4 set"
+}
+
+main() {
+  local config pods services range_name cluster version advertise audit_log token_secret
+  local ca_secret name zone project cidr
+  console_log
+  setup_work
+  config="$(md_get instance/attributes/nodewire-cluster-config)" ||
+    die "instance/attributes/nodewire-cluster-config is missing"
+  pods="$(cfg "$config" pod_range "$CIDR_RE")"
+  services="$(cfg "$config" service_range "$CIDR_RE")"
+  range_name="$(cfg "$config" pod_range_name '^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')"
+  cluster="$(cfg "$config" cluster_name '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')"
+  version="$(cfg "$config" kubernetes_version '^[0-9]+\.[0-9]+\.[0-9]+$')"
+  advertise="$(cfg "$config" advertise_address '^[0-9]{1,3}(\.[0-9]{1,3}){3}$')"
+  audit_log="$(cfg "$config" audit_log_name '^[A-Za-z0-9_]{1,64}$')"
+  token_secret="$(cfg "$config" kube_token_secret '^[A-Za-z0-9_-]{1,255}$')"
+  ca_secret="$(cfg "$config" kube_ca_secret '^[A-Za-z0-9_-]{1,255}$')"
+  name="$(md_get instance/name)" || die "instance/name is missing"
+  zone="$(md_get instance/zone)" || die "instance/zone is missing"
+  zone="${zone##*/}"
+  project="$(md_get project/project-id)" || die "project/project-id is missing"
+  log "control plane ${name} (${zone}), cluster ${cluster}, Kubernetes ${version}"
+
+  guest_agent_no_ip_aliases
+  kernel_prereqs
+  install_base "$version"
+
+  mkdir -p "${ROOT}/etc/kubernetes" "${ROOT}/var/log/kubernetes/audit"
+  chmod 0700 "${ROOT}/var/log/kubernetes/audit"
+  md_get_to instance/attributes/nodewire-audit-policy "${ROOT}/etc/kubernetes/audit-policy.yaml" ||
+    die "instance/attributes/nodewire-audit-policy is missing"
+  install_ops_agent "$audit_log"
+
+  if [[ -f "$ADMIN_CONF" ]]; then
+    log "/etc/kubernetes/admin.conf exists: the cluster is initialised, not running kubeadm init"
+  else
+    write_kubeadm_config "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" "$name" \
+      "gce://${project}/${zone}/${name}" "$advertise" "$cluster" "$version" "$pods" "$services"
+    kubeadm_init "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" || die "kubeadm init failed"
+  fi
+
+  apply_manifests
+  publish_credentials "$token_secret" "$ca_secret"
+
+  cidr="$(node_pod_cidr "$ADMIN_CONF" "$name")" || die "Node ${name} has no spec.podCIDR"
+  write_cni_config "$cidr"
+  ensure_alias "$name" "$zone" "$range_name" "$cidr"
+  log "done"
+}
+
+main "$@"

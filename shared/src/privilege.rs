@@ -1,0 +1,311 @@
+//! The least-privilege table as data: for every function, the IAM permissions of its Compute
+//! calls, its Kubernetes access, and the topics it publishes to. `docs/operations.md` shows the
+//! same table for people; the deployment contract test (`tests/tests/deployment.rs`) holds the
+//! Terraform's custom roles, Pub/Sub grants and `infra/k8s/nodewire-rbac.yaml` to it, and checks
+//! the documentation's rows against it.
+//!
+//! Every function may also publish to the dead-letter topic and create Warning Events (after a
+//! `nodes get` for the Node's uid); those are listed once, in [`EVERY_FUNCTION`], not per row.
+
+use crate::startup::ServiceKind;
+
+/// One Kubernetes grant: verbs on a resource (of the core group), in a namespace or
+/// cluster-wide, optionally limited to one object name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeGrant {
+    /// `None`: cluster-scoped (Nodes).
+    pub namespace: Option<&'static str>,
+    /// Plural resource name.
+    pub resource: &'static str,
+    /// `resourceNames` restriction, if any.
+    pub name: Option<&'static str>,
+    /// The verbs.
+    pub verbs: &'static [&'static str],
+}
+
+/// What one function may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    /// The function (= binary, crate and Cloud Run service suffix).
+    pub function: &'static str,
+    /// How it starts (which variables it needs).
+    pub kind: ServiceKind,
+    /// Where its deliveries come from: a step topic id without the prefix, `gce-audit`,
+    /// `k8s-audit`, or `scheduler`.
+    pub source: Source,
+    /// IAM permissions of its Compute calls, sorted.
+    pub compute: &'static [&'static str],
+    /// Whether a `compute.instances.setMetadata` on a node VM also needs
+    /// `iam.serviceAccounts.actAs` on the nodes' service account (Compute Engine's IAM
+    /// documentation requires it for VMs that run as a service account).
+    pub acts_as_node_account: bool,
+    /// Its Kubernetes access, beyond [`EVERY_FUNCTION`].
+    pub kube: &'static [KubeGrant],
+    /// Step topics it publishes to (step names, plus `node-wired`), beyond the dead-letter topic.
+    pub publishes: &'static [&'static str],
+}
+
+/// Where a function's deliveries come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The Compute audit sink's topic (`NODEWIRE_GCE_AUDIT_TOPIC`).
+    GceAudit,
+    /// The Kubernetes audit sink's topic (`NODEWIRE_K8S_AUDIT_TOPIC`).
+    K8sAudit,
+    /// A step topic (`{NODEWIRE_TOPIC_PREFIX}{step}`).
+    Step(&'static str),
+    /// Cloud Scheduler's HTTP target.
+    Scheduler,
+}
+
+const NODES_GET: KubeGrant = KubeGrant {
+    namespace: None,
+    resource: "nodes",
+    name: None,
+    verbs: &["get"],
+};
+
+/// What every function may do besides its row: create Warning Events about Nodes (they live
+/// in `default`) after reading the Node for its uid.
+pub const EVERY_FUNCTION: &[KubeGrant] = &[
+    NODES_GET,
+    KubeGrant {
+        namespace: Some("default"),
+        resource: "events",
+        name: None,
+        verbs: &["create"],
+    },
+];
+
+const TOKENS_LIST: KubeGrant = KubeGrant {
+    namespace: Some("kube-system"),
+    resource: "secrets",
+    name: None,
+    verbs: &["list"],
+};
+
+const TOKENS_DELETE: KubeGrant = KubeGrant {
+    namespace: Some("kube-system"),
+    resource: "secrets",
+    name: None,
+    verbs: &["delete"],
+};
+
+/// The steps after a bootstrap: the first open aspect, never the step itself
+/// (`plan::next_step`).
+const CHAIN_STEPS: &[&str] = &["assign-alias", "tag-instance", "provider-id", "finalize"];
+
+/// The table, one row per function under `functions/`.
+pub const TABLE: &[Grants] = &[
+    Grants {
+        function: "instance-events",
+        kind: ServiceKind::Router,
+        source: Source::GceAudit,
+        compute: &[],
+        acts_as_node_account: false,
+        kube: &[],
+        publishes: &["bootstrap", "decommission"],
+    },
+    Grants {
+        function: "node-events",
+        kind: ServiceKind::NodeRouter,
+        source: Source::K8sAudit,
+        compute: &["compute.instances.list"],
+        acts_as_node_account: false,
+        kube: &[],
+        publishes: &["assign-alias", "release-alias"],
+    },
+    Grants {
+        function: "bootstrap",
+        kind: ServiceKind::Chain,
+        source: Source::Step("bootstrap"),
+        compute: &[
+            "compute.instances.get",
+            "compute.instances.setMetadata",
+            "compute.zoneOperations.get",
+        ],
+        acts_as_node_account: true,
+        kube: &[
+            TOKENS_LIST,
+            KubeGrant {
+                namespace: Some("kube-system"),
+                resource: "secrets",
+                name: None,
+                verbs: &["create", "delete"],
+            },
+            KubeGrant {
+                namespace: Some("kube-public"),
+                resource: "configmaps",
+                name: Some("cluster-info"),
+                verbs: &["get"],
+            },
+        ],
+        publishes: CHAIN_STEPS,
+    },
+    Grants {
+        function: "assign-alias",
+        kind: ServiceKind::Chain,
+        source: Source::Step("assign-alias"),
+        compute: &[
+            "compute.instances.get",
+            "compute.instances.list",
+            "compute.instances.updateNetworkInterface",
+            "compute.subnetworks.use",
+            "compute.zoneOperations.get",
+        ],
+        acts_as_node_account: false,
+        kube: &[TOKENS_LIST, TOKENS_DELETE],
+        publishes: &["tag-instance", "provider-id", "finalize"],
+    },
+    Grants {
+        function: "tag-instance",
+        kind: ServiceKind::Chain,
+        source: Source::Step("tag-instance"),
+        compute: &[
+            "compute.instances.get",
+            "compute.instances.setTags",
+            "compute.zoneOperations.get",
+        ],
+        acts_as_node_account: false,
+        kube: &[],
+        publishes: &["assign-alias", "provider-id", "finalize"],
+    },
+    Grants {
+        function: "provider-id",
+        kind: ServiceKind::Chain,
+        source: Source::Step("provider-id"),
+        compute: &["compute.instances.get"],
+        acts_as_node_account: false,
+        kube: &[KubeGrant {
+            namespace: None,
+            resource: "nodes",
+            name: None,
+            verbs: &["patch"],
+        }],
+        publishes: &["assign-alias", "tag-instance", "finalize"],
+    },
+    Grants {
+        function: "finalize",
+        kind: ServiceKind::Chain,
+        source: Source::Step("finalize"),
+        compute: &[
+            "compute.instances.get",
+            "compute.instances.setMetadata",
+            "compute.zoneOperations.get",
+        ],
+        acts_as_node_account: true,
+        kube: &[
+            TOKENS_LIST,
+            TOKENS_DELETE,
+            KubeGrant {
+                namespace: None,
+                resource: "nodes",
+                name: None,
+                verbs: &["patch"],
+            },
+        ],
+        // Back to the first open aspect when not wired (`plan_finalize`), or announce.
+        publishes: &["assign-alias", "tag-instance", "provider-id", "node-wired"],
+    },
+    Grants {
+        function: "release-alias",
+        kind: ServiceKind::Chain,
+        source: Source::Step("release-alias"),
+        compute: &[
+            "compute.instances.get",
+            "compute.instances.updateNetworkInterface",
+            "compute.zoneOperations.get",
+        ],
+        acts_as_node_account: false,
+        kube: &[],
+        publishes: &["bootstrap"],
+    },
+    Grants {
+        function: "decommission",
+        kind: ServiceKind::Chain,
+        source: Source::Step("decommission"),
+        compute: &["compute.instances.get"],
+        acts_as_node_account: false,
+        kube: &[
+            TOKENS_LIST,
+            TOKENS_DELETE,
+            KubeGrant {
+                namespace: None,
+                resource: "nodes",
+                name: None,
+                verbs: &["delete"],
+            },
+        ],
+        publishes: &[],
+    },
+    Grants {
+        function: "drift-sweep",
+        kind: ServiceKind::Chain,
+        source: Source::Scheduler,
+        compute: &["compute.instances.get", "compute.instances.list"],
+        acts_as_node_account: false,
+        kube: &[
+            KubeGrant {
+                namespace: None,
+                resource: "nodes",
+                name: None,
+                verbs: &["list"],
+            },
+            TOKENS_LIST,
+            KubeGrant {
+                namespace: Some("kube-system"),
+                resource: "configmaps",
+                name: Some("nodewire-sweep"),
+                verbs: &["get", "update"],
+            },
+            KubeGrant {
+                namespace: Some("kube-system"),
+                resource: "configmaps",
+                name: None,
+                verbs: &["create"],
+            },
+        ],
+        publishes: &[
+            "bootstrap",
+            "assign-alias",
+            "tag-instance",
+            "provider-id",
+            "finalize",
+            "release-alias",
+            "decommission",
+        ],
+    },
+];
+
+/// The row of `function`.
+pub fn of(function: &str) -> Option<&'static Grants> {
+    TABLE.iter().find(|g| g.function == function)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_unique_and_sorted_within() {
+        let mut names: Vec<_> = TABLE.iter().map(|g| g.function).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TABLE.len());
+        for g in TABLE {
+            let mut sorted = g.compute.to_vec();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted, g.compute,
+                "{}: keep the permissions sorted",
+                g.function
+            );
+            assert_eq!(
+                g.acts_as_node_account,
+                g.compute.contains(&"compute.instances.setMetadata"),
+                "{}: setMetadata on a VM with a service account needs actAs",
+                g.function
+            );
+        }
+    }
+}

@@ -1,0 +1,946 @@
+//! The VM startup scripts (`infra/startup/`) run for real under bash, each in a temporary
+//! root (`NODEWIRE_ROOT`), against a fake GCE metadata server on loopback and with stub
+//! executables on `PATH` (kubeadm, kubectl, systemctl, apt-get, gcloud, …) that log their
+//! arguments. The real curl talks to the fake metadata server; the curl stub forwards to it
+//! any URL on 127.0.0.1 and fakes the rest, so no traffic leaves the machine.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, PoisonError};
+
+const JOIN_A: &str = "# Written by nodewire for this VM only; the token expires shortly.\n\
+apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    \
+apiServerEndpoint: \"10.122.16.2:6443\"\n    token: \"aaaaaa.token-A-secret00\"\n    \
+caCertHashes:\n      - \"sha256:9b2e\"\nnodeRegistration:\n  name: \"k8s-worker-1\"\n  \
+taints:\n    - key: \"nodewire.io/unwired\"\n      effect: \"NoSchedule\"\n\n";
+const NODE_CONFIG: &str = r#"{"kubernetes_version": "1.33.5", "cluster_name": "demo"}"#;
+const FAKE_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.FAKE-SA-TOKEN-7f3a9c";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn etag(v: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// One request the fake metadata server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    query: String,
+    flavor: bool,
+}
+
+#[derive(Default)]
+struct MdState {
+    /// Path under /computeMetadata/v1/ → answers; the front one is popped while more follow.
+    /// `None` is a 404.
+    values: HashMap<String, VecDeque<Option<String>>>,
+    log: Vec<Seen>,
+}
+
+/// A fake GCE metadata server: `Metadata-Flavor: Google` required (403 otherwise), 404 for
+/// keys it does not have, an ETag on every value; `wait_for_change` is answered at once.
+#[derive(Clone)]
+struct FakeMetadata {
+    url: String,
+    state: Arc<Mutex<MdState>>,
+}
+
+impl FakeMetadata {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Mutex::new(MdState::default()));
+        let s2 = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let s3 = s2.clone();
+                std::thread::spawn(move || serve(conn, &s3));
+            }
+        });
+        FakeMetadata {
+            url: format!("http://127.0.0.1:{port}/computeMetadata/v1"),
+            state,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MdState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, path: &str, value: &str) {
+        self.answers(path, &[Some(value)]);
+    }
+
+    fn answers(&self, path: &str, seq: &[Option<&str>]) {
+        self.lock().values.insert(
+            path.to_string(),
+            seq.iter().map(|v| v.map(str::to_string)).collect(),
+        );
+    }
+
+    fn log(&self) -> Vec<Seen> {
+        self.lock().log.clone()
+    }
+
+    fn requests_of(&self, path: &str) -> Vec<Seen> {
+        self.log().into_iter().filter(|s| s.path == path).collect()
+    }
+}
+
+fn serve(mut conn: TcpStream, state: &Mutex<MdState>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let mut lines = head.split("\r\n");
+    let target = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_string();
+    let flavor = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("metadata-flavor") && v.trim() == "Google"
+        })
+    });
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let path = path
+        .strip_prefix("/computeMetadata/v1/")
+        .unwrap_or(path)
+        .to_string();
+    let answer = {
+        let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.log.push(Seen {
+            path: path.clone(),
+            query: query.to_string(),
+            flavor,
+        });
+        if flavor {
+            st.values.get_mut(&path).and_then(|q| {
+                if q.len() > 1 {
+                    q.pop_front().flatten()
+                } else {
+                    q.front().cloned().flatten()
+                }
+            })
+        } else {
+            None
+        }
+    };
+    let resp = match (flavor, answer) {
+        (false, _) => {
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        }
+        (true, None) => {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        }
+        (true, Some(v)) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/text\r\nETag: {}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{v}",
+            etag(&v),
+            v.len()
+        ),
+    };
+    let _ = conn.write_all(resp.as_bytes());
+}
+
+/// A temporary root, the stubs' bin directory and their log.
+struct Sandbox {
+    dir: PathBuf,
+    root: PathBuf,
+    stub: PathBuf,
+    md: FakeMetadata,
+    env: Vec<(String, String)>,
+}
+
+const STUBS: &[(&str, &str)] = &[
+    ("systemctl", ""),
+    ("apt-get", ""),
+    ("apt-mark", ""),
+    ("modprobe", ""),
+    ("sysctl", ""),
+    (
+        "gpg",
+        r#"prev=""; for a in "$@"; do [[ $prev == -o ]] && cat > "$a"; prev=$a; done"#,
+    ),
+    (
+        "kubeadm",
+        r#"case "$1" in
+join|init)
+  cfg=""; prev=""
+  for a in "$@"; do [[ $prev == --config ]] && cfg=$a; prev=$a; done
+  n=$(find "$STUB_DIR" -name "kubeadm-$1-config.*" | wc -l)
+  cp "$cfg" "$STUB_DIR/kubeadm-$1-config.$n"
+  stat -c %a "$cfg" > "$STUB_DIR/kubeadm-$1-mode.$n"
+  if [[ -n "${STUB_KUBEADM_FAIL_MATCH:-}" ]] && grep -q -- "$STUB_KUBEADM_FAIL_MATCH" "$cfg"; then
+    echo "stub kubeadm: refusing" >&2; exit 1
+  fi
+  if (( n < ${STUB_KUBEADM_FAILS:-0} )); then echo "stub kubeadm: failing" >&2; exit 1; fi
+  mkdir -p "$NODEWIRE_ROOT/etc/kubernetes/pki"
+  if [[ $1 == join ]]; then
+    echo "kubelet kubeconfig" > "$NODEWIRE_ROOT/etc/kubernetes/kubelet.conf"
+  else
+    echo "admin kubeconfig" > "$NODEWIRE_ROOT/etc/kubernetes/admin.conf"
+    printf -- '-----BEGIN CERTIFICATE-----\nMIIFAKECA\n-----END CERTIFICATE-----\n' \
+      > "$NODEWIRE_ROOT/etc/kubernetes/pki/ca.crt"
+  fi
+  ;;
+esac"#,
+    ),
+    (
+        "kubectl",
+        r#"case "$*" in
+*" apply -f "*)
+  n=$(find "$STUB_DIR" -name "applied.*" | wc -l)
+  cp "${@: -1}" "$STUB_DIR/applied.$n"
+  ;;
+*" get node "*)
+  n=$(cat "$STUB_DIR/get-node-calls" 2>/dev/null || echo 0)
+  echo $((n + 1)) > "$STUB_DIR/get-node-calls"
+  # The Node has no podCIDR at first.
+  if (( n >= 1 )); then printf '%s' "$STUB_PODCIDR"; fi
+  ;;
+*" get secret nodewire-token "*)
+  printf '%s' "$STUB_TOKEN" | base64 -w0
+  ;;
+esac"#,
+    ),
+    (
+        "gcloud",
+        r#"secret=""
+for a in "$@"; do case $a in --secret=*) secret=${a#--secret=};; esac; done
+case "$*" in
+"secrets versions access latest "*)
+  [[ -f "$STUB_DIR/secret-$secret" ]] || { echo "NOT_FOUND" >&2; exit 1; }
+  cat "$STUB_DIR/secret-$secret"
+  ;;
+"secrets versions add "*)
+  cat > "$STUB_DIR/secret-$4"
+  echo "Created version [1] of the secret [$4]." >&2
+  ;;
+esac"#,
+    ),
+    (
+        "curl",
+        r#"for a in "$@"; do case $a in http://127.0.0.1:*) exec "$REAL_CURL" "$@";; esac; done
+for a in "$@"; do
+  case $a in
+  https://dl.google.com/*) cp "$STUB_DIR/../ops-agent-installer.sh" "${a##*/}";;
+  *Release.key) echo "FAKE-KEY";;
+  esac
+done"#,
+    ),
+];
+
+fn which(tool: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .expect("bash");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{tool} is needed by this test");
+    p
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "nodewire-startup-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let root = dir.join("root");
+        let stub = dir.join("stub");
+        let bin = dir.join("bin");
+        for d in [&root, &stub, &bin] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        for (tool, body) in STUBS {
+            let script =
+                format!("#!/bin/bash\nprintf '%s\\n' \"{tool} $*\" >> \"$STUB_LOG\"\n{body}\n");
+            let p = bin.join(tool);
+            std::fs::write(&p, script).expect("write stub");
+            chmod(&p, 0o755);
+        }
+        std::fs::write(
+            dir.join("ops-agent-installer.sh"),
+            "printf '%s\\n' \"ops-agent-installer $*\" >> \"$STUB_LOG\"\n",
+        )
+        .expect("write installer");
+        let md = FakeMetadata::start();
+        let env = vec![
+            ("PATH".into(), format!("{}:/usr/bin:/bin", bin.display())),
+            ("HOME".into(), dir.display().to_string()),
+            ("NODEWIRE_ROOT".into(), root.display().to_string()),
+            ("NODEWIRE_METADATA_URL".into(), md.url.clone()),
+            ("NODEWIRE_RETRY_SLEEP".into(), "0".into()),
+            ("NODEWIRE_MD_TIMEOUT_SEC".into(), "5".into()),
+            ("NODEWIRE_MD_ATTEMPTS".into(), "3".into()),
+            ("NODEWIRE_PODCIDR_ATTEMPTS".into(), "5".into()),
+            ("NODEWIRE_TOKEN_ATTEMPTS".into(), "3".into()),
+            ("NODEWIRE_JOIN_WAIT_MAX_SEC".into(), "30".into()),
+            (
+                "STUB_LOG".into(),
+                dir.join("calls.log").display().to_string(),
+            ),
+            ("STUB_DIR".into(), stub.display().to_string()),
+            ("STUB_PODCIDR".into(), "10.4.1.0/24".into()),
+            ("STUB_TOKEN".into(), FAKE_TOKEN.into()),
+            ("REAL_CURL".into(), which("curl")),
+        ];
+        Sandbox {
+            dir,
+            root,
+            stub,
+            md,
+            env,
+        }
+    }
+
+    fn with(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn run(&self, script: &str) -> Output {
+        let out = Command::new("bash")
+            .arg(repo().join(script))
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&self.dir)
+            .output()
+            .expect("run bash");
+        eprintln!(
+            "--- {script} exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn run_ok(&self, script: &str) -> String {
+        let out = self.run(script);
+        assert!(out.status.success(), "{script} failed: {:?}", out.status);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn calls_starting(&self, prefix: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with(prefix))
+            .collect()
+    }
+
+    fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.dir.join("calls.log"));
+    }
+
+    fn file(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    fn stub_files(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.stub)
+            .expect("stub dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort_by_key(|n| {
+            n.rsplit('.')
+                .next()
+                .and_then(|i| i.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        names.iter().map(|n| read(self.stub.join(n))).collect()
+    }
+
+    /// Every request carried `Metadata-Flavor: Google`.
+    fn assert_flavor_everywhere(&self) {
+        let log = self.md.log();
+        assert!(!log.is_empty(), "the script read its metadata");
+        assert!(
+            log.iter().all(|s| s.flavor),
+            "a request without Metadata-Flavor: {log:?}"
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+fn node_sandbox(name: &str) -> Sandbox {
+    let sb = Sandbox::new(name);
+    sb.md
+        .set("instance/attributes/nodewire-node-config", NODE_CONFIG);
+    sb.md.set("instance/name", "k8s-worker-1");
+    // The guest agent's file as an image may ship it: aliases on.
+    let cfg = sb.file("/etc/default/instance_configs.cfg");
+    std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &cfg,
+        "[Accounts]\ndeprovision_remove = false\n\n[IpForwarding]\nip_aliases = true\n\
+         target_instance_ips = true\n",
+    )
+    .expect("write cfg");
+    sb
+}
+
+fn assert_cni(sb: &Sandbox, cidr: &str) {
+    let conf = read(sb.file("/etc/cni/net.d/10-nodewire-bridge.conflist"));
+    let v: serde_json::Value = serde_json::from_str(&conf).expect("the conflist is JSON");
+    assert_eq!(v["cniVersion"], "1.0.0");
+    let bridge = &v["plugins"][0];
+    assert_eq!(bridge["type"], "bridge");
+    assert_eq!(bridge["bridge"], "cni0");
+    assert_eq!(bridge["isGateway"], true);
+    assert_eq!(bridge["ipMasq"], false);
+    assert_eq!(bridge["hairpinMode"], true);
+    assert_eq!(bridge["ipam"]["type"], "host-local");
+    assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], cidr);
+    assert_eq!(bridge["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(v["plugins"][1]["type"], "portmap");
+    assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
+}
+
+fn assert_base_install(sb: &Sandbox) {
+    let cfg = read(sb.file("/etc/default/instance_configs.cfg"));
+    assert!(
+        cfg.contains("[IpForwarding]\nip_aliases = false\n"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("ip_aliases = true"), "{cfg}");
+    assert!(
+        cfg.contains("[Accounts]\ndeprovision_remove = false\n"),
+        "other settings kept"
+    );
+    assert!(
+        cfg.contains("target_instance_ips = true"),
+        "other settings kept"
+    );
+    assert_eq!(cfg.matches("ip_aliases").count(), 1, "{cfg}");
+    let containerd = read(sb.file("/etc/containerd/config.toml"));
+    assert!(containerd.contains("SystemdCgroup = true"), "{containerd}");
+    assert!(
+        containerd.contains("bin_dir = \"/usr/lib/cni\""),
+        "{containerd}"
+    );
+    let sources = read(sb.file("/etc/apt/sources.list.d/kubernetes.list"));
+    assert_eq!(
+        sources,
+        "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] \
+         https://pkgs.k8s.io/core:/stable:/v1.33/deb/ /\n"
+    );
+    assert_eq!(
+        read(sb.file("/etc/apt/keyrings/kubernetes-apt-keyring.gpg")),
+        "FAKE-KEY\n"
+    );
+    assert!(read(sb.file("/etc/modules-load.d/nodewire-k8s.conf")).contains("br_netfilter"));
+    let sysctl = read(sb.file("/etc/sysctl.d/99-nodewire-k8s.conf"));
+    assert!(sysctl.contains("net.ipv4.ip_forward = 1"), "{sysctl}");
+    assert!(
+        sysctl.contains("net.bridge.bridge-nf-call-iptables = 1"),
+        "{sysctl}"
+    );
+    let calls = sb.calls();
+    for want in [
+        "systemctl restart google-guest-agent",
+        "modprobe overlay",
+        "modprobe br_netfilter",
+        "systemctl restart containerd",
+        "apt-mark hold kubelet kubeadm kubectl",
+    ] {
+        assert!(
+            calls.iter().any(|c| c == want),
+            "{want:?} not in {calls:#?}"
+        );
+    }
+    let install = sb.calls_starting("apt-get install");
+    assert!(
+        install
+            .iter()
+            .any(|c| c.contains(" containernetworking-plugins ")),
+        "{install:?}"
+    );
+    // containerd 1.7 from Docker's repository: Debian 12's 1.6 is not supported for
+    // Kubernetes 1.33 (containerd's RELEASES.md, "Kubernetes support").
+    assert!(
+        install.iter().any(|c| c.ends_with(" containerd.io=1.7.*")),
+        "{install:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c == "apt-mark hold containerd.io"),
+        "{calls:#?}"
+    );
+    let docker_list = read(sb.file("/etc/apt/sources.list.d/docker.list"));
+    assert!(
+        docker_list.contains("https://download.docker.com/linux/debian bookworm stable"),
+        "{docker_list}"
+    );
+    assert!(
+        install
+            .iter()
+            .any(|c| c.contains("kubelet=1.33.5-* kubeadm=1.33.5-* kubectl=1.33.5-*")),
+        "{install:?}"
+    );
+}
+
+#[test]
+fn node_script_installs_waits_joins_with_retry_and_writes_cni() {
+    let sb = node_sandbox("node").with("STUB_KUBEADM_FAILS", "1");
+    // Not there at first: the script waits for nodewire's bootstrap step.
+    sb.md.answers(
+        "instance/attributes/kubeadm-join",
+        &[None, None, Some(JOIN_A)],
+    );
+    sb.run_ok("infra/startup/node.sh");
+    sb.assert_flavor_everywhere();
+    assert!(
+        !sb.md
+            .requests_of("instance/attributes/nodewire-node-config")
+            .is_empty()
+    );
+    assert!(!sb.md.requests_of("instance/name").is_empty());
+    assert!(sb.md.requests_of("instance/attributes/kubeadm-join").len() >= 3);
+    assert_base_install(&sb);
+
+    // Joined on the second try, with exactly the metadata value, from a 0600 file, after a
+    // reset; the file is gone.
+    let joins = sb.calls_starting("kubeadm join");
+    assert_eq!(
+        joins,
+        vec![
+            "kubeadm join --config ".to_string()
+                + &sb
+                    .file("/etc/kubernetes/nodewire-join.yaml")
+                    .display()
+                    .to_string();
+            2
+        ]
+    );
+    let kubeadm = sb.calls_starting("kubeadm");
+    assert_eq!(kubeadm[1], "kubeadm reset -f", "{kubeadm:?}");
+    let configs = sb.stub_files("kubeadm-join-config.");
+    assert_eq!(configs, vec![JOIN_A.to_string(); 2]);
+    assert_eq!(
+        sb.stub_files("kubeadm-join-mode."),
+        vec!["600\n".to_string(); 2]
+    );
+    assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+
+    // The watcher and its unit, byte for byte the shipped files.
+    let watcher = sb.file("/usr/local/sbin/nodewire-kubelet-restart-watcher");
+    assert_eq!(
+        read(&watcher),
+        read(repo().join("infra/startup/kubelet-restart-watcher"))
+    );
+    assert_eq!(mode(&watcher), 0o755);
+    let unit = read(sb.file("/etc/systemd/system/nodewire-kubelet-restart.service"));
+    assert_eq!(
+        unit,
+        read(repo().join("infra/startup/nodewire-kubelet-restart.service"))
+    );
+    assert!(unit.contains("ExecStart=/usr/local/sbin/nodewire-kubelet-restart-watcher\n"));
+    let calls = sb.calls();
+    assert!(calls.contains(&"systemctl enable nodewire-kubelet-restart.service".to_string()));
+    assert!(calls.contains(&"systemctl daemon-reload".to_string()));
+
+    // The podCIDR was read with the kubelet's credentials, retried until set.
+    let gets = sb.calls_starting("kubectl");
+    let kubelet_conf = sb
+        .file("/etc/kubernetes/kubelet.conf")
+        .display()
+        .to_string();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(
+        gets[0],
+        format!(
+            "kubectl --kubeconfig {kubelet_conf} get node k8s-worker-1 -o jsonpath={{.spec.podCIDR}}"
+        )
+    );
+    assert_cni(&sb, "10.4.1.0/24");
+
+    // A reboot: joined before, so no join, no package install, no guest agent restart.
+    sb.clear_calls();
+    let _ = std::fs::remove_file(sb.stub.join("get-node-calls"));
+    sb.run_ok("infra/startup/node.sh");
+    assert!(sb.calls_starting("kubeadm").is_empty(), "{:?}", sb.calls());
+    assert!(sb.calls_starting("apt-get").is_empty(), "{:?}", sb.calls());
+    assert!(
+        !sb.calls()
+            .contains(&"systemctl restart google-guest-agent".to_string())
+    );
+    assert_cni(&sb, "10.4.1.0/24");
+}
+
+#[test]
+fn node_script_does_not_join_when_kubelet_conf_exists() {
+    let sb = node_sandbox("joined").with("STUB_PODCIDR", "10.4.7.0/24");
+    sb.md.set("instance/attributes/kubeadm-join", JOIN_A);
+    let kubelet_conf = sb.file("/etc/kubernetes/kubelet.conf");
+    std::fs::create_dir_all(kubelet_conf.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&kubelet_conf, "kubeconfig").expect("write");
+    sb.run_ok("infra/startup/node.sh");
+    assert!(sb.calls_starting("kubeadm").is_empty(), "{:?}", sb.calls());
+    assert!(
+        sb.md
+            .requests_of("instance/attributes/kubeadm-join")
+            .is_empty()
+    );
+    assert_cni(&sb, "10.4.7.0/24");
+}
+
+#[test]
+fn node_script_drops_a_failing_config_and_joins_with_the_next() {
+    let sb = node_sandbox("remint")
+        .with("STUB_KUBEADM_FAIL_MATCH", "token-A")
+        .with("NODEWIRE_JOIN_ATTEMPTS", "2");
+    let join_b = JOIN_A.replace("token-A", "token-B");
+    sb.md.answers(
+        "instance/attributes/kubeadm-join",
+        &[Some(JOIN_A), Some(&join_b)],
+    );
+    sb.run_ok("infra/startup/node.sh");
+    let configs = sb.stub_files("kubeadm-join-config.");
+    assert_eq!(
+        configs,
+        vec![JOIN_A.to_string(), JOIN_A.to_string(), join_b.clone()]
+    );
+    let reqs = sb.md.requests_of("instance/attributes/kubeadm-join");
+    assert_eq!(reqs[0].query, "", "a plain read first");
+    assert_eq!(
+        reqs[1].query,
+        format!(
+            "wait_for_change=true&timeout_sec=5&last_etag={}",
+            etag(JOIN_A)
+        )
+    );
+    assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+}
+
+#[test]
+fn node_script_fails_without_its_configuration() {
+    let sb = Sandbox::new("noconfig");
+    sb.md.set("instance/name", "k8s-worker-1");
+    let out = sb.run("infra/startup/node.sh");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nodewire-node-config is missing"));
+    assert!(sb.calls_starting("apt-get").is_empty());
+}
+
+fn cluster_config() -> String {
+    r#"{"pod_range": "192.168.16.0/21", "service_range": "172.16.16.0/21",
+  "pod_range_name": "pods", "cluster_name": "demo", "kubernetes_version": "1.33.5",
+  "advertise_address": "10.122.16.2", "audit_log_name": "k8s_audit",
+  "kube_token_secret": "nodewire-kube-token", "kube_ca_secret": "nodewire-kube-ca"}"#
+        .to_string()
+}
+
+#[test]
+fn control_plane_script_inits_ships_audit_applies_and_publishes() {
+    let sb = Sandbox::new("cp").with("STUB_PODCIDR", "192.168.16.0/24");
+    let manifests = [
+        (
+            "nodewire-k8s-rbac",
+            read(repo().join("infra/k8s/nodewire-rbac.yaml")),
+        ),
+        (
+            "nodewire-k8s-policy",
+            read(repo().join("infra/k8s/nodewire-admission-policy.yaml")),
+        ),
+        (
+            "nodewire-k8s-ip-masq",
+            read(repo().join("infra/k8s/ip-masq-agent.yaml")),
+        ),
+    ];
+    let audit_policy = read(repo().join("infra/k8s/node/audit-policy.yaml"));
+    sb.md.set(
+        "instance/attributes/nodewire-cluster-config",
+        &cluster_config(),
+    );
+    sb.md
+        .set("instance/attributes/nodewire-audit-policy", &audit_policy);
+    for (k, v) in &manifests {
+        sb.md.set(&format!("instance/attributes/{k}"), v);
+    }
+    sb.md.set("instance/name", "k8s-cp-1");
+    sb.md
+        .set("instance/zone", "projects/123456/zones/us-central1-a");
+    sb.md.set("project/project-id", "example-project");
+    let cfg = sb.file("/etc/default/instance_configs.cfg");
+    std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&cfg, "[Accounts]\ndeprovision_remove = false\n\n[IpForwarding]\nip_aliases = true\ntarget_instance_ips = true\n").expect("write");
+
+    let output = sb.run_ok("infra/startup/control-plane.sh");
+    sb.assert_flavor_everywhere();
+    assert_base_install(&sb);
+
+    // kubeadm init with the ranges, node CIDR allocation and the audit flags.
+    let inits = sb.stub_files("kubeadm-init-config.");
+    assert_eq!(inits.len(), 1, "{:?}", sb.calls());
+    let k = &inits[0];
+    for want in [
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\n",
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\n",
+        "  advertiseAddress: \"10.122.16.2\"\n",
+        "  podSubnet: \"192.168.16.0/21\"\n",
+        "  serviceSubnet: \"172.16.16.0/21\"\n",
+        "kubernetesVersion: \"v1.33.5\"\n",
+        "    - name: \"provider-id\"\n      value: \"gce://example-project/us-central1-a/k8s-cp-1\"\n",
+        "controllerManager:\n  extraArgs:\n    - name: \"allocate-node-cidrs\"\n      value: \"true\"\n\
+         \x20   - name: \"cluster-cidr\"\n      value: \"192.168.16.0/21\"\n\
+         \x20   - name: \"node-cidr-mask-size\"\n      value: \"24\"\n",
+        "    - name: \"audit-policy-file\"\n      value: \"/etc/kubernetes/audit-policy.yaml\"\n",
+        "    - name: \"audit-log-path\"\n      value: \"/var/log/kubernetes/audit/audit.log\"\n",
+        "    - name: \"audit-log-format\"\n      value: \"json\"\n",
+        "    - name: \"audit-log-maxsize\"\n      value: \"100\"\n",
+        "    - name: \"audit-log-maxbackup\"\n      value: \"5\"\n",
+        "      hostPath: \"/etc/kubernetes/audit-policy.yaml\"\n",
+        "      hostPath: \"/var/log/kubernetes/audit\"\n",
+    ] {
+        assert!(k.contains(want), "{want:?} not in\n{k}");
+    }
+    assert!(!k.contains("cloud-provider"), "{k}");
+    assert_eq!(
+        read(sb.file("/etc/kubernetes/audit-policy.yaml")),
+        audit_policy
+    );
+    assert_eq!(mode(&sb.file("/etc/kubernetes/audit-policy.yaml")), 0o600);
+
+    // The Ops Agent: installed by Google's repo script, shipping the audit log as k8s_audit.
+    let calls = sb.calls();
+    assert!(
+        calls.iter().any(|c| c
+            == "curl -sSO https://dl.google.com/cloudagents/add-google-cloud-ops-agent-repo.sh")
+    );
+    assert!(
+        calls.contains(&"ops-agent-installer --also-install".to_string()),
+        "{calls:#?}"
+    );
+    assert!(calls.contains(&"systemctl restart google-cloud-ops-agent".to_string()));
+    let ops = read(sb.file("/etc/google-cloud-ops-agent/config.yaml"));
+    for want in [
+        "  receivers:\n    k8s_audit:\n      type: files\n",
+        "      include_paths: [/var/log/kubernetes/audit/audit.log]\n",
+        "    k8s_audit_json:\n      type: parse_json\n",
+        "      k8s_audit:\n        receivers: [k8s_audit]\n        processors: [k8s_audit_json]\n",
+    ] {
+        assert!(ops.contains(want), "{want:?} not in\n{ops}");
+    }
+
+    // The three manifests, in order, then the token Secret.
+    let applied = sb.stub_files("applied.");
+    assert_eq!(applied.len(), 4, "{calls:#?}");
+    for (i, (_, v)) in manifests.iter().enumerate() {
+        assert_eq!(&applied[i], v);
+    }
+    assert!(applied[3].contains("type: kubernetes.io/service-account-token"));
+    assert!(applied[3].contains("kubernetes.io/service-account.name: nodewire"));
+    assert!(applied[3].contains("name: nodewire-token\n  namespace: kube-system"));
+    let admin = sb.file("/etc/kubernetes/admin.conf").display().to_string();
+    assert!(
+        calls.iter().all(|c| !c.starts_with("kubectl ")
+            || c.starts_with(&format!("kubectl --kubeconfig {admin} ")))
+    );
+
+    // Secret Manager: the token and the CA, from stdin; the token is printed nowhere.
+    assert!(
+        calls.contains(&"gcloud secrets versions add nodewire-kube-token --data-file=-".into())
+    );
+    assert!(calls.contains(&"gcloud secrets versions add nodewire-kube-ca --data-file=-".into()));
+    assert_eq!(read(sb.stub.join("secret-nodewire-kube-token")), FAKE_TOKEN);
+    assert_eq!(
+        read(sb.stub.join("secret-nodewire-kube-ca")),
+        read(sb.file("/etc/kubernetes/pki/ca.crt"))
+    );
+    let b64 = {
+        let out = Command::new("bash")
+            .args(["-c", &format!("printf '%s' '{FAKE_TOKEN}' | base64 -w0")])
+            .output()
+            .expect("base64");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(!b64.is_empty());
+    for secret in [FAKE_TOKEN, "FAKE-SA-TOKEN", &b64] {
+        assert!(
+            !output.contains(secret),
+            "the token is in the script's output"
+        );
+        assert!(
+            !calls.join("\n").contains(secret),
+            "the token is in an argv"
+        );
+    }
+
+    // Its own alias IP range and CNI configuration.
+    assert!(
+        calls.contains(
+            &"gcloud compute instances network-interfaces update k8s-cp-1 --zone us-central1-a \
+              --aliases pods:192.168.16.0/24"
+                .to_string()
+        ),
+        "{calls:#?}"
+    );
+    assert_cni(&sb, "192.168.16.0/24");
+
+    // Again (a reboot): no init, no new secret versions, the alias is in place already.
+    sb.clear_calls();
+    sb.md.set(
+        "instance/network-interfaces/0/ip-aliases/0",
+        "192.168.16.0/24",
+    );
+    let _ = std::fs::remove_file(sb.stub.join("get-node-calls"));
+    sb.run_ok("infra/startup/control-plane.sh");
+    let calls = sb.calls();
+    assert!(sb.calls_starting("kubeadm").is_empty(), "{calls:#?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("gcloud secrets versions add")),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("gcloud compute")),
+        "{calls:#?}"
+    );
+    assert_eq!(
+        sb.stub_files("applied.").len(),
+        8,
+        "manifests applied again (idempotent)"
+    );
+}
+
+#[test]
+fn kubelet_restart_watcher_restarts_once_per_new_value() {
+    let sb = Sandbox::new("watcher").with("NODEWIRE_WATCH_MAX_POLLS", "8");
+    let key = "instance/attributes/nodewire-restart-kubelet";
+    sb.md.answers(
+        key,
+        &[
+            None,
+            Some("1@1700000000"),
+            Some("1@1700000000"),
+            Some("junk; rm -rf /"),
+            Some("2@1700000300"),
+            Some("2@1700000300"),
+            Some("1@1700000000x"),
+        ],
+    );
+    let out = sb.run_ok("infra/startup/kubelet-restart-watcher");
+    assert_eq!(
+        sb.calls_starting("systemctl"),
+        vec!["systemctl restart kubelet".to_string(); 2],
+        "{out}"
+    );
+    assert_eq!(
+        read(sb.file("/var/lib/nodewire/kubelet-restart.seen")),
+        "2@1700000300\n"
+    );
+    assert!(out.contains("malformed"), "{out}");
+    let reqs = sb.md.requests_of(key);
+    assert_eq!(reqs.len(), 8);
+    assert_eq!(reqs[0].query, "");
+    assert_eq!(reqs[1].query, "", "after a 404: a plain read");
+    assert_eq!(
+        reqs[2].query,
+        format!(
+            "wait_for_change=true&timeout_sec=300&last_etag={}",
+            etag("1@1700000000")
+        )
+    );
+    sb.assert_flavor_everywhere();
+
+    // Started again (a reboot, a unit restart): the handled value restarts nothing.
+    sb.clear_calls();
+    sb.md.set(key, "2@1700000300");
+    let sb = sb.with("NODEWIRE_WATCH_MAX_POLLS", "3");
+    sb.run_ok("infra/startup/kubelet-restart-watcher");
+    assert!(
+        sb.calls_starting("systemctl").is_empty(),
+        "{:?}",
+        sb.calls()
+    );
+    // A new value does.
+    sb.md.set(key, "3@1700000900");
+    sb.run_ok("infra/startup/kubelet-restart-watcher");
+    assert_eq!(
+        sb.calls_starting("systemctl"),
+        vec!["systemctl restart kubelet".to_string()]
+    );
+}
+
+/// The block of functions both startup scripts carry is the same in both.
+#[test]
+fn the_common_block_is_the_same_in_both_scripts() {
+    let block = |script: &str| {
+        let s = read(repo().join(script));
+        let start = s
+            .find("# ---- nodewire common begin")
+            .unwrap_or_else(|| panic!("{script}: no common begin"));
+        let end = s
+            .find("# ---- nodewire common end ----")
+            .unwrap_or_else(|| panic!("{script}: no common end"));
+        s[start..end].to_string()
+    };
+    let node = block("infra/startup/node.sh");
+    assert!(node.len() > 1000);
+    assert_eq!(node, block("infra/startup/control-plane.sh"));
+    for f in ["node.sh", "control-plane.sh", "kubelet-restart-watcher"] {
+        assert!(read(repo().join("infra/startup").join(f)).starts_with("#!/usr/bin/env bash\n"));
+    }
+}
