@@ -433,6 +433,7 @@ impl Stack {
                 .rbac_manifests
                 .clone()
                 .unwrap_or_else(|| vec![crate::k8s::rbac::NODEWIRE_RBAC.to_string()]),
+            admission_manifests: vec![crate::k8s::admission::NODEWIRE_ADMISSION.to_string()],
         })
         .await
         .map_err(|e| e.to_string())?;

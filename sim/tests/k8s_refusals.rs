@@ -535,3 +535,156 @@ async fn requests_are_authenticated_and_authorized() {
     let (st, _) = call_as(k, reqwest::Method::GET, &secrets, JSON, None).await;
     assert_eq!(st, 403);
 }
+
+/// nodewire's ValidatingAdmissionPolicy (`infra/k8s/nodewire-admission-policy.yaml`, loaded by
+/// the simulator and evaluated as the API server does: CEL over `object`, `oldObject` and
+/// `request`) narrows what RBAC grants its service account: RBAC cannot limit `nodes patch` to
+/// two fields or `secrets create/delete` to bootstrap tokens; the policy does. The writes the
+/// chain really makes go through it in every end-to-end test; here, the ones it must refuse.
+/// <https://kubernetes.io/docs/reference/access-authn-authz/validating-admission-policy/>
+#[tokio::test]
+async fn the_admission_policy_narrows_nodewires_writes() {
+    let s = sim().await;
+    let base = s.endpoint();
+    let nodes = format!("{base}/api/v1/nodes");
+    let secrets = format!("{base}/api/v1/namespaces/kube-system/secrets");
+    let tainted = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "vm-1", "labels": {"pool": "a"}},
+        "spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}});
+    let (st, _) = call(&s, reqwest::Method::POST, &nodes, JSON, Some(tainted)).await;
+    assert_eq!(st, 201);
+    let nw = s.nodewire_token();
+    let nw = Some(nw.as_str());
+    let node_url = format!("{nodes}/vm-1");
+    let denied = |st: u16, body: &Value, what: &str| {
+        assert_eq!(st, 403, "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.starts_with(
+                "ValidatingAdmissionPolicy 'nodewire-writes' with binding 'nodewire-writes' denied request:"
+            )),
+            "{what}: {body}"
+        );
+    };
+    // Refused: a label, a new taint, a providerID that is not gce://, podCIDR.
+    for (what, patch) in [
+        ("a label", json!({"metadata": {"labels": {"pool": "b"}}})),
+        (
+            "a taint added",
+            json!({"spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"},
+                                        {"key": "evil", "effect": "NoExecute"}]}}),
+        ),
+        (
+            "a foreign providerID",
+            json!({"spec": {"providerID": "aws:///i-1"}}),
+        ),
+        ("a podCIDR", json!({"spec": {"podCIDR": "10.0.0.0/24"}})),
+        ("unschedulable", json!({"spec": {"unschedulable": true}})),
+    ] {
+        let (st, body) = call_as(nw, reqwest::Method::PATCH, &node_url, MERGE, Some(patch)).await;
+        denied(st, &body, what);
+    }
+    // Allowed: what provider-id and finalize send.
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::PATCH,
+        &node_url,
+        MERGE,
+        Some(json!({"spec": {"providerID": "gce://example-project/us-central1-a/vm-1"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::PATCH,
+        &node_url,
+        MERGE,
+        Some(json!({"spec": {"taints": null}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    // The same writes by the cluster admin are not nodewire's and are not looked at.
+    let (st, _) = call(
+        &s,
+        reqwest::Method::PATCH,
+        &node_url,
+        MERGE,
+        Some(json!({"metadata": {"labels": {"pool": "c"}}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Secrets: RBAC lets nodewire create and delete any Secret in kube-system; the policy only
+    // its bootstrap tokens.
+    let opaque = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "not-a-token", "namespace": "kube-system"},
+        "type": "Opaque", "stringData": {"password": "x"}});
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::POST,
+        &secrets,
+        JSON,
+        Some(opaque.clone()),
+    )
+    .await;
+    denied(st, &body, "an Opaque Secret");
+    let mut unlabelled = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    unlabelled["metadata"]["labels"] = json!({});
+    let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(unlabelled)).await;
+    denied(st, &body, "a token without nodewire's label");
+    let mut extra = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    extra["stringData"]["kubeconfig"] = json!("x");
+    let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(extra)).await;
+    denied(st, &body, "a token with an extra key");
+    let token = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(token)).await;
+    assert_eq!(st, 201, "a token as bootstrap mints it: {body}");
+    let (st, _) = call(&s, reqwest::Method::POST, &secrets, JSON, Some(opaque)).await;
+    assert_eq!(st, 201, "the admin's Secret");
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::DELETE,
+        &format!("{secrets}/not-a-token"),
+        JSON,
+        None,
+    )
+    .await;
+    denied(st, &body, "deleting another Secret");
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::DELETE,
+        &format!("{secrets}/bootstrap-token-abcdef"),
+        JSON,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "revoking its token: {body}");
+    // A Node that is not a GCE VM's is not nodewire's to delete.
+    let (st, _) = call(&s, reqwest::Method::POST, &nodes, JSON, Some(node("bare"))).await;
+    assert_eq!(st, 201);
+    let (st, body) = call_as(
+        nw,
+        reqwest::Method::DELETE,
+        &format!("{nodes}/bare"),
+        JSON,
+        None,
+    )
+    .await;
+    denied(st, &body, "deleting a Node without a gce:// providerID");
+}
+
+/// A policy that does not load makes the simulator refuse every write (fail closed), rather
+/// than run without it.
+#[tokio::test]
+async fn an_admission_policy_that_does_not_load_refuses_every_write() {
+    let s = K8sSim::start(K8sConfig {
+        admission_manifests: vec![sim::k8s::admission::NODEWIRE_ADMISSION.replace(
+            "request.userInfo.username ==",
+            "request.userInfo.username ===",
+        )],
+        ..K8sConfig::default()
+    })
+    .await
+    .expect("start");
+    let u = format!("{}/api/v1/nodes", s.endpoint());
+    let (st, body) = call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
+    assert_eq!(st, 500, "{body}");
+}

@@ -19,6 +19,7 @@
 
 pub mod patch;
 
+pub mod admission;
 mod configmaps;
 pub mod controllers;
 mod discovery;
@@ -62,6 +63,9 @@ pub struct K8sConfig {
     /// The RBAC manifests in force (multi-document YAML), besides the kubeadm defaults:
     /// nodewire's shipped `infra/k8s/nodewire-rbac.yaml` unless a test passes others.
     pub rbac_manifests: Vec<String>,
+    /// The ValidatingAdmissionPolicies in force: nodewire's shipped
+    /// `infra/k8s/nodewire-admission-policy.yaml` unless a test passes others.
+    pub admission_manifests: Vec<String>,
 }
 
 impl Default for K8sConfig {
@@ -73,6 +77,7 @@ impl Default for K8sConfig {
             audit_project: "example-project".into(),
             audit_zone: "us-central1-a".into(),
             rbac_manifests: vec![rbac::NODEWIRE_RBAC.to_string()],
+            admission_manifests: vec![admission::NODEWIRE_ADMISSION.to_string()],
         }
     }
 }
@@ -99,6 +104,7 @@ struct Sim {
     config: K8sConfig,
     audit: AuditLog,
     policy: rbac::Policy,
+    admission: admission::Admission,
     tokens: Mutex<rbac::Tokens>,
     /// The cluster admin's token (`kubernetes-admin` in `system:masters`), for people.
     admin_token: String,
@@ -173,6 +179,17 @@ impl Service for Sim {
             tracing::error!(error = %e, "RBAC manifests do not load; no RBAC grants in force");
             rbac::Policy::load(&[]).unwrap_or_default()
         });
+        let admission_docs: Vec<&str> = config
+            .admission_manifests
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let admission = admission::Admission::load(&admission_docs).unwrap_or_else(|e| {
+            // Fail closed, as an API server whose policy cannot be evaluated does: every
+            // write is refused, which the tests report.
+            tracing::error!(error = %e, "admission policies do not load; every write is refused");
+            admission::Admission::broken(e)
+        });
         let mut tokens = rbac::Tokens::default();
         let admin_token = format!("admin-{:016x}", chaos.draw_u64());
         let nodewire_token = format!("sa-nodewire-{:016x}", chaos.draw_u64());
@@ -193,6 +210,7 @@ impl Service for Sim {
             config,
             audit,
             policy,
+            admission,
             tokens: Mutex::new(tokens),
             admin_token,
             nodewire_token,

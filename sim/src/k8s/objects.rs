@@ -137,8 +137,24 @@ pub(super) fn update(
     resource: &str,
     ns: &str,
     name: &str,
+    obj: Value,
+    require_rv: bool,
+) -> Result<Value, ApiError> {
+    update_admitted(st, resource, ns, name, obj, require_rv, |_, _| Ok(()))
+}
+
+/// [`update`], with `admit(new, old)` run where the API server runs admission on an update:
+/// after the resourceVersion precondition and the object's validation, before it is stored
+/// (`registry/generic/registry/store.go`: the conflict check, `BeforeUpdate`, then
+/// `updateValidation`). A write that lost a race is a 409, whatever admission would say.
+pub(super) fn update_admitted(
+    st: &mut Store,
+    resource: &str,
+    ns: &str,
+    name: &str,
     mut obj: Value,
     require_rv: bool,
+    admit: impl FnOnce(&Value, &Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     let kind = kind(resource)?;
     let key = (resource.to_string(), ns.to_string(), name.to_string());
@@ -168,6 +184,7 @@ pub(super) fn update(
     }
     normalize(resource, &mut obj);
     validate(resource, kind, name, &obj, Some(&old))?;
+    admit(&obj, &old)?;
     stamp(st, &mut obj, kind, ns, name, Some(&old));
     st.objects.insert(key, obj.clone());
     Ok(obj)

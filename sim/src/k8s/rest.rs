@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::objects::{create, str_at, update};
+use super::admission::{Admission, Attributes};
+use super::objects::{create, str_at, update, update_admitted};
 use super::rbac::{self, Identity};
 use super::select::list;
 use super::{ApiError, Sim, Store, kind_of, patch};
@@ -184,9 +185,17 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
         }
         let (out, write) = match verb {
             "get" => (t.current(&st)?, None),
-            "update" => put(&mut st, &who, &t, &body)?,
-            "patch" => patch_item(&mut st, &who, &t, content_type, call.uri.query(), &body)?,
-            "delete" => delete(&mut st, &who, &t, &body)?,
+            "update" => put(&mut st, &s.admission, &who, &t, &body)?,
+            "patch" => patch_item(
+                &mut st,
+                &s.admission,
+                &who,
+                &t,
+                content_type,
+                call.uri.query(),
+                &body,
+            )?,
+            "delete" => delete(&mut st, &s.admission, &who, &t, &body)?,
             _ => {
                 return Err(ApiError::new(
                     405,
@@ -212,36 +221,51 @@ async fn item(sim: Arc<Sim>, call: Call, headers: &HeaderMap, t: Target, body: B
     resp
 }
 
-/// NodeRestriction, when a kubelet writes a Node: only its own, taints and ownerReferences
-/// unchanged after registration.
+/// Admission of a write to an existing object: NodeRestriction when a kubelet writes a Node
+/// (only its own, taints and ownerReferences unchanged after registration), then the
+/// ValidatingAdmissionPolicies in force.
 fn admit_node_write(
+    adm: &Admission,
     who: &Identity,
     verb: &str,
     t: &Target,
     old: Option<&Value>,
     new: Option<&Value>,
 ) -> Result<(), ApiError> {
-    match who.node_name() {
-        Some(node) if t.is_node() => rbac::node_restriction(node, verb, &t.name, old, new),
-        _ => Ok(()),
+    if let Some(node) = who.node_name()
+        && t.is_node()
+    {
+        rbac::node_restriction(node, verb, &t.name, old, new)?;
     }
+    adm.admit(&Attributes {
+        user: &who.user,
+        groups: &who.groups,
+        operation: if verb == "delete" { "DELETE" } else { "UPDATE" },
+        resource: &t.resource,
+        namespace: &t.ns,
+        name: &t.name,
+        object: new,
+        old_object: old,
+    })
 }
 
 fn put(
     st: &mut Store,
+    adm: &Admission,
     who: &Identity,
     t: &Target,
     body: &[u8],
 ) -> Result<(Value, Option<NodeWrite>), ApiError> {
     let obj = parse_body(body)?;
-    admit_node_write(who, "update", t, st.objects.get(&t.key()), Some(&obj))?;
     // When there is no such object, the update below is refused.
     let old_cidr = st
         .objects
         .get(&t.key())
         .map(|o| str_at(o, "/spec/podCIDR").to_string())
         .unwrap_or_default();
-    let out = update(st, &t.resource, &t.ns, &t.name, obj, true)?;
+    let out = update_admitted(st, &t.resource, &t.ns, &t.name, obj, true, |new, old| {
+        admit_node_write(adm, who, "update", t, Some(old), Some(new))
+    })?;
     let write = NodeWrite::pod_cidr(
         "update",
         t,
@@ -254,6 +278,7 @@ fn put(
 
 fn patch_item(
     st: &mut Store,
+    adm: &Admission,
     who: &Identity,
     t: &Target,
     content_type: &str,
@@ -264,8 +289,7 @@ fn patch_item(
     let old = t.current(st)?;
     let mut obj = old.clone();
     apply_patch(&mut obj, &p, content_type, query)?;
-    admit_node_write(who, "patch", t, Some(&old), Some(&obj))?;
-    // A resourceVersion in the patched result is a precondition.
+    // A resourceVersion in the patched result is a precondition, checked before admission.
     let patched_rv = str_at(&obj, "/metadata/resourceVersion").to_string();
     if patched_rv != str_at(&old, "/metadata/resourceVersion") {
         return Err(t.conflict());
@@ -273,7 +297,9 @@ fn patch_item(
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    let out = update(st, &t.resource, &t.ns, &t.name, obj, false)?;
+    let out = update_admitted(st, &t.resource, &t.ns, &t.name, obj, false, |new, _| {
+        admit_node_write(adm, who, "patch", t, Some(&old), Some(new))
+    })?;
     let write = NodeWrite::pod_cidr("patch", t, str_at(&old, "/spec/podCIDR"), &out, || p);
     Ok((out, write))
 }
@@ -327,12 +353,12 @@ fn apply_patch(
 
 fn delete(
     st: &mut Store,
+    adm: &Admission,
     who: &Identity,
     t: &Target,
     body: &[u8],
 ) -> Result<(Value, Option<NodeWrite>), ApiError> {
     let old = t.current(st)?;
-    admit_node_write(who, "delete", t, Some(&old), None)?;
     if !body.is_empty() {
         let opts = parse_body(body)?;
         let pre_rv = str_at(&opts, "/preconditions/resourceVersion");
@@ -343,6 +369,8 @@ fn delete(
             return Err(t.conflict());
         }
     }
+    // Preconditions first, then admission (the storage layer's order on delete).
+    admit_node_write(adm, who, "delete", t, Some(&old), None)?;
     st.objects.remove(&t.key());
     st.resource_version += 1;
     let write = t.is_node().then(|| NodeWrite::new("delete", t, None));
@@ -385,6 +413,16 @@ async fn collection(
         if let (Some(node), "nodes") = (who.node_name(), resource.as_str()) {
             rbac::node_restriction(node, "create", str_at(&obj, "/metadata/name"), None, None)?;
         }
+        s.admission.admit(&Attributes {
+            user: &who.user,
+            groups: &who.groups,
+            operation: "CREATE",
+            resource: &resource,
+            namespace: &ns,
+            name: str_at(&obj, "/metadata/name"),
+            object: Some(&obj),
+            old_object: None,
+        })?;
         let out = create(&mut st, &resource, &ns, obj)?;
         if resource == "secrets" || resource == "configmaps" {
             super::controllers::reconcile(&mut st);
@@ -490,7 +528,19 @@ pub(super) async fn node_status(
             }
             let mut new = old.clone();
             new["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
-            admit_node_write(&who, "patch", &t, Some(&old), Some(&new))?;
+            if let Some(node) = who.node_name() {
+                rbac::node_restriction(node, "patch", &t.name, Some(&old), Some(&new))?;
+            }
+            s.admission.admit(&Attributes {
+                user: &who.user,
+                groups: &who.groups,
+                operation: "UPDATE",
+                resource: "nodes/status",
+                namespace: "",
+                name: &t.name,
+                object: Some(&new),
+                old_object: Some(&old),
+            })?;
             if verb == "update"
                 && str_at(&obj, "/metadata/resourceVersion")
                     != str_at(&old, "/metadata/resourceVersion")

@@ -187,6 +187,8 @@ pub struct NodeView {
     /// `(key, effect)` of each taint.
     pub taints: Vec<(String, String)>,
     pub resource_version: Option<String>,
+    /// `metadata.creationTimestamp`, Unix seconds.
+    pub created: Option<i64>,
 }
 
 impl NodeView {
@@ -203,6 +205,11 @@ impl NodeView {
                 .map(|t| (t.key, t.effect))
                 .collect(),
             resource_version: n.metadata.resource_version.clone(),
+            created: n
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
         }
     }
 
@@ -541,37 +548,6 @@ impl Kube {
                     wanted: provider_id.to_string(),
                 }))
             }
-        })
-        .await
-    }
-
-    /// Adds a taint, keeping the others.
-    ///
-    /// # Errors
-    /// [`KubeError`].
-    pub async fn add_taint(
-        &self,
-        name: &str,
-        key: &str,
-        value: Option<&str>,
-        effect: &str,
-    ) -> Result<WriteOutcome, KubeError> {
-        self.patch_node("nodes.patch(taints)", name, |n| {
-            let mut taints = n
-                .spec
-                .as_ref()
-                .and_then(|s| s.taints.clone())
-                .unwrap_or_default();
-            if taints.iter().any(|t| t.key == key && t.effect == effect) {
-                return Ok(None);
-            }
-            taints.push(Taint {
-                key: key.to_string(),
-                value: value.map(str::to_string),
-                effect: effect.to_string(),
-                time_added: None,
-            });
-            Ok(Some(json!({"spec": {"taints": taints}})))
         })
         .await
     }
