@@ -420,6 +420,24 @@ apply_manifests() {
   done
 }
 
+# apply_ip_masq_config CIDRS: ip-masq-agent's ConfigMap with the deployment's non-masquerade
+# ranges (comma-separated: node subnet, pods, services, peered ranges), replacing the defaults
+# of the manifest applied just before. Traffic to these keeps the Pod's address.
+apply_ip_masq_config() {
+  local file="${ROOT}/etc/kubernetes/nodewire/ip-masq-agent-config.yaml" cidr cidrs
+  IFS=, read -ra cidrs <<<"$1"
+  {
+    printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata:' '  name: ip-masq-agent' \
+      '  namespace: kube-system' 'data:' '  config: |' '    nonMasqueradeCIDRs:'
+    for cidr in "${cidrs[@]}"; do
+      printf '      - %s\n' "$cidr"
+    done
+    printf '%s\n' '    masqLinkLocal: false' '    resyncInterval: 60s'
+  } >"$file"
+  retry kc apply -f "$file"
+  log "ip-masq-agent: not masquerading ${1}"
+}
+
 # put_secret_version NAME: stdin as a new version of Secret Manager secret NAME, unless the
 # latest version holds exactly that already. The data is never printed nor put in an argv.
 put_secret_version() {
@@ -482,7 +500,7 @@ ensure_alias() {
 
 main() {
   local config pods services range_name cluster version advertise audit_log token_secret
-  local ca_secret name zone project cidr
+  local ca_secret name zone project cidr nomasq
   console_log
   setup_work
   config="$(md_get instance/attributes/nodewire-cluster-config)" ||
@@ -496,6 +514,8 @@ main() {
   audit_log="$(cfg "$config" audit_log_name '^[A-Za-z0-9_]{1,64}$')"
   token_secret="$(cfg "$config" kube_token_secret '^[A-Za-z0-9_-]{1,255}$')"
   ca_secret="$(cfg "$config" kube_ca_secret '^[A-Za-z0-9_-]{1,255}$')"
+  nomasq="$(cfg "$config" non_masquerade_cidrs \
+    '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}(,[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}){0,63}$')"
   name="$(md_get instance/name)" || die "instance/name is missing"
   zone="$(md_get instance/zone)" || die "instance/zone is missing"
   zone="${zone##*/}"
@@ -521,6 +541,7 @@ main() {
   fi
 
   apply_manifests
+  apply_ip_masq_config "$nomasq"
   publish_credentials "$token_secret" "$ca_secret"
 
   cidr="$(node_pod_cidr "$ADMIN_CONF" "$name")" || die "Node ${name} has no spec.podCIDR"

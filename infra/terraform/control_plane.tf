@@ -122,6 +122,8 @@ resource "google_compute_instance" "control_plane" {
       audit_log_name     = local.k8s_audit_log_id
       kube_token_secret  = google_secret_manager_secret.kube_token.secret_id
       kube_ca_secret     = google_secret_manager_secret.kube_ca.secret_id
+      # ip-masq-agent leaves traffic to these unmasqueraded (infra/k8s/ip-masq-agent.yaml).
+      non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
     })
     nodewire-k8s-rbac     = file("${path.module}/../k8s/nodewire-rbac.yaml")
     nodewire-k8s-policy   = file("${path.module}/../k8s/nodewire-admission-policy.yaml")

@@ -11,7 +11,7 @@ resource "google_logging_metric" "vms_wired" {
   project     = var.project_id
   name        = "nodewire/vms_wired"
   description = "VMs nodewire finished wiring."
-  filter      = "${local.service_logs} AND jsonPayload.message=\"wired\""
+  filter      = "${local.service_logs} AND jsonPayload.message=\"node wired\""
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -25,9 +25,9 @@ resource "google_logging_metric" "vms_wired" {
 resource "google_logging_metric" "time_to_wired" {
   project         = var.project_id
   name            = "nodewire/time_to_wired"
-  description     = "Seconds from VM creation to wired."
-  filter          = "${local.service_logs} AND jsonPayload.message=\"wired\" AND jsonPayload.seconds_to_wired:*"
-  value_extractor = "EXTRACT(jsonPayload.seconds_to_wired)"
+  description     = "Seconds from Node registration to wired."
+  filter          = "${local.service_logs} AND jsonPayload.message=\"node wired\" AND jsonPayload.seconds_since_registration:*"
+  value_extractor = "EXTRACT(jsonPayload.seconds_since_registration)"
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -51,7 +51,7 @@ resource "google_logging_metric" "dead_letters" {
   project     = var.project_id
   name        = "nodewire/dead_letters"
   description = "Messages nodewire dead-lettered, by reason."
-  filter      = "${local.service_logs} AND jsonPayload.verdict=\"dead-lettered\""
+  filter      = "${local.service_logs} AND jsonPayload.verdict=\"dead-letter\""
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -60,12 +60,12 @@ resource "google_logging_metric" "dead_letters" {
     labels {
       key         = "reason"
       value_type  = "STRING"
-      description = "Dead-letter reason."
+      description = "Why: undecodable, attempts-exhausted, retry-age-exhausted, no-publish-time or permanent."
     }
   }
 
   label_extractors = {
-    reason = "EXTRACT(jsonPayload.reason)"
+    reason = "EXTRACT(jsonPayload.reason_class)"
   }
 
   depends_on = [google_project_service.this]

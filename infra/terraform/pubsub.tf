@@ -24,7 +24,7 @@ resource "google_pubsub_subscription" "push" {
   for_each = local.push_functions
 
   project                    = var.project_id
-  name                       = "nodewire-${each.key}"
+  name                       = "${local.topic_prefix}${each.key}-push"
   topic                      = google_pubsub_topic.topic[each.value.source].id
   ack_deadline_seconds       = var.ack_deadline_secs
   enable_message_ordering    = true
@@ -57,7 +57,7 @@ resource "google_pubsub_subscription" "push" {
 # Read by `nodewire replay --dead-letter nodewire-dead-letter`.
 resource "google_pubsub_subscription" "dead_letter" {
   project                    = var.project_id
-  name                       = local.dead_letter_topic
+  name                       = "${local.dead_letter_topic}-review"
   topic                      = google_pubsub_topic.topic[local.dead_letter_topic].id
   ack_deadline_seconds       = 60
   message_retention_duration = "604800s"

@@ -278,3 +278,14 @@ variable "drift_alert_sweeps" {
     error_message = "drift_alert_sweeps must be a whole number from 1 to 24."
   }
 }
+
+variable "peered_ranges" {
+  description = "CIDRs reached over VPC peering or VPN whose traffic keeps the Pod's own address (ip-masq-agent's nonMasqueradeCIDRs, beside the node subnet, pod and service ranges)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.peered_ranges : can(cidrhost(c, 0))]) && length(var.peered_ranges) <= 60
+    error_message = "peered_ranges must be at most 60 IPv4 CIDRs."
+  }
+}

@@ -2,6 +2,10 @@ terraform {
   # 1.9+: variable validations refer to other variables (timeouts, ack deadline, images).
   required_version = ">= 1.9"
 
+  # State in a GCS bucket, named at init: terraform init -backend-config=bucket=BUCKET
+  # -backend-config=prefix=nodewire (Cloud Build's deploy does the same).
+  backend "gcs" {}
+
   required_providers {
     google = {
       source  = "hashicorp/google"

@@ -188,6 +188,7 @@ pub fn node_facts(n: &NodeView) -> NodeFacts {
         provider_id: n.provider_id.clone(),
         pod_cidr: n.pod_cidr.clone(),
         unwired_taint: n.has_taint(UNWIRED_TAINT),
+        registered_at: n.created,
     }
 }
 

@@ -61,6 +61,27 @@ pub enum DriftKind {
     NodeLost,
 }
 
+impl DriftKind {
+    /// The kebab-case name, as in the report and the `drift` log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::NeverBootstrapped => "never-bootstrapped",
+            DriftKind::BootstrapExpired => "bootstrap-expired",
+            DriftKind::AliasMismatch => "alias-mismatch",
+            DriftKind::AliasWithoutNode => "alias-without-node",
+            DriftKind::TagMissing => "tag-missing",
+            DriftKind::ProviderIdWrong => "provider-id-wrong",
+            DriftKind::TaintLeft => "taint-left",
+            DriftKind::LeftoverToken => "leftover-token",
+            DriftKind::LeftoverJoinMetadata => "leftover-join-metadata",
+            DriftKind::NodeWithoutVm => "node-without-vm",
+            DriftKind::OrphanToken => "orphan-token",
+            DriftKind::AliasOverlap => "alias-overlap",
+            DriftKind::NodeLost => "node-lost",
+        }
+    }
+}
+
 /// One drifted aspect, and the step that heals it (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -487,6 +508,13 @@ pub fn report(
         {
             refused.insert(f.subject.clone(), why.clone());
         }
+        // One line per finding: the log-based metric `nodewire/drift` counts them by kind.
+        tracing::info!(
+            kind = f.kind.as_str(),
+            subject = %f.subject,
+            refused = f.refused.is_some(),
+            "drift"
+        );
         *drift.entry(f.kind).or_insert(0) += 1;
         let list = affected.entry(f.kind).or_default();
         if list.len() < AFFECTED_CAP && !list.contains(&f.subject) {
@@ -651,6 +679,7 @@ mod tests {
             pod_cidr: Some(cidr.into()),
             taints: vec![],
             resource_version: Some("1".into()),
+            created: None,
         }
     }
 

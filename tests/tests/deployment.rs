@@ -421,6 +421,13 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
             continue;
         };
         let a = sub.address();
+        let want_name = config.pubsub.push_subscription(f);
+        if sub.str_at("name") != Some(want_name.as_str()) {
+            out.push(format!(
+                "{f}: {a} is named {:?}, the code's name is {want_name}",
+                sub.str_at("name")
+            ));
+        }
         if sub.str_at("topic").and_then(topic_of).as_deref() != Some(source.as_str()) {
             out.push(format!("{f}: {a} does not read topic {source}"));
         }
@@ -471,12 +478,14 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
     }
     // The CLI's dead-letter subscription: a pull subscription on the dead-letter topic.
     let dlq = short(&any_config.pubsub.dead_letter_topic);
+    let review = any_config.pubsub.dead_letter_review_subscription();
     if !subs.iter().any(|s| {
         s.value.pointer("/push_config/0").is_none()
             && s.str_at("topic").and_then(topic_of) == Some(dlq.clone())
+            && s.str_at("name") == Some(review.as_str())
     }) {
         out.push(format!(
-            "no pull subscription on {dlq} for `nodewire replay --dead-letter`"
+            "no pull subscription {review} on {dlq} for `nodewire replay --dead-letter`"
         ));
     }
 
@@ -641,11 +650,79 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
         None => out.push("no Logging sink publishes to the Compute audit topic".into()),
     }
 
+    // --- log-based metrics read lines the code writes -------------------------------------
+    let sources = rust_sources(&repo.join("shared/src"));
+    for m in inst("google_logging_metric")? {
+        let mut text = m.str_at("filter").unwrap_or_default().to_string();
+        text.push(' ');
+        text.push_str(m.str_at("value_extractor").unwrap_or_default());
+        if let Some(labels) = m.value["label_extractors"].as_object() {
+            for v in labels.values() {
+                text.push(' ');
+                text.push_str(v.as_str().unwrap_or_default());
+            }
+        }
+        for (field, value) in json_payload_terms(&text) {
+            let logged = if field == "message" {
+                value
+                    .as_ref()
+                    .is_some_and(|v| sources.contains(&format!("\"{v}\"")))
+            } else {
+                sources.contains(&format!("{field} = "))
+                    && value
+                        .as_ref()
+                        .is_none_or(|v| sources.contains(&format!("{field} = \"{v}\"")))
+            };
+            if !logged {
+                out.push(format!(
+                    "{}: jsonPayload.{field}{} is not a log line or field the code writes",
+                    m.address(),
+                    value.map(|v| format!("={v:?}")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+
     // --- RBAC: exactly the table's Kubernetes access ------------------------------------------
     let rbac =
         std::fs::read_to_string(infra.join("k8s/nodewire-rbac.yaml")).map_err(|e| e.to_string())?;
     out.extend(rbac_violations(&rbac));
     Ok(())
+}
+
+/// Every `.rs` file under `dir`, concatenated.
+fn rust_sources(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// `(field, compared value)` of every `jsonPayload.FIELD` in a Logging filter or extractor.
+fn json_payload_terms(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out = vec![];
+    for (i, _) in text.match_indices("jsonPayload.") {
+        let rest = &text[i + "jsonPayload.".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let field = rest[..end].to_string();
+        let value = rest[end..]
+            .strip_prefix("=\"")
+            .and_then(|v| v.split('"').next())
+            .map(str::to_string);
+        out.push((field, value));
+    }
+    out
 }
 
 /// The email placeholder of the service account a Terraform reference names (the env names
@@ -880,6 +957,15 @@ fn mutations_are_caught() {
             "audit_log_name     = \"kube_audit\"",
         ),
         "the control plane ships the audit log as",
+    );
+    // A metric counting a log line the code does not write.
+    expect(
+        &mutated(
+            "terraform/observability.tf",
+            "jsonPayload.verdict=\\\"dead-letter\\\"",
+            "jsonPayload.verdict=\\\"dead-lettered\\\"",
+        ),
+        "jsonPayload.verdict=\"dead-lettered\" is not a log line or field the code writes",
     );
     // An RBAC verb added.
     expect(

@@ -687,7 +687,8 @@ fn cluster_config() -> String {
     r#"{"pod_range": "192.168.16.0/21", "service_range": "172.16.16.0/21",
   "pod_range_name": "pods", "cluster_name": "demo", "kubernetes_version": "1.33.5",
   "advertise_address": "10.122.16.2", "audit_log_name": "k8s_audit",
-  "kube_token_secret": "nodewire-kube-token", "kube_ca_secret": "nodewire-kube-ca"}"#
+  "kube_token_secret": "nodewire-kube-token", "kube_ca_secret": "nodewire-kube-ca",
+  "non_masquerade_cidrs": "10.122.16.0/21,192.168.16.0/21,172.16.16.0/21,10.200.0.0/16"}"#
         .to_string()
 }
 
@@ -783,15 +784,24 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
         assert!(ops.contains(want), "{want:?} not in\n{ops}");
     }
 
-    // The three manifests, in order, then the token Secret.
+    // The three manifests, in order, then ip-masq-agent's ranges, then the token Secret.
     let applied = sb.stub_files("applied.");
-    assert_eq!(applied.len(), 4, "{calls:#?}");
+    assert_eq!(applied.len(), 5, "{calls:#?}");
     for (i, (_, v)) in manifests.iter().enumerate() {
         assert_eq!(&applied[i], v);
     }
-    assert!(applied[3].contains("type: kubernetes.io/service-account-token"));
-    assert!(applied[3].contains("kubernetes.io/service-account.name: nodewire"));
-    assert!(applied[3].contains("name: nodewire-token\n  namespace: kube-system"));
+    assert!(
+        applied[3].contains(
+            "  name: ip-masq-agent\n  namespace: kube-system\ndata:\n  config: |\n    \
+             nonMasqueradeCIDRs:\n      - 10.122.16.0/21\n      - 192.168.16.0/21\n      \
+             - 172.16.16.0/21\n      - 10.200.0.0/16\n    masqLinkLocal: false\n"
+        ),
+        "{}",
+        applied[3]
+    );
+    assert!(applied[4].contains("type: kubernetes.io/service-account-token"));
+    assert!(applied[4].contains("kubernetes.io/service-account.name: nodewire"));
+    assert!(applied[4].contains("name: nodewire-token\n  namespace: kube-system"));
     let admin = sb.file("/etc/kubernetes/admin.conf").display().to_string();
     assert!(
         calls.iter().all(|c| !c.starts_with("kubectl ")
@@ -860,7 +870,7 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     );
     assert_eq!(
         sb.stub_files("applied.").len(),
-        8,
+        10,
         "manifests applied again (idempotent)"
     );
 }

@@ -283,6 +283,19 @@ async fn announce_wired(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError
     base.bus
         .publish(&base.config.pubsub.topic("node-wired"), out)
         .await?;
+    // The log-based metrics `nodewire/vms_wired` and `nodewire/time_to_wired` read this line.
+    let registered = t.observed.node.as_ref().and_then(|n| n.registered_at);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match registered {
+        Some(at) => tracing::info!(
+            instance = %vm,
+            node = %t.node,
+            %pod_cidr,
+            seconds_since_registration = now.saturating_sub(at).max(0),
+            "node wired"
+        ),
+        None => tracing::info!(instance = %vm, node = %t.node, %pod_cidr, "node wired"),
+    }
     let text = format!(
         "Node is wired: VM {vm} holds alias range {pod_cidr}; taint {UNWIRED_TAINT} removed"
     );

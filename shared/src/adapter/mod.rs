@@ -203,7 +203,7 @@ where
         let verdict = match verdict {
             Verdict::Reject(reason) => match dead_letter(&app.deps, &meta, &reason).await {
                 Ok(id) => {
-                    tracing::error!(verdict = "dead-letter", %reason, dead_letter_message_id = %id, elapsed_ms, "delivery failed permanently; forwarded to the dead-letter topic and acked");
+                    tracing::error!(verdict = "dead-letter", reason_class = reason_class(&reason), %reason, dead_letter_message_id = %id, elapsed_ms, "delivery failed permanently; forwarded to the dead-letter topic and acked");
                     Verdict::Reject(reason)
                 }
                 Err(e) if past_dead_letter_bound(&meta, cfg.limits.max_retry_age) => {
@@ -261,7 +261,7 @@ where
     let work = async {
         let payload = match T::decode(&meta.data) {
             Ok(p) => p,
-            Err(e) => return Verdict::Reject(format!("undecodable payload: {e}")),
+            Err(e) => return Verdict::Reject(format!("{UNDECODABLE}: {e}")),
         };
         let event = PushEvent { payload, meta };
         let result = app.handler.call(event).await;
@@ -275,6 +275,26 @@ where
         )),
         Ok(Err(panic)) => Verdict::Panic(panic_message(panic.as_ref())),
         Ok(Ok(verdict)) => verdict,
+    }
+}
+
+/// How the reason of a payload that does not decode begins.
+const UNDECODABLE: &str = "undecodable payload";
+
+/// A bounded name for why a message was dead-lettered (the `reason` itself is free text): the
+/// label of the log-based metric `nodewire/dead_letters`. Read off the prefixes this module
+/// writes; everything else is a handler's permanent failure.
+pub fn reason_class(reason: &str) -> &'static str {
+    if reason.starts_with(UNDECODABLE) {
+        "undecodable"
+    } else if reason.starts_with("still failing at delivery attempt") {
+        "attempts-exhausted"
+    } else if reason.starts_with("still failing ") {
+        "retry-age-exhausted"
+    } else if reason.starts_with("no publish time") {
+        "no-publish-time"
+    } else {
+        "permanent"
     }
 }
 

@@ -512,3 +512,56 @@ async fn scheduler_http_targets_and_reports() {
     assert_eq!(v["transport"], "PubSubPush");
     assert_eq!(v["dryRun"], false);
 }
+
+/// The dead-letter metric's label names each way this module gives up, from the reasons it
+/// really writes (not from copies of their text).
+#[test]
+fn every_give_up_has_its_reason_class() {
+    let retry = || Verdict::Retry("compute unavailable".into());
+    let class = |v: Verdict| match v {
+        Verdict::Reject(r) => reason_class(&r),
+        other => panic!("not given up: {other:?}"),
+    };
+    let attempts = PushMeta {
+        delivery_attempt: Some(MAX_DELIVERY_ATTEMPTS),
+        publish_time: Some(now()),
+        ..PushMeta::default()
+    };
+    assert_eq!(
+        class(give_up_if_too_old(
+            retry(),
+            &attempts,
+            Duration::from_secs(3600)
+        )),
+        "attempts-exhausted"
+    );
+    let old = PushMeta {
+        publish_time: Some("2020-01-01T00:00:00Z".into()),
+        ..PushMeta::default()
+    };
+    assert_eq!(
+        class(give_up_if_too_old(retry(), &old, Duration::from_secs(3600))),
+        "retry-age-exhausted"
+    );
+    assert_eq!(
+        class(give_up_if_too_old(
+            retry(),
+            &PushMeta::default(),
+            Duration::from_secs(3600)
+        )),
+        "no-publish-time"
+    );
+    // A young message is retried, not classified.
+    let young = PushMeta {
+        publish_time: Some(now()),
+        ..PushMeta::default()
+    };
+    assert!(matches!(
+        give_up_if_too_old(retry(), &young, Duration::from_secs(3600)),
+        Verdict::Retry(_)
+    ));
+    assert_eq!(
+        reason_class("refused: the Node is another VM's"),
+        "permanent"
+    );
+}

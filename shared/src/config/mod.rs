@@ -115,6 +115,24 @@ impl PubSubConfig {
             self.project, self.topic_prefix, id
         )
     }
+
+    /// The id of the push subscription that delivers to `function`: `{prefix}{function}-push`
+    /// (the deployment creates it; nothing in the code reads it, the name is for people and
+    /// the deployment contract).
+    pub fn push_subscription(&self, function: &str) -> String {
+        format!("{}{function}-push", self.topic_prefix)
+    }
+
+    /// The id of the pull subscription on the dead-letter topic that people review with
+    /// `nodewire replay --dead-letter`: `{dead-letter topic id}-review`.
+    pub fn dead_letter_review_subscription(&self) -> String {
+        let topic = self
+            .dead_letter_topic
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.dead_letter_topic);
+        format!("{topic}-review")
+    }
 }
 
 /// Limits the adapter enforces on every delivery.

@@ -184,6 +184,9 @@ pub struct NodeFacts {
     pub provider_id: Option<String>,
     pub pod_cidr: Option<String>,
     pub unwired_taint: bool,
+    /// When the Node was created (its registration), Unix seconds; only reported (the time
+    /// from registration to wired), never planned on.
+    pub registered_at: Option<i64>,
 }
 
 /// A bootstrap token minted for this VM.

@@ -532,6 +532,7 @@ fn environment(o: &mut Observed, cidr: &str) -> Option<Step> {
                 provider_id: Some(vm.instance.provider_id()),
                 pod_cidr: None,
                 unwired_taint: true,
+                registered_at: None,
             });
             return Some(Step::AssignAlias);
         }
@@ -583,6 +584,7 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 provider_id: pid.then(|| vm_ref().provider_id()),
                 pod_cidr: cidr.map(str::to_string),
                 unwired_taint: taint || !pid,
+                registered_at: None,
             });
             let tokens = tokens
                 .into_iter()
@@ -611,6 +613,7 @@ fn unmarked_nodes_are_left_alone_and_another_vms_node_is_refused() {
         provider_id: None,
         pod_cidr: Some("10.4.1.0/24".into()),
         unwired_taint: false,
+        registered_at: None,
     });
     for step in CHAIN {
         assert!(

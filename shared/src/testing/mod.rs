@@ -156,6 +156,7 @@ pub fn registered_node() -> NodeFacts {
         provider_id: Some(vm_ref().provider_id()),
         pod_cidr: Some("10.4.1.0/24".into()),
         unwired_taint: true,
+        registered_at: None,
     }
 }
 
