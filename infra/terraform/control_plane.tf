@@ -109,7 +109,8 @@ resource "google_compute_instance" "control_plane" {
   }
 
   metadata = {
-    startup-script         = file("${path.module}/../startup/control-plane.sh")
+    # One file per VM: the shared functions, then the script (infra/startup/common.sh says so).
+    startup-script         = join("\n", [file("${path.module}/../startup/common.sh"), file("${path.module}/../startup/control-plane.sh")])
     block-project-ssh-keys = "true"
     enable-oslogin         = "TRUE"
     nodewire-cluster-config = jsonencode({

@@ -43,7 +43,8 @@ resource "google_compute_instance_template" "node" {
   }
 
   metadata = {
-    startup-script         = file("${path.module}/../startup/node.sh")
+    # One file per VM: the shared functions, then the script (infra/startup/common.sh says so).
+    startup-script         = join("\n", [file("${path.module}/../startup/common.sh"), file("${path.module}/../startup/node.sh")])
     block-project-ssh-keys = "true"
     enable-oslogin         = "TRUE"
     nodewire-node-config = jsonencode({

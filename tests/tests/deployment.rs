@@ -308,6 +308,31 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
         .get("k8s_audit_log_id")
         .and_then(Json::as_str)
         .unwrap_or_default();
+    // Each VM gets the startup library, then its script, as one startup-script.
+    let startup = |script: &str| -> Result<String, String> {
+        let read = |f: &str| {
+            std::fs::read_to_string(infra.join("startup").join(f)).map_err(|e| format!("{f}: {e}"))
+        };
+        Ok(format!("{}\n{}", read("common.sh")?, read(script)?))
+    };
+    let want_cp = startup("control-plane.sh")?;
+    let want_node = startup("node.sh")?;
+    for (kind, want) in [
+        ("google_compute_instance", &want_cp),
+        ("google_compute_instance_template", &want_node),
+    ] {
+        let vms = inst(kind)?;
+        if vms.is_empty()
+            || vms
+                .iter()
+                .any(|vm| vm.str_at("metadata/startup-script") != Some(want.as_str()))
+        {
+            out.push(format!(
+                "{kind}: the startup-script is not infra/startup/common.sh followed by its script"
+            ));
+        }
+    }
+
     // What the control plane's startup script names its Ops Agent receiver (= the log id).
     let shipped: Vec<String> = inst("google_compute_instance")?
         .iter()
@@ -966,6 +991,15 @@ fn mutations_are_caught() {
             "jsonPayload.verdict=\\\"dead-lettered\\\"",
         ),
         "jsonPayload.verdict=\"dead-lettered\" is not a log line or field the code writes",
+    );
+    // A node template delivered without the startup library.
+    expect(
+        &mutated(
+            "terraform/nodes.tf",
+            "join(\"\\n\", [file(\"${path.module}/../startup/common.sh\"), file(\"${path.module}/../startup/node.sh\")])",
+            "file(\"${path.module}/../startup/node.sh\")",
+        ),
+        "google_compute_instance_template: the startup-script is not",
     );
     // An RBAC verb added.
     expect(

@@ -934,23 +934,35 @@ fn kubelet_restart_watcher_restarts_once_per_new_value() {
     );
 }
 
-/// The block of functions both startup scripts carry is the same in both.
+/// What a VM really runs: the deployment delivers `common.sh` and the script as one
+/// startup-script (infra/terraform joins them with a newline; the deployment contract test
+/// checks that), with no file beside it. That file works on its own; the script without the
+/// library in front does not (nothing is silently missing).
 #[test]
-fn the_common_block_is_the_same_in_both_scripts() {
-    let block = |script: &str| {
-        let s = read(repo().join(script));
-        let start = s
-            .find("# ---- nodewire common begin")
-            .unwrap_or_else(|| panic!("{script}: no common begin"));
-        let end = s
-            .find("# ---- nodewire common end ----")
-            .unwrap_or_else(|| panic!("{script}: no common end"));
-        s[start..end].to_string()
-    };
-    let node = block("infra/startup/node.sh");
-    assert!(node.len() > 1000);
-    assert_eq!(node, block("infra/startup/control-plane.sh"));
+fn the_delivered_startup_script_is_the_library_then_the_script() {
+    let lib = read(repo().join("infra/startup/common.sh"));
+    assert!(lib.starts_with("#!/usr/bin/env bash\n"));
     for f in ["node.sh", "control-plane.sh", "kubelet-restart-watcher"] {
         assert!(read(repo().join("infra/startup").join(f)).starts_with("#!/usr/bin/env bash\n"));
     }
+    let sb = node_sandbox("delivered").with("STUB_PODCIDR", "10.4.7.0/24");
+    sb.md.set("instance/attributes/kubeadm-join", JOIN_A);
+    let kubelet_conf = sb.file("/etc/kubernetes/kubelet.conf");
+    std::fs::create_dir_all(kubelet_conf.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&kubelet_conf, "kubeconfig").expect("write");
+    let delivered = sb.dir.join("delivered-startup-script");
+    std::fs::write(
+        &delivered,
+        format!("{lib}\n{}", read(repo().join("infra/startup/node.sh"))),
+    )
+    .expect("write");
+    sb.run_ok(&delivered.display().to_string());
+    assert_cni(&sb, "10.4.7.0/24");
+    let alone = sb.dir.join("script-without-library");
+    std::fs::copy(repo().join("infra/startup/node.sh"), &alone).expect("copy");
+    let out = sb.run(&alone.display().to_string());
+    assert!(
+        !out.status.success(),
+        "node.sh without common.sh must not run"
+    );
 }
