@@ -56,6 +56,9 @@ pub enum Source {
     Step(&'static str),
     /// Cloud Scheduler's HTTP target.
     Scheduler,
+    /// Node VMs call it over HTTP with their instance identity token (`join`); no
+    /// subscription.
+    NodeVms,
 }
 
 const NODES_GET: KubeGrant = KubeGrant {
@@ -122,6 +125,7 @@ pub const TABLE: &[Grants] = &[
         compute: &[
             "compute.instances.get",
             "compute.instances.setMetadata",
+            "compute.instances.setTags",
             "compute.zoneOperations.get",
         ],
         acts_as_node_account: true,
@@ -206,6 +210,30 @@ pub const TABLE: &[Grants] = &[
         ],
         // Back to the first open aspect when not wired (`plan_finalize`), or announce.
         publishes: &["assign-alias", "tag-instance", "provider-id", "node-wired"],
+    },
+    Grants {
+        function: "join",
+        kind: ServiceKind::Chain,
+        source: Source::NodeVms,
+        compute: &["compute.instances.get"],
+        acts_as_node_account: false,
+        kube: &[
+            TOKENS_LIST,
+            KubeGrant {
+                namespace: Some("kube-system"),
+                resource: "secrets",
+                name: None,
+                verbs: &["create"],
+            },
+            KubeGrant {
+                namespace: Some("kube-public"),
+                resource: "configmaps",
+                name: Some("cluster-info"),
+                verbs: &["get"],
+            },
+        ],
+        // The VM's report of its join starts the chain after registration at once.
+        publishes: &["assign-alias"],
     },
     Grants {
         function: "release-alias",

@@ -820,6 +820,7 @@ mod tests {
                 instance: Some("ghost".into()),
                 zone: Some("us-central1-c".into()),
                 expiration: None,
+                identity: None,
             }],
             unreachable_zones: vec![],
         };
@@ -859,6 +860,7 @@ mod tests {
             instance: Some("ghost".into()),
             zone: zone.map(str::to_string),
             expiration: None,
+            identity: None,
         };
         let inv = |unreachable: Vec<String>, token_zone: Option<&str>| Inventory {
             vms: vec![vm("a", Some("10.4.1.0/24"), true)],

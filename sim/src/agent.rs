@@ -54,6 +54,21 @@ pub struct AgentConfig {
     pub heartbeat: Option<Duration>,
     /// From registration to reporting `Ready` (the runtime and CNI coming up).
     pub ready_after: Duration,
+    /// Pull mode (issue 12): the startup script asks the `join` service instead of waiting
+    /// for `kubeadm-join` in metadata. `None`: metadata mode.
+    pub pull: Option<PullJoin>,
+}
+
+/// Where a pull-mode startup script asks.
+#[derive(Debug, Clone)]
+pub struct PullJoin {
+    /// The metadata server's root (`…/computeMetadata/v1`).
+    pub metadata_url: String,
+    /// The `join` service's URL: where to POST.
+    pub join_url: String,
+    /// The identity token's audience: the service's `https://` URL as Cloud Run names it (on
+    /// loopback the service is reached over plain HTTP at another address).
+    pub audience: String,
 }
 
 /// What the agent did for one VM.
@@ -65,6 +80,8 @@ pub enum AgentOutcome {
     /// The kubelet started again and registered its Node again.
     Reregistered,
     Refused(String),
+    /// Pull mode: the `join` service took the report of the join (202).
+    Reported,
 }
 
 /// One line of the agent's log.
@@ -161,6 +178,90 @@ impl VmAgent {
                         && let Some(o) = kubelet_tick(&http, &k8s, &config, vm, kl).await
                     {
                         record(&vm.key, o);
+                    }
+                    if let Some(pull) = &config.pull {
+                        // The startup script runs on every boot; a VM with a kubelet (its disk
+                        // holds kubelet.conf) does not join again.
+                        if !vm.running || kubelets.contains_key(&vm.key) {
+                            continue;
+                        }
+                        let key = (vm.key.clone(), format!("pull:{}", vm.id));
+                        if done.contains(&key) {
+                            continue;
+                        }
+                        let first = *seen.entry(key.clone()).or_insert_with(Instant::now);
+                        if first.elapsed() < config.join_delay {
+                            continue;
+                        }
+                        let yaml = match pull_join(&http, pull, &vm.key).await {
+                            Pulled::Config(y) => y,
+                            Pulled::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
+                                tracing::debug!(vm = %vm.key, %why, "join request retries");
+                                continue;
+                            }
+                            Pulled::Retry(why) => {
+                                record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
+                                done.insert(key);
+                                continue;
+                            }
+                            Pulled::Refused(why) => {
+                                record(&vm.key, AgentOutcome::Refused(why));
+                                done.insert(key);
+                                continue;
+                            }
+                        };
+                        // kubeadm's own retries (discovery) are not the script's: run it to
+                        // an outcome.
+                        let mut outcome = join(&http, &k8s, &config, &yaml).await;
+                        let started = Instant::now();
+                        while let Step::Retry(_) = outcome {
+                            if started.elapsed() >= DISCOVERY_TIMEOUT {
+                                break;
+                            }
+                            tokio::time::sleep(config.poll).await;
+                            outcome = join(&http, &k8s, &config, &yaml).await;
+                        }
+                        match outcome {
+                            Step::Retry(why) => {
+                                record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
+                            }
+                            Step::Done(outcome, kubelet) => {
+                                let joined = kubelet.is_some();
+                                if let Some((node, credential)) = kubelet {
+                                    kubelets.insert(
+                                        vm.key.clone(),
+                                        Kubelet {
+                                            instance_id: vm.id,
+                                            node,
+                                            credential,
+                                            registered_at: Instant::now(),
+                                            last_heartbeat: None,
+                                            running: true,
+                                            restart_seen: vm.restart.clone(),
+                                        },
+                                    );
+                                }
+                                record(&vm.key, outcome);
+                                if joined {
+                                    // The report runs beside the loop, as the script's last
+                                    // command runs after the kubelet started.
+                                    let (http, pull, vm_key, log) =
+                                        (http.clone(), pull.clone(), vm.key.clone(), log2.clone());
+                                    tokio::spawn(async move {
+                                        if report_join(&http, &pull, &vm_key).await {
+                                            log.lock()
+                                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                                .push(AgentEvent {
+                                                    vm: vm_key,
+                                                    outcome: AgentOutcome::Reported,
+                                                });
+                                        }
+                                    });
+                                }
+                            }
+                        }
+                        done.insert(key);
+                        continue;
                     }
                     // Only a RUNNING VM runs its startup script.
                     let (Some(yaml), true) = (&vm.join, vm.running) else {
@@ -289,6 +390,88 @@ async fn kubelet_tick(
         .send()
         .await;
     outcome
+}
+
+/// Where a pull-mode join request ended.
+enum Pulled {
+    Config(String),
+    Retry(String),
+    Refused(String),
+}
+
+/// An identity token of VM `vm` for the join service, from the metadata server.
+async fn identity_token(
+    http: &reqwest::Client,
+    pull: &PullJoin,
+    vm: &str,
+) -> Result<String, String> {
+    let r = http
+        .get(format!(
+            "{}/instance/service-accounts/default/identity",
+            pull.metadata_url
+        ))
+        .query(&[("audience", pull.audience.as_str()), ("format", "full")])
+        .header("Metadata-Flavor", "Google")
+        .header(crate::metadata::INSTANCE_HEADER, vm)
+        .send()
+        .await
+        .map_err(|e| format!("metadata server: {e}"))?;
+    let status = r.status();
+    let body = r
+        .text()
+        .await
+        .map_err(|e| format!("metadata server: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("metadata server: HTTP {status}: {}", body.trim()))
+    }
+}
+
+/// The startup script's join request: a fresh identity token, `POST /v1/join`.
+async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled {
+    let token = match identity_token(http, pull, vm).await {
+        Ok(t) => t,
+        Err(why) => return Pulled::Retry(why),
+    };
+    let r = match http
+        .post(format!("{}/v1/join", pull.join_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Pulled::Retry(format!("join service: {e}")),
+    };
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    match status {
+        200 => Pulled::Config(body),
+        429 | 500..=599 => Pulled::Retry(format!("join service: HTTP {status}: {}", body.trim())),
+        _ => Pulled::Refused(format!("join service: HTTP {status}: {}", body.trim())),
+    }
+}
+
+/// The startup script's report after `kubeadm join`: `POST /v1/joined` with a fresh identity
+/// token, retried while the Node is not visible yet. True when it was accepted.
+async fn report_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> bool {
+    for _ in 0..20 {
+        if let Ok(token) = identity_token(http, pull, vm).await
+            && let Ok(r) = http
+                .post(format!("{}/v1/joined", pull.join_url))
+                .bearer_auth(&token)
+                .send()
+                .await
+        {
+            match r.status().as_u16() {
+                202 => return true,
+                409 | 429 | 500..=599 => {}
+                _ => return false,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
 }
 
 /// Where a join attempt ended.

@@ -16,7 +16,7 @@ use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
 use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, UNWIRED_TAINT};
 use nodewire::adapter::Handler;
 use nodewire::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
-use nodewire::config::{ChainConfig, Config};
+use nodewire::config::{ChainConfig, Config, JoinMode};
 use nodewire::deps::{ChainDeps, Deps};
 use nodewire::event::{Decode, Step};
 use nodewire::handlers::{drift_sweep, instance_events, node_events, steps};
@@ -26,11 +26,16 @@ use nodewire::names::Cidr;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::agent::{AgentConfig, VmAgent};
+use crate::agent::{AgentConfig, PullJoin, VmAgent};
 use crate::audit::AuditSink;
 use crate::compute::{ComputeConfig, ComputeSim, SubnetSpec};
 use crate::faults::FaultSpec;
 use crate::k8s::{IpamConfig, K8sConfig, K8sSim};
+use crate::metadata::MetadataServer;
+
+/// The audience of the simulated VMs' identity tokens: the `join` service's URL as Cloud Run
+/// would name it (it is reached on loopback at another address).
+pub const JOIN_AUDIENCE: &str = "https://nodewire-join-123456789012.us-central1.run.app";
 
 /// A function served in-process on a loopback port.
 pub struct FnServer {
@@ -66,6 +71,27 @@ impl FnServer {
             listener,
             deps,
             handler,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Serves an HTTP function's router (the `join` service) on a bound listener.
+    pub fn start_router(listener: TcpListener, deps: Deps, app: axum::Router) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(nodewire::adapter::serve_router(
+            listener,
+            deps,
+            app,
             async move {
                 let _ = rx.await;
             },
@@ -137,6 +163,9 @@ pub struct StackOptions {
     pub kubelet_ready_after: Duration,
     /// The RBAC manifests the Kubernetes simulator enforces; `None`: nodewire's shipped ones.
     pub rbac_manifests: Option<Vec<String>>,
+    /// How VMs get their JoinConfiguration (`NODEWIRE_JOIN_MODE`); pull, as in production,
+    /// by default.
+    pub join_mode: JoinMode,
 }
 
 /// How slow the simulated world is.
@@ -211,6 +240,7 @@ impl Default for StackOptions {
             rbac_manifests: None,
             kubelet_heartbeat: Duration::from_millis(500),
             kubelet_ready_after: Duration::from_millis(300),
+            join_mode: JoinMode::Pull,
         }
     }
 }
@@ -254,6 +284,10 @@ pub struct Stack {
     /// The Kubernetes simulator over HTTPS, for kubectl.
     pub k8s_tls: crate::tls::TlsFront,
     pub agent: VmAgent,
+    /// The metadata server issuing the VMs' identity tokens.
+    pub metadata: MetadataServer,
+    /// The `join` service (pull mode; it runs in metadata mode too, unused).
+    join_server: FnServer,
     servers: Vec<(String, FnServer)>,
     subscriptions: Vec<String>,
     pushers: Vec<tokio::task::JoinHandle<()>>,
@@ -297,12 +331,26 @@ impl Stack {
     /// A message when a part cannot start (e.g. the emulator is not installed).
     pub async fn start(opts: StackOptions) -> Result<Self, String> {
         let (emu, base_bus, in_process) = Self::start_bus(&opts).await?;
-        let (compute, k8s, agent) = Self::start_simulators(&opts, &base_bus).await?;
+        // The join service's address is its identity tokens' audience: known before the
+        // agent (the VMs' startup scripts) starts.
+        let join_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("binding the join service: {e}"))?;
+        let join_url = format!(
+            "http://{}",
+            join_listener
+                .local_addr()
+                .map_err(|e| format!("the join service's address: {e}"))?
+        );
+        let (compute, k8s, agent, metadata) =
+            Self::start_simulators(&opts, &base_bus, &join_url).await?;
         let k8s_tls = k8s
             .start_tls_front()
             .await
             .map_err(|e| format!("the Kubernetes simulator's HTTPS front: {e}"))?;
         let mut env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
+        env.insert("NODEWIRE_JOIN_MODE".into(), opts.join_mode.as_str().into());
+        env.insert("NODEWIRE_JOIN_URL".into(), join_url.clone());
         // nodewire's service account token, in a file as a pod or Secret Manager mount has it,
         // for the CLI run against this stack.
         let token_file = std::env::temp_dir().join(format!(
@@ -325,8 +373,15 @@ impl Stack {
             "NODEWIRE_KUBE_CA_FILE".into(),
             ca_file.display().to_string(),
         );
-        let (servers, sweep_server) =
-            Self::start_functions(&opts, &env, &k8s, &base_bus, emu.is_some()).await?;
+        let (servers, sweep_server, join_server) = Self::start_functions(
+            &opts,
+            &env,
+            &k8s,
+            &base_bus,
+            emu.is_some(),
+            (join_listener, &join_url, &metadata),
+        )
+        .await?;
         let (subscriptions, pushers) =
             Self::wire_push(&opts, emu.as_ref(), in_process.as_ref(), &servers).await?;
         Self::inject_faults(&opts, &compute, &k8s);
@@ -338,6 +393,8 @@ impl Stack {
             k8s,
             k8s_tls,
             agent,
+            metadata,
+            join_server,
             servers,
             subscriptions,
             pushers,
@@ -393,7 +450,8 @@ impl Stack {
     async fn start_simulators(
         opts: &StackOptions,
         base_bus: &Arc<dyn Bus>,
-    ) -> Result<(ComputeSim, K8sSim, VmAgent), String> {
+        join_url: &str,
+    ) -> Result<(ComputeSim, K8sSim, VmAgent, MetadataServer), String> {
         let p = opts.project.clone();
         let mut subnets = vec![subnet(&p, opts)];
         if let Some(o) = &opts.other_project {
@@ -439,6 +497,14 @@ impl Stack {
         .map_err(|e| e.to_string())?;
         k8s.publish_cluster_info_in(opts.nodes_range, TEST_CA)
             .map_err(|e| e.message.clone())?;
+        let metadata = MetadataServer::start(compute.view())
+            .await
+            .map_err(|e| format!("the metadata server: {e}"))?;
+        let pull = (opts.join_mode == JoinMode::Pull).then(|| PullJoin {
+            metadata_url: metadata.url(),
+            join_url: join_url.to_string(),
+            audience: JOIN_AUDIENCE.to_string(),
+        });
         let agent = VmAgent::start(
             compute.view(),
             k8s.view(),
@@ -448,10 +514,11 @@ impl Stack {
                 k8s_endpoint: k8s.endpoint(),
                 heartbeat: Some(opts.kubelet_heartbeat),
                 ready_after: opts.kubelet_ready_after,
+                pull,
             },
         );
 
-        Ok((compute, k8s, agent))
+        Ok((compute, k8s, agent, metadata))
     }
 
     /// Phase 3: the environment every function (and the CLI) is configured from.
@@ -497,7 +564,8 @@ impl Stack {
         k8s: &K8sSim,
         base_bus: &Arc<dyn Bus>,
         emulated: bool,
-    ) -> Result<(Vec<(String, FnServer)>, FnServer), String> {
+        join: (TcpListener, &str, &MetadataServer),
+    ) -> Result<(Vec<(String, FnServer)>, FnServer, FnServer), String> {
         let src: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let chain = ChainConfig::from_source(&src).map_err(|e| e.to_string())?;
         // The functions reach the API server as in production: its HTTPS address, its CA.
@@ -509,8 +577,8 @@ impl Stack {
             .map(std::fs::read_to_string)
             .transpose()
             .map_err(|e| format!("the cluster CA: {e}"))?;
-        let deps_for = |service: &str| {
-            let config = Config::from_source(&src, service).map_err(|e| e.to_string());
+        let deps_with = |src: &BTreeMap<&str, &str>, service: &str| {
+            let config = Config::from_source(src, service).map_err(|e| e.to_string());
             let chain = chain.clone();
             let duplicate = opts.duplicate_steps;
             let base_bus = base_bus.clone();
@@ -561,6 +629,7 @@ impl Stack {
                 ))
             }
         };
+        let deps_for = |service: &str| deps_with(&src, service);
         let mut servers = Vec::new();
         let d = deps_for("instance-events").await?;
         servers.push((
@@ -584,8 +653,22 @@ impl Stack {
         // The sweep is called directly, as Cloud Scheduler's HTTP target calls it.
         let d = deps_for("drift-sweep").await?;
         let sweep_server = FnServer::start_with_deps(d.base.clone(), drift_sweep::handler(d)).await;
+        // The join service verifies identity tokens as in production, against the metadata
+        // server's test key (here only: the sandbox and the tests).
+        let (join_listener, join_url, metadata) = join;
+        let mut join_env = src.clone();
+        join_env.insert("NODEWIRE_PUSH_AUTH", "oidc");
+        let _ = join_url;
+        join_env.insert("NODEWIRE_PUSH_AUDIENCES", JOIN_AUDIENCE);
+        let node_sa = crate::compute::node_service_account(&opts.project);
+        join_env.insert("NODEWIRE_PUSH_INVOKERS", &node_sa);
+        let jwks = metadata.jwks_url();
+        join_env.insert("NODEWIRE_OIDC_JWKS_URL", &jwks);
+        let d = deps_with(&join_env, "join").await?;
+        let app = nodewire::handlers::join::router(d.clone()).map_err(|e| e.to_string())?;
+        let join_server = FnServer::start_router(join_listener, d.base.clone(), app);
 
-        Ok((servers, sweep_server))
+        Ok((servers, sweep_server, join_server))
     }
 
     /// Phase 5: push subscriptions on the emulator (ordering, retry and dead-letter policies
@@ -708,6 +791,7 @@ impl Stack {
             "labels": labels,
             "networkInterfaces": [{"subnetwork": format!("projects/{project}/regions/{}/subnetworks/k8s-nodes", self.opts.region)}],
             "metadata": {"items": [{"key": "startup-script", "value": "#!/bin/sh\n/opt/nodewire/join.sh"}]},
+            "serviceAccounts": [{"email": crate::compute::node_service_account(project), "scopes": ["https://www.googleapis.com/auth/userinfo.email"]}],
         });
         self.compute_call(
             reqwest::Method::POST,
@@ -883,6 +967,7 @@ impl Stack {
             s.stop().await;
         }
         self.sweep_server.stop().await;
+        self.join_server.stop().await;
         for k in ["NODEWIRE_KUBE_TOKEN_FILE", "NODEWIRE_KUBE_CA_FILE"] {
             if let Some(f) = self.env.get(k) {
                 let _ = std::fs::remove_file(f);

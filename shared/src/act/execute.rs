@@ -196,26 +196,10 @@ async fn bootstrap(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError> {
     let (compute, kube, chain) = (&deps.compute, &deps.kube, &deps.chain);
     let vm = t.instance;
     let ci = kube.cluster_info().await?;
-    let endpoint = chain
-        .api_server_endpoint
-        .clone()
-        .unwrap_or_else(|| host_port(&ci.server));
     let token = kube
         .create_bootstrap_token(vm, t.instance_id, chain.token_ttl, &chain.token_groups)
         .await?;
-    let secret = token.expose();
-    let provider_id = vm.provider_id();
-    let yaml = join_configuration(
-        &JoinParams {
-            api_server: &endpoint,
-            token: &secret,
-            ca_pin: &ci.ca_pin,
-            node_name: vm.name(),
-            provider_id: &provider_id,
-            taint_key: UNWIRED_TAINT,
-        },
-        chain.join_api,
-    );
+    let yaml = render_join(deps, &ci, vm, &token);
     // The attempt is recorded in the same write: re-minting stays bounded (the planner and
     // the sweep read it back).
     let attempt = crate::plan::BootstrapAttempts::next(
@@ -327,6 +311,34 @@ pub async fn report_refusal(deps: &ChainDeps, obs: &Observed, r: &Refusal) {
 }
 
 /// `HOST:PORT` of an `https://HOST:PORT/...` URL (port 443 when absent).
+/// The JoinConfiguration of `vm` with `token`, for the cluster `ci` describes (the endpoint
+/// configured, or the one cluster-info names). The result holds the token: never log it.
+pub fn render_join(
+    deps: &ChainDeps,
+    ci: &crate::act::k8s::ClusterInfo,
+    vm: &InstanceRef,
+    token: &crate::act::k8s::BootstrapToken,
+) -> String {
+    let endpoint = deps
+        .chain
+        .api_server_endpoint
+        .clone()
+        .unwrap_or_else(|| host_port(&ci.server));
+    let secret = token.expose();
+    let provider_id = vm.provider_id();
+    join_configuration(
+        &JoinParams {
+            api_server: &endpoint,
+            token: &secret,
+            ca_pin: &ci.ca_pin,
+            node_name: vm.name(),
+            provider_id: &provider_id,
+            taint_key: UNWIRED_TAINT,
+        },
+        deps.chain.join_api,
+    )
+}
+
 fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let hp = rest.split('/').next().unwrap_or(rest);

@@ -61,6 +61,70 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Caller {
     /// The service account the ID token was issued to (lowercase).
     pub email: String,
+    /// The `google.compute_engine` claims, present in a VM's instance identity token asked for
+    /// with `format=full`
+    /// (<https://cloud.google.com/compute/docs/instances/verifying-instance-identity>).
+    pub compute_engine: Option<ComputeEngineClaims>,
+    /// `iat` and `exp` (Unix seconds).
+    pub issued_at: i64,
+    pub expires_at: i64,
+    /// SHA-256 of the whole token, hex: names the token (replay checks) without revealing it.
+    pub token_digest: String,
+}
+
+/// What a full-format instance identity token says of the VM that asked for it. Google signs
+/// it; the values are still checked against a fresh `instances.get` before anything is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeEngineClaims {
+    pub project_id: String,
+    pub zone: String,
+    /// The numeric instance id, as a decimal string.
+    pub instance_id: String,
+    pub instance_name: String,
+}
+
+#[derive(Deserialize)]
+struct GoogleClaims {
+    compute_engine: Option<RawComputeEngine>,
+}
+
+#[derive(Deserialize)]
+struct RawComputeEngine {
+    project_id: Option<String>,
+    zone: Option<String>,
+    instance_id: Option<serde_json::Value>,
+    instance_name: Option<String>,
+}
+
+impl RawComputeEngine {
+    fn checked(self) -> Result<ComputeEngineClaims, AuthError> {
+        let bad = |what: &str| {
+            AuthError::Invalid(format!(
+                "google.compute_engine.{what} is missing or malformed"
+            ))
+        };
+        let instance_id = match self.instance_id {
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(bad("instance_id")),
+        };
+        if instance_id.is_empty()
+            || instance_id.len() > 20
+            || !instance_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad("instance_id"));
+        }
+        let short = |v: Option<String>, what: &str| match v {
+            Some(s) if !s.is_empty() && s.len() <= 128 => Ok(s),
+            _ => Err(bad(what)),
+        };
+        Ok(ComputeEngineClaims {
+            project_id: short(self.project_id, "project_id")?,
+            zone: short(self.zone, "zone")?,
+            instance_id,
+            instance_name: short(self.instance_name, "instance_name")?,
+        })
+    }
 }
 
 /// Why a delivery is not accepted. The texts name the check that failed, never the token.
@@ -155,6 +219,18 @@ impl Authenticator {
     }
 }
 
+/// Lowercase hex of SHA-256.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -212,6 +288,7 @@ struct Claims {
     nbf: Option<i64>,
     email: Option<String>,
     email_verified: Option<bool>,
+    google: Option<GoogleClaims>,
 }
 
 fn b64(part: &str, what: &str) -> Result<Vec<u8>, AuthError> {
@@ -333,10 +410,12 @@ impl Verifier {
             }
         }
         let claims: Claims = json(&b64(c, "claims")?, "claims")?;
-        self.check_claims(&claims, now)
+        let mut caller = self.check_claims(claims, now)?;
+        caller.token_digest = hex_sha256(token.as_bytes());
+        Ok(caller)
     }
 
-    fn check_claims(&self, claims: &Claims, now: i64) -> Result<Caller, AuthError> {
+    fn check_claims(&self, claims: Claims, now: i64) -> Result<Caller, AuthError> {
         let skew = i64::try_from(self.settings.clock_skew.as_secs()).unwrap_or(300);
         let iss = claims.iss.as_deref().unwrap_or_default();
         if !GOOGLE_ISSUERS.contains(&iss) {
@@ -397,7 +476,17 @@ impl Verifier {
                 shorten(&email, 128)
             )));
         }
-        Ok(Caller { email })
+        let compute_engine = match claims.google.and_then(|g| g.compute_engine) {
+            Some(raw) => Some(raw.checked()?),
+            None => None,
+        };
+        Ok(Caller {
+            email,
+            compute_engine,
+            issued_at: iat,
+            expires_at: exp,
+            token_digest: String::new(),
+        })
     }
 
     /// The key `kid`, from the cache or a fetch of the key set.

@@ -428,13 +428,20 @@ where
     T: Decode + Send + 'static,
     H: Handler<T>,
 {
+    let listener = bind(&deps).await?;
+    serve_on(listener, deps, handler, crate::shutdown::signal()).await
+}
+
+/// Binds `0.0.0.0:$PORT`, or `127.0.0.1:$PORT` when push authentication is off.
+///
+/// # Errors
+/// The I/O error when the port cannot be bound.
+pub async fn bind(deps: &Deps) -> std::io::Result<TcpListener> {
     let host = match deps.config.push_auth {
         crate::config::PushAuthSettings::Off => [127, 0, 0, 1],
         _ => [0, 0, 0, 0],
     };
-    let addr = SocketAddr::from((host, deps.config.port));
-    let listener = TcpListener::bind(addr).await?;
-    serve_on(listener, deps, handler, crate::shutdown::signal()).await
+    TcpListener::bind(SocketAddr::from((host, deps.config.port))).await
 }
 
 /// Refuses to serve without a push authentication setting, or with it off anywhere but on
@@ -489,11 +496,29 @@ where
     H: Handler<T>,
     S: Future<Output = ()> + Send + 'static,
 {
+    let app = router(deps.clone(), handler);
+    serve_router(listener, deps, app, shutdown).await
+}
+
+/// Serves any router (an HTTP function that is not a Pub/Sub subscriber, such as `join`) with
+/// the adapter's exposure check, graceful shutdown and publisher flush.
+///
+/// # Errors
+/// The I/O error when the server fails; `InvalidInput` when push authentication is not
+/// configured, or off on a non-loopback address.
+pub async fn serve_router<S>(
+    listener: TcpListener,
+    deps: Deps,
+    app: Router,
+    shutdown: S,
+) -> std::io::Result<()>
+where
+    S: Future<Output = ()> + Send + 'static,
+{
     let local = listener.local_addr()?;
     check_exposure(&deps.config.push_auth, local)?;
     let grace = deps.config.limits.shutdown_grace;
     let bus = deps.bus.clone();
-    let app = router(deps, handler);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -16,8 +16,31 @@ pub enum JoinApi {
 }
 
 /// What the step functions (the chain) need besides [`Config`](super::Config).
+/// How a node VM gets its JoinConfiguration (`NODEWIRE_JOIN_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JoinMode {
+    /// `pull` (the default): the VM asks the `join` service with its instance identity token;
+    /// `bootstrap` writes no secret into metadata.
+    #[default]
+    Pull,
+    /// `metadata`: `bootstrap` mints the token and writes the JoinConfiguration into the VM's
+    /// metadata (`kubeadm-join`), for images that cannot call out.
+    Metadata,
+}
+
+impl JoinMode {
+    /// The variable's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinMode::Pull => "pull",
+            JoinMode::Metadata => "metadata",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainConfig {
+    pub join_mode: JoinMode,
     /// `NODEWIRE_SUBNET` = `REGION/NAME`: nic0 of every node VM is on it.
     pub subnet: (String, String),
     /// `NODEWIRE_POD_RANGE_NAME` (default `pods`): the secondary range of Pod IPs.
@@ -112,6 +135,16 @@ impl ChainConfig {
                 ));
             }
         };
+        let join_mode = match src.get("NODEWIRE_JOIN_MODE").as_deref() {
+            None | Some("pull") => JoinMode::Pull,
+            Some("metadata") => JoinMode::Metadata,
+            Some(other) => {
+                return Err(err(
+                    "NODEWIRE_JOIN_MODE",
+                    format!("{:?}: pull or metadata", echo(other)),
+                ));
+            }
+        };
         let api_server_endpoint = src.get("NODEWIRE_API_SERVER_ENDPOINT");
         if let Some(e) = &api_server_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
@@ -167,6 +200,7 @@ impl ChainConfig {
             ));
         }
         Ok(Self {
+            join_mode,
             node_service_accounts,
             sweep,
             subnet,
@@ -189,6 +223,7 @@ impl ChainConfig {
             pod_range: self.pod_range,
             node_tags: self.node_tags.clone(),
             node_service_accounts: self.node_service_accounts.clone(),
+            join_mode: self.join_mode,
         }
     }
 }

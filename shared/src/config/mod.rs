@@ -168,7 +168,7 @@ pub use push_auth::{
 };
 
 mod chain;
-pub use chain::{ChainConfig, JoinApi};
+pub use chain::{ChainConfig, JoinApi, JoinMode};
 
 /// How to reach the Kubernetes API server.
 #[derive(Debug, Clone, PartialEq, Eq)]

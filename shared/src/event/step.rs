@@ -86,6 +86,8 @@ pub enum CauseSource {
     Sweep,
     /// An operator's `nodewire replay`.
     Replay,
+    /// A node VM reported its join to the `join` service (pull mode).
+    JoinReport,
 }
 
 /// Why a step was sent.

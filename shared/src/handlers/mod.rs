@@ -10,6 +10,7 @@
 
 pub mod drift_sweep;
 pub mod instance_events;
+pub mod join;
 pub mod node_events;
 pub mod steps;
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::JoinMode;
 use crate::event::Step;
 use crate::names::{Cidr, InstanceRef, ProviderIdConflict, SubnetRef};
 use crate::select::Selector;
@@ -30,6 +31,8 @@ pub struct PlanConfig {
     /// When not empty, only a VM running as one of these service accounts is given a join
     /// token (`NODEWIRE_NODE_SERVICE_ACCOUNTS`).
     pub node_service_accounts: std::collections::BTreeSet<String>,
+    /// Pull mode: `bootstrap` mints no token and writes no metadata (the VM asks `join`).
+    pub join_mode: crate::config::JoinMode,
 }
 
 /// An alias range as observed on nic0.
@@ -340,7 +343,7 @@ impl PlanConfig {
 
     /// The node subnet is `(region, name)`; the project is not compared (a Shared VPC host
     /// project owns it).
-    fn subnet_matches(&self, subnet: Option<&SubnetRef>) -> bool {
+    pub fn subnet_matches(&self, subnet: Option<&SubnetRef>) -> bool {
         subnet.is_some_and(|s| s.region == self.subnet.0 && s.name == self.subnet.1)
     }
 
@@ -407,11 +410,21 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
     if !obs.tokens.is_empty() {
         out.push(Gap::Token);
     }
-    if vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some() {
+    if vm.join_metadata
+        || vm.kubelet_restarts.is_some()
+        || vm.bootstrap_attempts.is_some()
+        || (obs.node.is_some() && needs_joined_mark(vm, cfg))
+    {
         out.push(Gap::JoinMetadata);
     }
     out.sort();
     out
+}
+
+/// Pull mode: a VM whose Node exists carries nodewire's `nodewire-joined` mark, which the
+/// lost-Node heal relies on (metadata mode writes it when the join metadata is cleared).
+fn needs_joined_mark(vm: &VmFacts, cfg: &PlanConfig) -> bool {
+    cfg.join_mode == JoinMode::Pull && !vm.joined
 }
 
 /// True when the VM is a wired node.
@@ -611,13 +624,17 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     }
     // Joined already (hand over to the chain), or bootstrapped and waiting for the kubelet to
     // register: nothing to do.
+    // Network tags do not depend on the Node: set them now, so that after registration the
+    // critical path is one alias operation, then finalize (issue 12, item 3).
+    let mut a = plan_tags(vm, cfg);
     let joined = obs.node.is_some();
     let pending = vm.join_metadata && obs.tokens.iter().any(|t| !t.expired);
     if joined || pending {
-        return Ok(vec![]);
+        return Ok(a);
     }
     if vm.joined {
-        return plan_lost_node(vm);
+        a.extend(plan_lost_node(vm)?);
+        return Ok(a);
     }
     // Who may join: a VM can run as a service account only if its creator may act as that
     // account (iam.serviceAccounts.actAs), so the account proves who made the VM — unlike
@@ -633,16 +650,26 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
             vm.instance, vm.service_accounts
         )));
     }
-    if let Err(why) = BootstrapAttempts::next(vm.bootstrap_attempts) {
-        return Err(Plan::Ignore(format!("VM {}: {why}", vm.instance)));
-    }
     let expired: Vec<String> = obs
         .tokens
         .iter()
         .filter(|t| t.expired)
         .map(|t| t.id.clone())
         .collect();
-    let mut a = Vec::new();
+    if cfg.join_mode == JoinMode::Pull {
+        // The VM asks the `join` service for its configuration with its instance identity:
+        // no token is minted here and nothing is written into its metadata.
+        if !expired.is_empty() {
+            a.push(Action::RevokeTokens(expired));
+        }
+        return Ok(a);
+    }
+    if let Err(why) = BootstrapAttempts::next(vm.bootstrap_attempts) {
+        if a.is_empty() {
+            return Err(Plan::Ignore(format!("VM {}: {why}", vm.instance)));
+        }
+        return Ok(a);
+    }
     if !expired.is_empty() {
         a.push(Action::RevokeTokens(expired));
     }
@@ -763,11 +790,18 @@ fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     // Revoke, then remove the join metadata, then lift the taint: no Pod can run on the node
     // while a join credential for it still exists (issue 10, item 4).
     let mut a = revoke_all(obs);
-    if vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some() {
+    let clear =
+        vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some();
+    if clear {
         a.push(Action::ClearJoinMetadata);
     }
     if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
         a.push(Action::RemoveTaint);
+    }
+    // Pull mode: metadata never held a secret, so the mark that the VM joined (what heals a
+    // lost Node later) is written after the taint is lifted, off the critical path.
+    if !clear && needs_joined_mark(vm, cfg) {
+        a.push(Action::ClearJoinMetadata);
     }
     if !a.is_empty() {
         a.push(Action::AnnounceWired);

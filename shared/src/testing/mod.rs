@@ -107,6 +107,7 @@ pub fn plan_config() -> PlanConfig {
         pod_range: "10.4.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
         node_tags: vec!["k8s-node".into()],
         node_service_accounts: std::collections::BTreeSet::new(),
+        join_mode: crate::config::JoinMode::Metadata,
     }
 }
 

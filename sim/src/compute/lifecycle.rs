@@ -46,6 +46,24 @@ pub(super) async fn insert(
         if subnet_key.1 != region {
             return Err(invalid(&format!("Invalid value for field 'resource.networkInterfaces[0].subnetwork': subnetwork is in region '{}', not '{region}'.", subnet_key.1)));
         }
+        // One service account per VM at most; `default` is the project's Compute Engine default
+        // account (https://cloud.google.com/compute/docs/access/service-accounts).
+        let service_accounts: Vec<String> = match body.get("serviceAccounts") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) if a.len() <= 1 => {
+                let mut out = vec![];
+                for sa in a {
+                    match sa.get("email").and_then(Value::as_str) {
+                        Some("default") => out.push(format!("{}-compute@developer.gserviceaccount.com", project_number(&project))),
+                        Some(e) if e.contains('@') && e.len() <= 254 => out.push(e.to_ascii_lowercase()),
+                        _ => return Err(invalid("Invalid value for field 'resource.serviceAccounts[0].email': a service account email is required.")),
+                    }
+                }
+                out
+            }
+            Some(Value::Array(_)) => return Err(invalid("Invalid value for field 'resource.serviceAccounts': at most one service account per instance is supported.")),
+            Some(_) => return Err(invalid("Invalid value for field 'resource.serviceAccounts': not a list.")),
+        };
         let machine_type = body.get("machineType").and_then(Value::as_str).unwrap_or("n2-standard-4");
         let machine_type = machine_type.rsplit('/').next().unwrap_or(machine_type).to_string();
         let mut w = sim.world();
@@ -75,6 +93,7 @@ pub(super) async fn insert(
             metadata: body.pointer("/metadata/items").and_then(Value::as_array).map(|a| a.iter().map(|it| (it["key"].as_str().unwrap_or_default().to_string(), it["value"].as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default(),
             metadata_fp: sim.fp(),
             nics: vec![Nic { name: "nic0".into(), network_link: subnet.network_link(), subnet: subnet_key, network_ip: ip, aliases: vec![], fingerprint: sim.fp() }],
+            service_accounts,
         };
         let boot = (!sim.config.boot_delay.is_zero()).then(|| (sim.clone(), key.clone(), sim.config.boot_delay));
         let mutation: Mutation = Box::new(move |w: &mut World| {
@@ -231,4 +250,13 @@ fn insert_id(id: u64, op: &str, first: bool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (id, op, first).hash(&mut h);
     h.finish()
+}
+
+/// The simulated project number of `project` (stable: derived from the id).
+pub fn project_number(project: &str) -> u64 {
+    // FNV-1a, folded into twelve digits like real project numbers.
+    let h = project.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    100_000_000_000 + h % 900_000_000_000
 }

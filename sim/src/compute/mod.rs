@@ -47,6 +47,7 @@ use tokio::sync::Notify;
 use crate::audit::AuditLog;
 use crate::faults::{Chaos, InjectedError, lock};
 use crate::server::{self, Answer, Server, Service};
+pub use lifecycle::project_number;
 pub use model::{Alias, Fingerprint, Instance, Nic, OpError, OpStatus, Operation, SubnetSpec};
 use model::{error_body, now_rfc3339};
 
@@ -243,6 +244,13 @@ pub struct InstanceSeed {
     pub labels: BTreeMap<String, String>,
     pub metadata: Vec<(String, String)>,
     pub aliases: Vec<Alias>,
+    /// The service accounts it runs as (emails).
+    pub service_accounts: Vec<String>,
+}
+
+/// The service account node VMs run as in the simulators (the sandbox, the tests).
+pub fn node_service_account(project: &str) -> String {
+    format!("k8s-nodes@{project}.iam.gserviceaccount.com")
 }
 
 impl InstanceSeed {
@@ -260,6 +268,7 @@ impl InstanceSeed {
             labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
             metadata: vec![],
             aliases: vec![],
+            service_accounts: vec![node_service_account(project)],
         }
     }
 }
@@ -334,6 +343,7 @@ impl ComputeSim {
                 aliases: seed.aliases,
                 fingerprint: sim.fp(),
             }],
+            service_accounts: seed.service_accounts,
         };
         w.instances.insert(key, inst);
         Ok(())

@@ -138,6 +138,8 @@ pub struct Instance {
     pub metadata: Vec<(String, String)>,
     pub metadata_fp: Fingerprint,
     pub nics: Vec<Nic>,
+    /// The emails of the service accounts it runs as (at most one, as the API allows).
+    pub service_accounts: Vec<String>,
 }
 
 impl Instance {
@@ -210,6 +212,14 @@ impl Instance {
         });
         if !self.labels.is_empty() {
             v["labels"] = json!(self.labels);
+        }
+        if !self.service_accounts.is_empty() {
+            v["serviceAccounts"] = Value::Array(
+                self.service_accounts
+                    .iter()
+                    .map(|e| json!({"email": e, "scopes": ["https://www.googleapis.com/auth/userinfo.email"]}))
+                    .collect(),
+            );
         }
         v
     }

@@ -22,7 +22,10 @@ mod tokens;
 pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
 pub use error::KubeError;
 pub use sweep_state::{MAX_REMEMBERED, SWEEP_STATE, SweepState};
-pub use tokens::{BootstrapToken, TokenInfo, TokenSecret};
+pub use tokens::{
+    BootstrapToken, IdentityRecord, TOKEN_IDENTITY_DIGEST_ANNOTATION,
+    TOKEN_IDENTITY_IAT_ANNOTATION, TokenInfo, TokenSecret,
+};
 
 use super::toolkit::{self, Backoff, Listed, api_message};
 use crate::names::ProviderIdConflict;

@@ -58,7 +58,22 @@ pub struct TokenInfo {
     pub instance_id: Option<String>,
     /// RFC 3339, as kubeadm writes it.
     pub expiration: Option<String>,
+    /// Minted by the `join` service: the identity token it was minted for.
+    pub identity: Option<IdentityRecord>,
 }
+
+/// Which instance identity token a bootstrap token was minted for: its SHA-256 (hex) and its
+/// `iat`. Not a secret: the digest cannot be turned back into the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub digest: String,
+    pub issued_at: i64,
+}
+
+/// Annotation: [`IdentityRecord::digest`].
+pub const TOKEN_IDENTITY_DIGEST_ANNOTATION: &str = "nodewire.io/identity-sha256";
+/// Annotation: [`IdentityRecord::issued_at`].
+pub const TOKEN_IDENTITY_IAT_ANNOTATION: &str = "nodewire.io/identity-iat";
 
 impl TokenInfo {
     /// The public facts of a bootstrap-token Secret from its metadata alone: id (its name),
@@ -66,6 +81,12 @@ impl TokenInfo {
     /// expired). `None` for other Secrets.
     fn from_metadata(s: &kube::core::PartialObjectMeta<Secret>) -> Option<Self> {
         let label = |k: &str| s.metadata.labels.as_ref().and_then(|l| l.get(k).cloned());
+        let annotation = |k: &str| {
+            s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k).cloned())
+        };
         let id = s
             .metadata
             .name
@@ -76,11 +97,14 @@ impl TokenInfo {
             instance: label(TOKEN_INSTANCE_LABEL),
             zone: label(TOKEN_ZONE_LABEL),
             instance_id: label(TOKEN_INSTANCE_ID_LABEL),
-            expiration: s
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TOKEN_EXPIRATION_ANNOTATION).cloned()),
+            expiration: annotation(TOKEN_EXPIRATION_ANNOTATION),
+            identity: match (
+                annotation(TOKEN_IDENTITY_DIGEST_ANNOTATION),
+                annotation(TOKEN_IDENTITY_IAT_ANNOTATION).and_then(|v| v.parse().ok()),
+            ) {
+                (Some(digest), Some(issued_at)) => Some(IdentityRecord { digest, issued_at }),
+                _ => None,
+            },
         })
     }
 }
@@ -109,6 +133,44 @@ impl Kube {
         instance_id: Option<&str>,
         ttl: Duration,
         extra_groups: &str,
+    ) -> Result<BootstrapToken, KubeError> {
+        self.mint(instance, instance_id, ttl, extra_groups, None)
+            .await
+    }
+
+    /// Like [`Self::create_bootstrap_token`], for a VM that proved itself with an instance
+    /// identity token: the token's digest and issue time are recorded as annotations
+    /// ([`TOKEN_IDENTITY_DIGEST_ANNOTATION`], [`TOKEN_IDENTITY_IAT_ANNOTATION`]), so a replay of
+    /// that identity token, or of an older one, is refused by every instance of the `join`
+    /// service for as long as the bootstrap token exists.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn create_bootstrap_token_for_identity(
+        &self,
+        instance: &InstanceRef,
+        instance_id: &str,
+        ttl: Duration,
+        extra_groups: &str,
+        identity: &IdentityRecord,
+    ) -> Result<BootstrapToken, KubeError> {
+        self.mint(
+            instance,
+            Some(instance_id),
+            ttl,
+            extra_groups,
+            Some(identity),
+        )
+        .await
+    }
+
+    async fn mint(
+        &self,
+        instance: &InstanceRef,
+        instance_id: Option<&str>,
+        ttl: Duration,
+        extra_groups: &str,
+        identity: Option<&IdentityRecord>,
     ) -> Result<BootstrapToken, KubeError> {
         const CALL: &str = "secrets.create";
         let expiration = (time::OffsetDateTime::now_utc() + ttl)
@@ -162,10 +224,25 @@ impl Kube {
                         )
                         .collect(),
                     ),
-                    annotations: Some(BTreeMap::from([(
-                        TOKEN_EXPIRATION_ANNOTATION.to_string(),
-                        expiration.clone(),
-                    )])),
+                    annotations: Some(
+                        std::iter::once((
+                            TOKEN_EXPIRATION_ANNOTATION.to_string(),
+                            expiration.clone(),
+                        ))
+                        .chain(identity.into_iter().flat_map(|i| {
+                            [
+                                (
+                                    TOKEN_IDENTITY_DIGEST_ANNOTATION.to_string(),
+                                    i.digest.clone(),
+                                ),
+                                (
+                                    TOKEN_IDENTITY_IAT_ANNOTATION.to_string(),
+                                    i.issued_at.to_string(),
+                                ),
+                            ]
+                        }))
+                        .collect(),
+                    ),
                     ..Default::default()
                 },
                 type_: Some("bootstrap.kubernetes.io/token".into()),
