@@ -5,6 +5,8 @@
 //! target/release/nodewire-bench cold-start     # exec → first delivery; RSS after 1,000
 //! target/release/nodewire-bench sweep          # 1,000 / 5,000 / 15,000 nodes, converged and 1% drift
 //! target/release/nodewire-bench chain          # insert → wired, 1 VM and 100 VMs at once
+//! target/release/nodewire-bench chain --vms 0 --latency realistic --join-mode metadata
+//! target/release/nodewire-bench join-latency   # identity token → JoinConfiguration, p50/p99
 //! ```
 
 use std::collections::BTreeMap;
@@ -49,6 +51,14 @@ enum Cmd {
         /// The simulated world's pace: `fast` or `realistic` (see `sim::stack::Latency`).
         #[arg(long, default_value = "fast")]
         latency: sim::stack::Latency,
+        /// `pull` (the default) or `metadata` (`NODEWIRE_JOIN_MODE`).
+        #[arg(long, default_value = "pull")]
+        join_mode: String,
+    },
+    /// The join service at the realistic pace: a VM's identity token → its JoinConfiguration.
+    JoinLatency {
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
     },
 }
 
@@ -190,10 +200,19 @@ async fn sweep(sizes: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn chain(vms: usize, latency: sim::stack::Latency) -> anyhow::Result<()> {
-    let stack = sim::stack::Stack::start(latency.apply(sim::stack::StackOptions::default()))
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+async fn chain(vms: usize, latency: sim::stack::Latency, join_mode: &str) -> anyhow::Result<()> {
+    let join_mode = match join_mode {
+        "pull" => nodewire::config::JoinMode::Pull,
+        "metadata" => nodewire::config::JoinMode::Metadata,
+        other => bail!("--join-mode {other:?}: pull or metadata"),
+    };
+    let stack = sim::stack::Stack::start(latency.apply(sim::stack::StackOptions {
+        join_mode,
+        ..sim::stack::StackOptions::default()
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    println!("join mode: {}", join_mode.as_str());
     let bound = match latency {
         sim::stack::Latency::Fast => Duration::from_secs(60),
         sim::stack::Latency::Realistic => Duration::from_secs(600),
@@ -255,6 +274,10 @@ async fn chain(vms: usize, latency: sim::stack::Latency) -> anyhow::Result<()> {
         s(wired.saturating_sub(untainted))
     );
     println!("| 1 VM: instances.insert → wired | {:.2} s |", s(wired));
+    if vms == 0 {
+        stack.stop().await;
+        return Ok(());
+    }
     let t = Instant::now();
     for i in 0..vms {
         stack
@@ -294,6 +317,90 @@ async fn chain(vms: usize, latency: sim::stack::Latency) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `join` service under the realistic profile: `requests` VMs (seeded RUNNING, their
+/// startup scripts idle) each ask the metadata server for an identity token and POST it, 20 at
+/// a time, as VMs of a group booting together do. The time is the VM's: from asking for the
+/// token to holding the JoinConfiguration.
+async fn join_latency(requests: usize) -> anyhow::Result<()> {
+    let opts = sim::stack::Latency::Realistic.apply(sim::stack::StackOptions {
+        join_delay: Duration::from_secs(24 * 3600),
+        ..sim::stack::StackOptions::default()
+    });
+    let stack = sim::stack::Stack::start(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for i in 0..requests {
+        stack
+            .compute
+            .seed_instance(sim::compute::InstanceSeed::node_vm(
+                P,
+                "us-central1",
+                ZONES[0],
+                &format!("join-{i:04}"),
+            ))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let join_url = stack
+        .env()
+        .get("NODEWIRE_JOIN_URL")
+        .cloned()
+        .context("the stack's join URL")?;
+    let metadata_url = stack.metadata.url();
+    let http = reqwest::Client::new();
+    let mut times: Vec<Duration> = Vec::with_capacity(requests);
+    for batch in (0..requests).collect::<Vec<_>>().chunks(20) {
+        let mut tasks = Vec::new();
+        for &i in batch {
+            let (http, join_url, metadata_url) =
+                (http.clone(), join_url.clone(), metadata_url.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let token = http
+                    .get(format!(
+                        "{metadata_url}/instance/service-accounts/default/identity"
+                    ))
+                    .query(&[("audience", sim::stack::JOIN_AUDIENCE), ("format", "full")])
+                    .header("Metadata-Flavor", "Google")
+                    .header(
+                        sim::metadata::INSTANCE_HEADER,
+                        format!("{P}/{}/join-{i:04}", ZONES[0]),
+                    )
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                let r = http
+                    .post(format!("{join_url}/v1/join"))
+                    .bearer_auth(token)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let body = r.text().await?;
+                anyhow::ensure!(status.as_u16() == 200, "HTTP {status}: {body}");
+                anyhow::ensure!(
+                    body.contains("kind: JoinConfiguration"),
+                    "not a JoinConfiguration"
+                );
+                Ok::<Duration, anyhow::Error>(t.elapsed())
+            }));
+        }
+        for t in tasks {
+            times.push(t.await.context("a request task")??);
+        }
+    }
+    times.sort();
+    let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+    println!(
+        "| {requests} VMs, 20 at a time: identity token → JoinConfiguration | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+        pct(50).as_secs_f64() * 1e3,
+        pct(99).as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
@@ -303,6 +410,11 @@ async fn main() -> anyhow::Result<()> {
             deliveries,
         } => cold_start(&binary, runs.max(1), deliveries).await,
         Cmd::Sweep { sizes } => sweep(&sizes).await,
-        Cmd::Chain { vms, latency } => chain(vms, latency).await,
+        Cmd::Chain {
+            vms,
+            latency,
+            join_mode,
+        } => chain(vms, latency, &join_mode).await,
+        Cmd::JoinLatency { requests } => join_latency(requests.max(1)).await,
     }
 }

@@ -171,7 +171,7 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     let zone = ["--zone", ZONE];
 
     // The VM as the reference procedure creates it: IP forwarding, on the node subnet, with
-    // the selector label. nodewire does the rest.
+    // the selector label, running as the node service account. nodewire does the rest.
     ok(
         &s,
         "gcloud",
@@ -187,6 +187,11 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
             "k8s-nodes",
             "--labels",
             "cluster=demo",
+            // Pull mode: the join service admits VMs that run as the node service account.
+            "--service-account",
+            "k8s-nodes@example-project.iam.gserviceaccount.com",
+            "--scopes",
+            "userinfo-email",
         ],
     );
     let wanted_provider = format!("gce://example-project/{ZONE}/{VM}");

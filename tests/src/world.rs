@@ -24,6 +24,8 @@ pub struct WorldOptions {
     pub name_prefix: Option<&'static str>,
     /// The RBAC manifests the Kubernetes simulator enforces instead of the shipped ones.
     pub rbac_manifests: Option<&'static str>,
+    /// `NODEWIRE_JOIN_MODE=metadata` instead of the default pull mode.
+    pub metadata_mode: bool,
 }
 
 /// Everything running, on the emulator.
@@ -76,6 +78,11 @@ impl World {
             duplicate_steps: o.duplicate_steps,
             name_prefix: o.name_prefix.map(str::to_string),
             rbac_manifests: o.rbac_manifests.map(|m| vec![m.to_string()]),
+            join_mode: if o.metadata_mode {
+                nodewire::config::JoinMode::Metadata
+            } else {
+                nodewire::config::JoinMode::Pull
+            },
             ..StackOptions::default()
         };
         match Stack::start(opts).await {

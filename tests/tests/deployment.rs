@@ -408,16 +408,41 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
             .get("NODEWIRE_PUSH_INVOKERS")
             .cloned()
             .unwrap_or_default();
+        let pushing: Vec<&Instance> = subs
+            .iter()
+            .filter(|s| s.str_at("push_config/0/push_endpoint") == Some(url.as_str()))
+            .collect();
         let source = match g.source {
             privilege::Source::GceAudit => Some(short(&config.pubsub.gce_audit_topic)),
             privilege::Source::K8sAudit => Some(short(&config.pubsub.k8s_audit_topic)),
             privilege::Source::Step(s) => Some(short(&config.pubsub.topic(s))),
             privilege::Source::Scheduler => None,
+            privilege::Source::NodeVms => {
+                // Node VMs call it with their identity tokens: no subscription, the signature
+                // verified in the container, and the node service accounts as the callers.
+                if !pushing.is_empty() {
+                    out.push(format!(
+                        "{f}: a push subscription targets a service node VMs call"
+                    ));
+                }
+                if env.get("NODEWIRE_PUSH_AUTH").map(String::as_str) != Some("oidc") {
+                    out.push(format!(
+                        "{f}: NODEWIRE_PUSH_AUTH must be oidc (it verifies identity tokens itself)"
+                    ));
+                }
+                let nodes = env
+                    .get("NODEWIRE_NODE_SERVICE_ACCOUNTS")
+                    .cloned()
+                    .unwrap_or_default();
+                if invoker.is_empty() || invoker != nodes {
+                    out.push(format!(
+                        "{f}: NODEWIRE_PUSH_INVOKERS ({invoker:?}) must be the node service \
+                         accounts ({nodes:?})"
+                    ));
+                }
+                continue;
+            }
         };
-        let pushing: Vec<&Instance> = subs
-            .iter()
-            .filter(|s| s.str_at("push_config/0/push_endpoint") == Some(url.as_str()))
-            .collect();
         let Some(source) = source else {
             if !pushing.is_empty() {
                 out.push(format!(

@@ -45,7 +45,20 @@ fn token_creates(w: &Stack) -> usize {
 
 #[tokio::test]
 async fn a_lost_node_comes_back_by_a_kubelet_restart_not_a_new_token() {
-    let w = World::start(WorldOptions::default()).await;
+    lost_node_comes_back(false).await;
+}
+
+#[tokio::test]
+async fn a_lost_node_comes_back_by_a_kubelet_restart_in_metadata_mode() {
+    lost_node_comes_back(true).await;
+}
+
+async fn lost_node_comes_back(metadata_mode: bool) {
+    let w = World::start(WorldOptions {
+        metadata_mode,
+        ..WorldOptions::default()
+    })
+    .await;
     let vm = "agent-1";
     w.insert_vm(P, ZONE, vm, &[("cluster", "demo")], true).await;
     assert!(
@@ -100,6 +113,12 @@ async fn a_lost_node_comes_back_by_a_kubelet_restart_not_a_new_token() {
         "the restart request is cleared once wired: {keys:?}"
     );
 
+    if !metadata_mode {
+        // Pull mode: the VM asked the join service once, and reported its join.
+        assert!(outcomes(&w, vm).contains(&AgentOutcome::Reported));
+        w.stop().await;
+        return;
+    }
     // kubeadm join on a VM that joined before fails its preflight.
     w.compute.tamper(|world| {
         if let Some(i) = world

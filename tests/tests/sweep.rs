@@ -12,8 +12,14 @@ use sim::compute::{Alias, InstanceSeed};
 
 const Z: &str = "us-central1-a";
 
-async fn wired_world(n: usize) -> World {
-    let w = World::start(WorldOptions::default()).await;
+/// `n` wired VMs. The drift states the heal test seeds (join metadata left, an expired join
+/// token) are metadata mode's, so that test runs in it; the converged sweep runs in pull mode.
+async fn wired_world(n: usize, metadata_mode: bool) -> World {
+    let w = World::start(WorldOptions {
+        metadata_mode,
+        ..WorldOptions::default()
+    })
+    .await;
     for i in 0..n {
         w.insert_vm(P, Z, &format!("k8s-node-{i}"), &[("cluster", "demo")], true)
             .await;
@@ -43,7 +49,7 @@ fn lock_writes(w: &World) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_converged_cluster_sweeps_to_nothing() {
-    let w = wired_world(3).await;
+    let w = wired_world(3, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.compute.chaos().clear_requests();
     w.k8s.chaos().clear_requests();
@@ -82,7 +88,7 @@ async fn a_converged_cluster_sweeps_to_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_drift_kind_is_detected_and_healed() {
     // k8s-node-8 stays as it is: the control that must not be touched.
-    let w = wired_world(10).await;
+    let w = wired_world(10, true).await;
     let name = |i: usize| format!("k8s-node-{i}");
     let pod = |i: usize| w.wired(Z, &name(i)).expect("wired");
     let pod1 = pod(1);

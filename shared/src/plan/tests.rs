@@ -113,6 +113,77 @@ fn each_gap_is_named() {
     ]);
 }
 
+/// Bootstrap sets the node tags (issue 12: tags do not depend on the Node).
+fn tags() -> Action {
+    Action::AddTags(vec!["k8s-node".into()])
+}
+
+/// Pull mode (issue 12): bootstrap tags and mints nothing; finalize marks the VM joined after
+/// lifting the taint; a wired node in pull mode carries that mark.
+#[test]
+fn pull_mode_table() {
+    let c = PlanConfig {
+        join_mode: crate::config::JoinMode::Pull,
+        ..cfg()
+    };
+    let rows: Vec<(&str, Step, Observed, Plan)> = vec![
+        (
+            "fresh VM: tags only, no token, no metadata",
+            Step::Bootstrap,
+            fresh(),
+            Plan::Act {
+                actions: vec![tags()],
+                next: None,
+            },
+        ),
+        (
+            "an expired token of a VM that never joined is revoked, none minted",
+            Step::Bootstrap,
+            fresh().with_token("aaaaaa", true),
+            Plan::Act {
+                actions: vec![tags(), Action::RevokeTokens(vec!["aaaaaa".into()])],
+                next: None,
+            },
+        ),
+    ];
+    all_rows(rows, |(name, step, obs, want)| {
+        let got = plan(step, &obs, &c);
+        (got != want).then(|| format!("{name} ({step}): got {got:?}"))
+    });
+    // Finalize in pull mode: revoke, lift the taint, then mark (off the critical path).
+    let mut w = wired();
+    if let Some(n) = &mut w.node {
+        n.unwired_taint = true;
+    }
+    if let Some(v) = &mut w.vm {
+        v.joined = false;
+    }
+    let got = plan(Step::Finalize, &w.clone().with_token("bbbbbb", false), &c);
+    assert_eq!(
+        got,
+        Plan::Act {
+            actions: vec![
+                Action::RevokeTokens(vec!["bbbbbb".into()]),
+                Action::RemoveTaint,
+                Action::ClearJoinMetadata,
+                Action::AnnounceWired
+            ],
+            next: None
+        }
+    );
+    // A node without the mark is not wired in pull mode; with it, it is.
+    let mut unmarked = wired();
+    if let Some(v) = &mut unmarked.vm {
+        v.joined = false;
+    }
+    assert!(!is_wired(&unmarked, &c));
+    let mut marked = unmarked.clone();
+    if let Some(v) = &mut marked.vm {
+        v.joined = true;
+    }
+    assert!(is_wired(&marked, &c), "{:?}", gaps(&marked, &c));
+}
+
 #[test]
 fn bootstrap_table() {
     let pending = fresh().with_join_metadata().with_token("aaaaaa", false);
@@ -121,13 +192,13 @@ fn bootstrap_table() {
             "fresh VM",
             Step::Bootstrap,
             fresh(),
-            act(vec![Action::Bootstrap], None),
+            act(vec![tags(), Action::Bootstrap], None),
         ),
         (
             "already bootstrapped with a valid token: wait for the kubelet, do nothing",
             Step::Bootstrap,
             pending.clone(),
-            act(vec![], None),
+            act(vec![tags()], None),
         ),
         (
             "the token expired without a Node: revoke it, mint a new one",
@@ -135,6 +206,7 @@ fn bootstrap_table() {
             pending.edit(|o| o.tokens[0].expired = true),
             act(
                 vec![
+                    tags(),
                     Action::RevokeTokens(vec!["aaaaaa".into()]),
                     Action::Bootstrap,
                 ],
@@ -145,7 +217,7 @@ fn bootstrap_table() {
             "joined already: hand over to the first open aspect",
             Step::Bootstrap,
             fresh().with_node(node()),
-            act(vec![], Some(Step::AssignAlias)),
+            act(vec![tags()], Some(Step::AssignAlias)),
         ),
         (
             "a VM still booting (STAGING) is waited for: no token yet",
@@ -271,7 +343,7 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
             "first loss: restart the kubelet, mint nothing",
             Step::Bootstrap,
             joined.clone(),
-            act(vec![Action::RestartKubelet(1)], None),
+            act(vec![tags(), Action::RestartKubelet(1)], None),
         ),
         (
             "restart asked for a minute ago: wait for the Node",
@@ -283,7 +355,7 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
             "past the backoff: the next restart",
             Step::Bootstrap,
             restarts(1, 301),
-            act(vec![Action::RestartKubelet(2)], None),
+            act(vec![tags(), Action::RestartKubelet(2)], None),
         ),
         (
             "the second waits twice as long",
