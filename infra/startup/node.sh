@@ -5,18 +5,34 @@
 # 2. Base install: guest agent ip_aliases = false, overlay + br_netfilter, ip_forward and
 #    bridge-nf-call-iptables, containerd (SystemdCgroup), the CNI plugins, and
 #    kubelet/kubeadm/kubectl from pkgs.k8s.io at the configured version, held.
-# 3. Waits for nodewire's JoinConfiguration in instance/attributes/kubeadm-join, writes it to
-#    /etc/kubernetes/nodewire-join.yaml (0600), runs `kubeadm join --config` with retries
-#    (`kubeadm reset -f` between tries) and removes the file. A configuration that keeps
-#    failing is dropped and the script waits for nodewire to write a new one. Skipped when
-#    /etc/kubernetes/kubelet.conf exists (the VM joined before: a reboot).
+# 3. Joins the cluster, as instance/attributes/nodewire-join-mode says (pull when absent);
+#    skipped when /etc/kubernetes/kubelet.conf exists (the VM joined before: a reboot).
+#    - pull: asks the join service (instance/attributes/nodewire-join-url) with a fresh
+#      instance identity token (audience = that URL) for its JoinConfiguration
+#      (POST /v1/join), writes it to /etc/kubernetes/nodewire-join.yaml (0600), runs
+#      `kubeadm join --config` with retries (`kubeadm reset -f` between tries), removes the
+#      file (it holds the bootstrap token) and reports the join (POST /v1/joined, with another
+#      fresh identity token; not fatal when it fails: the Kubernetes audit path is the
+#      fallback). 429, 503, 404 (service not deployed yet) and unreachable are retried with
+#      capped backoff; 401 and 403 are fatal (the reason is logged); 409 means the Node exists
+#      or the identity token was used already (a new one is fetched a few times). Nothing
+#      secret is in metadata; the identity token and the configuration are never printed
+#      and never passed as an argument (curl reads the Authorization header from a 0600 file).
+#    - metadata: waits for nodewire's JoinConfiguration in instance/attributes/kubeadm-join,
+#      writes it to the same file (0600), joins as above and removes the file. A
+#      configuration that keeps failing is dropped and the script waits for nodewire to write
+#      a new one.
 # 4. Installs nodewire-kubelet-restart.service (docs/operations.md, "VM alive, Node gone").
 # 5. Waits for the Node's spec.podCIDR and writes the CNI configuration for it.
 #
 # Tests only: NODEWIRE_ROOT (prefix of every path), NODEWIRE_METADATA_URL, NODEWIRE_RETRY_SLEEP,
 # NODEWIRE_CMD_ATTEMPTS, NODEWIRE_MD_ATTEMPTS, NODEWIRE_MD_TIMEOUT_SEC,
 # NODEWIRE_PODCIDR_ATTEMPTS, NODEWIRE_JOIN_ATTEMPTS, NODEWIRE_JOIN_TIMEOUT_SEC,
-# NODEWIRE_JOIN_WAIT_MAX_SEC (0, the default: wait for a join configuration for ever).
+# NODEWIRE_JOIN_WAIT_MAX_SEC (0, the default: wait for a join configuration for ever),
+# NODEWIRE_JOIN_URL (instead of nodewire-join-url), NODEWIRE_JOIN_BACKOFF_MAX_SEC (cap of the
+# pull-mode backoff, default 60), NODEWIRE_JOIN_CONFLICT_ATTEMPTS (409s from /v1/join before
+# giving up, default 5), NODEWIRE_JOINED_ATTEMPTS (default 30) and NODEWIRE_JOINED_RETRY_SLEEP
+# (default 1) for /v1/joined: the Node and its podCIDR appear within seconds.
 set -euo pipefail
 umask 022
 readonly SCRIPT_NAME="nodewire-node"
@@ -32,6 +48,17 @@ readonly JOIN_FILE="${ROOT}/etc/kubernetes/nodewire-join.yaml"
 readonly JOIN_ATTEMPTS="${NODEWIRE_JOIN_ATTEMPTS:-5}"
 readonly JOIN_TIMEOUT_SEC="${NODEWIRE_JOIN_TIMEOUT_SEC:-900}"
 readonly JOIN_WAIT_MAX_SEC="${NODEWIRE_JOIN_WAIT_MAX_SEC:-0}"
+readonly JOIN_BACKOFF_MAX_SEC="${NODEWIRE_JOIN_BACKOFF_MAX_SEC:-60}"
+readonly JOIN_CONFLICT_ATTEMPTS="${NODEWIRE_JOIN_CONFLICT_ATTEMPTS:-5}"
+readonly JOINED_ATTEMPTS="${NODEWIRE_JOINED_ATTEMPTS:-30}"
+readonly JOINED_RETRY_SLEEP="${NODEWIRE_JOINED_RETRY_SLEEP:-1}"
+# The join service's URL: https, no path (it is also the identity token's audience and goes
+# into a query string as is); plain http only on loopback (the tests).
+readonly JOIN_URL_RE='^(https://[A-Za-z0-9.-]+|http://127\.0\.0\.1:[0-9]{1,5})$'
+# Pull mode: the identity token and the Authorization header built from it (WORK is 0700).
+readonly ID_TOKEN_FILE="${WORK}/identity-token"
+readonly AUTH_HEADER_FILE="${WORK}/join-auth-header"
+JOIN_URL=""
 
 # try_join: kubeadm join with the configuration in JOIN_FILE, JOIN_ATTEMPTS times at most.
 try_join() {
@@ -97,6 +124,173 @@ join_cluster() {
         etag=""
         log "metadata kubeadm-join: HTTP ${code}; retrying"
         sleep "$RETRY_SLEEP"
+        ;;
+    esac
+  done
+}
+
+# auth_header: a fresh instance identity token for the audience JOIN_URL (format=full: with
+# the instance's project, zone, name and id) into ID_TOKEN_FILE, and the header
+# "Authorization: Bearer TOKEN" into AUTH_HEADER_FILE, both 0600. Returns 1 when the metadata
+# server gave none. The token is never printed and never an argument (printf is a builtin).
+auth_header() {
+  local code token
+  rm -f "$ID_TOKEN_FILE" "$AUTH_HEADER_FILE"
+  code="$(umask 077 && md_fetch \
+    "instance/service-accounts/default/identity?audience=${JOIN_URL}&format=full" \
+    "$ID_TOKEN_FILE")"
+  if [[ "$code" != 200 ]]; then
+    log "metadata identity token: HTTP ${code}"
+    rm -f "$ID_TOKEN_FILE"
+    return 1
+  fi
+  token="$(<"$ID_TOKEN_FILE")"
+  rm -f "$ID_TOKEN_FILE"
+  # A JWT: three base64url parts. Anything else must not go into a header.
+  if [[ ! "$token" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]]; then
+    log "metadata identity token: not a JWT"
+    return 1
+  fi
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$AUTH_HEADER_FILE")
+}
+
+# join_post PATH OUT HEADERS: POST ${JOIN_URL}/PATH (empty body) with the Authorization
+# header from AUTH_HEADER_FILE, which is removed afterwards (one token, one request); the body
+# into OUT (0600), the response headers into HEADERS. Prints the status, 000 when the service
+# was not reached.
+join_post() {
+  local code
+  code="$(umask 077 && curl -sS --connect-timeout 10 --max-time 60 \
+    --data-binary '' -H "@${AUTH_HEADER_FILE}" -D "$3" -o "$2" -w '%{http_code}' \
+    "${JOIN_URL}/$1")" || code="000"
+  rm -f "$AUTH_HEADER_FILE"
+  printf '%s' "$code"
+}
+
+# reason FILE: the join service's one-line reason (it contains no secret), printable only.
+reason() {
+  if [[ -f "$1" ]]; then head -c 300 "$1" | tr -d '\r\n' | tr -c '[:print:]' ' '; fi
+}
+
+# retry_after HEADERS: the Retry-After seconds of a response (empty when absent or not a
+# number), at most JOIN_BACKOFF_MAX_SEC.
+retry_after() {
+  local v
+  v="$(tr -d '\r' <"$1" 2>/dev/null |
+    sed -n 's/^[Rr][Ee][Tt][Rr][Yy]-[Aa][Ff][Tt][Ee][Rr]:[[:space:]]*//p' | tail -n 1)"
+  if [[ "$v" =~ ^[0-9]{1,6}$ ]]; then
+    if ((v > JOIN_BACKOFF_MAX_SEC)); then v="$JOIN_BACKOFF_MAX_SEC"; fi
+    printf '%s' "$v"
+  fi
+}
+
+# backoff N: RETRY_SLEEP * 2^(N-1) seconds, at most JOIN_BACKOFF_MAX_SEC.
+backoff() {
+  local d="$RETRY_SLEEP" i
+  for ((i = 1; i < $1 && d < JOIN_BACKOFF_MAX_SEC; i++)); do d=$((d * 2)); done
+  if ((d > JOIN_BACKOFF_MAX_SEC)); then d="$JOIN_BACKOFF_MAX_SEC"; fi
+  printf '%s' "$d"
+}
+
+# report_joined: POST /v1/joined with a fresh identity token, JOINED_ATTEMPTS times at most
+# (409 "Node not registered yet" or "no podCIDR yet", 429, 503 and failures are retried
+# JOINED_RETRY_SLEEP apart).
+# Never fatal: nodewire also learns of the Node from the Kubernetes audit log.
+report_joined() {
+  local headers="${WORK}/joined.headers" body="${WORK}/joined.body" code i
+  for ((i = 1; i <= JOINED_ATTEMPTS; i++)); do
+    if auth_header; then
+      code="$(join_post v1/joined "$body" "$headers")"
+    else
+      code="no identity token"
+    fi
+    case "$code" in
+      200 | 202 | 204)
+        log "reported the join to the join service"
+        rm -f "$body" "$headers"
+        return 0
+        ;;
+      401 | 403)
+        log "the join service refused the report (HTTP ${code}: $(reason "$body")); nodewire will" \
+          "find the Node through the Kubernetes audit log"
+        rm -f "$body" "$headers"
+        return 0
+        ;;
+    esac
+    log "reporting the join (try ${i}/${JOINED_ATTEMPTS}): ${code} $(reason "$body"); retrying"
+    rm -f "$body" "$headers"
+    sleep "$JOINED_RETRY_SLEEP"
+  done
+  log "could not report the join after ${JOINED_ATTEMPTS} tries; nodewire will find the Node" \
+    "through the Kubernetes audit log"
+  return 0
+}
+
+# pull_join: asks the join service for this VM's JoinConfiguration until it gets one that
+# kubeadm joins with, then reports the join. Every request has its own identity token.
+pull_join() {
+  local headers="${WORK}/join.headers" code n=0 conflicts=0 delay start="$SECONDS"
+  mkdir -p "${ROOT}/etc/kubernetes"
+  trap 'rm -f "$JOIN_FILE" "$ID_TOKEN_FILE" "$AUTH_HEADER_FILE"' EXIT
+  while :; do
+    if ((JOIN_WAIT_MAX_SEC > 0 && SECONDS - start > JOIN_WAIT_MAX_SEC)); then
+      die "no join configuration from ${JOIN_URL} after ${JOIN_WAIT_MAX_SEC} s"
+    fi
+    n=$((n + 1))
+    rm -f "$JOIN_FILE" "$headers"
+    if ! auth_header; then
+      sleep "$(backoff "$n")"
+      continue
+    fi
+    # The body is the JoinConfiguration (200) or a one-line reason; both only in the file.
+    code="$(join_post v1/join "$JOIN_FILE" "$headers")"
+    case "$code" in
+      200)
+        if [[ ! -s "$JOIN_FILE" ]]; then
+          log "join service: an empty answer; retrying"
+          rm -f "$JOIN_FILE"
+          sleep "$(backoff "$n")"
+          continue
+        fi
+        chmod 0600 "$JOIN_FILE"
+        log "join configuration received from the join service"
+        if try_join; then
+          rm -f "$JOIN_FILE" "$headers"
+          log "joined the cluster"
+          report_joined
+          return 0
+        fi
+        rm -f "$JOIN_FILE"
+        log "kubeadm join failed ${JOIN_ATTEMPTS} times; asking the join service again"
+        sleep "$(backoff "$n")"
+        ;;
+      401 | 403)
+        die "the join service refused this VM (HTTP ${code}): $(reason "$JOIN_FILE")"
+        ;;
+      409)
+        if [[ -f "${ROOT}/etc/kubernetes/kubelet.conf" ]]; then
+          log "join service: HTTP 409 ($(reason "$JOIN_FILE")) and kubelet.conf exists: joined"
+          rm -f "$JOIN_FILE"
+          return 0
+        fi
+        conflicts=$((conflicts + 1))
+        if ((conflicts >= JOIN_CONFLICT_ATTEMPTS)); then
+          die "the join service answered 409 ${conflicts} times: $(reason "$JOIN_FILE")" \
+            "(this VM's Node exists already without it having joined: delete the Node or" \
+            "recreate the VM)"
+        fi
+        log "join service: HTTP 409 ($(reason "$JOIN_FILE")); asking again with a new" \
+          "identity token"
+        rm -f "$JOIN_FILE"
+        sleep "$(backoff "$conflicts")"
+        ;;
+      *)
+        # 429 (Retry-After), 503, 404 (not deployed yet: phase 1), unreachable, anything else.
+        delay="$(retry_after "$headers")"
+        [[ -n "$delay" ]] || delay="$(backoff "$n")"
+        log "join service: HTTP ${code} ($(reason "$JOIN_FILE")); retrying in ${delay} s"
+        rm -f "$JOIN_FILE"
+        sleep "$delay"
         ;;
     esac
   done
@@ -219,7 +413,7 @@ NODEWIRE_UNIT_EOF
 }
 
 main() {
-  local config version cluster name cidr
+  local config version cluster name cidr mode
   console_log
   setup_work
   config="$(md_get instance/attributes/nodewire-node-config)" ||
@@ -227,7 +421,21 @@ main() {
   version="$(cfg "$config" kubernetes_version '^[0-9]+\.[0-9]+\.[0-9]+$')"
   cluster="$(cfg "$config" cluster_name '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')"
   name="$(md_get instance/name)" || die "instance/name is missing"
-  log "node ${name}, cluster ${cluster}, Kubernetes ${version}"
+  mode="$(md_get instance/attributes/nodewire-join-mode)" || mode="pull"
+  case "$mode" in
+    pull)
+      JOIN_URL="${NODEWIRE_JOIN_URL:-}"
+      if [[ -z "$JOIN_URL" ]]; then
+        JOIN_URL="$(md_get instance/attributes/nodewire-join-url)" ||
+          die "pull mode: instance/attributes/nodewire-join-url is missing"
+      fi
+      [[ "$JOIN_URL" =~ $JOIN_URL_RE ]] ||
+        die "pull mode: the join URL is malformed (https://HOST, no path)"
+      ;;
+    metadata) ;;
+    *) die "instance/attributes/nodewire-join-mode: \"pull\" or \"metadata\", not \"${mode}\"" ;;
+  esac
+  log "node ${name}, cluster ${cluster}, Kubernetes ${version}, join mode ${mode}"
 
   guest_agent_no_ip_aliases
   kernel_prereqs
@@ -235,6 +443,8 @@ main() {
 
   if [[ -f "${ROOT}/etc/kubernetes/kubelet.conf" ]]; then
     log "/etc/kubernetes/kubelet.conf exists: joined before, not joining again"
+  elif [[ "$mode" == pull ]]; then
+    pull_join
   else
     join_cluster
   fi

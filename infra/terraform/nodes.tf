@@ -51,6 +51,11 @@ resource "google_compute_instance_template" "node" {
       kubernetes_version = var.kubernetes_version
       cluster_name       = var.cluster_name
     })
+    # How the node gets its JoinConfiguration (node.sh): pull = POST nodewire-join-url/v1/join
+    # with an instance identity token for that audience; metadata = wait for kubeadm-join.
+    # Neither value is secret.
+    nodewire-join-mode = var.join_mode
+    nodewire-join-url  = local.join_url
   }
 
   lifecycle {

@@ -11,7 +11,9 @@ locals {
   wired_topic       = "nodewire-node-wired"
 
   # One entry per Cloud Run service = per binary under functions/. Keys are the function names.
-  # source: the topic id whose push subscription delivers to it, or "scheduler" (drift-sweep).
+  # source: the topic id whose push subscription delivers to it, "scheduler" (drift-sweep), or
+  # "node-vms" (join: node VMs call it over HTTP with their instance identity token; no
+  # subscription, no push identity).
   # compute_permissions: exactly the IAM permissions of its Compute calls (custom role).
   # publishes: topic ids it may publish to (besides the dead-letter topic, which all may).
   # kube: whether it talks to the Kubernetes API (gets the connection env + secret volumes).
@@ -19,15 +21,19 @@ locals {
   functions = {
     "instance-events" = { source = "gce-audit", kube = false, chain = false, compute_permissions = [], publishes = ["nodewire-bootstrap", "nodewire-decommission"] }
     "node-events"     = { source = "k8s-audit", kube = true, chain = false, compute_permissions = ["compute.instances.list"], publishes = ["nodewire-assign-alias", "nodewire-release-alias"] }
-    "bootstrap"       = { source = "nodewire-bootstrap", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
+    "bootstrap"       = { source = "nodewire-bootstrap", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.instances.setTags", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
     "assign-alias"    = { source = "nodewire-assign-alias", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.list", "compute.instances.updateNetworkInterface", "compute.subnetworks.use", "compute.zoneOperations.get"], publishes = ["nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
     "tag-instance"    = { source = "nodewire-tag-instance", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setTags", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-provider-id", "nodewire-finalize"] }
     "provider-id"     = { source = "nodewire-provider-id", kube = true, chain = true, compute_permissions = ["compute.instances.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-finalize"] }
     "finalize"        = { source = "nodewire-finalize", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-node-wired"] }
+    "join"            = { source = "node-vms", kube = true, chain = true, compute_permissions = ["compute.instances.get"], publishes = ["nodewire-assign-alias"] }
     "release-alias"   = { source = "nodewire-release-alias", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.updateNetworkInterface", "compute.zoneOperations.get"], publishes = ["nodewire-bootstrap"] }
     "decommission"    = { source = "nodewire-decommission", kube = true, chain = true, compute_permissions = ["compute.instances.get"], publishes = [] }
     "drift-sweep"     = { source = "scheduler", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.list"], publishes = ["nodewire-bootstrap", "nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize", "nodewire-release-alias", "nodewire-decommission"] }
   }
+
+  # All but the functions node VMs call (join): those have no push identity.
+  pushed_functions = { for name, f in local.functions : name => f if f.source != "node-vms" }
 
   # The deterministic Cloud Run URL: https://SERVICE-PROJECT_NUMBER.REGION.run.app
   service_url = { for name, f in local.functions : name => "https://nodewire-${name}-${data.google_project.this.number}.${var.region}.run.app" }
@@ -61,11 +67,24 @@ locals {
     NODEWIRE_API_SERVER_ENDPOINT   = "${google_compute_address.control_plane.address}:6443"
     NODEWIRE_JOIN_API_VERSION      = "v1beta4"
     NODEWIRE_TOKEN_TTL_SECS        = "900"
+    NODEWIRE_JOIN_MODE             = var.join_mode
   }
-  env = { for name, f in local.functions : name => merge(local.env_common, f.kube ? local.env_kube : {}, f.chain ? local.env_chain : {}, {
+  # The callers a service accepts: its push (or scheduler) identity; for join the node VMs'
+  # identity tokens, whose signature it verifies itself (invoker IAM check disabled).
+  push_auth = { for name, f in local.functions : name => f.source == "node-vms" ? {
+    NODEWIRE_PUSH_AUTH      = "oidc"
+    NODEWIRE_PUSH_AUDIENCES = local.service_url[name]
+    NODEWIRE_PUSH_INVOKERS  = google_service_account.node.email
+    } : {
+    NODEWIRE_PUSH_AUTH      = var.push_auth_mode
     NODEWIRE_PUSH_AUDIENCES = local.service_url[name]
     NODEWIRE_PUSH_INVOKERS  = google_service_account.push[name].email
-  }) }
+  } }
+  env = { for name, f in local.functions : name => merge(local.env_common, f.kube ? local.env_kube : {}, f.chain ? local.env_chain : {}, local.push_auth[name]) }
+
+  # Pull mode: the nodes ask this URL for their JoinConfiguration (instance metadata
+  # nodewire-join-url; the identity token's audience).
+  join_url = local.service_url["join"]
 }
 
 resource "google_artifact_registry_repository" "nodewire" {
@@ -133,8 +152,9 @@ resource "google_service_account" "runtime" {
 }
 
 # Identity of the push subscription (drift-sweep: the scheduler job) delivering to each service.
+# None for join: node VMs call it with their own identity tokens.
 resource "google_service_account" "push" {
-  for_each = local.functions
+  for_each = local.pushed_functions
 
   project      = var.project_id
   account_id   = "nw-push-${each.key}"
@@ -143,15 +163,20 @@ resource "google_service_account" "push" {
   depends_on = [google_project_service.this]
 }
 
+# Internal ingress: Pub/Sub and Cloud Scheduler reach it as Google services, the node VMs
+# (join) through Private Google Access on the node subnet (network.tf).
 resource "google_cloud_run_v2_service" "function" {
   for_each = { for k, v in local.functions : k => v if contains(keys(var.images), k) }
 
-  project              = var.project_id
-  name                 = "nodewire-${each.key}"
-  location             = var.region
-  ingress              = "INGRESS_TRAFFIC_INTERNAL_ONLY"
-  deletion_protection  = false
-  invoker_iam_disabled = var.push_auth_mode == "oidc"
+  project             = var.project_id
+  name                = "nodewire-${each.key}"
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  deletion_protection = false
+  # join: always disabled. The nodes' service account has no roles and must keep none (not
+  # even run.invoker); the service verifies the VMs' identity tokens (RS256, audience, email)
+  # itself, with NODEWIRE_PUSH_AUTH=oidc.
+  invoker_iam_disabled = each.value.source == "node-vms" ? true : var.push_auth_mode == "oidc"
 
   template {
     service_account                  = google_service_account.runtime[each.key].email
@@ -237,9 +262,9 @@ resource "google_cloud_run_v2_service" "function" {
   ]
 }
 
-# Only the service's own push identity may invoke it.
+# Only the service's own push identity may invoke it (join has none: see invoker_iam_disabled).
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
-  for_each = google_cloud_run_v2_service.function
+  for_each = { for k, v in google_cloud_run_v2_service.function : k => v if contains(keys(local.pushed_functions), k) }
 
   project  = var.project_id
   location = var.region

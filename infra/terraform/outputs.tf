@@ -3,6 +3,11 @@ output "service_urls" {
   value       = local.service_url
 }
 
+output "join_url" {
+  description = "URL of the join service (pull mode): the nodes' nodewire-join-url and their identity tokens' audience."
+  value       = local.join_url
+}
+
 output "deployed_services" {
   description = "Functions whose Cloud Run service exists (an image was given)."
   value       = sort(keys(google_cloud_run_v2_service.function))

@@ -2,8 +2,9 @@ locals {
   step_topics = [for s in local.steps : "${local.topic_prefix}${s}"]
   all_topics  = concat(local.step_topics, [local.gce_audit_topic, local.k8s_audit_topic, local.dead_letter_topic, local.wired_topic])
 
-  # Functions fed by a push subscription (all but the scheduler-driven sweep).
-  push_functions = { for name, f in local.functions : name => f if f.source != "scheduler" }
+  # Functions fed by a push subscription (all but the scheduler-driven sweep and join, which
+  # node VMs call over HTTP).
+  push_functions = { for name, f in local.functions : name => f if !contains(["scheduler", "node-vms"], f.source) }
 
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 }

@@ -201,6 +201,17 @@ variable "push_auth_mode" {
   }
 }
 
+variable "join_mode" {
+  description = "NODEWIRE_JOIN_MODE and the nodes' nodewire-join-mode: \"pull\" (a node asks the join service for its JoinConfiguration with its instance identity token; nothing secret in metadata) or \"metadata\" (bootstrap writes it into the VM's metadata, finalize clears it)."
+  type        = string
+  default     = "pull"
+
+  validation {
+    condition     = contains(["pull", "metadata"], var.join_mode)
+    error_message = "join_mode must be \"pull\" or \"metadata\"."
+  }
+}
+
 variable "request_timeout_secs" {
   description = "NODEWIRE_REQUEST_TIMEOUT_SECS: deadline of one delivery inside the service; below cloud_run_timeout_secs."
   type        = number

@@ -455,7 +455,7 @@ async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled 
 /// The startup script's report after `kubeadm join`: `POST /v1/joined` with a fresh identity
 /// token, retried while the Node is not visible yet. True when it was accepted.
 async fn report_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> bool {
-    for _ in 0..20 {
+    for _ in 0..40 {
         if let Ok(token) = identity_token(http, pull, vm).await
             && let Ok(r) = http
                 .post(format!("{}/v1/joined", pull.join_url))

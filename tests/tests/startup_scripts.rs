@@ -52,7 +52,14 @@ struct MdState {
     /// `None` is a 404.
     values: HashMap<String, VecDeque<Option<String>>>,
     log: Vec<Seen>,
+    /// The only audience [`IDENTITY_PATH`] issues tokens for (`None`: no identity endpoint).
+    identity_audience: Option<String>,
+    /// The identity tokens issued, in order (each one new).
+    issued: Vec<String>,
 }
+
+/// The metadata server's instance identity token endpoint (pull mode).
+const IDENTITY_PATH: &str = "instance/service-accounts/default/identity";
 
 /// A fake GCE metadata server: `Metadata-Flavor: Google` required (403 otherwise), 404 for
 /// keys it does not have, an ETag on every value; `wait_for_change` is answered at once.
@@ -138,7 +145,23 @@ fn serve(mut conn: TcpStream, state: &Mutex<MdState>) {
             query: query.to_string(),
             flavor,
         });
-        if flavor {
+        if flavor && path == IDENTITY_PATH && st.identity_audience.is_some() {
+            // A fresh token for exactly the configured audience, in format=full; 404 otherwise.
+            let want = format!(
+                "audience={}&format=full",
+                st.identity_audience.clone().unwrap_or_default()
+            );
+            if query == want.as_str() {
+                let token = format!(
+                    "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJqb2luIn0.FAKE-ID-TOKEN-{}",
+                    st.issued.len() + 1
+                );
+                st.issued.push(token.clone());
+                Some(token)
+            } else {
+                None
+            }
+        } else if flavor {
             st.values.get_mut(&path).and_then(|q| {
                 if q.len() > 1 {
                     q.pop_front().flatten()
@@ -164,6 +187,155 @@ fn serve(mut conn: TcpStream, state: &Mutex<MdState>) {
             v.len()
         ),
     };
+    let _ = conn.write_all(resp.as_bytes());
+}
+
+/// What the fake join service saw of one request.
+#[derive(Debug, Clone)]
+struct JoinSeen {
+    path: String,
+    authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct JoinState {
+    /// Answers of `POST /v1/join` (status, body); the front one is popped while more follow.
+    join: VecDeque<(u16, String)>,
+    seen: Vec<JoinSeen>,
+}
+
+/// A fake `join` service: `POST /v1/join` answers from its script, `POST /v1/joined` 202; a
+/// request whose bearer token the fake metadata server did not issue is refused with 401, a
+/// token used before with 409 (as the real service refuses a replay).
+struct FakeJoin {
+    url: String,
+    state: Arc<Mutex<JoinState>>,
+}
+
+impl FakeJoin {
+    fn start(md: &FakeMetadata, join: &[(u16, &str)]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Mutex::new(JoinState {
+            join: join.iter().map(|(c, b)| (*c, (*b).to_string())).collect(),
+            seen: Vec::new(),
+        }));
+        let s2 = state.clone();
+        let md2 = md.state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let s3 = s2.clone();
+                let md3 = md2.clone();
+                std::thread::spawn(move || serve_join(conn, &s3, &md3));
+            }
+        });
+        FakeJoin {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    fn seen(&self) -> Vec<JoinSeen> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seen
+            .clone()
+    }
+
+    /// The Authorization headers of the requests to `path`.
+    fn calls_to(&self, path: &str) -> Vec<Option<String>> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path == path)
+            .map(|s| s.authorization)
+            .collect()
+    }
+}
+
+fn serve_join(mut conn: TcpStream, state: &Mutex<JoinState>, md: &Mutex<MdState>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let mut lines = head.split("\r\n");
+    let request = lines.next().unwrap_or_default().to_string();
+    let mut parts = request.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let authorization = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim().to_string());
+    let issued = md
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .issued
+        .clone();
+    let (status, body) = {
+        let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let used_before =
+            authorization.is_some() && st.seen.iter().any(|s| s.authorization == authorization);
+        st.seen.push(JoinSeen {
+            path: path.clone(),
+            authorization: authorization.clone(),
+        });
+        let token = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "));
+        if method != "POST" {
+            (405, "POST only\n".to_string())
+        } else if !token.is_some_and(|t| issued.iter().any(|i| i == t)) {
+            (401, "not an identity token of this VM\n".to_string())
+        } else if used_before {
+            (409, "this identity token was used already\n".to_string())
+        } else if path == "/v1/join" {
+            if st.join.len() > 1 {
+                st.join.pop_front().unwrap_or((503, String::new()))
+            } else {
+                st.join
+                    .front()
+                    .cloned()
+                    .unwrap_or((503, "no answer scripted\n".to_string()))
+            }
+        } else if path == "/v1/joined" {
+            (202, "assign-alias published\n".to_string())
+        } else {
+            (404, "not found\n".to_string())
+        }
+    };
+    let phrase = match status {
+        200 => "OK",
+        202 => "Accepted",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        _ => "Service Unavailable",
+    };
+    let content_type = if status == 200 {
+        "application/yaml"
+    } else {
+        "text/plain"
+    };
+    let retry_after = if status == 429 {
+        "Retry-After: 0\r\n"
+    } else {
+        ""
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n{retry_after}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = conn.write_all(resp.as_bytes());
 }
 
@@ -429,6 +601,9 @@ fn node_sandbox(name: &str) -> Sandbox {
     sb.md
         .set("instance/attributes/nodewire-node-config", NODE_CONFIG);
     sb.md.set("instance/name", "k8s-worker-1");
+    // Metadata mode unless a test says otherwise ([`pull_mode`]); absent means pull.
+    sb.md
+        .set("instance/attributes/nodewire-join-mode", "metadata");
     // The guest agent's file as an image may ship it: aliases on.
     let cfg = sb.file("/etc/default/instance_configs.cfg");
     std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
@@ -671,6 +846,136 @@ fn node_script_drops_a_failing_config_and_joins_with_the_next() {
         )
     );
     assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+}
+
+/// Pull mode: the node asks `join` (its URL in metadata) with identity tokens for that URL.
+fn pull_mode(sb: &Sandbox, join: &FakeJoin) {
+    sb.md.set("instance/attributes/nodewire-join-mode", "pull");
+    sb.md
+        .set("instance/attributes/nodewire-join-url", &join.url);
+    sb.md.lock().identity_audience = Some(join.url.clone());
+}
+
+#[test]
+fn node_script_pull_mode_joins_with_identity_tokens_and_reports() {
+    let sb = node_sandbox("pull").with("NODEWIRE_JOINED_RETRY_SLEEP", "0");
+    // Rate-limited first (Retry-After: 0), then the configuration.
+    let join = FakeJoin::start(&sb.md, &[(429, "slow down\n"), (200, JOIN_A)]);
+    pull_mode(&sb, &join);
+    let output = sb.run_ok("infra/startup/node.sh");
+    sb.assert_flavor_everywhere();
+    assert_base_install(&sb);
+
+    // Nothing was read from kubeadm-join: the configuration came from the join service.
+    assert!(
+        sb.md
+            .requests_of("instance/attributes/kubeadm-join")
+            .is_empty()
+    );
+    // Every identity token was asked for with exactly the join URL as audience.
+    let identity = sb.md.requests_of(IDENTITY_PATH);
+    assert!(!identity.is_empty());
+    for r in &identity {
+        assert_eq!(r.query, format!("audience={}&format=full", join.url));
+    }
+    let issued = sb.md.lock().issued.clone();
+    assert_eq!(issued.len(), 3, "two for /v1/join, one for /v1/joined");
+
+    // kubeadm joined once with exactly the service's answer, from a 0600 file, now gone.
+    let joins = sb.calls_starting("kubeadm join");
+    assert_eq!(
+        joins,
+        vec![
+            "kubeadm join --config ".to_string()
+                + &sb
+                    .file("/etc/kubernetes/nodewire-join.yaml")
+                    .display()
+                    .to_string()
+        ]
+    );
+    assert_eq!(
+        sb.stub_files("kubeadm-join-config."),
+        vec![JOIN_A.to_string()]
+    );
+    assert_eq!(
+        sb.stub_files("kubeadm-join-mode."),
+        vec!["600\n".to_string()]
+    );
+    assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+    for f in ["identity-token", "join-auth-header"] {
+        assert!(
+            !sb.file(&format!("/var/lib/nodewire/startup/{f}")).exists(),
+            "{f}"
+        );
+    }
+
+    // /v1/join twice (the 429, then 200), /v1/joined once; each with its own issued token.
+    let to_join = join.calls_to("/v1/join");
+    let to_joined = join.calls_to("/v1/joined");
+    assert_eq!(to_join.len(), 2, "{:?}", join.seen());
+    assert_eq!(to_joined.len(), 1, "{:?}", join.seen());
+    let mut bearers: Vec<String> = Vec::new();
+    for a in to_join.iter().chain(to_joined.iter()) {
+        let token = a
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_else(|| panic!("no bearer token: {a:?}"));
+        assert!(issued.iter().any(|i| i == token), "{token} was not issued");
+        assert!(!bearers.contains(&token.to_string()), "a token used twice");
+        bearers.push(token.to_string());
+    }
+
+    // No identity token and no bootstrap token in the output or in any command line.
+    let calls = sb.calls().join("\n");
+    for secret in issued
+        .iter()
+        .map(String::as_str)
+        .chain(["FAKE-ID-TOKEN", "token-A-secret00"])
+    {
+        assert!(
+            !output.contains(secret),
+            "{secret} is in the script's output"
+        );
+        assert!(!calls.contains(secret), "{secret} is in an argv");
+    }
+    assert_cni(&sb, "10.4.1.0/24");
+}
+
+#[test]
+fn node_script_pull_mode_stops_on_403_without_kubeadm() {
+    let sb = node_sandbox("pull403");
+    let join = FakeJoin::start(
+        &sb.md,
+        &[(403, "instance k8s-worker-1 is not on the node subnet\n")],
+    );
+    pull_mode(&sb, &join);
+    // Without nodewire-join-mode the script is in pull mode.
+    sb.md
+        .lock()
+        .values
+        .remove("instance/attributes/nodewire-join-mode");
+    let out = sb.run("infra/startup/node.sh");
+    assert!(!out.status.success(), "a 403 must stop the script");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("HTTP 403"), "{log}");
+    assert!(
+        log.contains("instance k8s-worker-1 is not on the node subnet"),
+        "{log}"
+    );
+    assert!(sb.calls_starting("kubeadm").is_empty(), "{:?}", sb.calls());
+    assert_eq!(join.calls_to("/v1/join").len(), 1, "{:?}", join.seen());
+    assert!(join.calls_to("/v1/joined").is_empty());
+    assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+    let issued = sb.md.lock().issued.clone();
+    assert_eq!(issued.len(), 1);
+    assert!(
+        !log.contains(&issued[0]),
+        "the identity token is in the output"
+    );
 }
 
 #[test]

@@ -21,4 +21,8 @@ node_tags  = ["k8s-node"]
 
 push_auth_mode = "cloud-run-iam"
 
+# pull (default): nodes fetch their JoinConfiguration from the join service with their instance
+# identity token; metadata: nodewire writes it into the VM's metadata (the mode before issue 12).
+join_mode = "pull"
+
 images = {}

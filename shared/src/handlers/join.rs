@@ -11,8 +11,9 @@
 //!   the node accounts), nic0 on the node subnet, IP forwarding, and **no Node yet**. Then a
 //!   bootstrap token is minted (recording which identity token it was minted for) and the
 //!   JoinConfiguration is the answer (200, `no-store`).
-//! - `POST /v1/joined`: the same checks but the Node must exist and be provably this VM's;
-//!   `assign-alias` is published at once (202). The Kubernetes audit path stays the fallback.
+//! - `POST /v1/joined`: the same checks but the Node must exist, be provably this VM's and have
+//!   its podCIDR (409 until then: the VM reports again); `assign-alias` is published at once
+//!   (202). The Kubernetes audit path stays the fallback.
 //!
 //! Refusals: 401 (the token is not a valid identity token for this service), 403 (the VM may
 //! not join), 409 (its Node exists; the identity token was used already; for `/v1/joined`, no
@@ -302,6 +303,18 @@ impl JoinService {
         let facts = observe::node_facts(&node);
         if let Err(plan) = crate::plan::node_is_the_vms(&facts, &v.vm) {
             return Err(forbidden(format!("Node {}: {plan:?}", facts.name)));
+        }
+        // The alias is the podCIDR: before the IPAM controller set it (about a second after
+        // registration), assign-alias could only wait for the podCIDR's own audit entry. The
+        // VM asks again shortly instead.
+        if facts.pod_cidr.is_none() {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "Node {} has no podCIDR yet: report again shortly",
+                    facts.name
+                ),
+            ));
         }
         let trace = TraceContext::new_root();
         let mut msg = StepMessage::new(
