@@ -73,6 +73,9 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
         } else if g.contains(&Gap::NoNode) {
             if obs.tokens.iter().any(|t| !t.expired) {
                 "joining".into()
+            } else if cfg.join_mode == nodewire::config::JoinMode::Pull {
+                // Pull mode: nothing is minted until the VM asks the join service.
+                "waiting for the VM's join request".into()
             } else {
                 "not bootstrapped".into()
             }

@@ -391,7 +391,14 @@ async fn dead_letters_are_shown_then_republished_by_choice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_replay_instance_and_sweep_against_a_running_system() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    // Metadata mode: a VM whose creation event was lost stays unbootstrapped until nodewire
+    // acts (in pull mode its own join request would start it).
+    let stack = Stack::start(StackOptions {
+        join_mode: nodewire::config::JoinMode::Metadata,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
     let env: BTreeMap<String, String> = stack.env().clone();
     // A VM whose creation event was lost.
     stack

@@ -87,6 +87,14 @@ const TOKENS_LIST: KubeGrant = KubeGrant {
     verbs: &["list"],
 };
 
+/// Reading `kube-public/cluster-info` (the API server's address and CA for a JoinConfiguration).
+const CLUSTER_INFO_GET: KubeGrant = KubeGrant {
+    namespace: Some("kube-public"),
+    resource: "configmaps",
+    name: Some("cluster-info"),
+    verbs: &["get"],
+};
+
 const TOKENS_DELETE: KubeGrant = KubeGrant {
     namespace: Some("kube-system"),
     resource: "secrets",
@@ -137,12 +145,7 @@ pub const TABLE: &[Grants] = &[
                 name: None,
                 verbs: &["create", "delete"],
             },
-            KubeGrant {
-                namespace: Some("kube-public"),
-                resource: "configmaps",
-                name: Some("cluster-info"),
-                verbs: &["get"],
-            },
+            CLUSTER_INFO_GET,
         ],
         publishes: CHAIN_STEPS,
     },
@@ -225,12 +228,7 @@ pub const TABLE: &[Grants] = &[
                 name: None,
                 verbs: &["create"],
             },
-            KubeGrant {
-                namespace: Some("kube-public"),
-                resource: "configmaps",
-                name: Some("cluster-info"),
-                verbs: &["get"],
-            },
+            CLUSTER_INFO_GET,
         ],
         // The VM's report of its join starts the chain after registration at once.
         publishes: &["assign-alias"],

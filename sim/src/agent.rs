@@ -116,6 +116,21 @@ struct Kubelet {
     restart_seen: Option<String>,
 }
 
+impl Kubelet {
+    /// The kubelet a successful join on `vm` started, registered as `node`.
+    fn started(vm: &VmSeen, node: Value, credential: String) -> Self {
+        Self {
+            instance_id: vm.id,
+            node,
+            credential,
+            registered_at: Instant::now(),
+            last_heartbeat: None,
+            running: true,
+            restart_seen: vm.restart.clone(),
+        }
+    }
+}
+
 /// What the agent sees of one VM.
 struct VmSeen {
     key: String,
@@ -230,15 +245,7 @@ impl VmAgent {
                                 if let Some((node, credential)) = kubelet {
                                     kubelets.insert(
                                         vm.key.clone(),
-                                        Kubelet {
-                                            instance_id: vm.id,
-                                            node,
-                                            credential,
-                                            registered_at: Instant::now(),
-                                            last_heartbeat: None,
-                                            running: true,
-                                            restart_seen: vm.restart.clone(),
-                                        },
+                                        Kubelet::started(vm, node, credential),
                                     );
                                 }
                                 record(&vm.key, outcome);
@@ -295,18 +302,8 @@ impl VmAgent {
                         }
                         Step::Done(outcome, kubelet) => {
                             if let Some((node, credential)) = kubelet {
-                                kubelets.insert(
-                                    vm.key.clone(),
-                                    Kubelet {
-                                        instance_id: vm.id,
-                                        node,
-                                        credential,
-                                        registered_at: Instant::now(),
-                                        last_heartbeat: None,
-                                        running: true,
-                                        restart_seen: vm.restart.clone(),
-                                    },
-                                );
+                                kubelets
+                                    .insert(vm.key.clone(), Kubelet::started(vm, node, credential));
                             }
                             record(&vm.key, outcome);
                             done.insert(key);

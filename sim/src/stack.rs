@@ -65,21 +65,8 @@ impl FnServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(nodewire::adapter::serve_on(
-            listener,
-            deps,
-            handler,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            addr,
-            stop: Some(tx),
-            task,
-        }
+        let app = nodewire::adapter::router(deps.clone(), handler);
+        Self::start_router(listener, deps, app)
     }
 
     /// Serves an HTTP function's router (the `join` service) on a bound listener.
