@@ -229,7 +229,9 @@ impl JoinService {
                 format!("VM {vm} has a Node already: it joined; no join token is given"),
             ));
         }
-        self.check_replay(&v.caller)?;
+        // Marked used now, before the mint: two concurrent requests with one token cannot both
+        // pass (a mint that then fails leaves it used; the VM asks with a fresh one).
+        self.claim_once(&v.caller)?;
         let now = time::OffsetDateTime::now_utc();
         let tokens = kube
             .list_bootstrap_tokens(Some(vm.name()))
@@ -280,7 +282,6 @@ impl JoinService {
             )
             .await
             .map_err(|e| dependency("minting the join token", &e))?;
-        self.remember_used(&v.caller);
         let yaml = crate::act::execute::render_join(&self.deps, &ci, vm, &token);
         Ok((vm.clone(), token.id.clone(), yaml))
     }
@@ -462,23 +463,9 @@ impl JoinService {
         Ok(())
     }
 
-    /// An identity token this process has seen used is refused (the cluster's record, the
-    /// annotations of the bootstrap token, covers the other processes).
-    fn check_replay(&self, caller: &Caller) -> Result<(), Refused> {
-        let m = self
-            .used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.contains_key(&caller.token_digest) {
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                "this identity token was used already: ask the metadata server for a new one",
-            ));
-        }
-        Ok(())
-    }
-
-    fn remember_used(&self, caller: &Caller) {
+    /// Marks the identity token used; refused when this process has seen it used before (the
+    /// cluster's record, the annotations of the bootstrap token, covers the other processes).
+    fn claim_once(&self, caller: &Caller) -> Result<(), Refused> {
         let mut m = self
             .used
             .lock()
@@ -490,6 +477,14 @@ impl JoinService {
                 m.clear();
             }
         }
-        m.insert(caller.token_digest.clone(), caller.expires_at);
+        if m.insert(caller.token_digest.clone(), caller.expires_at)
+            .is_some()
+        {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                "this identity token was used already: ask the metadata server for a new one",
+            ));
+        }
+        Ok(())
     }
 }
