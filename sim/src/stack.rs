@@ -908,6 +908,16 @@ impl Stack {
         }) {
             return Err("join metadata left".into());
         }
+        // Pull mode: `finalize` marks the VM joined after lifting the taint (the lost-Node heal
+        // relies on the mark); the planner counts it as part of wired.
+        if self.opts.join_mode == JoinMode::Pull
+            && !vm["metadata"]["items"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|i| i["key"] == nodewire::join::JOINED_METADATA_KEY)
+            })
+        {
+            return Err("the nodewire-joined mark is missing".into());
+        }
         Ok(pod)
     }
 
