@@ -75,6 +75,10 @@ async fn lost_node_comes_back(metadata_mode: bool) {
     let minted = token_creates(&w);
     assert_eq!(minted, 1, "one token for one join");
 
+    // Let redeliveries of the chain's early steps drain first (the stack's push retries back off
+    // up to 3 s): a `bootstrap` that waited for RUNNING and arrives after the Node is gone
+    // would rightly ask for a kubelet restart, which is the heal, not the kubelet's own doing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     // The Node disappears and nobody hears of it. A running kubelet does not register again.
     w.k8s.forget("nodes", "", vm).expect("node");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -119,20 +123,24 @@ async fn lost_node_comes_back(metadata_mode: bool) {
         w.stop().await;
         return;
     }
-    // kubeadm join on a VM that joined before fails its preflight.
-    w.compute.tamper(|world| {
-        if let Some(i) = world
-            .instances
-            .get_mut(&(P.to_string(), ZONE.to_string(), vm.to_string()))
-        {
-            i.metadata.push((
-                "kubeadm-join".into(),
-                "apiVersion: kubeadm.k8s.io/v1beta4".into(),
-            ));
-        }
-    });
+    // kubeadm join on a VM that joined before fails its preflight. The configuration is put
+    // back whenever nodewire clears it (a late step of the re-registration's chain may run
+    // `finalize` once more, which removes join metadata it finds).
     let refused = w
         .wait_until(Duration::from_secs(10), |w| {
+            w.compute.tamper(|world| {
+                if let Some(i) =
+                    world
+                        .instances
+                        .get_mut(&(P.to_string(), ZONE.to_string(), vm.to_string()))
+                    && !i.metadata.iter().any(|(k, _)| k == "kubeadm-join")
+                {
+                    i.metadata.push((
+                        "kubeadm-join".into(),
+                        "apiVersion: kubeadm.k8s.io/v1beta4".into(),
+                    ));
+                }
+            });
             outcomes(w, vm)
                 .iter()
                 .any(|o| matches!(o, AgentOutcome::Refused(why) if why.contains("[preflight]")))
