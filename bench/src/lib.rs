@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy};
+use nodewire::act::deps::{ChainDeps, Deps};
+use nodewire::act::k8s::{Kube, KubePolicy};
 use nodewire::bus::{BoxFuture, Bus, BusError, OutboundMessage};
+use nodewire::config::KubeSettings;
 use nodewire::config::{ChainConfig, Config};
-use nodewire::deps::{ChainDeps, Deps};
 use nodewire::names::Cidr;
 use serde_json::json;
 use sim::compute::{Alias, ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
@@ -127,10 +128,11 @@ pub async fn deps(compute: &ComputeSim, k8s: &K8sSim, service: &str) -> ChainDep
     .await
     .expect("compute");
     let k = Kube::new(
-        &KubeConnection::Direct {
+        &KubeSettings::Direct {
             url: k8s.endpoint(),
             token: Some(k8s.nodewire_token()),
             token_file: None,
+            ca_file: None,
             ca_pem: None,
         },
         KubePolicy::default(),

@@ -241,10 +241,7 @@ async fn chain(vms: usize, latency: sim::stack::Latency, join_mode: &str) -> any
         let tainted = |n: &serde_json::Value| {
             n.pointer("/spec/taints")
                 .and_then(serde_json::Value::as_array)
-                .is_some_and(|t| {
-                    t.iter()
-                        .any(|t| t["key"] == nodewire::act::k8s::UNWIRED_TAINT)
-                })
+                .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT))
         };
         if untainted.is_none() && node.as_ref().is_some_and(|n| !tainted(n)) {
             untainted = Some(now);

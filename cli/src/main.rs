@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use nodewire::act::deps::ChainDeps;
 use nodewire::config::Config;
-use nodewire::deps::ChainDeps;
 use nodewire::event::Step;
 
 #[derive(Debug, Parser)]

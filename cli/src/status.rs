@@ -1,10 +1,10 @@
 //! `nodewire status` and the tables of `nodewire sweep`.
 
-use nodewire::deps::ChainDeps;
+use nodewire::act::deps::ChainDeps;
 use nodewire::event::Step;
 use nodewire::names::InstanceRef;
 use nodewire::observe::{node_facts, token_facts, vm_facts};
-use nodewire::plan::{Gap, Observed, TokenFacts, gaps};
+use nodewire::plan::{Gap, Observed, PlanConfig, TokenFacts, gaps, may_join};
 use nodewire::sweep::Report;
 use serde::Serialize;
 
@@ -23,6 +23,18 @@ pub struct Row {
     pub no_join_metadata: bool,
     pub state: String,
     pub missing: Vec<String>,
+    /// Why the VM will not join (or not yet), when the planner says it may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub will_not_join: Option<WillNotJoin>,
+}
+
+/// The planner's reason a VM may not join, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WillNotJoin {
+    /// `plan::Ineligible::kind`: `wrong-service-account`, `no-ip-forwarding`, ….
+    pub kind: String,
+    /// What is wrong and what to change.
+    pub why: String,
 }
 
 fn gap_name(g: Gap) -> &'static str {
@@ -50,8 +62,10 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
     let now = time::OffsetDateTime::now_utc();
     let mut rows = Vec::new();
     for v in &inv.vms {
-        let facts = vm_facts(v);
-        if cfg.not_selected(&facts).is_some() || name.is_some_and(|n| n != v.instance.name()) {
+        // A VM of another project or outside the name prefix is not nodewire's to report; one
+        // whose labels the selector does not admit is, with why it will not join.
+        if cfg.selector.admits(&v.instance).is_err() || name.is_some_and(|n| n != v.instance.name())
+        {
             continue;
         }
         let node = inv.nodes.iter().find(|n| n.name == v.instance.name());
@@ -63,41 +77,11 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
             .collect();
         let obs = Observed {
             instance: v.instance.clone(),
-            vm: Some(facts),
+            vm: Some(vm_facts(v, now)),
             node: node.map(node_facts),
             tokens,
         };
-        let g = gaps(&obs, cfg);
-        let state = if g.is_empty() {
-            "wired".to_string()
-        } else if g.contains(&Gap::NoNode) {
-            if obs.tokens.iter().any(|t| !t.expired) {
-                "joining".into()
-            } else if cfg.join_mode == nodewire::config::JoinMode::Pull {
-                // Pull mode: nothing is minted until the VM asks the join service.
-                "waiting for the VM's join request".into()
-            } else {
-                "not bootstrapped".into()
-            }
-        } else if g.contains(&Gap::NoPodCidr) {
-            "waiting for podCIDR".into()
-        } else {
-            "wiring".into()
-        };
-        rows.push(Row {
-            vm: v.instance.name().to_string(),
-            zone: v.instance.zone().to_string(),
-            node: node.map(|n| n.name.clone()),
-            pod_cidr: node.and_then(|n| n.pod_cidr.clone()),
-            alias: node.is_some() && !g.contains(&Gap::Alias) && !g.contains(&Gap::NoPodCidr),
-            tag: !g.contains(&Gap::Tag),
-            provider_id: node.is_some() && !g.contains(&Gap::ProviderId),
-            taint_removed: node.is_some() && !g.contains(&Gap::Taint),
-            no_token: !g.contains(&Gap::Token),
-            no_join_metadata: !g.contains(&Gap::JoinMetadata),
-            missing: g.iter().map(|x| gap_name(*x).to_string()).collect(),
-            state,
-        });
+        rows.push(row(&obs, cfg));
     }
     for n in &inv.nodes {
         let has_vm = inv.vms.iter().any(|v| v.instance.name() == n.name);
@@ -114,14 +98,78 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
             alias: false,
             tag: false,
             provider_id: false,
-            taint_removed: !n.has_taint(nodewire::act::k8s::UNWIRED_TAINT),
+            taint_removed: !n.has_taint(nodewire::names::UNWIRED_TAINT),
             no_token: true,
             no_join_metadata: true,
             missing: vec!["vm".into()],
             state: "node without VM".into(),
+            will_not_join: None,
         });
     }
     Ok(rows)
+}
+
+/// The row of one observed VM. Pure. Whether a VM without its Node may join is the planner's
+/// one decision (`plan::eligibility`), the same the `join` service refuses with: a VM it
+/// refuses is shown as "will not join", with the reason and what to change.
+pub fn row(obs: &Observed, cfg: &PlanConfig) -> Row {
+    let vm = obs.vm.as_ref();
+    let node = obs.node.as_ref();
+    // A Node of this name that is not provably the VM's is in the way, not this VM's progress.
+    let foreign_node = match (vm, node) {
+        (Some(v), Some(n)) => nodewire::plan::node_is_the_vms(n, v).is_err(),
+        _ => false,
+    };
+    let refusal = match vm {
+        Some(v) if node.is_none() || foreign_node => may_join(v, node, cfg, None).err(),
+        _ => None,
+    };
+    let g = if foreign_node {
+        vec![Gap::NoNode]
+    } else {
+        gaps(obs, cfg)
+    };
+    let state = if let Some(e) = &refusal {
+        if e.is_wait() {
+            "booting".to_string()
+        } else {
+            "will not join".to_string()
+        }
+    } else if g.is_empty() {
+        "wired".to_string()
+    } else if g.contains(&Gap::NoNode) {
+        if obs.tokens.iter().any(|t| !t.expired) {
+            "joining".into()
+        } else if cfg.join_mode == nodewire::config::JoinMode::Pull {
+            // Pull mode: nothing is minted until the VM asks the join service.
+            "waiting for the VM's join request".into()
+        } else {
+            "not bootstrapped".into()
+        }
+    } else if g.contains(&Gap::NoPodCidr) {
+        "waiting for podCIDR".into()
+    } else {
+        "wiring".into()
+    };
+    let ours = node.filter(|_| !foreign_node);
+    Row {
+        vm: obs.instance.name().to_string(),
+        zone: obs.instance.zone().to_string(),
+        node: node.map(|n| n.name.clone()),
+        pod_cidr: ours.and_then(|n| n.pod_cidr.clone()),
+        alias: ours.is_some() && !g.contains(&Gap::Alias) && !g.contains(&Gap::NoPodCidr),
+        tag: !g.contains(&Gap::Tag),
+        provider_id: ours.is_some() && !g.contains(&Gap::ProviderId),
+        taint_removed: ours.is_some() && !g.contains(&Gap::Taint),
+        no_token: !g.contains(&Gap::Token),
+        no_join_metadata: !g.contains(&Gap::JoinMetadata),
+        missing: g.iter().map(|x| gap_name(*x).to_string()).collect(),
+        state,
+        will_not_join: refusal.map(|e| WillNotJoin {
+            kind: e.kind().to_string(),
+            why: e.to_string(),
+        }),
+    }
 }
 
 /// Reads one VM, its Node and tokens, after checking that the VM is nodewire's (project and
@@ -177,10 +225,10 @@ pub fn print_rows(rows: &[Row]) {
         "VM", "ZONE", "POD CIDR", "ALIAS", "TAG", "PROVIDER", "TAINT", "TOKEN", "JOIN-MD"
     );
     for r in rows {
-        let state = if r.missing.is_empty() {
-            r.state.clone()
-        } else {
-            format!("{} (missing: {})", r.state, r.missing.join(", "))
+        let state = match (&r.will_not_join, r.missing.is_empty()) {
+            (Some(w), _) => format!("{}: {}", r.state, w.why),
+            (None, true) => r.state.clone(),
+            (None, false) => format!("{} (missing: {})", r.state, r.missing.join(", ")),
         };
         println!(
             "{:<24} {:<18} {:<18} {:<5} {:<5} {:<8} {:<6} {:<6} {:<8} {}",
@@ -240,4 +288,129 @@ pub fn print_report(r: &Report) {
         r.steps,
         calls.join(", ")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use nodewire::plan::{NodeFacts, VmStatus};
+    use nodewire::testing::{ObservedExt as _, fresh, plan_config, registered_node, wired};
+
+    use super::*;
+
+    /// The node service accounts are configured, as in production.
+    fn cfg() -> PlanConfig {
+        PlanConfig {
+            node_service_accounts: ["nodes@example-project.iam.gserviceaccount.com".to_string()]
+                .into(),
+            join_mode: nodewire::config::JoinMode::Pull,
+            ..plan_config()
+        }
+    }
+
+    /// The row's state, its reason's kind and text.
+    fn refusal(obs: &Observed) -> (String, String, String) {
+        let r = row(obs, &cfg());
+        let w = r
+            .will_not_join
+            .unwrap_or_else(|| panic!("no reason in {:?}", r.state));
+        (r.state, w.kind, w.why)
+    }
+
+    /// Issue 19, item 2: every condition the `join` service refuses a VM on is shown by
+    /// `status` with why and what to change, instead of "waiting for the VM's join request".
+    #[test]
+    fn a_vm_that_will_not_join_says_why_and_what_to_change() {
+        let cases: Vec<(&str, Observed, &str, &[&str])> = vec![
+            (
+                "created without the node service account (gcloud's default)",
+                fresh().edit(|o| {
+                    o.vm_mut().service_accounts =
+                        vec!["123-compute@developer.gserviceaccount.com".into()]
+                }),
+                "wrong-service-account",
+                &[
+                    "123-compute@developer.gserviceaccount.com",
+                    "--service-account=nodes@",
+                ],
+            ),
+            (
+                "no service account at all",
+                fresh().edit(|o| o.vm_mut().service_accounts.clear()),
+                "wrong-service-account",
+                &["no service account"],
+            ),
+            (
+                "no IP forwarding",
+                fresh().without_ip_forwarding(),
+                "no-ip-forwarding",
+                &["--can-ip-forward"],
+            ),
+            (
+                "another subnet",
+                fresh().edit(|o| {
+                    o.vm_mut().subnet = nodewire::names::SubnetRef::from_link(
+                        "projects/example-project/regions/us-central1/subnetworks/default",
+                    )
+                }),
+                "wrong-subnet",
+                &["default", "--subnet=k8s-nodes"],
+            ),
+            (
+                "without the selector's labels",
+                fresh().edit(|o| o.vm_mut().labels.clear()),
+                "not-selected",
+                &["cluster"],
+            ),
+            (
+                "stopped",
+                fresh().edit(|o| o.vm_mut().status = VmStatus::Terminated),
+                "not-running",
+                &["TERMINATED", "instances start"],
+            ),
+            (
+                "a Node of its name that is another VM's",
+                fresh().with_node(NodeFacts {
+                    provider_id: Some("gce://example-project/us-central1-b/vm-1".into()),
+                    ..registered_node()
+                }),
+                "node-exists",
+                &["kubectl delete node vm-1"],
+            ),
+            (
+                "a Node of its name without providerID or nodewire's taint",
+                fresh().with_node(NodeFacts {
+                    provider_id: None,
+                    unwired_taint: false,
+                    ..registered_node()
+                }),
+                "node-exists",
+                &["not VM", "kubectl delete node vm-1"],
+            ),
+        ];
+        for (what, obs, kind, says) in cases {
+            let (state, k, why) = refusal(&obs);
+            assert_eq!(state, "will not join", "{what}");
+            assert_eq!(k, kind, "{what}: {why}");
+            for s in says {
+                assert!(why.contains(s), "{what}: {why:?} does not say {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_vm_that_may_join_or_is_booting_is_not_refused() {
+        let r = row(&fresh(), &cfg());
+        assert_eq!(r.state, "waiting for the VM's join request");
+        assert!(r.will_not_join.is_none());
+        let r = row(
+            &fresh().edit(|o| o.vm_mut().status = VmStatus::Staging),
+            &cfg(),
+        );
+        assert_eq!(r.state, "booting");
+        assert_eq!(r.will_not_join.map(|w| w.kind).as_deref(), Some("booting"));
+        // Its own Node: the wiring is shown, not a refusal.
+        let r = row(&wired(), &cfg());
+        assert!(r.will_not_join.is_none());
+        assert_ne!(r.state, "will not join");
+    }
 }

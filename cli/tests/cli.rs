@@ -460,3 +460,125 @@ async fn status_replay_instance_and_sweep_against_a_running_system() {
     assert_eq!(out.status.code(), Some(1));
     stack.stop().await;
 }
+
+/// Issue 19, item 2: a VM the `join` service refuses is shown by `nodewire status` with the
+/// same reason — the planner's one decision — not as "waiting for the VM's join request"
+/// forever. One VM per condition, each refused by the real service over HTTP first.
+#[tokio::test]
+async fn status_says_why_the_join_service_refuses_a_vm() {
+    use sim::compute::InstanceSeed;
+    const Z: &str = "us-central1-a";
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let env: BTreeMap<String, String> = stack.env().clone();
+    let seed = |s: InstanceSeed| stack.compute.seed_instance(s).expect("seed");
+    let vm = |name: &str| InstanceSeed::node_vm(P, "us-central1", Z, name);
+    // As `gcloud compute instances create` makes it without --service-account: the project's
+    // Compute Engine default account.
+    seed(InstanceSeed {
+        service_accounts: vec!["123456789-compute@developer.gserviceaccount.com".into()],
+        ..vm("k8s-sa")
+    });
+    seed(InstanceSeed {
+        can_ip_forward: false,
+        ..vm("k8s-nofwd")
+    });
+    seed(vm("k8s-subnet"));
+    seed(InstanceSeed {
+        labels: BTreeMap::new(),
+        ..vm("k8s-nolabel")
+    });
+    seed(vm("k8s-stopped"));
+    seed(vm("k8s-noded"));
+    // Their identity tokens, asked while they run.
+    let token = |name: &str| {
+        stack
+            .metadata
+            .identity_token(&format!("{P}/{Z}/{name}"), sim::stack::JOIN_AUDIENCE)
+            .unwrap_or_else(|e| panic!("a token for {name}: {e:?}"))
+    };
+    let tokens: BTreeMap<&str, String> = [
+        "k8s-sa",
+        "k8s-nofwd",
+        "k8s-subnet",
+        "k8s-nolabel",
+        "k8s-stopped",
+        "k8s-noded",
+    ]
+    .into_iter()
+    .map(|n| (n, token(n)))
+    .collect();
+    stack.compute.tamper(|w| {
+        for ((_, _, name), i) in w.instances.iter_mut() {
+            match name.as_str() {
+                "k8s-stopped" => i.status = "TERMINATED".into(),
+                "k8s-subnet" => {
+                    if let Some(nic) = i.nics.first_mut() {
+                        nic.subnet.2 = "default".into();
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    // A Node of that name that another VM registered (another zone's VM of the same name).
+    stack
+        .k8s
+        .seed(
+            "nodes",
+            "",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "k8s-noded"},
+                   "spec": {"providerID": format!("gce://{P}/us-central1-b/k8s-noded")}}),
+        )
+        .expect("seed the Node");
+
+    let join = format!(
+        "{}/v1/join",
+        env.get("NODEWIRE_JOIN_URL").expect("the join URL")
+    );
+    let http = reqwest::Client::new();
+    let out = nodewire(&["--json", "status"], &env).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stdout_json(&out);
+    let cases = [
+        ("k8s-sa", 403, "wrong-service-account"),
+        ("k8s-nofwd", 403, "no-ip-forwarding"),
+        ("k8s-subnet", 403, "wrong-subnet"),
+        ("k8s-nolabel", 403, "not-selected"),
+        ("k8s-stopped", 403, "not-running"),
+        ("k8s-noded", 409, "node-exists"),
+    ];
+    for (name, code, kind) in cases {
+        let resp = http
+            .post(&join)
+            .bearer_auth(&tokens[name])
+            .send()
+            .await
+            .expect("the join service answers");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, code, "{name}: {body}");
+        let row = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["vm"] == name)
+            .unwrap_or_else(|| panic!("no status row for {name}: {rows}"));
+        assert_eq!(row["state"], "will not join", "{name}: {row}");
+        assert_eq!(row["will_not_join"]["kind"], kind, "{name}: {row}");
+        let why = row["will_not_join"]["why"].as_str().unwrap_or_default();
+        if name == "k8s-sa" {
+            // The service refuses its token before reading the VM: the token's account is
+            // not a node account.
+            assert!(body.contains("123456789-compute@"), "{body}");
+            assert!(why.contains("--service-account=k8s-nodes@"), "{why}");
+        } else {
+            // The same decision, word for word.
+            assert_eq!(body.trim(), why, "{name}");
+        }
+    }
+    stack.stop().await;
+}

@@ -10,6 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = nodewire::names::InstanceRef::from_provider_id(text);
     let _ = text.parse::<nodewire::names::Cidr>();
     let _ = nodewire::names::SubnetRef::from_link(text);
-    let _ = nodewire::plan::KubeletRestarts::parse(text, 1_780_000_000);
+    let _ = nodewire::plan::Attempts::parse(
+        text,
+        1_780_000_000,
+        &nodewire::plan::Budget::KUBELET_RESTARTS,
+    );
     let _ = nodewire::act::k8s::cluster_info_from_kubeconfig(text);
 });

@@ -13,7 +13,6 @@ pub mod act;
 pub mod adapter;
 pub mod bus;
 pub mod config;
-pub mod deps;
 pub mod error;
 pub mod event;
 pub mod handlers;

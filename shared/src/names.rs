@@ -8,6 +8,41 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The taint that keeps Pods off a node until it is wired: registered with it by nodewire's
+/// JoinConfiguration, lifted by `finalize`.
+pub const UNWIRED_TAINT: &str = "nodewire.io/unwired";
+
+/// True for `http://` URLs whose host is a loopback address (the only place plain HTTP is
+/// allowed).
+pub fn is_loopback_http(url: &str) -> bool {
+    // Parsed, not cut by hand: in `http://[::1]@host/` the host is `host` (the rest is
+    // userinfo), and a URL with userinfo is not a loopback address however it starts.
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True for `https://` URLs, and for `http://` ones on a loopback address: the one rule for
+/// every endpoint nodewire is configured with (API server, Compute, JWKS).
+pub fn is_https_or_loopback_http(url: &str) -> bool {
+    url.starts_with("https://") || is_loopback_http(url)
+}
+
 /// Why an identifier was refused. The offending value is included, shortened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -562,5 +597,29 @@ mod tests {
             err.to_string().len() < 200,
             "error echoes a shortened value"
         );
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:443/x",
+            "http://127.1.2.3",
+        ] {
+            assert!(is_loopback_http(ok), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:6443",
+            "https://127.0.0.1",
+            "http://example.com",
+            "http://127.0.0.1.evil.com",
+            "http://[::1]@example.com/",
+            "http://127.0.0.1@example.com:6443",
+            "http://localhost@10.0.0.1",
+            "http://",
+        ] {
+            assert!(!is_loopback_http(bad), "{bad}");
+        }
     }
 }

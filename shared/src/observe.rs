@@ -5,16 +5,15 @@
 use std::collections::BTreeMap;
 
 use crate::act::compute::{Compute, ComputeError, InstanceView};
-use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo, UNWIRED_TAINT};
+use crate::act::k8s::{Kube, KubeError, NodeView, TokenInfo};
 use crate::error::Classify;
 use crate::join::{
     BOOTSTRAP_ATTEMPTS_METADATA_KEY, JOIN_METADATA_KEY, JOINED_METADATA_KEY,
     KUBELET_RESTART_METADATA_KEY,
 };
+use crate::names::UNWIRED_TAINT;
 use crate::names::{InstanceRef, SubnetRef};
-use crate::plan::{
-    Alias, BootstrapAttempts, KubeletRestarts, NodeFacts, Observed, TokenFacts, VmFacts,
-};
+use crate::plan::{Alias, Attempts, Budget, NodeFacts, Observed, TokenFacts, VmFacts, VmStatus};
 
 /// A read that failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +75,7 @@ pub async fn one_vm(
     let vm_id = vm.as_ref().and_then(|v| v.id).map(|i| i.to_string());
     Ok(Observed {
         instance: instance.clone(),
-        vm: vm.as_ref().map(vm_facts),
+        vm: vm.as_ref().map(|v| vm_facts(v, now)),
         node: node?.as_ref().map(node_facts),
         // Tokens are found by the VM's name, and kept only when minted for this very VM's
         // zone: a step naming a VM of the same name in another zone (forged or stale) must
@@ -145,11 +144,12 @@ pub fn expired(t: &TokenInfo, now: time::OffsetDateTime) -> bool {
         .is_none_or(|e| e <= now)
 }
 
-/// The planner's facts of a VM.
-pub fn vm_facts(v: &InstanceView) -> VmFacts {
+/// The planner's facts of a VM, as of `now` (the age of nodewire's `COUNT@UNIX` records).
+pub fn vm_facts(v: &InstanceView, now: time::OffsetDateTime) -> VmFacts {
+    let now = now.unix_timestamp();
     VmFacts {
         instance: v.instance.clone(),
-        status: v.status.clone(),
+        status: VmStatus::parse(&v.status),
         labels: v.labels.clone(),
         can_ip_forward: v.can_ip_forward,
         subnet: v
@@ -172,12 +172,12 @@ pub fn vm_facts(v: &InstanceView) -> VmFacts {
         kubelet_restarts: v
             .metadata
             .get(KUBELET_RESTART_METADATA_KEY)
-            .map(|r| KubeletRestarts::parse(r, time::OffsetDateTime::now_utc().unix_timestamp())),
+            .map(|r| Attempts::parse(r, now, &Budget::KUBELET_RESTARTS)),
         service_accounts: v.service_accounts.clone(),
         bootstrap_attempts: v
             .metadata
             .get(BOOTSTRAP_ATTEMPTS_METADATA_KEY)
-            .map(|r| BootstrapAttempts::parse(r, time::OffsetDateTime::now_utc().unix_timestamp())),
+            .map(|r| Attempts::parse(r, now, &Budget::JOIN_TOKENS)),
     }
 }
 

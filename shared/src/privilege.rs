@@ -7,7 +7,7 @@
 //! Every function may also publish to the dead-letter topic and create Warning Events (after a
 //! `nodes get` for the Node's uid); those are listed once, in [`EVERY_FUNCTION`], not per row.
 
-use crate::startup::ServiceKind;
+use crate::config::ServiceKind;
 
 /// One Kubernetes grant: verbs on a resource (of the core group), in a namespace or
 /// cluster-wide, optionally limited to one object name.

@@ -4,20 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::act::deps::{ChainDeps, Deps, SetupError};
 use crate::config::{ChainConfig, Config, EXIT_CONFIG, Env, PushAuthSettings, Source};
-use crate::deps::{ChainDeps, Deps, SetupError};
 use crate::locate::{ClusterLocator, Locator};
 
-/// The kinds of process that serve deliveries, by what their start-up reads and connects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceKind {
-    /// Only publishes ([`router`]): `instance-events`.
-    Router,
-    /// Locates VMs behind Nodes ([`node_router`]): `node-events`; Kubernetes optional.
-    NodeRouter,
-    /// A step function or the drift sweep ([`chain`]): Kubernetes and the chain's variables.
-    Chain,
-}
+pub use crate::config::ServiceKind;
 
 /// The configuration a service of `kind` starts with, from any [`Source`]: exactly the checks
 /// the start-up paths make before they connect anything (the deployment contract test runs

@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 use crate::emulator::Emulator;
 use base64::Engine as _;
 use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy, TOKEN_INSTANCE_LABEL, UNWIRED_TAINT};
+use nodewire::act::deps::{ChainDeps, Deps};
+use nodewire::act::k8s::{Kube, KubePolicy, TOKEN_INSTANCE_LABEL};
 use nodewire::adapter::Handler;
 use nodewire::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
+use nodewire::config::KubeSettings;
 use nodewire::config::{ChainConfig, Config, JoinMode};
-use nodewire::deps::{ChainDeps, Deps};
 use nodewire::event::{Decode, Step};
 use nodewire::handlers::{drift_sweep, instance_events, node_events, steps};
 use nodewire::join::JOIN_METADATA_KEY;
 use nodewire::locate::ClusterLocator;
 use nodewire::names::Cidr;
+use nodewire::names::UNWIRED_TAINT;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -526,6 +528,11 @@ impl Stack {
             ),
             ("NODEWIRE_POD_RANGE".into(), opts.pods_range.to_string()),
             ("NODEWIRE_NODE_TAGS".into(), opts.node_tag.clone()),
+            // As the Terraform sets it: only a VM running as the node service account joins.
+            (
+                "NODEWIRE_NODE_SERVICE_ACCOUNTS".into(),
+                crate::compute::node_service_account(&p),
+            ),
             (
                 "NODEWIRE_SELECTOR_LABELS".into(),
                 format!("{}={}", opts.selector.0, opts.selector.1),
@@ -598,10 +605,11 @@ impl Stack {
                 .await
                 .map_err(|e| e.to_string())?;
                 let kube = Kube::new(
-                    &KubeConnection::Direct {
+                    &KubeSettings::Direct {
                         url: kube_url,
                         token: Some(kube_token),
                         token_file: None,
+                        ca_file: None,
                         ca_pem: kube_ca,
                     },
                     KubePolicy::default(),

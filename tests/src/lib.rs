@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use nodewire::act::deps::Deps;
 use nodewire::adapter::Handler;
 use nodewire::config::Config;
-use nodewire::deps::Deps;
 use nodewire::event::Decode;
 use serde_json::json;
 pub use sim::emulator::{Emulator, PulledMessage};
@@ -90,7 +90,8 @@ pub mod simfix {
     use std::time::Duration;
 
     use nodewire::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-    use nodewire::act::k8s::{Kube, KubeConnection, KubePolicy};
+    use nodewire::act::k8s::{Kube, KubePolicy};
+    use nodewire::config::KubeSettings;
     use nodewire::names::{Cidr, InstanceRef};
     use sim::compute::{ComputeConfig, ComputeSim, InstanceSeed, SubnetSpec};
     use sim::k8s::{K8sConfig, K8sSim};
@@ -195,10 +196,11 @@ pub mod simfix {
 
     pub async fn kube_client(sim: &K8sSim, policy: KubePolicy) -> Kube {
         Kube::new(
-            &KubeConnection::Direct {
+            &KubeSettings::Direct {
                 url: sim.endpoint(),
                 token: Some(sim.nodewire_token()),
                 token_file: None,
+                ca_file: None,
                 ca_pem: None,
             },
             policy,

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use integration_tests::simfix::*;
 use nodewire::act::compute::AliasRange;
+use nodewire::act::deps::{ChainDeps, Deps};
 use nodewire::act::execute::{ActError, Target, execute};
 use nodewire::bus::InProcessBus;
 use nodewire::config::{ChainConfig, Config};
-use nodewire::deps::{ChainDeps, Deps};
 use nodewire::error::Classify as _;
 use nodewire::names::InstanceRef;
 use nodewire::plan::{Action, Observed};

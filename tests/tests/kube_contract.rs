@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use integration_tests::simfix::*;
-use nodewire::act::k8s::{KubeError, UNWIRED_TAINT, WriteOutcome};
+use nodewire::act::k8s::{KubeError, WriteOutcome};
 use nodewire::bus::InProcessBus;
 use nodewire::error::Classify as _;
 use nodewire::event::{Decode, NodeEvent, NodeEvents};
 use nodewire::names::InstanceRef;
+use nodewire::names::UNWIRED_TAINT;
 use serde_json::json;
 use sim::faults::{FaultSpec, InjectedError};
 use sim::k8s::{AuditSink, IpamConfig, K8sConfig};
@@ -454,16 +455,18 @@ async fn node_events_are_recorded_in_default() {
 /// with another CA it refuses to.
 #[tokio::test]
 async fn the_client_speaks_tls_with_the_clusters_ca() {
-    use nodewire::act::k8s::{Kube, KubeConnection};
+    use nodewire::act::k8s::Kube;
+    use nodewire::config::KubeSettings;
     let sim = k8s_sim(K8sConfig::default()).await;
     sim.seed("nodes", "", json!({"metadata": {"name": "n1"}}))
         .expect("node");
     let front = sim.start_tls_front().await.expect("https front");
     let k = Kube::new(
-        &KubeConnection::Direct {
+        &KubeSettings::Direct {
             url: front.endpoint(),
             token: Some(sim.nodewire_token()),
             token_file: None,
+            ca_file: None,
             ca_pem: Some(front.ca_pem().to_string()),
         },
         fast_kube_policy(),
@@ -474,10 +477,11 @@ async fn the_client_speaks_tls_with_the_clusters_ca() {
     assert!(n.is_some());
     let other = sim.start_tls_front().await.expect("another front");
     let wrong = Kube::new(
-        &KubeConnection::Direct {
+        &KubeSettings::Direct {
             url: front.endpoint(),
             token: Some(sim.nodewire_token()),
             token_file: None,
+            ca_file: None,
             ca_pem: Some(other.ca_pem().to_string()),
         },
         fast_kube_policy(),

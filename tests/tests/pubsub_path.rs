@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use integration_tests::{
     PROJECT, config, emulator, pull_until, push_body, push_to, stop_pushing, topics_and_observers,
 };
+use nodewire::act::deps::Deps;
 use nodewire::adapter::{Classify, Outcome, PushEvent, dead_letter_attr};
 use nodewire::bus::OutboundMessage;
-use nodewire::deps::Deps;
 use nodewire::event::{Decode, Step, StepMessage};
 use nodewire::handlers::{instance_events, node_events};
 use nodewire::trace::TraceContext;

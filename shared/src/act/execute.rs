@@ -9,16 +9,17 @@
 use std::collections::BTreeMap;
 
 use crate::act::compute::{AliasRange, ComputeError};
-use crate::act::k8s::{KubeError, UNWIRED_TAINT};
+use crate::act::deps::{ChainDeps, attr};
+use crate::act::k8s::KubeError;
 use crate::bus::{BusError, OutboundMessage};
-use crate::deps::{ChainDeps, attr};
 use crate::error::Classify;
 use crate::join::{
     BOOTSTRAP_ATTEMPTS_METADATA_KEY, JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams,
     KUBELET_RESTART_METADATA_KEY, join_configuration,
 };
+use crate::names::UNWIRED_TAINT;
 use crate::names::{Cidr, InstanceRef};
-use crate::plan::{Action, KubeletRestarts, Observed, Refusal};
+use crate::plan::{Action, Attempts, Budget, Observed, Refusal};
 use crate::trace::TraceContext;
 
 /// Why an action failed.
@@ -177,7 +178,7 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
                 .update_metadata(t.instance, |m| {
                     m.insert(
                         KUBELET_RESTART_METADATA_KEY.to_string(),
-                        KubeletRestarts::value(*n, now),
+                        Attempts::value(*n, now),
                     );
                 })
                 .await?;
@@ -202,14 +203,12 @@ async fn bootstrap(deps: &ChainDeps, t: &Target<'_>) -> Result<(), ActError> {
     let yaml = render_join(deps, &ci, vm, &token);
     // The attempt is recorded in the same write: re-minting stays bounded (the planner and
     // the sweep read it back).
-    let attempt = crate::plan::BootstrapAttempts::next(
+    let attempt = Attempts::next(
         t.observed.vm.as_ref().and_then(|v| v.bootstrap_attempts),
+        &Budget::JOIN_TOKENS,
     )
     .unwrap_or(1);
-    let attempts = crate::plan::BootstrapAttempts::value(
-        attempt,
-        time::OffsetDateTime::now_utc().unix_timestamp(),
-    );
+    let attempts = Attempts::value(attempt, time::OffsetDateTime::now_utc().unix_timestamp());
     let written = compute
         .update_metadata(vm, |m| {
             m.insert(JOIN_METADATA_KEY.to_string(), yaml.clone());
@@ -361,10 +360,13 @@ async fn alias_holder(deps: &ChainDeps, me: &InstanceRef, cidr: Cidr) -> Option<
             .into_iter()
             .filter(|v| v.instance != *me)
             .find(|v| {
-                crate::observe::vm_facts(v)
-                    .aliases
-                    .iter()
-                    .any(|a| a.block.is_some_and(|c| c.overlaps(&cidr)))
+                v.nic0.as_ref().is_some_and(|n| {
+                    n.aliases.iter().any(|a| {
+                        a.cidr
+                            .parse::<Cidr>()
+                            .is_ok_and(|c: Cidr| c.overlaps(&cidr))
+                    })
+                })
             })
             .map(|v| v.instance.to_string()),
         Err(e) => {

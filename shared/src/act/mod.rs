@@ -3,6 +3,7 @@
 //! [`execute`], which carries out the planner's actions with them.
 
 pub mod compute;
+pub mod deps;
 pub mod execute;
 pub mod k8s;
 pub mod toolkit;

@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 
+/// Whether a write was needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The change was made.
+    Changed,
+    /// The resource was already in the desired state; nothing was sent.
+    Unchanged,
+}
+
 /// Retry bounds of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {

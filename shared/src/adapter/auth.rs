@@ -148,19 +148,6 @@ pub enum AuthError {
     NotConfigured,
 }
 
-impl AuthError {
-    /// The HTTP status the adapter answers with.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            Self::Missing | Self::Invalid(_) | Self::NotConfigured => {
-                http::StatusCode::UNAUTHORIZED
-            }
-            Self::Forbidden(_) => http::StatusCode::FORBIDDEN,
-            Self::KeysUnavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
 /// The check of one function: built once from its settings, shared by every delivery.
 #[derive(Clone)]
 pub struct Authenticator {

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # use nodewire::adapter::{Outcome, PushEvent, Classify};
-//! # use nodewire::deps::Deps;
+//! # use nodewire::act::deps::Deps;
 //! # #[derive(Debug, thiserror::Error)] #[error("e")] struct MyError;
 //! # impl Classify for MyError { fn is_retryable(&self) -> bool { false } }
 //! async fn handle(event: PushEvent<nodewire::event::StepMessage>, deps: &Deps) -> Result<Outcome, MyError> {
@@ -49,10 +49,10 @@ use tracing::Instrument as _;
 
 pub use auth::{AuthError, Authenticator, Caller};
 pub use push::{EnvelopeError, PushEvent, PushMeta, Transport, parse_delivery};
-pub use verdict::{Classify, Failure, Outcome, Verdict};
+pub use verdict::{Classify, Failure, Outcome, RefusalClass, Refused, Verdict};
 
+use crate::act::deps::Deps;
 use crate::bus::OutboundMessage;
-use crate::deps::Deps;
 use crate::event::Decode;
 
 /// Attributes added to a message forwarded to the dead-letter topic.

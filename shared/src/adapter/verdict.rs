@@ -10,6 +10,11 @@
 //! - a request that is not a delivery at all → 400 (there is no message to ack);
 //! - a request whose sender is not proven (`auth`) → 401, 403, or 503 when Google's keys cannot
 //!   be fetched; nothing of it is read.
+//!
+//! The plain HTTP service (`join`, which node VMs call, not Pub/Sub) answers with the same
+//! rule for its failures — [`Refused`]: 401 an unproven caller, 403 a VM that may not join,
+//! 409 a state that forbids it (its Node exists, a used token), 429 too many requests (with
+//! `Retry-After`), 503 a dependency failing in a way that may pass, 500 one that will not.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -159,6 +164,115 @@ impl IntoResponse for Verdict {
             }
             Verdict::Ack | Verdict::Ignored(_) | Verdict::Reject(_) => status.into_response(),
         }
+    }
+}
+
+impl AuthError {
+    /// The HTTP status a caller that is not proven gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::Invalid(_) | Self::NotConfigured => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The class of a refused plain HTTP request; [`RefusalClass::status`] is its status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    /// The caller is not proven: 401.
+    Unauthenticated,
+    /// Proven, but not allowed: 403.
+    Forbidden,
+    /// Allowed, but the state forbids it now: 409.
+    Conflict,
+    /// Too many requests: 429 (with `Retry-After`).
+    RateLimited,
+    /// A dependency failed in a way that may pass: 503.
+    Unavailable,
+    /// A dependency failed in a way that will not pass by itself: 500.
+    Failed,
+}
+
+impl RefusalClass {
+    /// The status code of this class.
+    pub fn status(self) -> StatusCode {
+        match self {
+            RefusalClass::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RefusalClass::Forbidden => StatusCode::FORBIDDEN,
+            RefusalClass::Conflict => StatusCode::CONFLICT,
+            RefusalClass::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RefusalClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RefusalClass::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Why a plain HTTP request is refused: its class and a reason that is safe to log and to
+/// answer (never a token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub class: RefusalClass,
+    pub reason: String,
+    /// Seconds, for [`RefusalClass::RateLimited`].
+    pub retry_after: Option<u64>,
+}
+
+impl Refused {
+    /// A refusal of `class`.
+    pub fn new(class: RefusalClass, reason: impl Into<String>) -> Self {
+        Self {
+            class,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429, try again after `secs`.
+    pub fn rate_limited(reason: impl Into<String>, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(RefusalClass::RateLimited, reason)
+        }
+    }
+
+    /// A caller the verifier did not accept.
+    pub fn from_auth(e: &AuthError) -> Self {
+        let class = match e.status() {
+            StatusCode::FORBIDDEN => RefusalClass::Forbidden,
+            StatusCode::SERVICE_UNAVAILABLE => RefusalClass::Unavailable,
+            _ => RefusalClass::Unauthenticated,
+        };
+        Self::new(class, e.to_string())
+    }
+
+    /// A dependency (`what`) failed: 503 when trying again may help, 500 when not.
+    pub fn dependency(what: &str, e: &(impl fmt::Display + Classify)) -> Self {
+        let class = if e.is_retryable() {
+            RefusalClass::Unavailable
+        } else {
+            RefusalClass::Failed
+        };
+        Self::new(class, format!("{what}: {e}"))
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.class.status()
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut r = (self.status(), format!("{}\n", self.reason)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, Selector, Source, err, parse_secs};
+use super::{ConfigError, Source, err, parse_secs};
 use crate::names::echo;
 
 /// Which kubeadm JoinConfiguration version `bootstrap` writes.
@@ -62,7 +62,7 @@ pub struct ChainConfig {
     pub node_service_accounts: std::collections::BTreeSet<String>,
     /// `NODEWIRE_SWEEP_COOLDOWN_SECS` (default 900), `NODEWIRE_SWEEP_MAX_STEPS` (default
     /// 1000), `NODEWIRE_SWEEP_LOCK_SECS` (default 600): the drift sweep's bounds.
-    pub sweep: crate::sweep::SweepLimits,
+    pub sweep: SweepLimits,
 }
 
 impl ChainConfig {
@@ -169,7 +169,7 @@ impl ChainConfig {
                 "every group must start with system:bootstrappers:",
             ));
         }
-        let defaults = crate::sweep::SweepLimits::default();
+        let defaults = SweepLimits::default();
         let max_steps: usize =
             super::parse_var(src, "NODEWIRE_SWEEP_MAX_STEPS", defaults.max_steps)?;
         if !(1..=100_000).contains(&max_steps) {
@@ -178,7 +178,7 @@ impl ChainConfig {
                 "must be between 1 and 100000",
             ));
         }
-        let sweep = crate::sweep::SweepLimits {
+        let sweep = SweepLimits {
             cooldown: parse_secs(src, "NODEWIRE_SWEEP_COOLDOWN_SECS", defaults.cooldown)?,
             max_steps,
             hold: parse_secs(src, "NODEWIRE_SWEEP_LOCK_SECS", defaults.hold)?,
@@ -213,17 +213,25 @@ impl ChainConfig {
             token_groups,
         })
     }
+}
 
-    /// The planner's view of this configuration.
-    pub fn plan_config(&self, selector: &Selector) -> crate::plan::PlanConfig {
-        crate::plan::PlanConfig {
-            selector: selector.clone(),
-            subnet: self.subnet.clone(),
-            pod_range_name: self.pod_range_name.clone(),
-            pod_range: self.pod_range,
-            node_tags: self.node_tags.clone(),
-            node_service_accounts: self.node_service_accounts.clone(),
-            join_mode: self.join_mode,
+/// The drift sweep's bounds (`NODEWIRE_SWEEP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepLimits {
+    /// A VM the sweep published a step for is not restarted again before this has passed.
+    pub cooldown: std::time::Duration,
+    /// Steps published per run at most; the rest wait for the next run.
+    pub max_steps: usize,
+    /// How long a sweep holds its lock at most (a crashed sweep's lock expires).
+    pub hold: std::time::Duration,
+}
+
+impl Default for SweepLimits {
+    fn default() -> Self {
+        Self {
+            cooldown: std::time::Duration::from_secs(900),
+            max_steps: 1000,
+            hold: std::time::Duration::from_secs(600),
         }
     }
 }

@@ -60,6 +60,22 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `var`'s value `url` must be `https://`, or `http://` on a loopback address: the one rule
+/// for every endpoint nodewire is configured with.
+fn endpoint(var: &'static str, url: &str) -> Result<(), ConfigError> {
+    if crate::names::is_https_or_loopback_http(url) {
+        Ok(())
+    } else {
+        Err(err(
+            var,
+            format!(
+                "{:?}: must be https://, or http:// on a loopback address",
+                echo(url)
+            ),
+        ))
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -168,25 +184,71 @@ pub use push_auth::{
 };
 
 mod chain;
-pub use chain::{ChainConfig, JoinApi, JoinMode};
+pub use chain::{ChainConfig, JoinApi, JoinMode, SweepLimits};
 
-/// How to reach the Kubernetes API server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach the Kubernetes API server: read from the variables here, connected by
+/// `act::k8s::Kube::new` (the one description of the connection).
+#[derive(Clone, PartialEq, Eq)]
 pub enum KubeSettings {
     /// `NODEWIRE_KUBECONFIG`: a kubeconfig file (its current context). Refused at start when
     /// it skips TLS verification (unless `NODEWIRE_KUBE_ALLOW_INSECURE=true`) or runs a
-    /// credential plugin (unless `NODEWIRE_KUBE_ALLOW_EXEC=true`).
+    /// credential plugin (`exec`, `auth-provider`; unless `NODEWIRE_KUBE_ALLOW_EXEC=true`).
     Kubeconfig {
         path: std::path::PathBuf,
         allow_insecure_tls: bool,
         allow_exec: bool,
     },
-    /// `NODEWIRE_KUBE_API_URL` (+ `NODEWIRE_KUBE_TOKEN_FILE`, `NODEWIRE_KUBE_CA_FILE`).
+    /// `NODEWIRE_KUBE_API_URL` (+ `NODEWIRE_KUBE_TOKEN_FILE`, `NODEWIRE_KUBE_CA_FILE`): URL,
+    /// bearer token and CA, as a pod's service account has them.
     Direct {
         url: String,
+        /// A bearer token given inline (tests, the sandbox; never from a variable). Never
+        /// shown by `Debug`.
+        token: Option<String>,
+        /// A file holding the bearer token, re-read by the client at least every minute, so a
+        /// projected or rotated token is picked up (kube's `TokenFile`). Takes the place of
+        /// `token` when both are set.
         token_file: Option<std::path::PathBuf>,
+        /// A PEM file of the cluster CA, read when the client is built.
         ca_file: Option<std::path::PathBuf>,
+        /// The cluster CA given inline (PEM; tests, the sandbox). Takes the place of
+        /// `ca_file` when both are set.
+        ca_pem: Option<String>,
     },
+}
+
+impl std::fmt::Debug for KubeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeSettings::Kubeconfig { path, .. } => {
+                f.debug_tuple("Kubeconfig").field(path).finish()
+            }
+            KubeSettings::Direct {
+                url,
+                token,
+                token_file,
+                ca_file,
+                ..
+            } => f
+                .debug_struct("Direct")
+                .field("url", url)
+                .field("token", &token.as_ref().map(|_| "[redacted]"))
+                .field("token_file", token_file)
+                .field("ca_file", ca_file)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// The kinds of process that serve deliveries, by what their start-up reads and connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Only publishes (`startup::router`): `instance-events`.
+    Router,
+    /// Locates VMs behind Nodes (`startup::node_router`): `node-events`; Kubernetes optional.
+    NodeRouter,
+    /// A step function or the drift sweep (`startup::chain`): Kubernetes and the chain's variables.
+    Chain,
 }
 
 /// Everything a function needs to know at start.
@@ -324,7 +386,7 @@ impl Config {
                 // send every step (and dead letter) to some other host.
                 let remote_ok: bool =
                     parse_var(src, "NODEWIRE_ALLOW_REMOTE_PUBSUB_EMULATOR", false)?;
-                if !remote_ok && !crate::act::k8s::is_loopback_http(&format!("http://{h}/")) {
+                if !remote_ok && !crate::names::is_loopback_http(&format!("http://{h}/")) {
                     return Err(err(
                         "PUBSUB_EMULATOR_HOST",
                         format!(
@@ -410,16 +472,8 @@ impl Config {
         };
 
         let compute_endpoint = src.get("NODEWIRE_COMPUTE_ENDPOINT");
-        if let Some(e) = &compute_endpoint
-            && !(e.starts_with("https://") || crate::act::k8s::is_loopback_http(e))
-        {
-            return Err(err(
-                "NODEWIRE_COMPUTE_ENDPOINT",
-                format!(
-                    "{:?}: must be https://, or http:// on a loopback address",
-                    echo(e)
-                ),
-            ));
+        if let Some(e) = &compute_endpoint {
+            endpoint("NODEWIRE_COMPUTE_ENDPOINT", e)?;
         }
         let kube = match (
             src.get("NODEWIRE_KUBECONFIG"),
@@ -437,19 +491,13 @@ impl Config {
                 allow_exec: parse_var(src, "NODEWIRE_KUBE_ALLOW_EXEC", false)?,
             }),
             (None, Some(url)) => {
-                if !(url.starts_with("https://") || crate::act::k8s::is_loopback_http(&url)) {
-                    return Err(err(
-                        "NODEWIRE_KUBE_API_URL",
-                        format!(
-                            "{:?}: must be https://, or http:// on a loopback address",
-                            echo(&url)
-                        ),
-                    ));
-                }
+                endpoint("NODEWIRE_KUBE_API_URL", &url)?;
                 Some(KubeSettings::Direct {
                     url,
+                    token: None,
                     token_file: src.get("NODEWIRE_KUBE_TOKEN_FILE").map(Into::into),
                     ca_file: src.get("NODEWIRE_KUBE_CA_FILE").map(Into::into),
+                    ca_pem: None,
                 })
             }
             (None, None) => None,
@@ -578,7 +626,7 @@ mod tests {
         let c = Config::from_source(&m, "x").expect("valid");
         assert_eq!(c.compute_endpoint.as_deref(), Some("http://127.0.0.1:8091"));
         assert!(
-            matches!(c.kube, Some(KubeSettings::Direct { ref url, token_file: Some(_), ca_file: None }) if url == "https://10.0.0.2:6443")
+            matches!(c.kube, Some(KubeSettings::Direct { ref url, token_file: Some(_), ca_file: None, .. }) if url == "https://10.0.0.2:6443")
         );
     }
 

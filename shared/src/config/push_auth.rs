@@ -144,15 +144,7 @@ impl PushAuthSettings {
         let jwks_url = src
             .get("NODEWIRE_OIDC_JWKS_URL")
             .unwrap_or_else(|| GOOGLE_JWKS_URL.to_string());
-        if !(jwks_url.starts_with("https://") || crate::act::k8s::is_loopback_http(&jwks_url)) {
-            return Err(err(
-                "NODEWIRE_OIDC_JWKS_URL",
-                format!(
-                    "{:?}: must be https://, or http:// on a loopback address",
-                    echo(&jwks_url)
-                ),
-            ));
-        }
+        super::endpoint("NODEWIRE_OIDC_JWKS_URL", &jwks_url)?;
         let skew: u64 = match src.get("NODEWIRE_OIDC_CLOCK_SKEW_SECS") {
             None => 30,
             Some(v) => v.trim().parse().ok().filter(|s| *s <= 300).ok_or_else(|| {

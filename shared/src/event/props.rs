@@ -25,8 +25,13 @@ fn decode_everything(bytes: &[u8]) {
         let _ = crate::names::InstanceRef::from_provider_id(text);
         let _ = text.parse::<crate::names::Cidr>();
         let _ = crate::names::SubnetRef::from_link(text);
-        let _ = crate::plan::KubeletRestarts::parse(text, 1_800_000_000);
-        let _ = crate::plan::BootstrapAttempts::parse(text, 1_800_000_000);
+        let _ = crate::plan::Attempts::parse(
+            text,
+            1_800_000_000,
+            &crate::plan::Budget::KUBELET_RESTARTS,
+        );
+        let _ =
+            crate::plan::Attempts::parse(text, 1_800_000_000, &crate::plan::Budget::JOIN_TOKENS);
         let _ = crate::act::k8s::cluster_info_from_kubeconfig(text);
     }
 }

@@ -1,8 +1,8 @@
 //! Function `drift-sweep` (Cloud Scheduler, through an HTTP target or a Pub/Sub message): one
 //! sweep per delivery; answers and logs the JSON report.
 
+use crate::act::deps::ChainDeps;
 use crate::adapter::{Classify, Handler, Outcome, PushEvent};
-use crate::deps::ChainDeps;
 use crate::sweep::{self, SweepError, SweepRequest};
 
 /// Why a sweep delivery failed.

@@ -1,8 +1,8 @@
 //! Function `instance-events`: a Compute Engine audit entry → the first step of a chain.
 //! A created VM of ours gets `bootstrap`; a deleted one gets `decommission`.
 
+use crate::act::deps::Deps;
 use crate::adapter::{Handler, Outcome, PushEvent};
-use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, InstanceEvent, Step, StepMessage};
 
 use super::RouteError;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::act::deps::Deps;
 use crate::adapter::{Handler, Outcome, PushEvent};
-use crate::deps::Deps;
 use crate::event::{Cause, CauseSource, NodeChange, NodeEvent, NodeEvents, Step, StepMessage};
 
 use super::RouteError;

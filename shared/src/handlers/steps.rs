@@ -8,10 +8,10 @@
 //! sent for an aspect that already holds (the clients compare before writing), and a wired
 //! node plans nothing at all.
 
+use crate::act::deps::ChainDeps;
 use crate::act::execute::{ActError, Target, execute, report_refusal};
 use crate::adapter::{Classify, Handler, Outcome, PushEvent};
 use crate::bus::BusError;
-use crate::deps::ChainDeps;
 use crate::event::{Step, StepMessage};
 use crate::observe::{self, ObserveError};
 use crate::plan::{self, Action, Plan, Refusal};

@@ -6,15 +6,20 @@
 //! There is one definition of "wired" ([`gaps`] is empty), shared by every step and by the
 //! drift sweep, so the chain and the sweep can never disagree about it.
 
-use std::collections::BTreeMap;
-
-use crate::config::JoinMode;
+use crate::config::{ChainConfig, JoinMode};
 use crate::event::Step;
-use crate::names::{Cidr, InstanceRef, ProviderIdConflict, SubnetRef};
+use crate::names::{Cidr, ProviderIdConflict, SubnetRef};
 use crate::select::Selector;
 
+pub mod eligibility;
+mod facts;
 #[cfg(test)]
 mod tests;
+
+pub use eligibility::{Ineligible, may_join, vm_may_join};
+pub use facts::{
+    Alias, Attempts, Budget, NodeFacts, NotDue, Observed, TokenFacts, VmFacts, VmStatus,
+};
 
 /// What the planner needs to know of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,181 +37,22 @@ pub struct PlanConfig {
     /// token (`NODEWIRE_NODE_SERVICE_ACCOUNTS`).
     pub node_service_accounts: std::collections::BTreeSet<String>,
     /// Pull mode: `bootstrap` mints no token and writes no metadata (the VM asks `join`).
-    pub join_mode: crate::config::JoinMode,
+    pub join_mode: JoinMode,
 }
 
-/// An alias range as observed on nic0.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alias {
-    /// As the API returns it (`10.4.1.0/24`); sent back unchanged when the range is kept.
-    pub cidr: String,
-    pub range_name: Option<String>,
-    /// `cidr` parsed, once ([`Alias::new`]); `None` when it is not an IPv4 network.
-    pub block: Option<Cidr>,
-}
-
-impl Alias {
-    /// An alias range, its CIDR parsed once.
-    pub fn new(cidr: impl Into<String>, range_name: Option<String>) -> Self {
-        let cidr = cidr.into();
+impl PlanConfig {
+    /// The planner's view of the chain's configuration and the selector.
+    pub fn new(chain: &ChainConfig, selector: &Selector) -> Self {
         Self {
-            block: cidr.parse().ok(),
-            cidr,
-            range_name,
+            selector: selector.clone(),
+            subnet: chain.subnet.clone(),
+            pod_range_name: chain.pod_range_name.clone(),
+            pod_range: chain.pod_range,
+            node_tags: chain.node_tags.clone(),
+            node_service_accounts: chain.node_service_accounts.clone(),
+            join_mode: chain.join_mode,
         }
     }
-}
-
-/// The facts of a VM the planner looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmFacts {
-    pub instance: InstanceRef,
-    /// `RUNNING`, or a lifecycle state before or after it (`PROVISIONING`, `STAGING`,
-    /// `STOPPING`, `TERMINATED`, `SUSPENDING`, `SUSPENDED`, `REPAIRING`).
-    pub status: String,
-    pub labels: BTreeMap<String, String>,
-    pub can_ip_forward: bool,
-    /// nic0's subnetwork, parsed from its self link (`None`: no nic0, or not a link).
-    pub subnet: Option<SubnetRef>,
-    pub aliases: Vec<Alias>,
-    pub tags: Vec<String>,
-    /// The `kubeadm-join` metadata key is present.
-    pub join_metadata: bool,
-    /// The VM carries nodewire's mark that it joined (`nodewire-joined`, written when its join
-    /// metadata is cleared): its disk has a kubelet configuration, so `kubeadm join` would
-    /// fail its preflight there.
-    pub joined: bool,
-    /// The kubelet restarts nodewire asked for (`nodewire-restart-kubelet`), when any.
-    pub kubelet_restarts: Option<KubeletRestarts>,
-    /// The join tokens minted for it so far (`nodewire-bootstrap-attempts`), when any.
-    pub bootstrap_attempts: Option<BootstrapAttempts>,
-    /// The service accounts it runs as.
-    pub service_accounts: Vec<String>,
-}
-
-/// Join tokens minted for a VM that has not joined yet: how many, and how long ago the last.
-/// The metadata value is `COUNT@UNIX-SECONDS`, written with the join configuration. A VM that
-/// never joins gets at most [`BootstrapAttempts::MAX`] tokens a day, spaced by
-/// [`BootstrapAttempts::backoff`] — not one per sweep (issue 10, item 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BootstrapAttempts {
-    pub count: u32,
-    pub age: std::time::Duration,
-}
-
-impl BootstrapAttempts {
-    /// Tokens per [`Self::WINDOW`] at most.
-    pub const MAX: u32 = 6;
-    /// After this long without a new token, counting starts again.
-    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-    /// Reads `COUNT@UNIX-SECONDS` as of `now`; junk (or a time in the future) reads as the
-    /// budget spent now, so a hostile value never leads to more tokens.
-    pub fn parse(value: &str, now: i64) -> Self {
-        let (count, age) = count_at(value, now).unwrap_or((Self::MAX, std::time::Duration::ZERO));
-        Self { count, age }
-    }
-
-    /// The metadata value recording attempt `count` at `now`.
-    pub fn value(count: u32, now: i64) -> String {
-        format!("{count}@{now}")
-    }
-
-    /// How long after attempt `count` the next may be made: 30 minutes, doubling.
-    pub fn backoff(count: u32) -> std::time::Duration {
-        std::time::Duration::from_secs(1800 * 2u64.pow(count.saturating_sub(1).min(8)))
-    }
-
-    /// The number of the next attempt, or why none is due yet.
-    pub fn next(this: Option<Self>) -> Result<u32, String> {
-        match this {
-            None => Ok(1),
-            Some(a) if a.age >= Self::WINDOW => Ok(1),
-            Some(a) if a.count >= Self::MAX => Err(format!(
-                "{} join tokens minted in a day and the VM never joined; the next in {}s",
-                a.count,
-                Self::WINDOW.saturating_sub(a.age).as_secs()
-            )),
-            Some(a) if a.age < Self::backoff(a.count) => Err(format!(
-                "join token {} was minted {}s ago and the VM did not join; the next in {}s",
-                a.count,
-                a.age.as_secs(),
-                Self::backoff(a.count).saturating_sub(a.age).as_secs()
-            )),
-            Some(a) => Ok(a.count + 1),
-        }
-    }
-}
-
-/// Reads nodewire's `COUNT@UNIX-SECONDS` metadata values as of `now`: the count and the age (a
-/// time in the future is an age of zero); `None` for junk.
-fn count_at(value: &str, now: i64) -> Option<(u32, std::time::Duration)> {
-    let (c, t) = value.split_once('@')?;
-    let count = c.trim().parse::<u32>().ok()?;
-    let at = t.trim().parse::<i64>().ok()?;
-    Some((
-        count,
-        std::time::Duration::from_secs(u64::try_from(now.saturating_sub(at)).unwrap_or(0)),
-    ))
-}
-
-/// Restarts of a VM's kubelet that nodewire asked for to bring back a Node that is gone: how
-/// many, and how long ago the last one was asked for. The metadata value is `COUNT@UNIX-SECONDS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KubeletRestarts {
-    pub count: u32,
-    pub age: std::time::Duration,
-}
-
-impl KubeletRestarts {
-    /// At most this many restarts; then the lost Node needs a person.
-    pub const MAX: u32 = 3;
-
-    /// Reads `COUNT@UNIX-SECONDS` as of `now` (Unix seconds); junk reads as the budget spent,
-    /// so that a hostile or broken value never leads to more restarts.
-    pub fn parse(value: &str, now: i64) -> Self {
-        let (count, age) = count_at(value, now).unwrap_or((Self::MAX, std::time::Duration::ZERO));
-        Self { count, age }
-    }
-
-    /// The metadata value recording attempt `count` asked for at `now`.
-    pub fn value(count: u32, now: i64) -> String {
-        format!("{count}@{now}")
-    }
-
-    /// How long after attempt `count` the next may be asked for: 5 minutes, doubling.
-    pub fn backoff(count: u32) -> std::time::Duration {
-        std::time::Duration::from_secs(300 * 2u64.pow(count.saturating_sub(1).min(8)))
-    }
-}
-
-/// The facts of a Node the planner looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub name: String,
-    pub provider_id: Option<String>,
-    pub pod_cidr: Option<String>,
-    pub unwired_taint: bool,
-    /// When the Node was created (its registration), Unix seconds; only reported (the time
-    /// from registration to wired), never planned on.
-    pub registered_at: Option<i64>,
-}
-
-/// A bootstrap token minted for this VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenFacts {
-    pub id: String,
-    pub expired: bool,
-}
-
-/// Everything observed about one VM, as of now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// The VM key the step is about (present even when the VM is gone).
-    pub instance: InstanceRef,
-    pub vm: Option<VmFacts>,
-    pub node: Option<NodeFacts>,
-    pub tokens: Vec<TokenFacts>,
 }
 
 /// One change to make.
@@ -296,6 +142,17 @@ pub enum Plan {
     Ignore(String),
     /// Can never succeed as things are.
     Refuse(Refusal),
+}
+
+impl Plan {
+    /// Why a plan that does not act stops where it does, in words (empty for [`Plan::Act`]).
+    pub fn reason(&self) -> String {
+        match self {
+            Plan::Act { .. } => String::new(),
+            Plan::Wait(w) | Plan::Ignore(w) => w.clone(),
+            Plan::Refuse(r) => r.to_string(),
+        }
+    }
 }
 
 /// One aspect of "wired" that does not hold yet, in chain order.
@@ -451,8 +308,9 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             Action::Bootstrap => {
                 if let Some(vm) = &mut o.vm {
                     vm.join_metadata = true;
-                    vm.bootstrap_attempts = Some(BootstrapAttempts {
-                        count: BootstrapAttempts::next(vm.bootstrap_attempts).unwrap_or(1),
+                    vm.bootstrap_attempts = Some(Attempts {
+                        count: Attempts::next(vm.bootstrap_attempts, &Budget::JOIN_TOKENS)
+                            .unwrap_or(1),
                         age: std::time::Duration::ZERO,
                     });
                 }
@@ -497,7 +355,7 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             }
             Action::RestartKubelet(n) => {
                 if let Some(vm) = &mut o.vm {
-                    vm.kubelet_restarts = Some(KubeletRestarts {
+                    vm.kubelet_restarts = Some(Attempts {
                         count: *n,
                         age: std::time::Duration::ZERO,
                     });
@@ -576,7 +434,7 @@ pub fn node_is_the_vms(node: &NodeFacts, vm: &VmFacts) -> Result<(), Plan> {
             "Node {} has no providerID and no nodewire mark (taint {}): not provably VM {}'s; \
              set its spec.providerID to {wanted} to have nodewire wire it",
             node.name,
-            crate::act::k8s::UNWIRED_TAINT,
+            crate::names::UNWIRED_TAINT,
             vm.instance
         ))),
     }
@@ -587,46 +445,24 @@ pub fn node_is_the_vms(node: &NodeFacts, vm: &VmFacts) -> Result<(), Plan> {
 type Branch = Result<Vec<Action>, Plan>;
 
 /// `bootstrap`: mint a token and write the join configuration, unless the VM has joined or a
-/// valid join is pending; expired tokens are revoked first.
+/// valid join is pending; expired tokens are revoked first. Whether the VM may join at all is
+/// [`eligibility::vm_may_join`]'s decision: a booting VM is waited for, a stopped or suspended
+/// one is bootstrapped once it runs again (the drift sweep finds it then), one without IP
+/// forwarding or off the node subnet is refused, one of another service account ignored.
 fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
-    // A join token only for a VM that runs (its startup script asks for it): one that is
-    // still booting is waited for; a stopped or suspended one is bootstrapped once it runs
-    // again (the drift sweep finds it then).
-    match vm.status.as_str() {
-        "RUNNING" => {}
-        "PROVISIONING" | "STAGING" => {
-            return Err(Plan::Wait(format!(
-                "VM {} is {}; it is bootstrapped once it is RUNNING",
-                vm.instance, vm.status
-            )));
-        }
-        other => {
-            return Err(Plan::Ignore(format!(
-                "VM {} is {other}, not RUNNING: no join token",
-                vm.instance
-            )));
-        }
+    let eligible = eligibility::vm_may_join(vm, cfg, None);
+    // The account is judged only once the VM has no Node and no pending join (below): a VM
+    // already joined keeps getting its tags and its lost-Node heal.
+    if let Err(e) = &eligible
+        && !matches!(e, Ineligible::WrongServiceAccount { .. })
+    {
+        return Err(ineligible_plan(e));
     }
-    if !vm.can_ip_forward {
-        return Err(Plan::Refuse(Refusal::NoIpForwarding(
-            vm.instance.to_string(),
-        )));
-    }
-    if !cfg.subnet_matches(vm.subnet.as_ref()) {
-        return Err(Plan::Refuse(Refusal::WrongSubnet {
-            vm: vm.instance.to_string(),
-            found: vm
-                .subnet
-                .as_ref()
-                .map_or_else(|| "(none)".to_string(), ToString::to_string),
-            wanted: format!("regions/{}/subnetworks/{}", cfg.subnet.0, cfg.subnet.1),
-        }));
-    }
-    // Joined already (hand over to the chain), or bootstrapped and waiting for the kubelet to
-    // register: nothing to do.
     // Network tags do not depend on the Node: set them now, so that after registration the
     // critical path is one alias operation, then finalize (issue 12, item 3).
     let mut a = plan_tags(vm, cfg);
+    // Joined already (hand over to the chain), or bootstrapped and waiting for the kubelet to
+    // register: nothing more to do.
     let joined = obs.node.is_some();
     let pending = vm.join_metadata && obs.tokens.iter().any(|t| !t.expired);
     if joined || pending {
@@ -636,19 +472,8 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
         a.extend(plan_lost_node(vm)?);
         return Ok(a);
     }
-    // Who may join: a VM can run as a service account only if its creator may act as that
-    // account (iam.serviceAccounts.actAs), so the account proves who made the VM — unlike
-    // labels or metadata, which whoever creates a VM chooses (issue 10, item 2).
-    if !cfg.node_service_accounts.is_empty()
-        && !vm
-            .service_accounts
-            .iter()
-            .any(|sa| cfg.node_service_accounts.contains(&sa.to_ascii_lowercase()))
-    {
-        return Err(Plan::Ignore(format!(
-            "VM {} runs as {:?}, none of NODEWIRE_NODE_SERVICE_ACCOUNTS: not given a join token",
-            vm.instance, vm.service_accounts
-        )));
+    if let Err(e) = &eligible {
+        return Err(ineligible_plan(e));
     }
     let expired: Vec<String> = obs
         .tokens
@@ -664,9 +489,13 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
         }
         return Ok(a);
     }
-    if let Err(why) = BootstrapAttempts::next(vm.bootstrap_attempts) {
+    if let Err(why) = Attempts::next(vm.bootstrap_attempts, &Budget::JOIN_TOKENS) {
         if a.is_empty() {
-            return Err(Plan::Ignore(format!("VM {}: {why}", vm.instance)));
+            return Err(Plan::Ignore(format!(
+                "VM {}: {}",
+                vm.instance,
+                join_tokens_not_due(why)
+            )));
         }
         return Ok(a);
     }
@@ -677,25 +506,59 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     Ok(a)
 }
 
+/// What `bootstrap` does about a VM that may not join: wait for a booting one, refuse one
+/// that can never be wired as it is (the message says what to fix), ignore the rest.
+fn ineligible_plan(e: &Ineligible) -> Plan {
+    match e {
+        Ineligible::Booting { .. } => Plan::Wait(e.to_string()),
+        Ineligible::NoIpForwarding(vm) => Plan::Refuse(Refusal::NoIpForwarding(vm.clone())),
+        Ineligible::WrongSubnet {
+            vm, found, wanted, ..
+        } => Plan::Refuse(Refusal::WrongSubnet {
+            vm: vm.clone(),
+            found: found.clone(),
+            wanted: wanted.clone(),
+        }),
+        other => Plan::Ignore(other.to_string()),
+    }
+}
+
+/// Why no join token is due, in words.
+pub fn join_tokens_not_due(why: NotDue) -> String {
+    match why {
+        NotDue::Spent { count, resets_in } => format!(
+            "{count} join tokens minted in a day and the VM never joined; the next in {}s",
+            resets_in.unwrap_or_default().as_secs()
+        ),
+        NotDue::Backoff {
+            count,
+            age,
+            next_in,
+        } => format!(
+            "join token {count} was minted {}s ago and the VM did not join; the next in {}s",
+            age.as_secs(),
+            next_in.as_secs()
+        ),
+    }
+}
+
 /// A VM that joined before has no Node (deleted, or lost): `kubeadm join` would fail its
 /// preflight there and a running kubelet does not register again, so no token is minted.
 /// Instead the node-side unit is asked to restart the kubelet, which registers the Node anew —
-/// at most [`KubeletRestarts::MAX`] times, spaced by [`KubeletRestarts::backoff`]; after that
-/// the lost Node is reported for a person to decide (delete the VM, or rejoin it by hand).
+/// within [`Budget::KUBELET_RESTARTS`]; after that the lost Node is reported for a person to
+/// decide (delete the VM, or rejoin it by hand).
 fn plan_lost_node(vm: &VmFacts) -> Branch {
-    match vm.kubelet_restarts {
-        None => Ok(vec![Action::RestartKubelet(1)]),
-        Some(r) if r.count >= KubeletRestarts::MAX => Err(Plan::Ignore(format!(
-            "VM {} joined before and its Node is gone; {} kubelet restarts did not bring it back: needs a person (delete the VM, or rejoin it by hand)",
-            vm.instance, r.count
+    match Attempts::next(vm.kubelet_restarts, &Budget::KUBELET_RESTARTS) {
+        Ok(n) => Ok(vec![Action::RestartKubelet(n)]),
+        Err(NotDue::Spent { count, .. }) => Err(Plan::Ignore(format!(
+            "VM {} joined before and its Node is gone; {count} kubelet restarts did not bring it back: needs a person (delete the VM, or rejoin it by hand)",
+            vm.instance
         ))),
-        Some(r) if r.age < KubeletRestarts::backoff(r.count) => Err(Plan::Wait(format!(
-            "VM {}: kubelet restart {} asked for {}s ago; waiting for its Node",
+        Err(NotDue::Backoff { count, age, .. }) => Err(Plan::Wait(format!(
+            "VM {}: kubelet restart {count} asked for {}s ago; waiting for its Node",
             vm.instance,
-            r.count,
-            r.age.as_secs()
+            age.as_secs()
         ))),
-        Some(r) => Ok(vec![Action::RestartKubelet(r.count + 1)]),
     }
 }
 
@@ -883,6 +746,6 @@ fn plan_release(obs: &Observed, cfg: &PlanConfig) -> Plan {
     // A VM that had joined has lost its Node: bootstrap asks its kubelet to register again
     // (bounded; see plan_lost_node). The sweep publishes one step per VM, so the chain must
     // carry on from here by itself.
-    let next = (vm.joined && vm.status == "RUNNING").then_some(Step::Bootstrap);
+    let next = (vm.joined && vm.status == VmStatus::Running).then_some(Step::Bootstrap);
     Plan::Act { actions, next }
 }

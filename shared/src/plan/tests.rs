@@ -289,7 +289,7 @@ fn only_vms_running_as_an_allowed_service_account_are_bootstrapped() {
 fn re_minting_join_tokens_is_bounded() {
     let attempts = |count: u32, secs: u64| {
         fresh().edit(|o| {
-            o.vm_mut().bootstrap_attempts = Some(BootstrapAttempts {
+            o.vm_mut().bootstrap_attempts = Some(Attempts {
                 count,
                 age: std::time::Duration::from_secs(secs),
             });
@@ -306,11 +306,11 @@ fn re_minting_join_tokens_is_bounded() {
     // A hostile or broken value spends the budget; a time in the future is "just now".
     let now = 1_800_000_000;
     assert_eq!(
-        BootstrapAttempts::parse("junk", now).count,
-        BootstrapAttempts::MAX
+        Attempts::parse("junk", now, &Budget::JOIN_TOKENS).count,
+        Budget::JOIN_TOKENS.max
     );
     assert_eq!(
-        BootstrapAttempts::parse("1@1900000000", now).age,
+        Attempts::parse("1@1900000000", now, &Budget::JOIN_TOKENS).age,
         std::time::Duration::ZERO
     );
     // Minting records the attempt; finalize removes the record with the join metadata.
@@ -332,7 +332,7 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
     let joined = fresh().edit(|o| o.vm_mut().joined = true);
     let restarts = |count: u32, secs: u64| {
         joined.clone().edit(|o| {
-            o.vm_mut().kubelet_restarts = Some(KubeletRestarts {
+            o.vm_mut().kubelet_restarts = Some(Attempts {
                 count,
                 age: std::time::Duration::from_secs(secs),
             });
@@ -366,7 +366,7 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
         (
             "the budget spent: a person decides, nothing is done",
             Step::Bootstrap,
-            restarts(KubeletRestarts::MAX, 100_000),
+            restarts(Budget::KUBELET_RESTARTS.max, 100_000),
             Want::That(|p| matches!(p, Plan::Ignore(w) if w.contains("needs a person"))),
         ),
         (
@@ -374,7 +374,7 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
             Step::Finalize,
             wired().edit(|o| {
                 o.vm_mut().joined = true;
-                o.vm_mut().kubelet_restarts = Some(KubeletRestarts {
+                o.vm_mut().kubelet_restarts = Some(Attempts {
                     count: 1,
                     age: std::time::Duration::from_secs(5),
                 });
@@ -384,12 +384,12 @@ fn a_lost_node_restarts_the_kubelet_a_bounded_number_of_times() {
     ]);
     // Junk in the metadata value never buys more restarts.
     assert_eq!(
-        KubeletRestarts::parse("lots", 0).count,
-        KubeletRestarts::MAX
+        Attempts::parse("lots", 0, &Budget::KUBELET_RESTARTS).count,
+        Budget::KUBELET_RESTARTS.max
     );
     assert_eq!(
-        KubeletRestarts::parse(&KubeletRestarts::value(2, 1_000), 1_060),
-        KubeletRestarts {
+        Attempts::parse(&Attempts::value(2, 1_000), 1_060, &Budget::KUBELET_RESTARTS),
+        Attempts {
             count: 2,
             age: std::time::Duration::from_secs(60)
         }

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::act::deps::Deps;
 use crate::bus::{BoxFuture, InProcessBus};
 use crate::config::Config;
-use crate::deps::Deps;
 use crate::locate::{LocateError, Locator};
 use crate::names::{InstanceRef, SubnetRef};
-use crate::plan::{Alias, NodeFacts, Observed, PlanConfig, TokenFacts, VmFacts};
+use crate::plan::{Alias, NodeFacts, Observed, PlanConfig, TokenFacts, VmFacts, VmStatus};
 use crate::select::Selector;
 
 /// The project every test configuration uses.
@@ -133,7 +133,7 @@ pub fn token(id: &str, expired: bool) -> TokenFacts {
 pub fn fresh_vm() -> VmFacts {
     VmFacts {
         instance: vm_ref(),
-        status: "RUNNING".into(),
+        status: VmStatus::Running,
         labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
         can_ip_forward: true,
         subnet: SubnetRef::from_link(
@@ -211,7 +211,7 @@ pub trait ObservedExt: Sized {
         self.edit(|o| o.vm_mut().join_metadata = true)
     }
     fn with_status(self, status: &str) -> Self {
-        self.edit(|o| o.vm_mut().status = status.into())
+        self.edit(|o| o.vm_mut().status = VmStatus::parse(status))
     }
     fn without_ip_forwarding(self) -> Self {
         self.edit(|o| o.vm_mut().can_ip_forward = false)

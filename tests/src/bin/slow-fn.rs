@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use nodewire::act::deps::Deps;
 use nodewire::adapter::{self, Classify, Outcome, PushEvent};
 use nodewire::bus::OutboundMessage;
-use nodewire::deps::Deps;
 
 #[derive(Debug, thiserror::Error)]
 #[error("publishing the done message failed")]

@@ -28,8 +28,9 @@ mod raw;
 mod view;
 mod write;
 
+pub use crate::act::toolkit::WriteOutcome;
 pub use error::ComputeError;
-pub use view::{AliasRange, InstanceView, MetadataView, NicView, SubnetView, WriteOutcome};
+pub use view::{AliasRange, InstanceView, MetadataView, NicView, SubnetView};
 
 /// What `instances.aggregatedList` is asked for (partial response): what [`InstanceView`]
 /// reads, the metadata's keys without their values, and what paging and unreachable zones need.

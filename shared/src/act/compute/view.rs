@@ -6,15 +6,6 @@ use google_cloud_compute_v1::model;
 
 use crate::names::{Cidr, InstanceRef};
 
-/// Whether a write was needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The change was made.
-    Changed,
-    /// The resource was already in the desired state; nothing was sent.
-    Unchanged,
-}
-
 /// An alias IP range as nodewire sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AliasRange {

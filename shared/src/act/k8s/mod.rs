@@ -28,13 +28,11 @@ pub use tokens::{
 };
 
 use super::toolkit::{self, Backoff, Listed, api_message};
+use crate::config::KubeSettings;
 use crate::names::ProviderIdConflict;
 use error::{Class, classify, fail};
 
-pub use crate::act::compute::WriteOutcome;
-
-/// The taint that keeps Pods off a node until it is wired.
-pub const UNWIRED_TAINT: &str = "nodewire.io/unwired";
+pub use crate::act::toolkit::WriteOutcome;
 /// Label on nodewire's bootstrap-token Secrets naming the VM they were minted for.
 pub const TOKEN_INSTANCE_LABEL: &str = "nodewire.io/instance";
 /// Label on nodewire's bootstrap-token Secrets naming the VM's numeric id (when known).
@@ -68,45 +66,6 @@ impl Default for KubePolicy {
             },
             max_conflicts: 8,
             request_timeout: Duration::from_secs(15),
-        }
-    }
-}
-
-/// How to reach the API server.
-#[derive(Clone, PartialEq, Eq)]
-pub enum KubeConnection {
-    /// A kubeconfig file (its current context). Refused when its cluster skips TLS
-    /// verification or its user runs an `exec` or `auth-provider` plugin, unless allowed.
-    Kubeconfig {
-        path: std::path::PathBuf,
-        allow_insecure_tls: bool,
-        allow_exec: bool,
-    },
-    /// URL, bearer token and CA, as a pod's service account has them.
-    Direct {
-        url: String,
-        /// A bearer token given inline (tests, the sandbox).
-        token: Option<String>,
-        /// A file holding the bearer token, re-read by the client at least every minute, so a
-        /// projected or rotated token is picked up (kube's `TokenFile`). Takes the place of
-        /// `token` when both are set.
-        token_file: Option<std::path::PathBuf>,
-        /// PEM.
-        ca_pem: Option<String>,
-    },
-}
-
-impl std::fmt::Debug for KubeConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KubeConnection::Kubeconfig { path, .. } => {
-                f.debug_tuple("Kubeconfig").field(path).finish()
-            }
-            KubeConnection::Direct { url, token, .. } => f
-                .debug_struct("Direct")
-                .field("url", url)
-                .field("token", &token.as_ref().map(|_| "[redacted]"))
-                .finish_non_exhaustive(),
         }
     }
 }
@@ -154,31 +113,6 @@ fn kubeconfig_is_acceptable(
         );
     }
     Ok(())
-}
-
-/// True for `http://` URLs whose host is a loopback address (the only place plain HTTP is
-/// allowed).
-pub fn is_loopback_http(url: &str) -> bool {
-    // Parsed, not cut by hand: in `http://[::1]@host/` the host is `host` (the rest is
-    // userinfo), and a URL with userinfo is not a loopback address however it starts.
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    let Some(authority) = uri.authority() else {
-        return false;
-    };
-    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
-        return false;
-    }
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The facts nodewire reads from a Node.
@@ -242,9 +176,9 @@ impl Kube {
     ///
     /// # Errors
     /// [`KubeError::Setup`] when the connection settings are unusable.
-    pub async fn new(conn: &KubeConnection, policy: KubePolicy) -> Result<Self, KubeError> {
+    pub async fn new(conn: &KubeSettings, policy: KubePolicy) -> Result<Self, KubeError> {
         let mut cfg = match conn {
-            KubeConnection::Kubeconfig {
+            KubeSettings::Kubeconfig {
                 path,
                 allow_insecure_tls,
                 allow_exec,
@@ -265,13 +199,14 @@ impl Kube {
                 .await
                 .map_err(|e| KubeError::Setup(crate::error::Cause::new(e)))?
             }
-            KubeConnection::Direct {
+            KubeSettings::Direct {
                 url,
                 token,
                 token_file,
+                ca_file,
                 ca_pem,
             } => {
-                if url.starts_with("http://") && !is_loopback_http(url) {
+                if url.starts_with("http://") && !crate::names::is_loopback_http(url) {
                     return Err(KubeError::Setup(crate::error::Cause::msg(format!(
                         "{url}: plain HTTP is allowed only for a loopback address"
                     ))));
@@ -298,7 +233,17 @@ impl Kube {
                         ..Default::default()
                     };
                 }
-                if let Some(pem) = ca_pem {
+                let ca_pem = match (ca_pem, ca_file) {
+                    (Some(pem), _) => Some(pem.clone()),
+                    (None, Some(f)) => Some(std::fs::read_to_string(f).map_err(|e| {
+                        KubeError::Setup(crate::error::Cause::msg(format!(
+                            "CA file {}: {e}",
+                            f.display()
+                        )))
+                    })?),
+                    (None, None) => None,
+                };
+                if let Some(pem) = &ca_pem {
                     let der: Vec<Vec<u8>> = ::pem::parse_many(pem)
                         .map_err(|e| {
                             KubeError::Setup(crate::error::Cause::msg(format!("CA: {e}")))
@@ -647,34 +592,5 @@ impl Kube {
             .await
             .map(|_| ())
             .map_err(|c| fail(CALL, c))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_detection() {
-        for ok in [
-            "http://127.0.0.1:8080",
-            "http://localhost:1",
-            "http://[::1]:443/x",
-            "http://127.1.2.3",
-        ] {
-            assert!(is_loopback_http(ok), "{ok}");
-        }
-        for bad in [
-            "http://10.0.0.1:6443",
-            "https://127.0.0.1",
-            "http://example.com",
-            "http://127.0.0.1.evil.com",
-            "http://[::1]@example.com/",
-            "http://127.0.0.1@example.com:6443",
-            "http://localhost@10.0.0.1",
-            "http://",
-        ] {
-            assert!(!is_loopback_http(bad), "{bad}");
-        }
     }
 }

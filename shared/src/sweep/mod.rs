@@ -9,363 +9,33 @@
 //! two sweeps at once (the lock in `kube-system/nodewire-sweep`, which also keeps the
 //! cooldown's memory).
 //!
-//! [`assess`] is pure; [`run`] observes, assesses and publishes.
+//! Three parts: `assess` decides (pure: facts and a clock in, findings out), `report`
+//! presents (drift kinds, the report, the `drift` log lines), and this module runs a sweep
+//! (observe, assess, publish, remember the cooldown).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::act::k8s::{NodeView, TokenInfo};
-use crate::deps::{ChainDeps, Deps};
+use crate::act::deps::{ChainDeps, Deps};
 use crate::event::{Cause, CauseSource, Decode, DecodeError, Step, StepMessage};
-use crate::names::{Cidr, InstanceRef};
+use crate::names::InstanceRef;
 use crate::observe::ObserveError;
-use crate::observe::{node_facts, token_facts, vm_facts};
-use crate::plan::{Gap, KubeletRestarts, Observed, PlanConfig, TokenFacts, gaps};
+use crate::plan::PlanConfig;
 
-/// Names listed per drift kind in a report, at most.
-pub const AFFECTED_CAP: usize = 20;
+mod assess;
+mod report;
 
-/// A kind of drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DriftKind {
-    /// A VM of ours with no Node, no join metadata and no token.
-    NeverBootstrapped,
-    /// A VM of ours with no Node whose join token expired (or whose metadata has no valid token).
-    BootstrapExpired,
-    /// nic0's aliases are not exactly `[podCIDR]`.
-    AliasMismatch,
-    /// A VM still holds a pod-range alias but its Node is gone.
-    AliasWithoutNode,
-    /// A node tag is missing.
-    TagMissing,
-    /// `spec.providerID` is empty or names another VM.
-    ProviderIdWrong,
-    /// The unwired taint is left on a node that is otherwise wired.
-    TaintLeft,
-    /// A join token is left for a VM that has a Node.
-    LeftoverToken,
-    /// `kubeadm-join` is left in the metadata of a VM that has a Node.
-    LeftoverJoinMetadata,
-    /// A Node whose providerID names a VM of this project that does not exist.
-    NodeWithoutVm,
-    /// A join token for a VM that does not exist.
-    OrphanToken,
-    /// Two VMs hold overlapping pod-range aliases.
-    AliasOverlap,
-    /// A VM that joined before has no Node (deleted, or its registration lost): healed by
-    /// asking the node-side unit to restart the kubelet, a bounded number of times; reported
-    /// without a heal once that budget is spent or while a restart is awaited.
-    NodeLost,
-}
-
-impl DriftKind {
-    /// The kebab-case name, as in the report and the `drift` log line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftKind::NeverBootstrapped => "never-bootstrapped",
-            DriftKind::BootstrapExpired => "bootstrap-expired",
-            DriftKind::AliasMismatch => "alias-mismatch",
-            DriftKind::AliasWithoutNode => "alias-without-node",
-            DriftKind::TagMissing => "tag-missing",
-            DriftKind::ProviderIdWrong => "provider-id-wrong",
-            DriftKind::TaintLeft => "taint-left",
-            DriftKind::LeftoverToken => "leftover-token",
-            DriftKind::LeftoverJoinMetadata => "leftover-join-metadata",
-            DriftKind::NodeWithoutVm => "node-without-vm",
-            DriftKind::OrphanToken => "orphan-token",
-            DriftKind::AliasOverlap => "alias-overlap",
-            DriftKind::NodeLost => "node-lost",
-        }
-    }
-}
-
-/// One drifted aspect, and the step that heals it (if any).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: DriftKind,
-    /// The VM or Node the finding is about.
-    pub subject: String,
-    /// `(step, VM, node name)` to publish.
-    pub heal: Option<(Step, InstanceRef, Option<String>)>,
-    /// Why the planner would refuse that step (then nothing is published).
-    pub refused: Option<String>,
-}
+pub use assess::{Finding, assess};
+use report::skipped_report;
+pub use report::{AFFECTED_CAP, DriftKind, Report, report};
 
 /// Steps published at a time.
 pub const PUBLISH_CONCURRENCY: usize = 16;
 
-/// The sweep's bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SweepLimits {
-    /// A VM the sweep published a step for is not restarted again before this has passed.
-    pub cooldown: std::time::Duration,
-    /// Steps published per run at most; the rest wait for the next run.
-    pub max_steps: usize,
-    /// How long a sweep holds its lock at most (a crashed sweep's lock expires).
-    pub hold: std::time::Duration,
-}
-
-impl Default for SweepLimits {
-    fn default() -> Self {
-        Self {
-            cooldown: std::time::Duration::from_secs(900),
-            max_steps: 1000,
-            hold: std::time::Duration::from_secs(600),
-        }
-    }
-}
-
+pub use crate::config::SweepLimits;
 pub use crate::observe::Inventory;
-
-/// Finds every drifted aspect. Pure.
-pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let nodes_by_name: HashMap<&str, &NodeView> =
-        inv.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let mut tokens_by_vm: HashMap<&str, Vec<&TokenInfo>> = HashMap::new();
-    for t in &inv.tokens {
-        if let Some(i) = t.instance.as_deref() {
-            tokens_by_vm.entry(i).or_default().push(t);
-        }
-    }
-    let existing: BTreeSet<&InstanceRef> = inv.vms.iter().map(|v| &v.instance).collect();
-    let unreachable = |zone: &str| inv.unreachable_zones.iter().any(|z| z == zone);
-    let existing_names: BTreeSet<&str> = inv.vms.iter().map(|v| v.instance.name()).collect();
-    let mut pod_aliases: Vec<(&InstanceRef, Cidr)> = Vec::new();
-
-    for v in &inv.vms {
-        let facts = vm_facts(v);
-        if cfg.not_selected(&facts).is_some() {
-            continue;
-        }
-        let r = &v.instance;
-        let name = r.name().to_string();
-        let node = nodes_by_name.get(r.name()).copied();
-        let tokens: Vec<TokenFacts> = tokens_by_vm
-            .get(r.name())
-            .map(|ts| ts.iter().map(|t| token_facts(t, now)).collect())
-            .unwrap_or_default();
-        for a in &facts.aliases {
-            if a.range_name.as_deref() == Some(cfg.pod_range_name.as_str())
-                && let Some(c) = a.block
-            {
-                pod_aliases.push((r, c));
-            }
-        }
-        let finding = |kind, step: Step| Finding {
-            kind,
-            subject: name.clone(),
-            heal: Some((step, r.clone(), Some(name.clone()))),
-            refused: None,
-        };
-        let Some(node) = node else {
-            if facts
-                .aliases
-                .iter()
-                .any(|a| a.range_name.as_deref() == Some(cfg.pod_range_name.as_str()))
-            {
-                out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
-            }
-            let valid_token = tokens.iter().any(|t| !t.expired);
-            if facts.joined && facts.status == "RUNNING" {
-                // Never a new token for a VM that joined: its kubelet is restarted instead.
-                let due = facts.kubelet_restarts.is_none_or(|r| {
-                    r.count < KubeletRestarts::MAX && r.age >= KubeletRestarts::backoff(r.count)
-                });
-                out.push(Finding {
-                    kind: DriftKind::NodeLost,
-                    subject: name.clone(),
-                    heal: due.then(|| (Step::Bootstrap, r.clone(), Some(name.clone()))),
-                    refused: None,
-                });
-                continue;
-            }
-            // Only a RUNNING VM can be bootstrapped (a stopped one is, once it runs again).
-            if !valid_token && facts.status == "RUNNING" {
-                let mut f = if tokens.is_empty() && !facts.join_metadata {
-                    finding(DriftKind::NeverBootstrapped, Step::Bootstrap)
-                } else {
-                    finding(DriftKind::BootstrapExpired, Step::Bootstrap)
-                };
-                // Re-minting is bounded: a VM that keeps not joining waits for its next
-                // attempt (the count is in its metadata, where the sweep reads it).
-                if crate::plan::BootstrapAttempts::next(facts.bootstrap_attempts).is_err() {
-                    f.heal = None;
-                }
-                out.push(f);
-            }
-            continue;
-        };
-        let obs = Observed {
-            instance: r.clone(),
-            vm: Some(facts),
-            node: Some(node_facts(node)),
-            tokens,
-        };
-        // A Node under this VM's name that is not provably its own (no providerID and no
-        // nodewire mark, or another VM's providerID): reported for a person, never healed.
-        if let (Some(n), Some(vm)) = (&obs.node, &obs.vm)
-            && let Err(plan) = crate::plan::node_is_the_vms(n, vm)
-        {
-            let why = match plan {
-                crate::plan::Plan::Refuse(r) => r.to_string(),
-                crate::plan::Plan::Ignore(w) => w,
-                other => format!("{other:?}"),
-            };
-            out.push(Finding {
-                kind: DriftKind::ProviderIdWrong,
-                subject: name.clone(),
-                heal: None,
-                refused: Some(why),
-            });
-            continue;
-        }
-        // A step the planner would refuse (another VM's Node, a podCIDR outside the range)
-        // is reported, not published: it would only be dead-lettered again on every run.
-        let refusal = |step: Step| match crate::plan::plan(step, &obs, cfg) {
-            crate::plan::Plan::Refuse(r) => Some(r.to_string()),
-            _ => None,
-        };
-        for g in gaps(&obs, cfg) {
-            let mut f = match g {
-                Gap::Alias => finding(DriftKind::AliasMismatch, Step::AssignAlias),
-                Gap::Tag => finding(DriftKind::TagMissing, Step::TagInstance),
-                Gap::ProviderId => finding(DriftKind::ProviderIdWrong, Step::ProviderId),
-                Gap::Taint => finding(DriftKind::TaintLeft, Step::Finalize),
-                Gap::Token => finding(DriftKind::LeftoverToken, Step::Finalize),
-                Gap::JoinMetadata => finding(DriftKind::LeftoverJoinMetadata, Step::Finalize),
-                // Waiting for the IPAM controller (or the kubelet): not drift.
-                Gap::NoPodCidr | Gap::NoNode => continue,
-            };
-            if let Some((step, _, _)) = &f.heal
-                && let Some(why) = refusal(*step)
-            {
-                f.heal = None;
-                f.refused = Some(why);
-            }
-            out.push(f);
-        }
-    }
-
-    for n in &inv.nodes {
-        let Some(r) = n
-            .provider_id
-            .as_deref()
-            .and_then(|p| InstanceRef::from_provider_id(p).ok().flatten())
-        else {
-            continue;
-        };
-        // A Node of a VM that is not ours (another project, outside the prefix), or a Node
-        // named outside the prefix, is not drift; nor is one whose VM's zone could not be
-        // listed (its VM is unknown, not gone: never decommission from partial data).
-        let ours = cfg.selector.admits(&r).is_ok() && cfg.selector.admits_name(&n.name).is_ok();
-        if ours && !existing.contains(&r) && !unreachable(r.zone()) {
-            out.push(Finding {
-                kind: DriftKind::NodeWithoutVm,
-                subject: n.name.clone(),
-                heal: Some((Step::Decommission, r, Some(n.name.clone()))),
-                refused: None,
-            });
-        }
-    }
-
-    for t in &inv.tokens {
-        let Some(name) = t.instance.as_deref() else {
-            continue;
-        };
-        if existing_names.contains(name) || cfg.selector.admits_name(name).is_err() {
-            continue;
-        }
-        // Its VM may be in a zone the list could not reach (a token without a zone label
-        // could be anywhere).
-        if t.zone
-            .as_deref()
-            .map_or(!inv.unreachable_zones.is_empty(), unreachable)
-        {
-            continue;
-        }
-        let heal = t
-            .zone
-            .as_deref()
-            .and_then(|z| InstanceRef::new(cfg.selector.project.as_str(), z, name).ok())
-            .map(|r| (Step::Decommission, r, Some(name.to_string())));
-        out.push(Finding {
-            kind: DriftKind::OrphanToken,
-            subject: name.to_string(),
-            heal,
-            refused: None,
-        });
-    }
-
-    pod_aliases.sort_by_key(|(_, c)| *c);
-    for (i, (a, ca)) in pod_aliases.iter().enumerate() {
-        for (b, cb) in &pod_aliases[i + 1..] {
-            if !ca.overlaps(cb) {
-                break; // sorted by network: no later block can overlap
-            }
-            for who in [a, b] {
-                out.push(Finding {
-                    kind: DriftKind::AliasOverlap,
-                    refused: None,
-                    subject: who.name().to_string(),
-                    heal: nodes_by_name.contains_key(who.name()).then(|| {
-                        (
-                            Step::AssignAlias,
-                            (*who).clone(),
-                            Some(who.name().to_string()),
-                        )
-                    }),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// What one sweep found and did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub dry_run: bool,
-    pub vms: usize,
-    pub nodes: usize,
-    pub tokens: usize,
-    /// Findings per drift kind.
-    pub drift: BTreeMap<DriftKind, usize>,
-    /// Affected names per drift kind (at most [`AFFECTED_CAP`] each).
-    pub affected: BTreeMap<DriftKind, Vec<String>>,
-    /// Steps published (planned, in a dry run).
-    pub steps: usize,
-    /// VMs with drift whose step was not published because the sweep restarted their chain
-    /// less than the cooldown ago.
-    #[serde(default)]
-    pub cooling: usize,
-    /// Steps left for the next run (over [`SweepLimits::max_steps`]).
-    #[serde(default)]
-    pub deferred: usize,
-    /// Drift the planner refuses to heal, by subject, with the reason (at most
-    /// [`AFFECTED_CAP`]): for a person to look at, never published.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub refused: BTreeMap<String, String>,
-    /// Set when this run did nothing because another sweep holds the lock.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
-    /// List calls made, per API.
-    pub api_calls: BTreeMap<String, usize>,
-    /// Zones the VM list could not reach: nothing there was reported as gone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unreachable_zones: Vec<String>,
-    pub duration_ms: u64,
-}
-
-impl Report {
-    /// Total findings.
-    pub fn total(&self) -> usize {
-        self.drift.values().sum()
-    }
-}
 
 /// The body of a sweep request (`{}` or `{"dryRun": true}`); an empty body is a real sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,7 +63,7 @@ pub enum SweepError {
     Publish(#[from] crate::bus::BusError),
 }
 
-impl crate::adapter::Classify for SweepError {
+impl crate::error::Classify for SweepError {
     fn is_retryable(&self) -> bool {
         match self {
             SweepError::Observe(e) => e.is_retryable(),
@@ -491,54 +161,6 @@ fn release_first(s: Step) -> u8 {
     }
 }
 
-/// Builds the report.
-pub fn report(
-    inv: &Inventory,
-    healed: &Healed,
-    api_calls: BTreeMap<String, usize>,
-    dry_run: bool,
-    started: Instant,
-) -> Report {
-    let mut drift: BTreeMap<DriftKind, usize> = BTreeMap::new();
-    let mut affected: BTreeMap<DriftKind, Vec<String>> = BTreeMap::new();
-    let mut refused: BTreeMap<String, String> = BTreeMap::new();
-    for f in &healed.findings {
-        if let Some(why) = &f.refused
-            && refused.len() < AFFECTED_CAP
-        {
-            refused.insert(f.subject.clone(), why.clone());
-        }
-        // One line per finding: the log-based metric `nodewire/drift` counts them by kind.
-        tracing::info!(
-            kind = f.kind.as_str(),
-            subject = %f.subject,
-            refused = f.refused.is_some(),
-            "drift"
-        );
-        *drift.entry(f.kind).or_insert(0) += 1;
-        let list = affected.entry(f.kind).or_default();
-        if list.len() < AFFECTED_CAP && !list.contains(&f.subject) {
-            list.push(f.subject.clone());
-        }
-    }
-    Report {
-        dry_run,
-        vms: inv.vms.len(),
-        nodes: inv.nodes.len(),
-        tokens: inv.tokens.len(),
-        drift,
-        affected,
-        steps: healed.published.len(),
-        cooling: healed.cooling,
-        deferred: healed.deferred,
-        refused,
-        skipped: None,
-        api_calls,
-        unreachable_zones: inv.unreachable_zones.clone(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
 /// Runs one sweep with the chain's clients: observe, assess, publish (unless `dry_run`),
 /// report.
 ///
@@ -615,29 +237,11 @@ pub async fn run_with(
     Ok(report(&inv, &healed, calls, dry_run, started))
 }
 
-fn skipped_report(dry_run: bool, started: Instant) -> Report {
-    Report {
-        dry_run,
-        vms: 0,
-        nodes: 0,
-        tokens: 0,
-        drift: BTreeMap::new(),
-        affected: BTreeMap::new(),
-        steps: 0,
-        cooling: 0,
-        deferred: 0,
-        refused: BTreeMap::new(),
-        skipped: Some("another sweep holds the lock (kube-system/nodewire-sweep)".into()),
-        api_calls: BTreeMap::new(),
-        unreachable_zones: Vec::new(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::act::compute::{AliasRange, InstanceView, NicView};
+    use crate::act::k8s::{NodeView, TokenInfo};
 
     use crate::testing::plan_config as cfg;
 

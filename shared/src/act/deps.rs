@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::act::compute::{Compute, ComputeEndpoint, ComputePolicy};
-use crate::act::k8s::{Kube, KubeConnection, KubePolicy};
+use crate::act::k8s::{Kube, KubePolicy};
 use crate::bus::{Bus, BusError, OutboundMessage, PubSubBus};
 use crate::config::{ChainConfig, Config, KubeSettings};
 use crate::event::StepMessage;
@@ -46,7 +46,7 @@ pub struct ChainDeps {
 impl ChainDeps {
     /// Puts the chain's clients and settings together.
     pub fn new(base: Deps, compute: Compute, kube: Kube, chain: ChainConfig) -> Self {
-        let plan = chain.plan_config(&base.config.selector);
+        let plan = PlanConfig::new(&chain, &base.config.selector);
         Self {
             base,
             compute,
@@ -81,49 +81,6 @@ pub enum SetupError {
     Kube(#[from] crate::act::k8s::KubeError),
     #[error("the Kubernetes API is not configured (NODEWIRE_KUBECONFIG or NODEWIRE_KUBE_API_URL)")]
     NoKube,
-    #[error("reading {path}")]
-    File {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn read_file(path: &std::path::Path) -> Result<String, SetupError> {
-    std::fs::read_to_string(path).map_err(|source| SetupError::File {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Builds the Kubernetes connection from the configuration (reads the CA file; the token file
-/// is read by the client, again whenever it may have changed).
-///
-/// # Errors
-/// [`SetupError::File`] when a file cannot be read.
-pub fn kube_connection(s: &KubeSettings) -> Result<KubeConnection, SetupError> {
-    Ok(match s {
-        KubeSettings::Kubeconfig {
-            path,
-            allow_insecure_tls,
-            allow_exec,
-        } => KubeConnection::Kubeconfig {
-            path: path.clone(),
-            allow_insecure_tls: *allow_insecure_tls,
-            allow_exec: *allow_exec,
-        },
-        KubeSettings::Direct {
-            url,
-            token_file,
-            ca_file,
-        } => KubeConnection::Direct {
-            url: url.clone(),
-            token: None,
-            // The client re-reads it (projected service-account tokens rotate).
-            token_file: token_file.clone(),
-            ca_pem: ca_file.as_deref().map(read_file).transpose()?,
-        },
-    })
 }
 
 impl std::fmt::Debug for Deps {
@@ -173,7 +130,7 @@ impl Deps {
     /// # Errors
     /// [`SetupError`] when a file cannot be read or the client cannot be built.
     pub async fn kube(settings: &KubeSettings) -> Result<Kube, SetupError> {
-        Ok(Kube::new(&kube_connection(settings)?, KubePolicy::default()).await?)
+        Ok(Kube::new(settings, KubePolicy::default()).await?)
     }
 
     /// Publishes a step to its topic with the attributes `step`, `instance`, `chain` and
