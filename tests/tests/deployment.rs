@@ -214,6 +214,13 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
         let parsed = startup::check(f, kind, &src);
         // Cloud Run sets these itself (PORT, K_SERVICE, K_REVISION).
         let asked = src.asked.borrow().clone();
+        // docs/operations.md lists every variable the configuration reads.
+        let page = std::fs::read_to_string(repo.join("docs/operations.md")).unwrap_or_default();
+        for name in undocumented(&page, &asked) {
+            out.push(format!(
+                "{f}: the configuration reads {name}, which docs/operations.md does not list"
+            ));
+        }
         for name in env.keys() {
             if !asked.contains(name) {
                 out.push(format!(
@@ -857,6 +864,29 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The variables of `asked` that `page` does not name (as `` `NAME` ``).
+fn undocumented(page: &str, asked: &BTreeSet<String>) -> Vec<String> {
+    asked
+        .iter()
+        .filter(|n| !page.contains(&format!("`{n}`")))
+        .cloned()
+        .collect()
+}
+
+/// The configuration page's promise (docs/operations.md): a variable the configuration reads
+/// that the page does not list fails the contract test.
+#[test]
+fn a_variable_the_page_does_not_list_is_caught() {
+    let page = std::fs::read_to_string(root().join("docs/operations.md")).unwrap_or_default();
+    let asked = as_set(["NODEWIRE_POD_RANGE", "NODEWIRE_TOKEN_TTL_SECS"]);
+    assert!(
+        undocumented(&page, &asked).is_empty(),
+        "the page lists both"
+    );
+    let cut = page.replace("`NODEWIRE_TOKEN_TTL_SECS`", "TOKEN TTL");
+    assert_eq!(undocumented(&cut, &asked), vec!["NODEWIRE_TOKEN_TTL_SECS"]);
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub struct Report {
     /// less than the cooldown ago.
     #[serde(default)]
     pub cooling: usize,
-    /// Steps left for the next run (over [`SweepLimits::max_steps`]).
+    /// Steps left for the next run (over [`crate::config::SweepLimits::max_steps`]).
     #[serde(default)]
     pub deferred: usize,
     /// Drift the planner refuses to heal, by subject, with the reason (at most
