@@ -130,10 +130,11 @@ pub fn row(obs: &Observed, cfg: &PlanConfig) -> Row {
         gaps(obs, cfg)
     };
     let state = if let Some(e) = &refusal {
-        if e.is_wait() {
-            "booting".to_string()
-        } else {
-            "will not join".to_string()
+        match e {
+            e if e.is_wait() => "booting".to_string(),
+            // Healed by a kubelet restart nodewire asks for (bounded), not by a join.
+            nodewire::plan::Ineligible::JoinedBefore(_) => "node lost".to_string(),
+            _ => "will not join".to_string(),
         }
     } else if g.is_empty() {
         "wired".to_string()
@@ -395,6 +396,17 @@ mod tests {
                 assert!(why.contains(s), "{what}: {why:?} does not say {s:?}");
             }
         }
+    }
+
+    /// Issue 20, item 5: a VM that joined before gets no new join credential; `status` says
+    /// its Node is lost (the kubelet restart heals it), not that it waits for a join request.
+    #[test]
+    fn a_vm_that_joined_before_is_a_lost_node_not_a_join() {
+        let r = row(&fresh().edit(|o| o.vm_mut().joined = true), &cfg());
+        assert_eq!(r.state, "node lost");
+        let w = r.will_not_join.expect("a reason");
+        assert_eq!(w.kind, "joined-before");
+        assert!(w.why.contains("kubeadm reset"), "{}", w.why);
     }
 
     #[test]

@@ -188,7 +188,7 @@ async fn pull_mode_wires_vms_without_a_secret_in_metadata() {
 async fn join_refuses_what_it_cannot_verify() {
     let s = idle_stack().await;
     for n in [
-        "ok", "forged", "expired", "audience", "stopped", "noded", "standard",
+        "ok", "forged", "expired", "audience", "stopped", "noded", "standard", "marked",
     ] {
         s.insert_vm(P, Z, n, &SELECTOR, true).await.expect("insert");
     }
@@ -207,6 +207,7 @@ async fn join_refuses_what_it_cannot_verify() {
         "noded",
         "standard",
         "unlabelled",
+        "marked",
     ] {
         wait_running(&s, P, n).await;
     }
@@ -309,6 +310,22 @@ async fn join_refuses_what_it_cannot_verify() {
     let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "noded"))).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("Node"), "{body}");
+
+    // A VM that joined before and lost its Node (issue 20, item 5): no new credential — a
+    // process there, a Pod still running included, must not get one; the kubelet restart
+    // nodewire asks for brings the Node back.
+    s.compute.tamper(|w| {
+        if let Some(i) = w
+            .instances
+            .get_mut(&(P.to_string(), Z.to_string(), "marked".to_string()))
+        {
+            i.metadata
+                .push((nodewire::join::JOINED_METADATA_KEY.into(), "true".into()));
+        }
+    });
+    let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "marked"))).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("joined before"), "{body}");
 
     // Nothing so far minted anything.
     assert_eq!(

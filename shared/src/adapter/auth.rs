@@ -51,6 +51,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MIN_KEYS_AGE: Duration = Duration::from_secs(60);
 pub const MAX_KEYS_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_KEYS_AGE: Duration = Duration::from_secs(3600);
+/// How long past its age a cached key set may still be used while fetching a new one keeps
+/// failing; then tokens are answered 503 (redelivered) until the keys can be fetched.
+pub const STALE_KEYS_GRACE: Duration = Duration::from_secs(3600);
 
 /// A key set larger than this is refused.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -307,6 +310,12 @@ impl KeySet {
     fn fresh(&self, now: Instant) -> bool {
         self.fresh_until.is_some_and(|t| now < t)
     }
+    /// Fresh, or stale by less than [`STALE_KEYS_GRACE`]: what may still verify a token while
+    /// refetching fails. Past that, a key Google may have revoked is not trusted any more.
+    fn usable(&self, now: Instant) -> bool {
+        self.fresh_until
+            .is_some_and(|t| now < t.checked_add(STALE_KEYS_GRACE).unwrap_or(t))
+    }
     fn fetched_recently(&self, now: Instant, interval: Duration) -> bool {
         self.fetched_at
             .is_some_and(|t| now.saturating_duration_since(t) < interval)
@@ -497,7 +506,7 @@ impl Verifier {
             let set = self.keys.read().await;
             let now = Instant::now();
             if set.fresh(now) || set.fetched_recently(now, interval) {
-                if let Some(k) = set.keys.get(kid) {
+                if let Some(k) = set.keys.get(kid).filter(|_| set.usable(now)) {
                     return Ok(k.clone());
                 }
                 if set.fetched_recently(now, interval) {
@@ -519,13 +528,18 @@ impl Verifier {
             }
             Err(e) => {
                 let mut set = self.keys.write().await;
+                let now = Instant::now();
                 // Do not ask again at once: the next deliveries use what is cached.
-                set.fetched_at = Some(Instant::now());
+                set.fetched_at = Some(now);
                 match set.keys.get(kid) {
-                    Some(k) => {
+                    Some(k) if set.usable(now) => {
                         tracing::warn!(error = %e, "the signing keys could not be refreshed; using the cached ones");
                         Ok(k.clone())
                     }
+                    Some(_) => Err(AuthError::KeysUnavailable(format!(
+                        "{e}; the cached keys are more than {}s past their age",
+                        STALE_KEYS_GRACE.as_secs()
+                    ))),
                     None => Err(AuthError::KeysUnavailable(e)),
                 }
             }
@@ -641,6 +655,37 @@ fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Key>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20, item 5: cached keys do not verify tokens for ever while refetching fails.
+    #[test]
+    fn stale_keys_are_usable_only_within_the_grace() {
+        let now = Instant::now();
+        let set = |age_past: Option<Duration>, ahead: Option<Duration>| KeySet {
+            keys: HashMap::new(),
+            fresh_until: match (age_past, ahead) {
+                (Some(p), _) => now.checked_sub(p),
+                (None, Some(a)) => Some(now + a),
+                (None, None) => None,
+            },
+            fetched_at: None,
+        };
+        assert!(
+            set(None, Some(Duration::from_secs(10))).usable(now),
+            "fresh"
+        );
+        let stale = set(Some(Duration::from_secs(60)), None);
+        assert!(
+            !stale.fresh(now) && stale.usable(now),
+            "stale within the grace"
+        );
+        let Some(long) = STALE_KEYS_GRACE.checked_add(Duration::from_secs(1)) else {
+            unreachable!()
+        };
+        if now.checked_sub(long).is_some() {
+            assert!(!set(Some(long), None).usable(now), "past the grace");
+        }
+        assert!(!set(None, None).usable(now), "never fetched");
+    }
 
     #[test]
     fn cache_control_bounds_the_age() {

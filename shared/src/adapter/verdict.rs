@@ -218,6 +218,8 @@ pub struct Refused {
     pub reason: String,
     /// Seconds, for [`RefusalClass::RateLimited`].
     pub retry_after: Option<u64>,
+    /// What went wrong inside (a Compute or Kubernetes error's text): logged, never answered.
+    pub detail: Option<String>,
 }
 
 impl Refused {
@@ -227,6 +229,7 @@ impl Refused {
             class,
             reason: reason.into(),
             retry_after: None,
+            detail: None,
         }
     }
 
@@ -248,14 +251,19 @@ impl Refused {
         Self::new(class, e.to_string())
     }
 
-    /// A dependency (`what`) failed: 503 when trying again may help, 500 when not.
+    /// A dependency (`what`) failed: 503 when trying again may help, 500 when not. The
+    /// caller is told which step failed, not the API's error text (it may name other
+    /// resources or the cluster's internals): that is the logged [`Refused::detail`].
     pub fn dependency(what: &str, e: &(impl fmt::Display + Classify)) -> Self {
-        let class = if e.is_retryable() {
-            RefusalClass::Unavailable
+        let (class, then) = if e.is_retryable() {
+            (RefusalClass::Unavailable, "try again shortly")
         } else {
-            RefusalClass::Failed
+            (RefusalClass::Failed, "the operator is told by the log")
         };
-        Self::new(class, format!("{what}: {e}"))
+        Self {
+            detail: Some(e.to_string()),
+            ..Self::new(class, format!("{what} failed; {then}"))
+        }
     }
 
     /// The status code.
@@ -279,6 +287,39 @@ impl IntoResponse for Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20, item 5: a dependency's error text reaches the log, not the caller.
+    #[tokio::test]
+    async fn a_dependency_failure_is_answered_without_its_text() {
+        #[derive(Debug, thiserror::Error)]
+        #[error(
+            "secrets \"bootstrap-token-abcdef\" is forbidden: User \"system:serviceaccount:kube-system:nodewire\""
+        )]
+        struct Api(bool);
+        impl Classify for Api {
+            fn is_retryable(&self) -> bool {
+                self.0
+            }
+        }
+        for (retry, status) in [
+            (true, StatusCode::SERVICE_UNAVAILABLE),
+            (false, StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            let r = Refused::dependency("minting the join token", &Api(retry));
+            assert!(r.detail.as_deref().is_some_and(|d| d.contains("forbidden")));
+            let resp = r.into_response();
+            assert_eq!(resp.status(), status);
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.starts_with("minting the join token failed"), "{body}");
+            assert!(
+                !body.contains("forbidden") && !body.contains("nodewire"),
+                "{body}"
+            );
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -118,28 +118,59 @@ impl NodeEvents {
         })
     }
 
-    /// Dispatches on the carrier's shape.
+    /// Dispatches on the carrier's shape: a LogEntry (its `jsonPayload` unwrapped, at most
+    /// [`MAX_CARRIERS`] deep, each level moved, never copied), an `EventList` (at most
+    /// [`MAX_EVENTS`] items), or one audit `Event`.
     ///
     /// # Errors
-    /// [`DecodeError`] when the payload is a single event we would act on but is malformed.
-    /// Malformed items of an `EventList` are listed in [`NodeEvents::rejected`] instead.
-    pub fn from_value(value: Value) -> Result<Self, DecodeError> {
-        let Value::Object(obj) = &value else {
+    /// [`DecodeError`] when the payload is a single event we would act on but is malformed, or
+    /// exceeds the caps. Malformed items of an `EventList` are listed in
+    /// [`NodeEvents::rejected`] instead.
+    pub fn from_value(mut value: Value) -> Result<Self, DecodeError> {
+        // The outermost carrier's log is the one Logging routed.
+        let mut log_name: Option<Option<String>> = None;
+        for _ in 0..=MAX_CARRIERS {
+            let Value::Object(obj) = &mut value else {
+                return Err(DecodeError::Shape(
+                    "audit payload is not a JSON object".into(),
+                ));
+            };
+            if !(obj.contains_key("protoPayload") || obj.contains_key("jsonPayload")) {
+                let mut out = Self::from_event_value(&value)?;
+                if let Some(l) = log_name {
+                    out.log_name = l;
+                }
+                return Ok(out);
+            }
+            // Taken out of the entry before the rest is read: the payload is moved on, not
+            // copied (a 1 MiB entry must not cost a copy per level).
+            let payload = obj.remove("jsonPayload").filter(|p| !p.is_null());
+            let entry: LogEntry = serde_json::from_value(value)
+                .map_err(|e| DecodeError::Json(format!("LogEntry: {e}")))?;
+            let outer = log_name
+                .get_or_insert_with(|| entry.log_name.clone())
+                .clone();
+            match payload {
+                Some(p) => value = unparsed_line(p)?,
+                None => {
+                    let mut out = Self::single(from_gke_entry(&entry))?;
+                    out.log_name = outer;
+                    return Ok(out);
+                }
+            }
+        }
+        Err(DecodeError::Shape(format!(
+            "LogEntries nested more than {MAX_CARRIERS} deep"
+        )))
+    }
+
+    /// An `EventList`, an `Event`, or something else (ignored).
+    fn from_event_value(value: &Value) -> Result<Self, DecodeError> {
+        let Value::Object(obj) = value else {
             return Err(DecodeError::Shape(
                 "audit payload is not a JSON object".into(),
             ));
         };
-        if obj.contains_key("protoPayload") || obj.contains_key("jsonPayload") {
-            let entry: LogEntry = serde_json::from_value(value)
-                .map_err(|e| DecodeError::Json(format!("LogEntry: {e}")))?;
-            let mut out = match entry.json_payload.clone() {
-                Some(payload) => Self::from_value(unparsed_line(payload)?)?,
-                None => Self::single(from_gke_entry(&entry))?,
-            };
-            // The outermost carrier's log is the one Logging routed.
-            out.log_name = entry.log_name.clone();
-            return Ok(out);
-        }
         match obj.get("kind").and_then(Value::as_str) {
             Some("EventList") => {
                 let items = match obj.get("items") {
@@ -149,6 +180,12 @@ impl NodeEvents {
                         return Err(DecodeError::Shape("EventList.items is not an array".into()));
                     }
                 };
+                if items.len() > MAX_EVENTS {
+                    return Err(DecodeError::Shape(format!(
+                        "EventList of {} items; at most {MAX_EVENTS} per entry",
+                        items.len()
+                    )));
+                }
                 let mut out = NodeEvents::default();
                 for (i, item) in items.iter().enumerate() {
                     match from_audit_value(item) {
@@ -158,7 +195,7 @@ impl NodeEvents {
                 }
                 Ok(out)
             }
-            Some("Event") => Self::single(from_audit_value(&value)),
+            Some("Event") => Self::single(from_audit_value(value)),
             other => Self::single(Ok(NodeEvent::Ignored(format!(
                 "not a Kubernetes audit event (kind {:?})",
                 other.map(echo)
@@ -166,6 +203,14 @@ impl NodeEvents {
         }
     }
 }
+
+/// LogEntries carried inside one another at most (the Ops Agent's entry holds the audit
+/// event: one level; a Pub/Sub message of a sink is that entry).
+pub const MAX_CARRIERS: usize = 4;
+
+/// Audit events in one entry at most (kube-apiserver's log backend writes one per line; its
+/// webhook backend batches up to 400 by default, `--audit-webhook-batch-max-size`).
+pub const MAX_EVENTS: usize = 1000;
 
 /// An Ops Agent entry whose line was not parsed as JSON carries it as text in
 /// `jsonPayload.message`; that text is the audit event.
@@ -185,7 +230,8 @@ fn unparsed_line(payload: Value) -> Result<Value, DecodeError> {
 }
 
 fn from_audit_value(value: &Value) -> Result<NodeEvent, DecodeError> {
-    let ev: AuditEvent = serde_json::from_value(value.clone())
+    // Read from the borrowed value: no copy of the event.
+    let ev = AuditEvent::deserialize(value)
         .map_err(|e| DecodeError::Json(format!("audit Event: {e}")))?;
     if ev.kind.as_deref() != Some("Event") {
         return Ok(NodeEvent::Ignored(
@@ -644,6 +690,42 @@ mod tests {
         assert!(matches!(
             one(&json!({"hello": "world"})),
             NodeEvent::Ignored(_)
+        ));
+    }
+
+    /// Issue 20, item 5: nesting and event counts are capped, and the payload is moved, not
+    /// copied, per level (the outermost log name is kept).
+    #[test]
+    fn carriers_and_events_are_capped() {
+        let event = fixture("k8s-audit-node-create.json");
+        let wrap = |inner: Value, log: &str| json!({"logName": log, "jsonPayload": inner});
+        let mut v = event.clone();
+        for i in 0..MAX_CARRIERS {
+            v = wrap(v, &format!("projects/p/logs/level{i}"));
+        }
+        let ok = NodeEvents::from_value(v.clone()).expect("at the cap");
+        assert_eq!(ok.events.len(), 1);
+        assert_eq!(
+            ok.log_name.as_deref(),
+            Some(format!("projects/p/logs/level{}", MAX_CARRIERS - 1).as_str()),
+            "the outermost carrier's log"
+        );
+        let deeper = wrap(v, "projects/p/logs/outer");
+        assert!(matches!(
+            NodeEvents::from_value(deeper),
+            Err(DecodeError::Shape(ref w)) if w.contains("nested")
+        ));
+        let list = |n: usize| json!({"kind": "EventList", "items": vec![event.clone(); n]});
+        assert_eq!(
+            NodeEvents::from_value(list(MAX_EVENTS))
+                .expect("at the cap")
+                .events
+                .len(),
+            MAX_EVENTS
+        );
+        assert!(matches!(
+            NodeEvents::from_value(list(MAX_EVENTS + 1)),
+            Err(DecodeError::Shape(ref w)) if w.contains("at most")
         ));
     }
 

@@ -48,6 +48,9 @@ pub async fn handle(
     }
     let mut routed = 0usize;
     let mut ignored = Vec::new();
+    // One step per Node and kind per delivery: a step re-reads everything, so a second one
+    // for the same Node adds nothing but load (an entry may carry many events of one Node).
+    let mut seen: std::collections::BTreeSet<(String, Step)> = std::collections::BTreeSet::new();
     for ev in events {
         let (change, step) = match ev {
             NodeEvent::Ignored(why) => {
@@ -57,6 +60,9 @@ pub async fn handle(
             NodeEvent::Registered(c) | NodeEvent::CidrAssigned(c) => (c, Step::AssignAlias),
             NodeEvent::Deleted(c) => (c, Step::ReleaseAlias),
         };
+        if !seen.insert((change.node.clone(), step)) {
+            continue;
+        }
         match route(change, step, &event.meta, deps, locator).await? {
             Some(why) => ignored.push(why),
             None => routed += 1,
@@ -192,6 +198,21 @@ mod tests {
             rejected: vec![],
             log_name: Some("projects/example-project/logs/k8s_audit".into()),
         })
+    }
+
+    /// Issue 20, item 5: an entry carrying many events of one Node routes one step for it.
+    #[tokio::test]
+    async fn one_step_per_node_and_kind_per_delivery() {
+        let (deps, bus, loc) = deps(true);
+        let many: Vec<NodeEvent> = (0..50)
+            .map(|_| NodeEvent::CidrAssigned(change("k8s-worker-1", None)))
+            .chain([NodeEvent::Deleted(change("k8s-worker-1", None))])
+            .collect();
+        let r = handle(events(many), &deps, loc.as_ref()).await.expect("ok");
+        assert_eq!(r, Outcome::Done);
+        let assign = bus.published_to("projects/example-project/topics/nodewire-assign-alias");
+        let release = bus.published_to("projects/example-project/topics/nodewire-release-alias");
+        assert_eq!((assign.len(), release.len()), (1, 1));
     }
 
     #[tokio::test]

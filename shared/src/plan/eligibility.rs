@@ -60,6 +60,15 @@ pub enum Ineligible {
     /// name that is not this VM's is in the way.
     #[error("{0}")]
     NodeExists(String),
+    /// It carries nodewire's `nodewire-joined` mark: its disk has a kubelet configuration.
+    /// A lost Node comes back by a kubelet restart nodewire asks for, never by a new join
+    /// credential (a process on the VM, a Pod still running there included, must not get one).
+    #[error(
+        "VM {0} joined before (metadata nodewire-joined): no new join credential; nodewire asks \
+         its kubelet to register the Node again. To rejoin it by hand: kubeadm reset on the VM, \
+         then remove the nodewire-joined metadata key"
+    )]
+    JoinedBefore(String),
 }
 
 fn runs_as_text(accounts: &[String]) -> String {
@@ -87,6 +96,7 @@ impl Ineligible {
             Ineligible::NoIpForwarding(_) => "no-ip-forwarding",
             Ineligible::WrongSubnet { .. } => "wrong-subnet",
             Ineligible::NodeExists(_) => "node-exists",
+            Ineligible::JoinedBefore(_) => "joined-before",
         }
     }
 }
@@ -168,8 +178,9 @@ pub fn vm_may_join(
 }
 
 /// May `vm` join, with `node` the Node of its name if one exists? [`vm_may_join`], then: no
-/// Node of that name. A Node that is provably the VM's means it joined already; one that is not
-/// is in the way, and the message says how to tell and what to do.
+/// Node of that name (one that is provably the VM's means it joined already; one that is not
+/// is in the way, and the message says how to tell and what to do), and no mark that it joined
+/// before (issue 20, item 5: docs/operations.md promises no new credential for such a VM).
 ///
 /// # Errors
 /// The first [`Ineligible`] condition.
@@ -180,7 +191,12 @@ pub fn may_join(
     account: Option<&str>,
 ) -> Result<(), Ineligible> {
     vm_may_join(vm, cfg, account)?;
-    let Some(node) = node else { return Ok(()) };
+    let Some(node) = node else {
+        if vm.joined {
+            return Err(Ineligible::JoinedBefore(vm.instance.to_string()));
+        }
+        return Ok(());
+    };
     Err(Ineligible::NodeExists(match node_is_the_vms(node, vm) {
         Ok(()) => format!(
             "VM {} has a Node already (Node {}): it joined; no new join credential",

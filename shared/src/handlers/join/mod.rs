@@ -157,6 +157,7 @@ fn refused(endpoint: &str, e: &Refused, started: Instant) -> Response {
         endpoint,
         status = e.status().as_u16(),
         reason = %e.reason,
+        detail = e.detail.as_deref().unwrap_or_default(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "join request refused"
     );

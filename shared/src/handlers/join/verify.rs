@@ -26,10 +26,11 @@ fn forbidden(reason: impl Into<String>) -> Refused {
     Refused::new(RefusalClass::Forbidden, reason)
 }
 
-/// A VM that may not join: 409 when a Node of its name exists (a state), 403 otherwise.
+/// A VM that may not join: 409 when a Node of its name exists or it joined before (a state),
+/// 403 otherwise.
 pub(super) fn ineligible(e: &Ineligible) -> Refused {
     let class = match e {
-        Ineligible::NodeExists(_) => RefusalClass::Conflict,
+        Ineligible::NodeExists(_) | Ineligible::JoinedBefore(_) => RefusalClass::Conflict,
         _ => RefusalClass::Forbidden,
     };
     Refused::new(class, e.to_string())
