@@ -126,8 +126,14 @@ resource "google_compute_instance" "control_plane" {
       # ip-masq-agent leaves traffic to these unmasqueraded (infra/k8s/ip-masq-agent.yaml).
       non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
     })
-    nodewire-k8s-rbac     = file("${path.module}/../k8s/nodewire-rbac.yaml")
-    nodewire-k8s-policy   = file("${path.module}/../k8s/nodewire-admission-policy.yaml")
+    nodewire-k8s-rbac = file("${path.module}/../k8s/nodewire-rbac.yaml")
+    # The admission policies bind nodewire's writes to this project, the node VMs' name prefix
+    # and the join token TTL: the same values the functions are configured with.
+    nodewire-k8s-policy = templatefile("${path.module}/../k8s/nodewire-admission-policy.yaml", {
+      project         = var.project_id
+      instance_prefix = local.env_common.NODEWIRE_INSTANCE_PREFIX
+      token_ttl_secs  = local.env_chain.NODEWIRE_TOKEN_TTL_SECS
+    })
     nodewire-k8s-ip-masq  = file("${path.module}/../k8s/ip-masq-agent.yaml")
     nodewire-audit-policy = file("${path.module}/../k8s/node/audit-policy.yaml")
   }

@@ -480,7 +480,11 @@ impl Stack {
                 .rbac_manifests
                 .clone()
                 .unwrap_or_else(|| vec![crate::k8s::rbac::NODEWIRE_RBAC.to_string()]),
-            admission_manifests: vec![crate::k8s::admission::NODEWIRE_ADMISSION.to_string()],
+            admission_manifests: vec![crate::k8s::admission::nodewire_admission(
+                &opts.project,
+                opts.name_prefix.as_deref().unwrap_or_default(),
+                900,
+            )],
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -117,8 +117,9 @@ async fn provider_id_is_set_once() {
     ));
 }
 
-/// nodewire only ever removes taints (its admission policy refuses an added one), but two of
-/// its writers can remove different taints of one Node at once.
+/// nodewire only ever removes its own taint (its admission policy refuses any other change to
+/// taints), while another writer — here the cluster admin, cordoning or clearing a taint of its
+/// own — may change the Node's taints at the same moment: neither change is lost.
 #[tokio::test]
 async fn taints_change_without_losing_a_concurrent_writers_taint() {
     let sim = k8s_sim(K8sConfig::default()).await;
@@ -143,9 +144,21 @@ async fn taints_change_without_losing_a_concurrent_writers_taint() {
         },
     );
     let k = kube_client(&sim, fast_kube_policy()).await;
+    let admin = nodewire::act::k8s::Kube::new(
+        &nodewire::config::KubeSettings::Direct {
+            url: sim.endpoint(),
+            token: Some(sim.admin_token()),
+            token_file: None,
+            ca_file: None,
+            ca_pem: None,
+        },
+        fast_kube_policy(),
+    )
+    .await
+    .expect("the admin's client");
     let (a, b) = tokio::join!(
         k.remove_taint("n1", UNWIRED_TAINT),
-        k.remove_taint("n1", "other")
+        admin.remove_taint("n1", "other")
     );
     assert_eq!(a.expect("remove unwired"), WriteOutcome::Changed);
     assert_eq!(b.expect("remove other"), WriteOutcome::Changed);
@@ -156,6 +169,8 @@ async fn taints_change_without_losing_a_concurrent_writers_taint() {
     let n = k.get_node("n1").await.expect("get").expect("exists");
     let keys: Vec<&str> = n.taints.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, vec!["keep"], "neither removal undid the other");
+    // nodewire itself may not remove another taint (issue 20, item 5).
+    assert!(k.remove_taint("n1", "keep").await.is_err());
     sim.chaos().clear_faults();
     assert_eq!(
         k.remove_taint("n1", UNWIRED_TAINT).await.expect("again"),
@@ -277,6 +292,21 @@ async fn bootstrap_tokens_and_cluster_info() {
     assert!(
         ttl > time::Duration::seconds(880) && ttl <= time::Duration::seconds(900),
         "{ttl}"
+    );
+    // Through the API server's whole create path (stringData folded into data, the
+    // creationTimestamp set, then admission), a token that outlives the configured TTL is
+    // refused by the admission policy (issue 20, item 5).
+    let long = k
+        .create_bootstrap_token(
+            &vm,
+            Some("2525602744967966726"),
+            Duration::from_secs(2 * 86_400),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await;
+    assert!(
+        matches!(&long, Err(e) if e.to_string().contains("expire within")),
+        "{long:?}"
     );
     let mine = k
         .list_bootstrap_tokens(Some("k8s-worker-1"))

@@ -26,9 +26,19 @@ use serde_json::{Value, json};
 
 use super::status::ApiError;
 
-/// nodewire's shipped ValidatingAdmissionPolicy and its binding.
+/// nodewire's shipped ValidatingAdmissionPolicies and their bindings, as a template (Terraform
+/// fills it in: [`nodewire_admission`] does the same here).
 pub const NODEWIRE_ADMISSION: &str =
     include_str!("../../../infra/k8s/nodewire-admission-policy.yaml");
+
+/// The shipped policies for a cluster: `project` of its VMs, node VM name `prefix` (may be
+/// empty), and the join token TTL in seconds — the values Terraform's `templatefile` puts in.
+pub fn nodewire_admission(project: &str, prefix: &str, token_ttl_secs: u64) -> String {
+    NODEWIRE_ADMISSION
+        .replace("${project}", project)
+        .replace("${instance_prefix}", prefix)
+        .replace("${token_ttl_secs}", &token_ttl_secs.to_string())
+}
 
 /// One write, as admission sees it.
 #[derive(Debug, Clone)]
@@ -162,6 +172,13 @@ impl Admission {
         let mut policies: Vec<(String, PolicySpec)> = vec![];
         let mut bindings: Vec<(String, BindingSpec)> = vec![];
         for text in manifests {
+            if let Some(at) = text.find("${") {
+                let end = text[at..].find('}').map_or(text.len(), |e| at + e + 1);
+                return Err(format!(
+                    "admission manifest: template placeholder {} not filled in",
+                    &text[at..end]
+                ));
+            }
             let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)
                 .map_err(|e| format!("admission manifest: {e}"))?;
             for raw in docs {
@@ -336,9 +353,11 @@ impl Compiled {
             "namespace": a.namespace,
         });
         let mut ctx = Context::default();
+        let secret = a.resource == "secrets";
         let to_cel = |v: Option<&Value>| -> Result<Cel, String> {
             match v {
                 None => Ok(Cel::Null),
+                Some(v) if secret => secret_to_cel(v),
                 Some(v) => cel_interpreter::to_value(v).map_err(|e| e.to_string()),
             }
         };
@@ -391,6 +410,31 @@ impl Compiled {
     }
 }
 
+/// A Secret as CEL sees it: `data`'s values are bytes (the OpenAPI schema's `format: byte`),
+/// not their base64 text.
+fn secret_to_cel(v: &Value) -> Result<Cel, String> {
+    use base64::Engine as _;
+    let mut plain = v.clone();
+    let data = plain.as_object_mut().and_then(|o| o.remove("data"));
+    let Cel::Map(m) = cel_interpreter::to_value(&plain).map_err(|e| e.to_string())? else {
+        return Err("a Secret is not an object".into());
+    };
+    let mut map = (*m.map).clone();
+    if let Some(Value::Object(d)) = data {
+        let mut bytes = std::collections::HashMap::new();
+        for (k, b64) in d {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap_or_default())
+                .map_err(|e| format!("data.{k}: {e}"))?;
+            bytes.insert(k, Cel::Bytes(std::sync::Arc::new(raw)));
+        }
+        map.insert("data".into(), Cel::from(bytes));
+    }
+    Ok(Cel::Map(cel_interpreter::objects::Map {
+        map: std::sync::Arc::new(map),
+    }))
+}
+
 /// A CEL value back as JSON (for `variables`): lists, maps, scalars.
 fn cel_to_json(v: &Cel) -> Value {
     match v {
@@ -424,45 +468,171 @@ fn key_string(k: &cel_interpreter::objects::Key) -> String {
 mod tests {
     use super::*;
 
-    fn node_update(old_taints: Value, new_taints: Value, user: &str) -> Result<(), ApiError> {
-        let adm = Admission::load(&[NODEWIRE_ADMISSION]).expect("the shipped policy loads");
-        let old = json!({"metadata": {"name": "n"}, "spec": {"taints": old_taints}});
-        let new = json!({"metadata": {"name": "n"}, "spec": {"taints": new_taints}});
-        adm.admit(&Attributes {
+    const NW: &str = "system:serviceaccount:kube-system:nodewire";
+
+    fn shipped() -> Admission {
+        Admission::load(&[&nodewire_admission("example-project", "k8s-", 900)])
+            .expect("the shipped policies load")
+    }
+
+    fn write(
+        user: &str,
+        operation: &str,
+        resource: &str,
+        name: &str,
+        old: Option<&Value>,
+        new: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let namespace = if resource == "nodes" {
+            ""
+        } else {
+            "kube-system"
+        };
+        shipped().admit(&Attributes {
             user,
             groups: &[],
-            operation: "UPDATE",
-            resource: "nodes",
-            namespace: "",
-            name: "n",
-            object: Some(&new),
-            old_object: Some(&old),
+            operation,
+            resource,
+            namespace,
+            name,
+            object: new,
+            old_object: old,
         })
     }
 
-    const NW: &str = "system:serviceaccount:kube-system:nodewire";
+    fn node(name: &str, spec: Value) -> Value {
+        json!({"metadata": {"name": name}, "spec": spec})
+    }
 
-    #[test]
-    fn taints_may_be_removed_not_added_or_changed() {
-        let a = json!({"key": "a", "effect": "NoSchedule"});
-        let b = json!({"key": "b", "effect": "NoExecute", "value": "x"});
-        assert!(node_update(json!([a, b]), json!([a]), NW).is_ok());
-        assert!(node_update(json!([a, b]), json!([b]), NW).is_ok());
-        let added = node_update(json!([a]), json!([a, b]), NW).expect_err("added");
-        assert_eq!((added.code, added.reason), (403, "Forbidden"));
-        let changed = json!({"key": "b", "effect": "NoExecute", "value": "y"});
-        assert!(node_update(json!([a, b]), json!([a, changed]), NW).is_err());
-        // Another identity is not this policy's business.
-        assert!(node_update(json!([a]), json!([a, b]), "kubernetes-admin").is_ok());
+    fn node_update(old_taints: Value, new_taints: Value, user: &str) -> Result<(), ApiError> {
+        let old = node("k8s-n", json!({"taints": old_taints}));
+        let new = node("k8s-n", json!({"taints": new_taints}));
+        write(user, "UPDATE", "nodes", "k8s-n", Some(&old), Some(&new))
     }
 
     #[test]
-    fn unmodelled_fields_do_not_load() {
-        let with_params = NODEWIRE_ADMISSION.replace(
+    fn only_nodewires_taint_may_be_removed_none_added_or_changed() {
+        let ours = json!({"key": "nodewire.io/unwired", "effect": "NoSchedule"});
+        let b = json!({"key": "b", "effect": "NoExecute", "value": "x"});
+        assert!(node_update(json!([ours, b]), json!([b]), NW).is_ok());
+        // Issue 20, item 5: another taint (a cordon, node.kubernetes.io/unreachable, …) stays.
+        let other = node_update(json!([ours, b]), json!([ours]), NW).expect_err("removed b");
+        assert_eq!((other.code, other.reason), (403, "Forbidden"));
+        assert!(other.message.contains("its own taint"), "{}", other.message);
+        let added = node_update(json!([ours]), json!([ours, b]), NW).expect_err("added");
+        assert_eq!((added.code, added.reason), (403, "Forbidden"));
+        let changed = json!({"key": "b", "effect": "NoExecute", "value": "y"});
+        assert!(node_update(json!([ours, b]), json!([ours, changed]), NW).is_err());
+        // Another identity is not this policy's business.
+        assert!(node_update(json!([ours]), json!([ours, b]), "kubernetes-admin").is_ok());
+    }
+
+    /// Issue 20, item 5: a made-up owner would let the garbage collector delete the Node.
+    #[test]
+    fn owner_references_are_not_changed() {
+        let old = node("k8s-n", json!({}));
+        let mut owned = old.clone();
+        owned["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"}]);
+        let e = write(NW, "UPDATE", "nodes", "k8s-n", Some(&old), Some(&owned))
+            .expect_err("an owner added");
+        assert!(e.message.contains("ownerReferences"), "{}", e.message);
+        assert!(write(NW, "UPDATE", "nodes", "k8s-n", Some(&owned), Some(&owned)).is_ok());
+    }
+
+    /// Issue 20, item 5: providerIDs and Node deletes bound to the project, the node name
+    /// prefix and the Node's own name; never the control plane.
+    #[test]
+    fn provider_ids_and_deletes_are_bound_to_the_project_and_prefix() {
+        let empty = node("k8s-n", json!({}));
+        let set = |p: &str| node("k8s-n", json!({"providerID": p}));
+        let update = |name: &str, old: &Value, new: &Value| {
+            write(NW, "UPDATE", "nodes", name, Some(old), Some(new))
+        };
+        assert!(
+            update(
+                "k8s-n",
+                &empty,
+                &set("gce://example-project/us-central1-a/k8s-n")
+            )
+            .is_ok()
+        );
+        for bad in [
+            "gce://other-project/us-central1-a/k8s-n",
+            "gce://example-project/us-central1-a/k8s-other",
+            "gce://example-project/k8s-n",
+            "aws:///us-east-1a/i-1",
+        ] {
+            assert!(update("k8s-n", &empty, &set(bad)).is_err(), "{bad}");
+        }
+        let cp = node("cp-1", json!({}));
+        let cp_set = node(
+            "cp-1",
+            json!({"providerID": "gce://example-project/us-central1-a/cp-1"}),
+        );
+        assert!(update("cp-1", &cp, &cp_set).is_err(), "outside the prefix");
+        let delete = |name: &str, old: &Value| write(NW, "DELETE", "nodes", name, Some(old), None);
+        assert!(delete("k8s-n", &set("gce://example-project/us-central1-a/k8s-n")).is_ok());
+        assert!(delete("k8s-n", &set("gce://other-project/us-central1-a/k8s-n")).is_err());
+        assert!(delete("k8s-n", &empty).is_err());
+        assert!(delete("cp-1", &cp_set).is_err());
+        // A control-plane Node under the prefix.
+        let mut labelled = set("gce://example-project/us-central1-a/k8s-n");
+        labelled["metadata"]["labels"] = json!({"node-role.kubernetes.io/control-plane": ""});
+        assert!(delete("k8s-n", &labelled).is_err());
+    }
+
+    /// Issue 20, item 5: a token nodewire creates expires within the configured TTL of its
+    /// creation (as admission sees it: `data` folded and decoded, `creationTimestamp` set).
+    #[test]
+    fn token_secrets_expire_within_the_ttl() {
+        use base64::Engine as _;
+        let token = |expiration: &str| {
+            let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+            json!({
+                "type": "bootstrap.kubernetes.io/token",
+                "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system",
+                             "labels": {"nodewire.io/instance": "k8s-n"},
+                             "creationTimestamp": "2026-12-07T10:00:00Z"},
+                "data": {"token-id": b("abcdef"), "token-secret": b("0123456789abcdef"),
+                         "expiration": b(expiration),
+                         "usage-bootstrap-authentication": b("true")}
+            })
+        };
+        let create = |t: &Value| {
+            write(
+                NW,
+                "CREATE",
+                "secrets",
+                "bootstrap-token-abcdef",
+                None,
+                Some(t),
+            )
+        };
+        assert!(create(&token("2026-12-07T10:15:00Z")).is_ok(), "900 s");
+        assert!(
+            create(&token("2026-12-07T10:16:00Z")).is_ok(),
+            "with the skew allowed"
+        );
+        let e = create(&token("2026-12-08T10:00:00Z")).expect_err("a day");
+        assert!(e.message.contains("900 s"), "{}", e.message);
+        let mut none = token("x");
+        if let Some(d) = none["data"].as_object_mut() {
+            d.remove("expiration");
+        }
+        assert!(create(&none).is_err(), "no expiration");
+    }
+
+    #[test]
+    fn unmodelled_fields_and_unfilled_templates_do_not_load() {
+        let rendered = nodewire_admission("example-project", "k8s-", 900);
+        let with_params = rendered.replace(
             "  failurePolicy: Fail\n",
             "  failurePolicy: Fail\n  paramKind: {apiVersion: v1, kind: ConfigMap}\n",
         );
-        assert_ne!(with_params, NODEWIRE_ADMISSION, "the edit applies");
+        assert_ne!(with_params, rendered, "the edit applies");
         assert!(Admission::load(&[&with_params]).is_err());
+        let e = Admission::load(&[NODEWIRE_ADMISSION]).expect_err("a template");
+        assert!(e.contains("${"), "{e}");
     }
 }

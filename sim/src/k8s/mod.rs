@@ -77,7 +77,7 @@ impl Default for K8sConfig {
             audit_project: "example-project".into(),
             audit_zone: "us-central1-a".into(),
             rbac_manifests: vec![rbac::NODEWIRE_RBAC.to_string()],
-            admission_manifests: vec![admission::NODEWIRE_ADMISSION.to_string()],
+            admission_manifests: vec![admission::nodewire_admission("example-project", "", 900)],
         }
     }
 }

@@ -90,7 +90,22 @@ pub(super) fn create(
     st: &mut Store,
     resource: &str,
     ns: &str,
+    obj: Value,
+) -> Result<Value, ApiError> {
+    create_admitted(st, resource, ns, obj, |_| Ok(()))
+}
+
+/// [`create`], with `admit(obj)` run where the API server runs validating admission on a
+/// create: after the object is fully formed — converted (a Secret's `stringData` folded into
+/// `data`), its system fields filled (`uid`, `creationTimestamp`) and validated — and before it
+/// is stored (k8s.io/apiserver `registry/generic/registry/store.go`, `Store.Create`:
+/// `FillObjectMetaSystemFields`, `rest.BeforeCreate`, then `createValidation`).
+pub(super) fn create_admitted(
+    st: &mut Store,
+    resource: &str,
+    ns: &str,
     mut obj: Value,
+    admit: impl FnOnce(&Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     let kind = kind(resource)?;
     if !obj.is_object() {
@@ -126,6 +141,7 @@ pub(super) fn create(
     normalize(resource, &mut obj);
     validate(resource, kind, &name, &obj, None)?;
     stamp(st, &mut obj, kind, ns, &name, None);
+    admit(&obj)?;
     st.objects.insert(key, obj.clone());
     Ok(obj)
 }

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::admission::{Admission, Attributes};
-use super::objects::{create, str_at, update, update_admitted};
+use super::objects::{create_admitted, str_at, update, update_admitted};
 use super::rbac::{self, Identity};
 use super::select::list;
 use super::{ApiError, Sim, Store, kind_of, patch};
@@ -413,17 +413,18 @@ async fn collection(
         if let (Some(node), "nodes") = (who.node_name(), resource.as_str()) {
             rbac::node_restriction(node, "create", str_at(&obj, "/metadata/name"), None, None)?;
         }
-        s.admission.admit(&Attributes {
-            user: &who.user,
-            groups: &who.groups,
-            operation: "CREATE",
-            resource: &resource,
-            namespace: &ns,
-            name: str_at(&obj, "/metadata/name"),
-            object: Some(&obj),
-            old_object: None,
+        let out = create_admitted(&mut st, &resource, &ns, obj, |formed| {
+            s.admission.admit(&Attributes {
+                user: &who.user,
+                groups: &who.groups,
+                operation: "CREATE",
+                resource: &resource,
+                namespace: &ns,
+                name: str_at(formed, "/metadata/name"),
+                object: Some(formed),
+                old_object: None,
+            })
         })?;
-        let out = create(&mut st, &resource, &ns, obj)?;
         if resource == "secrets" || resource == "configmaps" {
             super::controllers::reconcile(&mut st);
         }

@@ -68,18 +68,42 @@ pub(super) fn bootstrap_identity(st: &Store, id: &str, secret: &str) -> Option<I
         "system:bootstrappers".to_string(),
         "system:authenticated".to_string(),
     ];
-    groups.extend(
-        secret_value(obj, "auth-extra-groups")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_string),
-    );
+    let extra: Vec<String> = secret_value(obj, "auth-extra-groups")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    // An extra group that is not a valid `system:bootstrappers:…` name fails authentication
+    // (401), it is not dropped: plugin/pkg/auth/authenticator/token/bootstrap/bootstrap.go
+    // returns "not authenticated" when `bootstrapsecretutil.GetGroups` errs, and GetGroups
+    // validates each name against `^system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]$`.
+    if !extra.iter().all(|g| bootstrap_group_name_is_valid(g)) {
+        return None;
+    }
+    groups.extend(extra);
     Some(Identity {
         user: format!("system:bootstrap:{id}"),
         groups,
     })
+}
+
+/// `^system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]$` (k8s.io/cluster-bootstrap
+/// `token/util.ValidateBootstrapGroupName`).
+fn bootstrap_group_name_is_valid(g: &str) -> bool {
+    let Some(rest) = g.strip_prefix("system:bootstrappers:") else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.len() <= 256
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':' || b == b'-')
+        && rest
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// `old`: the Secret an update replaces.
@@ -199,4 +223,51 @@ pub fn token_secret(id: &str, vm: &str, zone: &str, expiration: &str) -> Value {
            "stringData": {"token-id": id, "token-secret": "0123456789abcdef", "expiration": expiration,
                           "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
                           "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(extra_groups: &str) -> Store {
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut st = Store::default();
+        st.objects.insert(
+            (
+                "secrets".into(),
+                "kube-system".into(),
+                "bootstrap-token-abcdef".into(),
+            ),
+            json!({"type": "bootstrap.kubernetes.io/token",
+                   "data": {"token-id": b("abcdef"), "token-secret": b("0123456789abcdef"),
+                            "usage-bootstrap-authentication": b("true"),
+                            "expiration": b("2999-01-01T00:00:00Z"),
+                            "auth-extra-groups": b(extra_groups)}}),
+        );
+        st
+    }
+
+    /// A bad extra group fails authentication (401), it is not ignored.
+    #[test]
+    fn an_invalid_extra_group_fails_authentication() {
+        let ok = store_with("system:bootstrappers:kubeadm:default-node-token");
+        let who = bootstrap_identity(&ok, "abcdef", "0123456789abcdef").expect("authenticates");
+        assert!(
+            who.groups
+                .iter()
+                .any(|g| g == "system:bootstrappers:kubeadm:default-node-token")
+        );
+        for bad in [
+            "system:masters",
+            "system:bootstrappers:kubeadm:default-node-token,system:masters",
+            "system:bootstrappers:",
+            "system:bootstrappers:Upper",
+            "system:bootstrappers:trailing-",
+        ] {
+            assert!(
+                bootstrap_identity(&store_with(bad), "abcdef", "0123456789abcdef").is_none(),
+                "{bad}"
+            );
+        }
+    }
 }
