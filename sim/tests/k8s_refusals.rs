@@ -559,9 +559,11 @@ async fn the_admission_policy_narrows_nodewires_writes() {
     let denied = |st: u16, body: &Value, what: &str| {
         assert_eq!(st, 403, "{what}: {body}");
         assert!(
-            body["message"].as_str().is_some_and(|m| m.starts_with(
-                "ValidatingAdmissionPolicy 'nodewire-writes' with binding 'nodewire-writes' denied request:"
-            )),
+            // One policy per kind: nodewire-nodes, nodewire-secrets, nodewire-configmaps.
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("ValidatingAdmissionPolicy 'nodewire-")
+                    && m.contains("denied request:")),
             "{what}: {body}"
         );
     };
@@ -626,15 +628,27 @@ async fn the_admission_policy_narrows_nodewires_writes() {
     )
     .await;
     denied(st, &body, "an Opaque Secret");
-    let mut unlabelled = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    // A token nodewire mints expires within its TTL (900 s by default).
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(600))
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let mut unlabelled = sim::k8s::token_secret("abcdef", "vm-1", "z", &soon);
     unlabelled["metadata"]["labels"] = json!({});
     let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(unlabelled)).await;
     denied(st, &body, "a token without nodewire's label");
-    let mut extra = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    let mut extra = sim::k8s::token_secret("abcdef", "vm-1", "z", &soon);
     extra["stringData"]["kubeconfig"] = json!("x");
     let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(extra)).await;
     denied(st, &body, "a token with an extra key");
-    let token = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    let long = sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z");
+    let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(long)).await;
+    denied(st, &body, "a token that outlives the TTL");
+    let token = sim::k8s::token_secret("abcdef", "vm-1", "z", &soon);
     let (st, body) = call_as(nw, reqwest::Method::POST, &secrets, JSON, Some(token)).await;
     assert_eq!(st, 201, "a token as bootstrap mints it: {body}");
     let (st, _) = call(&s, reqwest::Method::POST, &secrets, JSON, Some(opaque)).await;
@@ -676,10 +690,12 @@ async fn the_admission_policy_narrows_nodewires_writes() {
 #[tokio::test]
 async fn an_admission_policy_that_does_not_load_refuses_every_write() {
     let s = K8sSim::start(K8sConfig {
-        admission_manifests: vec![sim::k8s::admission::NODEWIRE_ADMISSION.replace(
-            "request.userInfo.username ==",
-            "request.userInfo.username ===",
-        )],
+        admission_manifests: vec![
+            sim::k8s::admission::nodewire_admission("example-project", "", 900).replace(
+                "request.userInfo.username ==",
+                "request.userInfo.username ===",
+            ),
+        ],
         ..K8sConfig::default()
     })
     .await
