@@ -336,3 +336,160 @@ async fn a_function_served_with_verification_admits_only_signed_pushes() {
     assert_eq!(bus.published().len(), 1, "the genuine push was handled");
     server.stop().await;
 }
+
+/// A kubelet-client CSR (`CN=system:node:NAME`, `O=system:nodes`, usages digital signature
+/// and client auth, a fresh ECDSA P-256 key), as the kubelet makes it
+/// (pkg/kubelet/certificate/bootstrap), base64 of its PEM for `spec.request`.
+fn kubelet_csr(node: &str, org: &str) -> String {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, org);
+    let csr = params.serialize_request(&key).expect("a CSR");
+    base64::engine::general_purpose::STANDARD.encode(csr.pem().expect("PEM"))
+}
+
+/// Posts a CSR as `bearer` and waits for the controllers; returns the stored object.
+async fn post_csr(endpoint: &str, bearer: &str, request: &str) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let url = format!("{endpoint}/apis/certificates.k8s.io/v1/certificatesigningrequests");
+    let body = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "csr-"},
+        "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                 "usages": ["digital signature", "client auth"]}});
+    let r = http
+        .post(&url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    let created: serde_json::Value = r.json().await.unwrap_or_default();
+    if status != 201 {
+        return (status, created);
+    }
+    let name = created["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut last = created;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = http
+            .get(format!("{url}/{name}"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .unwrap_or_default();
+        if last["status"]["certificate"].is_string() {
+            break;
+        }
+    }
+    (status, last)
+}
+
+/// The issued certificate's CN, when there is one.
+fn issued_cn(csr: &serde_json::Value) -> Option<String> {
+    use base64::Engine as _;
+    let pem_text = base64::engine::general_purpose::STANDARD
+        .decode(csr["status"]["certificate"].as_str()?)
+        .ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_string)
+}
+
+/// Issue 20: the exposure, reproduced on the simulator with kubeadm's default bindings
+/// (`kubeadm:kubelet-bootstrap`, `kubeadm:node-autoapprove-bootstrap`,
+/// `kubeadm:node-autoapprove-certificate-rotation`) and csrapproving's real rules
+/// (pkg/controller/certificates/approver/sarapprove.go): a bootstrap token nodewire minted for
+/// VM `k8s-a` gets a kubelet client certificate for **another** Node, `k8s-b` — the nodeclient
+/// rule never compares the name with the requester. The same rules refuse what they should:
+/// a subject outside `system:nodes`, and a Node asking for another Node's name (the nodes'
+/// group may only renew its own: selfnodeclient). This test holds the simulator to upstream;
+/// when nodewire's control plane drops the auto-approval of bootstrap tokens (issue 20, item
+/// 3), the simulated cluster's bindings follow it and the first assertion turns around.
+#[tokio::test]
+async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
+    use integration_tests::simfix::{fast_kube_policy, k8s_sim, kube_client};
+    let sim = k8s_sim(sim::k8s::K8sConfig::default()).await;
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
+    let token = k
+        .create_bootstrap_token(
+            &a,
+            None,
+            Duration::from_secs(900),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await
+        .expect("a join token for k8s-a");
+    let endpoint = sim.endpoint();
+    let token_text = token.expose();
+    let bearer = token_text.as_str();
+
+    let (code, other) = post_csr(&endpoint, bearer, &kubelet_csr("k8s-b", "system:nodes")).await;
+    assert_eq!(code, 201, "{other}");
+    assert_eq!(
+        other["spec"]["username"],
+        format!("system:bootstrap:{}", token.id)
+    );
+    assert_eq!(
+        other["status"]["conditions"][0]["reason"], "AutoApproved",
+        "{other}"
+    );
+    assert_eq!(
+        issued_cn(&other).as_deref(),
+        Some("system:node:k8s-b"),
+        "a token minted for k8s-a is signed a certificate for k8s-b: {other}"
+    );
+
+    // Not every request passes: the subject must be a node's.
+    let (code, masters) =
+        post_csr(&endpoint, bearer, &kubelet_csr("k8s-b", "system:masters")).await;
+    assert_eq!(code, 201);
+    assert!(masters["status"]["conditions"].is_null(), "{masters}");
+    assert!(issued_cn(&masters).is_none());
+
+    // A Node renews its own certificate (selfnodeclient) but gets none for another name.
+    let node_a = sim
+        .view()
+        .tls_bootstrap(bearer, "k8s-a")
+        .expect("k8s-a's kubelet credential");
+    let (_, own) = post_csr(&endpoint, &node_a, &kubelet_csr("k8s-a", "system:nodes")).await;
+    assert_eq!(
+        issued_cn(&own).as_deref(),
+        Some("system:node:k8s-a"),
+        "{own}"
+    );
+    assert!(
+        own["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("self")),
+        "{own}"
+    );
+    let (_, theirs) = post_csr(&endpoint, &node_a, &kubelet_csr("k8s-b", "system:nodes")).await;
+    assert!(issued_cn(&theirs).is_none(), "{theirs}");
+
+    // Without a credential nothing is created.
+    let (code, _) = post_csr(
+        &endpoint,
+        "not-a-token",
+        &kubelet_csr("k8s-b", "system:nodes"),
+    )
+    .await;
+    assert_eq!(code, 401);
+}

@@ -22,6 +22,7 @@ pub mod patch;
 pub mod admission;
 mod configmaps;
 pub mod controllers;
+pub mod csr;
 mod discovery;
 mod events;
 mod ipam;
@@ -110,6 +111,9 @@ struct Sim {
     admin_token: String,
     /// nodewire's service account token (`kube-system/nodewire`).
     nodewire_token: String,
+    /// The cluster CA kube-controller-manager signs certificates with (`None`: it could not be
+    /// made, and nothing is signed).
+    ca: Mutex<Option<csr::ClusterCa>>,
 }
 
 impl Sim {
@@ -214,6 +218,13 @@ impl Service for Sim {
             tokens: Mutex::new(tokens),
             admin_token,
             nodewire_token,
+            ca: Mutex::new(
+                csr::ClusterCa::generate()
+                    .inspect_err(
+                        |e| tracing::error!(error = %e, "no cluster CA: CSRs stay unsigned"),
+                    )
+                    .ok(),
+            ),
         }
     }
 
@@ -252,6 +263,14 @@ impl Service for Sim {
                     .put(rest::ns_item)
                     .patch(rest::ns_item)
                     .delete(rest::ns_item),
+            )
+            .route(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                get(csr::collection).post(csr::collection),
+            )
+            .route(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}",
+                get(csr::item),
             )
             .fallback(fallback)
             .with_state(sim)

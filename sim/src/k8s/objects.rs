@@ -14,7 +14,7 @@ pub(super) fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
 }
 
 /// RFC 3339 now, to the second, as the API server writes `creationTimestamp`.
-fn now() -> String {
+pub(super) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())

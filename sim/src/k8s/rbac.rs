@@ -163,7 +163,61 @@ metadata: {name: "kubeadm:bootstrap-signer-clusterinfo", namespace: kube-public}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: "kubeadm:bootstrap-signer-clusterinfo"}
 subjects:
   - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:anonymous"}
+---
+# The API server's bootstrap ClusterRoles for certificate signing requests
+# (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go) ...
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:node-bootstrapper"}
+rules:
+  - {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [create, get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:certificates.k8s.io:certificatesigningrequests:nodeclient"}
+rules:
+  - {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/nodeclient], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"}
+rules:
+  - {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/selfnodeclient], verbs: [create]}
+---
+# ... and what `kubeadm init` binds to them
+# (cmd/kubeadm/app/phases/bootstraptoken/node/tlsbootstrap.go): bootstrap tokens may post CSRs
+# and have node-client CSRs auto-approved — for any node name: csrapproving's nodeclient rule
+# never compares the name with the requester (the exposure of issue 20) — and Nodes may renew
+# their own client certificates.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:kubelet-bootstrap"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:node-bootstrapper"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:bootstrappers:kubeadm:default-node-token"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:node-autoapprove-bootstrap"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:certificates.k8s.io:certificatesigningrequests:nodeclient"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:bootstrappers:kubeadm:default-node-token"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:node-autoapprove-certificate-rotation"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
 "#;
+
+/// The API group of a resource the simulator serves (subresources included).
+pub fn api_group(resource: &str) -> &'static str {
+    match resource.split('/').next().unwrap_or(resource) {
+        "certificatesigningrequests" | "signers" => "certificates.k8s.io",
+        _ => "",
+    }
+}
 
 impl Policy {
     /// The kubeadm defaults plus `manifests` (multi-document YAML; kinds other than the four
@@ -216,7 +270,7 @@ impl Policy {
 
     fn rule_allows(r: &Rule, req: &Request<'_>) -> bool {
         let any = |l: &[String], x: &str| l.iter().any(|v| v == "*" || v == x);
-        any(&r.api_groups, "")
+        any(&r.api_groups, api_group(req.resource))
             && any(&r.resources, req.resource)
             && any(&r.verbs, req.verb)
             // resourceNames restrict requests about one named object; a list or a create
@@ -254,6 +308,12 @@ impl Policy {
                 "get" | "list" | "watch" | "create" | "update" | "patch" | "delete"
             ),
             "events" => matches!(req.verb, "create" | "update" | "patch"),
+            // The Node authorizer allows what bootstrappolicy's NodeRules allow for the
+            // resources it has no graph for (pkg/auth/authorizer/node/node_authorizer.go,
+            // `rbac.RulesAllow(attrs, r.nodeRules...)`): a kubelet posts and reads its CSRs.
+            "certificatesigningrequests" => {
+                matches!(req.verb, "create" | "get" | "list" | "watch")
+            }
             _ => false,
         }
     }
@@ -286,8 +346,11 @@ pub fn forbidden(who: &Identity, req: &Request<'_>) -> ApiError {
         403,
         "Forbidden",
         format!(
-            "{what} is forbidden: User {:?} cannot {} resource {:?} in API group \"\" {scope}",
-            who.user, req.verb, req.resource
+            "{what} is forbidden: User {:?} cannot {} resource {:?} in API group {:?} {scope}",
+            who.user,
+            req.verb,
+            req.resource,
+            api_group(req.resource)
         ),
     )
 }
