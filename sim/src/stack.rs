@@ -483,6 +483,7 @@ impl Stack {
             admission_manifests: vec![crate::k8s::admission::nodewire_admission(
                 &opts.project,
                 opts.name_prefix.as_deref().unwrap_or_default(),
+                // NODEWIRE_TOKEN_TTL_SECS's default: the stack leaves it unset.
                 900,
             )],
         })

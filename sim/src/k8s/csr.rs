@@ -17,7 +17,7 @@
 //!   `nodeclient` rule never compares the CN with the requester.
 //! - **csrsigning** (`pkg/controller/certificates/signer/signer.go`): an Approved (not Denied,
 //!   not Failed) CSR of that signer gets a certificate from the cluster CA: the CSR's subject,
-//!   `spec.usages`, valid from 5 minutes ago for (at most) a year minus 5 minutes.
+//!   `spec.usages`, valid from 5 minutes ago for a year, or `expirationSeconds` when shorter.
 //!
 //! Deviations: the controllers run right after a CSR is created, not on an informer's schedule;
 //! a CSR carrying an extension the parser does not know (rcgen reads SANs, key usages, extended
@@ -368,11 +368,31 @@ pub(super) fn sign(obj: &mut Value, ca: &ClusterCa) {
     let Ok(mut csr) = rcgen::CertificateSigningRequestParams::from_pem(&r.params_pem) else {
         return;
     };
+    // signer.go: the lifetime is the cluster signing duration (a year), or the CSR's
+    // expirationSeconds when shorter (never under 10 minutes); 5 minutes of backdating, also
+    // taken off the end for lifetimes of 8 hours or more.
     let now = time::OffsetDateTime::now_utc();
-    csr.params.not_before = now - time::Duration::minutes(5);
-    csr.params.not_after = now + time::Duration::days(365) - time::Duration::minutes(5);
+    let year = time::Duration::days(365);
+    let ttl = obj
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .map_or(year, |s| time::Duration::seconds(s.max(600)).min(year));
+    let skew = time::Duration::minutes(5);
+    csr.params.not_before = now - skew;
+    csr.params.not_after = if ttl >= time::Duration::hours(8) {
+        now + ttl - skew
+    } else {
+        now + ttl
+    };
     csr.params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    // The key usages are the CSR's spec.usages (the extended one: client auth).
     csr.params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    let usages = obj.pointer("/spec/usages").and_then(Value::as_array);
+    if usages.is_some_and(|u| u.iter().any(|x| x == "key encipherment")) {
+        csr.params
+            .key_usages
+            .push(rcgen::KeyUsagePurpose::KeyEncipherment);
+    }
     csr.params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     if let Ok(cert) = csr.signed_by(&ca.issuer) {
         obj["status"]["certificate"] =
