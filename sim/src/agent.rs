@@ -27,11 +27,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::compute::ComputeView;
 use crate::k8s::K8sView;
 use crate::k8s::controllers::detached_jws;
+use crate::kubelet_cert::{self, ApiClient, Bootstrap, K8sTls};
 
 /// The metadata key whose every new value restarts the kubelet (the node-side unit's
 /// contract; nodewire writes it to heal "VM alive, Node gone").
@@ -39,6 +41,11 @@ pub const KUBELET_RESTART_KEY: &str = nodewire::join::KUBELET_RESTART_METADATA_K
 
 /// kubeadm's default discovery timeout: how long it waits for a signed cluster-info.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long the simulated kubeadm waits for the kubelet's certificate. kubeadm waits up to its
+/// TLS-bootstrap timeout (5 minutes); the simulator's signer signs within milliseconds of an
+/// approval, so a CSR still unsigned after this long was not approved and will not be.
+const TLS_BOOTSTRAP_WAIT: Duration = Duration::from_secs(20);
 
 /// How the agent behaves.
 #[derive(Debug, Clone)]
@@ -57,6 +64,8 @@ pub struct AgentConfig {
     /// Pull mode (issue 12): the startup script asks the `join` service instead of waiting
     /// for `kubeadm-join` in metadata. `None`: metadata mode.
     pub pull: Option<PullJoin>,
+    /// Where kubelets and kubeadm connect with client certificates.
+    pub tls: K8sTls,
 }
 
 /// Where a pull-mode startup script asks.
@@ -109,7 +118,8 @@ struct Kubelet {
     /// The VM's numeric id: a VM deleted and created again under the name is another disk.
     instance_id: u64,
     node: Value,
-    credential: String,
+    /// The kubelet's own certificate (from its TLS bootstrap), over the TLS front.
+    client: ApiClient,
     registered_at: Instant,
     last_heartbeat: Option<Instant>,
     running: bool,
@@ -117,16 +127,16 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    /// The kubelet a successful join on `vm` started, registered as `node`.
-    fn started(vm: &VmSeen, node: Value, credential: String) -> Self {
+    /// The kubelet a successful join on VM `instance_id` started, registered as `node`.
+    fn started(instance_id: u64, restart: Option<String>, node: Value, client: ApiClient) -> Self {
         Self {
-            instance_id: vm.id,
+            instance_id,
             node,
-            credential,
+            client,
             registered_at: Instant::now(),
             last_heartbeat: None,
             running: true,
-            restart_seen: vm.restart.clone(),
+            restart_seen: restart,
         }
     }
 }
@@ -165,7 +175,36 @@ impl VmAgent {
             let mut seen: HashMap<(String, String), Instant> = HashMap::new();
             let mut done: HashSet<(String, String)> = HashSet::new();
             let mut kubelets: HashMap<String, Kubelet> = HashMap::new();
+            // Joins run beside the loop, one task per VM, as VMs boot in parallel; stopping the
+            // agent stops them.
+            let mut joins: tokio::task::JoinSet<Finished> = tokio::task::JoinSet::new();
             loop {
+                while let Some(Ok(f)) = joins.try_join_next() {
+                    let joined = f.kubelet.is_some();
+                    if let Some((node, client)) = f.kubelet {
+                        kubelets.insert(
+                            f.vm.clone(),
+                            Kubelet::started(f.instance_id, f.restart, node, client),
+                        );
+                    }
+                    record(&f.vm, f.outcome);
+                    if let (true, Some(pull)) = (joined, &config.pull) {
+                        // The report runs beside the loop, as the script's last command runs
+                        // after the kubelet started.
+                        let (http, pull, vm_key, log) =
+                            (http.clone(), pull.clone(), f.vm.clone(), log2.clone());
+                        tokio::spawn(async move {
+                            if report_join(&http, &pull, &vm_key).await {
+                                log.lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .push(AgentEvent {
+                                        vm: vm_key,
+                                        outcome: AgentOutcome::Reported,
+                                    });
+                            }
+                        });
+                    }
+                }
                 let vms: Vec<VmSeen> = compute.with_world(|w| {
                     w.instances
                         .values()
@@ -190,91 +229,26 @@ impl VmAgent {
                 kubelets.retain(|k, kl| vms.iter().any(|v| v.key == *k && v.id == kl.instance_id));
                 for vm in &vms {
                     if let Some(kl) = kubelets.get_mut(&vm.key)
-                        && let Some(o) = kubelet_tick(&http, &k8s, &config, vm, kl).await
+                        && let Some(o) = kubelet_tick(&k8s, &config, vm, kl).await
                     {
                         record(&vm.key, o);
                     }
-                    if let Some(pull) = &config.pull {
-                        // The startup script runs on every boot; a VM with a kubelet (its disk
-                        // holds kubelet.conf) does not join again.
-                        if !vm.running || kubelets.contains_key(&vm.key) {
-                            continue;
-                        }
-                        let key = (vm.key.clone(), format!("pull:{}", vm.id));
-                        if done.contains(&key) {
-                            continue;
-                        }
-                        let first = *seen.entry(key.clone()).or_insert_with(Instant::now);
-                        if first.elapsed() < config.join_delay {
-                            continue;
-                        }
-                        let yaml = match pull_join(&http, pull, &vm.key).await {
-                            Pulled::Config(y) => y,
-                            Pulled::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
-                                tracing::debug!(vm = %vm.key, %why, "join request retries");
-                                continue;
-                            }
-                            Pulled::Retry(why) => {
-                                record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
-                                done.insert(key);
-                                continue;
-                            }
-                            Pulled::Refused(why) => {
-                                record(&vm.key, AgentOutcome::Refused(why));
-                                done.insert(key);
-                                continue;
-                            }
-                        };
-                        // kubeadm's own retries (discovery) are not the script's: run it to
-                        // an outcome.
-                        let mut outcome = join(&http, &k8s, &config, &yaml).await;
-                        let started = Instant::now();
-                        while let Step::Retry(_) = outcome {
-                            if started.elapsed() >= DISCOVERY_TIMEOUT {
-                                break;
-                            }
-                            tokio::time::sleep(config.poll).await;
-                            outcome = join(&http, &k8s, &config, &yaml).await;
-                        }
-                        match outcome {
-                            Step::Retry(why) => {
-                                record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
-                            }
-                            Step::Done(outcome, kubelet) => {
-                                let joined = kubelet.is_some();
-                                if let Some((node, credential)) = kubelet {
-                                    kubelets.insert(
-                                        vm.key.clone(),
-                                        Kubelet::started(vm, node, credential),
-                                    );
-                                }
-                                record(&vm.key, outcome);
-                                if joined {
-                                    // The report runs beside the loop, as the script's last
-                                    // command runs after the kubelet started.
-                                    let (http, pull, vm_key, log) =
-                                        (http.clone(), pull.clone(), vm.key.clone(), log2.clone());
-                                    tokio::spawn(async move {
-                                        if report_join(&http, &pull, &vm_key).await {
-                                            log.lock()
-                                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                                .push(AgentEvent {
-                                                    vm: vm_key,
-                                                    outcome: AgentOutcome::Reported,
-                                                });
-                                        }
-                                    });
-                                }
-                            }
-                        }
-                        done.insert(key);
+                    // Only a RUNNING VM runs its startup script; a VM with a kubelet (its disk
+                    // holds kubelet.conf) does not join again in pull mode.
+                    if !vm.running {
                         continue;
                     }
-                    // Only a RUNNING VM runs its startup script.
-                    let (Some(yaml), true) = (&vm.join, vm.running) else {
-                        continue;
+                    let source = match (&config.pull, &vm.join) {
+                        (Some(pull), _) => {
+                            if kubelets.contains_key(&vm.key) {
+                                continue;
+                            }
+                            JoinSource::Pull(pull.clone(), format!("pull:{}", vm.id))
+                        }
+                        (None, Some(yaml)) => JoinSource::Metadata(yaml.clone()),
+                        (None, None) => continue,
                     };
-                    let key = (vm.key.clone(), yaml.clone());
+                    let key = (vm.key.clone(), source.key().to_string());
                     if done.contains(&key) {
                         continue;
                     }
@@ -282,33 +256,30 @@ impl VmAgent {
                     if first.elapsed() < config.join_delay {
                         continue;
                     }
-                    if kubelets.contains_key(&vm.key) {
+                    done.insert(key);
+                    if matches!(source, JoinSource::Metadata(_)) && kubelets.contains_key(&vm.key) {
                         record(
                             &vm.key,
                             AgentOutcome::Refused(
                                 "[preflight] /etc/kubernetes/kubelet.conf already exists: this VM joined before".into(),
                             ),
                         );
-                        done.insert(key);
                         continue;
                     }
-                    match join(&http, &k8s, &config, yaml).await {
-                        Step::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
-                            tracing::debug!(vm = %vm.key, %why, "kubeadm join retries");
+                    let (http, k8s, config) = (http.clone(), k8s.clone(), config.clone());
+                    let (vm_key, instance_id, restart) =
+                        (vm.key.clone(), vm.id, vm.restart.clone());
+                    joins.spawn(async move {
+                        let (outcome, kubelet) =
+                            run_join(&http, &k8s, &config, &vm_key, first, source).await;
+                        Finished {
+                            vm: vm_key,
+                            instance_id,
+                            restart,
+                            outcome,
+                            kubelet,
                         }
-                        Step::Retry(why) => {
-                            record(&vm.key, AgentOutcome::Refused(format!("timed out: {why}")));
-                            done.insert(key);
-                        }
-                        Step::Done(outcome, kubelet) => {
-                            if let Some((node, credential)) = kubelet {
-                                kubelets
-                                    .insert(vm.key.clone(), Kubelet::started(vm, node, credential));
-                            }
-                            record(&vm.key, outcome);
-                            done.insert(key);
-                        }
-                    }
+                    });
                 }
                 tokio::time::sleep(config.poll).await;
             }
@@ -328,7 +299,6 @@ impl VmAgent {
 /// The kubelet's part of a poll: start (registering its Node if there is none) when the VM
 /// came back to RUNNING or the restart key changed; status updates while it runs.
 async fn kubelet_tick(
-    http: &reqwest::Client,
     k8s: &K8sView,
     cfg: &AgentConfig,
     vm: &VmSeen,
@@ -347,9 +317,9 @@ async fn kubelet_tick(
         .to_string();
     let mut outcome = None;
     if restarted && k8s.object("nodes", "", &name).is_none() {
-        let r = http
-            .post(format!("{}/api/v1/nodes", cfg.k8s_endpoint))
-            .bearer_auth(&kl.credential)
+        let r = kl
+            .client
+            .request(reqwest::Method::POST, "/api/v1/nodes")
             .json(&kl.node)
             .send()
             .await;
@@ -379,9 +349,12 @@ async fn kubelet_tick(
         "reason": reason, "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "nodeInfo": {"kubeletVersion": "v1.33.0", "containerRuntimeVersion": "containerd://2.0.0",
             "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0"}}});
-    let _ = http
-        .patch(format!("{}/api/v1/nodes/{name}/status", cfg.k8s_endpoint))
-        .bearer_auth(&kl.credential)
+    let _ = kl
+        .client
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/nodes/{name}/status"),
+        )
         .header("content-type", "application/strategic-merge-patch+json")
         .json(&patch)
         .send()
@@ -389,9 +362,86 @@ async fn kubelet_tick(
     outcome
 }
 
+/// What the pull-mode startup script wrote to the VM's disk before `kubeadm join`.
+#[derive(Clone)]
+struct NodeFiles {
+    /// At `nodewire::join::DISCOVERY_KUBECONFIG_PATH`.
+    kubeconfig: String,
+    /// At `nodewire::join::BOOTSTRAP_KEY_PATH` (PKCS#8 PEM); never sent anywhere.
+    key_pem: String,
+}
+
+/// Where a VM's join configuration comes from.
+enum JoinSource {
+    /// Metadata mode: the JoinConfiguration in `kubeadm-join`.
+    Metadata(String),
+    /// Pull mode: asked of the `join` service (the key names the VM instance).
+    Pull(PullJoin, String),
+}
+
+impl JoinSource {
+    fn key(&self) -> &str {
+        match self {
+            JoinSource::Metadata(y) => y,
+            JoinSource::Pull(_, k) => k,
+        }
+    }
+}
+
+/// A join that ended.
+struct Finished {
+    vm: String,
+    instance_id: u64,
+    restart: Option<String>,
+    outcome: AgentOutcome,
+    kubelet: Option<(Value, ApiClient)>,
+}
+
+/// One VM's startup script and `kubeadm join`, to an outcome: in pull mode the join request
+/// (retried while the service asks to, up to kubeadm's discovery timeout), then kubeadm (its
+/// own retries until the same timeout).
+async fn run_join(
+    http: &reqwest::Client,
+    k8s: &K8sView,
+    cfg: &AgentConfig,
+    vm: &str,
+    first: Instant,
+    source: JoinSource,
+) -> (AgentOutcome, Option<(Value, ApiClient)>) {
+    let (yaml, files) = match source {
+        JoinSource::Metadata(y) => (y, None),
+        JoinSource::Pull(pull, _) => loop {
+            match pull_join(http, &pull, vm).await {
+                Pulled::Config(y, files) => break (y, Some(files)),
+                Pulled::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
+                    tracing::debug!(vm, %why, "join request retries");
+                    tokio::time::sleep(cfg.poll).await;
+                }
+                Pulled::Retry(why) => {
+                    return (AgentOutcome::Refused(format!("timed out: {why}")), None);
+                }
+                Pulled::Refused(why) => return (AgentOutcome::Refused(why), None),
+            }
+        },
+    };
+    let started = Instant::now();
+    loop {
+        match join(http, k8s, cfg, &yaml, files.as_ref()).await {
+            Step::Done(outcome, kubelet) => return (outcome, kubelet),
+            Step::Retry(why) if started.elapsed() < DISCOVERY_TIMEOUT => {
+                tracing::debug!(vm, %why, "kubeadm join retries");
+                tokio::time::sleep(cfg.poll).await;
+            }
+            Step::Retry(why) => {
+                return (AgentOutcome::Refused(format!("timed out: {why}")), None);
+            }
+        }
+    }
+}
+
 /// Where a pull-mode join request ended.
 enum Pulled {
-    Config(String),
+    Config(String, NodeFiles),
     Retry(String),
     Refused(String),
 }
@@ -425,15 +475,23 @@ async fn identity_token(
     }
 }
 
-/// The startup script's join request: a fresh identity token, `POST /v1/join`.
+/// The startup script's join request: its own key pair and certificate request, a fresh
+/// identity token, `POST /v1/join` with the request as the body. The key stays here.
 async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled {
     let token = match identity_token(http, pull, vm).await {
         Ok(t) => t,
         Err(why) => return Pulled::Retry(why),
     };
+    let name = vm.rsplit('/').next().unwrap_or(vm);
+    let (key, request) = match kubelet_cert::node_key_and_request(name) {
+        Ok(k) => k,
+        Err(why) => return Pulled::Refused(why),
+    };
     let r = match http
         .post(format!("{}/v1/join", pull.join_url))
         .bearer_auth(&token)
+        .header("content-type", "application/x-pem-file")
+        .body(request)
         .send()
         .await
     {
@@ -443,7 +501,16 @@ async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled 
     let status = r.status().as_u16();
     let body = r.text().await.unwrap_or_default();
     match status {
-        200 => Pulled::Config(body),
+        200 => match body.split_once(nodewire::join::ANSWER_SEPARATOR) {
+            Some((kubeconfig, yaml)) => Pulled::Config(
+                yaml.to_string(),
+                NodeFiles {
+                    kubeconfig: kubeconfig.to_string(),
+                    key_pem: key.serialize_pem(),
+                },
+            ),
+            None => Pulled::Refused("join service: the answer has no discovery kubeconfig".into()),
+        },
         429 | 500..=599 => Pulled::Retry(format!("join service: HTTP {status}: {}", body.trim())),
         _ => Pulled::Refused(format!("join service: HTTP {status}: {}", body.trim())),
     }
@@ -476,7 +543,7 @@ enum Step {
     /// kubeadm keeps trying (discovery not ready, the API server asked to retry).
     Retry(String),
     /// The outcome, and on success the Node registered and the kubelet's credential.
-    Done(AgentOutcome, Option<(Value, String)>),
+    Done(AgentOutcome, Option<(Value, ApiClient)>),
 }
 
 fn refused(why: impl Into<String>) -> Step {
@@ -510,6 +577,7 @@ fn known_fields(level: &str, v1beta4: bool) -> &'static [&'static str] {
         ],
         ("discovery", false) => &["bootstrapToken", "file", "tlsBootstrapToken", "timeout"],
         ("discovery", true) => &["bootstrapToken", "file", "tlsBootstrapToken"],
+        ("file", _) => &["kubeConfigPath"],
         ("bootstrapToken", _) => &[
             "token",
             "apiServerEndpoint",
@@ -548,11 +616,21 @@ fn check_fields(obj: &Map<String, Value>, level: &str, v1beta4: bool) -> Result<
     }
 }
 
+/// How kubeadm is told to find the cluster.
+enum JoinDiscovery {
+    Token {
+        endpoint: String,
+        token: String,
+        pins: Vec<String>,
+    },
+    File {
+        path: String,
+    },
+}
+
 /// What a strictly decoded JoinConfiguration gives the join.
 struct Join {
-    endpoint: String,
-    token: String,
-    pins: Vec<String>,
+    discovery: JoinDiscovery,
     name: String,
     provider_id: Option<String>,
     taints: Vec<Value>,
@@ -592,11 +670,41 @@ fn decode(yaml: &str) -> Result<Join, String> {
     check_fields(r, "root", v1beta4)?;
     let d = object(r.get("discovery").unwrap_or(&Value::Null), "discovery")?;
     check_fields(d, "discovery", v1beta4)?;
-    let bt = object(
-        d.get("bootstrapToken").unwrap_or(&Value::Null),
-        "discovery.bootstrapToken",
-    )?;
-    check_fields(bt, "bootstrapToken", v1beta4)?;
+    // validation.go ValidateDiscovery: exactly one of bootstrapToken and file.
+    let discovery = match (d.get("bootstrapToken"), d.get("file")) {
+        (Some(bt), None) => {
+            let bt = object(bt, "discovery.bootstrapToken")?;
+            check_fields(bt, "bootstrapToken", v1beta4)?;
+            JoinDiscovery::Token {
+                endpoint: string(bt.get("apiServerEndpoint"), "apiServerEndpoint")?,
+                token: string(bt.get("token"), "token")?,
+                pins: bt
+                    .get("caCertHashes")
+                    .and_then(Value::as_array)
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        }
+        (None, Some(f)) => {
+            let f = object(f, "discovery.file")?;
+            check_fields(f, "file", v1beta4)?;
+            let path = string(f.get("kubeConfigPath"), "discovery.file.kubeConfigPath")?;
+            if path.is_empty() {
+                return Err("discovery.file.kubeConfigPath: Required value".into());
+            }
+            JoinDiscovery::File { path }
+        }
+        _ => {
+            return Err(
+                "discovery: Invalid value: bootstrapToken or file must be set, not both".into(),
+            );
+        }
+    };
     let empty = json!({});
     let nr = object(
         r.get("nodeRegistration").unwrap_or(&empty),
@@ -639,85 +747,107 @@ fn decode(yaml: &str) -> Result<Join, String> {
         taints.push(Value::Object(t.clone()));
     }
     Ok(Join {
-        endpoint: string(bt.get("apiServerEndpoint"), "apiServerEndpoint")?,
-        token: string(bt.get("token"), "token")?,
-        pins: bt
-            .get("caCertHashes")
-            .and_then(Value::as_array)
-            .map(|l| {
-                l.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        discovery,
         name: string(nr.get("name"), "nodeRegistration.name")?,
         provider_id,
         taints,
     })
 }
 
-async fn join(http: &reqwest::Client, k8s: &K8sView, cfg: &AgentConfig, yaml: &str) -> Step {
+async fn join(
+    http: &reqwest::Client,
+    k8s: &K8sView,
+    cfg: &AgentConfig,
+    yaml: &str,
+    files: Option<&NodeFiles>,
+) -> Step {
     let jc = match decode(yaml) {
         Ok(j) => j,
         Err(e) => return refused(e),
     };
-    if jc.endpoint.is_empty() {
-        return refused("discovery.bootstrapToken.apiServerEndpoint is empty");
-    }
-    let Some((id, secret)) = jc.token.split_once('.') else {
-        return refused("the token is not id.secret");
-    };
     let Some(ci) = k8s.object("configmaps", "kube-public", "cluster-info") else {
         return Step::Retry("kube-public/cluster-info is missing".into());
     };
-    let kubeconfig = ci
+    let ci_kubeconfig = ci
         .pointer("/data/kubeconfig")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    // The bootstrap signer's JWS proves that whoever wrote cluster-info knows the token.
-    let Some(jws) = ci
-        .pointer(&format!("/data/jws-kubeconfig-{id}"))
-        .and_then(Value::as_str)
-    else {
-        return Step::Retry(format!(
-            "there is no JWS signed token in the cluster-info ConfigMap for token id {id:?}"
-        ));
-    };
-    if jws != detached_jws(&kubeconfig, id, secret) {
-        return refused(format!(
-            "failed to verify JWS signature of received cluster info object (token id {id:?})"
-        ));
-    }
-    // One parse of cluster-info's kubeconfig, with the library's own reader: the CA pin and
-    // the server it names.
-    let ci = match nodewire::act::k8s::cluster_info_from_kubeconfig(&kubeconfig) {
-        Ok(ci) => ci,
+    // One parse of cluster-info's kubeconfig, with the library's own reader: the CA (its pin)
+    // and the server it names: where the API server really is and what it really presents.
+    let cluster = match nodewire::act::k8s::cluster_info_from_kubeconfig(&ci_kubeconfig) {
+        Ok(c) => c,
         Err(e) => return refused(format!("cluster-info: {e}")),
     };
-    if !jc.pins.contains(&ci.ca_pin) {
-        return refused("the cluster CA does not match any caCertHashes");
-    }
-    let server = ci
+    let real_server = cluster
         .server
         .trim_start_matches("https://")
-        .trim_end_matches('/');
-    if server != jc.endpoint {
-        return refused(format!(
-            "apiServerEndpoint {} is not the API server cluster-info names ({server})",
-            jc.endpoint
-        ));
+        .trim_end_matches('/')
+        .to_string();
+    let name = jc.name.clone();
+    let bootstrap = match &jc.discovery {
+        JoinDiscovery::Token {
+            endpoint,
+            token,
+            pins,
+        } => {
+            match token_discovery(
+                k8s,
+                cfg,
+                &ci_kubeconfig,
+                &cluster,
+                &real_server,
+                endpoint,
+                token,
+                pins,
+                http,
+            ) {
+                Ok(client) => client,
+                Err(step) => return step,
+            }
+        }
+        JoinDiscovery::File { path } => {
+            match file_discovery(cfg, path, files, &cluster, &real_server).await {
+                Ok(client) => client,
+                Err(step) => return step,
+            }
+        }
+    };
+    // kubelet-start (cmd/kubeadm/app/cmd/phases/join/kubelet.go): the Node is read with the
+    // bootstrap credential; a Node of that name that exists stops the join here.
+    match bootstrap
+        .request(reqwest::Method::GET, &format!("/api/v1/nodes/{name}"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().as_u16() == 404 => {}
+        Ok(r) if r.status().is_success() => {
+            return Step::Done(AgentOutcome::AlreadyRegistered, None);
+        }
+        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+            return Step::Retry(format!("cannot get Node {name:?}: HTTP {}", r.status()));
+        }
+        Ok(r) => return refused(format!("cannot get Node {name:?}: HTTP {}", r.status())),
+        Err(e) => return Step::Retry(format!("cannot get Node {name:?}: {e}")),
     }
-    let name = jc.name;
-    if k8s.object("nodes", "", &name).is_some() {
-        return Step::Done(AgentOutcome::AlreadyRegistered, None);
-    }
-    // TLS bootstrap: the bootstrap token authenticates, the CSR is approved, the kubelet
-    // holds a credential for system:node:NAME and registers with that.
-    let credential = match k8s.tls_bootstrap(&jc.token, &name) {
-        Ok(c) => c,
-        Err(why) => return refused(why),
+    // The kubelet's TLS bootstrap: its own key and CSR with the bootstrap credential; kubeadm
+    // waits for kubelet.conf (its TLS-bootstrap timeout).
+    let kubelet = match kubelet_cert::tls_bootstrap(
+        &bootstrap,
+        &cfg.tls,
+        &name,
+        TLS_BOOTSTRAP_WAIT,
+        cfg.poll,
+    )
+    .await
+    {
+        Bootstrap::Issued(c) => c,
+        Bootstrap::Pending(why) => {
+            return refused(format!("the kubelet's TLS bootstrap timed out: {why}"));
+        }
+        Bootstrap::Refused(why) => {
+            return refused(format!("the kubelet's TLS bootstrap failed: {why}"));
+        }
     };
     let mut taints = jc.taints;
     // The kubelet registers not-ready; the node lifecycle controller lifts it once Ready.
@@ -728,15 +858,14 @@ async fn join(http: &reqwest::Client, k8s: &K8sView, cfg: &AgentConfig, yaml: &s
     }
     let labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), name.clone())]);
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec});
-    match http
-        .post(format!("{}/api/v1/nodes", cfg.k8s_endpoint))
-        .bearer_auth(&credential)
+    match kubelet
+        .request(reqwest::Method::POST, "/api/v1/nodes")
         .json(&node)
         .send()
         .await
     {
         Ok(r) if r.status().as_u16() == 201 => {
-            Step::Done(AgentOutcome::Joined, Some((node, credential)))
+            Step::Done(AgentOutcome::Joined, Some((node, kubelet)))
         }
         Ok(r) if r.status().as_u16() == 409 => Step::Done(AgentOutcome::AlreadyRegistered, None),
         Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
@@ -747,6 +876,149 @@ async fn join(http: &reqwest::Client, k8s: &K8sView, cfg: &AgentConfig, yaml: &s
             r.status()
         )),
         Err(e) => Step::Retry(e.to_string()),
+    }
+}
+
+/// Token discovery (cmd/kubeadm/app/discovery/token): cluster-info signed by the bootstrap
+/// signer with the token's secret, the CA matching a pin, the endpoint the one cluster-info
+/// names. The token is then the TLS-bootstrap credential.
+#[allow(clippy::too_many_arguments)]
+fn token_discovery(
+    k8s: &K8sView,
+    cfg: &AgentConfig,
+    ci_kubeconfig: &str,
+    cluster: &nodewire::act::k8s::ClusterInfo,
+    real_server: &str,
+    endpoint: &str,
+    token: &str,
+    pins: &[String],
+    http: &reqwest::Client,
+) -> Result<ApiClient, Step> {
+    if endpoint.is_empty() {
+        return Err(refused(
+            "discovery.bootstrapToken.apiServerEndpoint is empty",
+        ));
+    }
+    let Some((id, secret)) = token.split_once('.') else {
+        return Err(refused("the token is not id.secret"));
+    };
+    let Some(ci) = k8s.object("configmaps", "kube-public", "cluster-info") else {
+        return Err(Step::Retry("kube-public/cluster-info is missing".into()));
+    };
+    // The bootstrap signer's JWS proves that whoever wrote cluster-info knows the token.
+    let Some(jws) = ci
+        .pointer(&format!("/data/jws-kubeconfig-{id}"))
+        .and_then(Value::as_str)
+    else {
+        return Err(Step::Retry(format!(
+            "there is no JWS signed token in the cluster-info ConfigMap for token id {id:?}"
+        )));
+    };
+    if jws != detached_jws(ci_kubeconfig, id, secret) {
+        return Err(refused(format!(
+            "failed to verify JWS signature of received cluster info object (token id {id:?})"
+        )));
+    }
+    if !pins.contains(&cluster.ca_pin) {
+        return Err(refused("the cluster CA does not match any caCertHashes"));
+    }
+    if real_server != endpoint {
+        return Err(refused(format!(
+            "apiServerEndpoint {endpoint} is not the API server cluster-info names ({real_server})"
+        )));
+    }
+    Ok(ApiClient::bearer(http, &cfg.tls.endpoint, token))
+}
+
+/// File discovery (cmd/kubeadm/app/discovery/file/file.go and discovery.go `For`): the
+/// kubeconfig on disk, its current context's cluster and credentials (a client certificate
+/// and key, embedded or as files: `HasAuthenticationCredentials`), TLS to the server it names
+/// against the CA it holds, then cluster-info read **with that credential** — a 403 is a
+/// warning and the file is used as it is; other errors are retried.
+async fn file_discovery(
+    cfg: &AgentConfig,
+    path: &str,
+    files: Option<&NodeFiles>,
+    cluster: &nodewire::act::k8s::ClusterInfo,
+    real_server: &str,
+) -> Result<ApiClient, Step> {
+    let no_file = |p: &str| refused(format!("open {p}: no such file or directory"));
+    let files = match files {
+        Some(f) if path == nodewire::join::DISCOVERY_KUBECONFIG_PATH => f,
+        _ => return Err(no_file(path)),
+    };
+    let kc: Value = serde_saphyr::from_str(&files.kubeconfig)
+        .map_err(|e| refused(format!("couldn't load the discovery file: {e}")))?;
+    let named = |list: &str, name: &str, field: &str| -> Option<Value> {
+        kc[list]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .map(|e| e[field].clone())
+    };
+    let context = kc["current-context"].as_str().unwrap_or_default();
+    let ctx = named("contexts", context, "context").ok_or_else(|| {
+        refused("the discovery file must have a CurrentContext that specifies a non-nil Cluster")
+    })?;
+    let cl = named(
+        "clusters",
+        ctx["cluster"].as_str().unwrap_or_default(),
+        "cluster",
+    )
+    .ok_or_else(|| refused("the discovery file has no cluster for its current context"))?;
+    let user = named("users", ctx["user"].as_str().unwrap_or_default(), "user").unwrap_or_default();
+    let b64 = |v: &Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    let cert = b64(&user["client-certificate-data"]);
+    let key = match (user["client-key"].as_str(), b64(&user["client-key-data"])) {
+        (Some(p), _) if p == nodewire::join::BOOTSTRAP_KEY_PATH => Some(files.key_pem.clone()),
+        (Some(p), _) => return Err(no_file(p)),
+        (None, k) => k,
+    };
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Err(refused(
+            "couldn't find authentication credentials for the TLS bootstrap process",
+        ));
+    };
+    let server = cl["server"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    if server != real_server {
+        return Err(Step::Retry(format!(
+            "Get \"https://{server}/api/v1/namespaces/kube-public/configmaps/cluster-info\": \
+             no API server there (cluster-info names {real_server})"
+        )));
+    }
+    // The server's certificate must chain to the CA the file holds.
+    let ca_pin = b64(&cl["certificate-authority-data"])
+        .and_then(|pem| nodewire::act::k8s::ca_pin(&pem).ok());
+    if ca_pin.as_deref() != Some(cluster.ca_pin.as_str()) {
+        return Err(refused(
+            "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+        ));
+    }
+    let client = ApiClient::with_certificate(&cfg.tls, &cert, &key).map_err(refused)?;
+    match client
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/kube-public/configmaps/cluster-info",
+        )
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() || r.status().as_u16() == 403 => Ok(client),
+        Ok(r) => Err(Step::Retry(format!(
+            "reading cluster-info with the discovery file's credential: HTTP {}",
+            r.status()
+        ))),
+        Err(e) => Err(Step::Retry(format!(
+            "reading cluster-info with the discovery file's credential: {e}"
+        ))),
     }
 }
 

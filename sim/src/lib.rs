@@ -16,6 +16,7 @@ pub mod compute;
 pub mod emulator;
 pub mod faults;
 pub mod k8s;
+pub mod kubelet_cert;
 pub mod metadata;
 mod server;
 pub mod stack;

@@ -90,6 +90,8 @@ pub(crate) struct Call {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) headers: axum::http::HeaderMap,
+    /// The client certificate the TLS front verified (DER), for the x509 authenticator.
+    pub(crate) client_cert: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Call {
@@ -110,6 +112,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            client_cert: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::tls::PeerCertificate>>()
+                .and_then(|c| c.0.0.clone()),
         })
     }
 }

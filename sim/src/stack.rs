@@ -331,12 +331,8 @@ impl Stack {
                 .local_addr()
                 .map_err(|e| format!("the join service's address: {e}"))?
         );
-        let (compute, k8s, agent, metadata) =
+        let (compute, k8s, k8s_tls, agent, metadata) =
             Self::start_simulators(&opts, &base_bus, &join_url).await?;
-        let k8s_tls = k8s
-            .start_tls_front()
-            .await
-            .map_err(|e| format!("the Kubernetes simulator's HTTPS front: {e}"))?;
         let mut env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
         env.insert("NODEWIRE_JOIN_MODE".into(), opts.join_mode.as_str().into());
         env.insert("NODEWIRE_JOIN_URL".into(), join_url.clone());
@@ -440,7 +436,16 @@ impl Stack {
         opts: &StackOptions,
         base_bus: &Arc<dyn Bus>,
         join_url: &str,
-    ) -> Result<(ComputeSim, K8sSim, VmAgent, MetadataServer), String> {
+    ) -> Result<
+        (
+            ComputeSim,
+            K8sSim,
+            crate::tls::TlsFront,
+            VmAgent,
+            MetadataServer,
+        ),
+        String,
+    > {
         let p = opts.project.clone();
         let mut subnets = vec![subnet(&p, opts)];
         if let Some(o) = &opts.other_project {
@@ -486,11 +491,25 @@ impl Stack {
                 // NODEWIRE_TOKEN_TTL_SECS's default: the stack leaves it unset.
                 900,
             )],
+            // control-plane.sh deletes kubeadm's auto-approval for bootstrap tokens in pull
+            // mode only: metadata mode's kubelets still need it (issue 20, item 2 is open).
+            deleted_cluster_role_bindings: if opts.join_mode == JoinMode::Pull {
+                crate::k8s::CONTROL_PLANE_DELETES
+                    .iter()
+                    .map(|s| (*s).to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
         .await
         .map_err(|e| e.to_string())?;
         k8s.publish_cluster_info_in(opts.nodes_range, TEST_CA)
             .map_err(|e| e.message.clone())?;
+        let k8s_tls = k8s
+            .start_tls_front()
+            .await
+            .map_err(|e| format!("the Kubernetes simulator's HTTPS front: {e}"))?;
         let metadata = MetadataServer::start(compute.view())
             .await
             .map_err(|e| format!("the metadata server: {e}"))?;
@@ -509,10 +528,14 @@ impl Stack {
                 heartbeat: Some(opts.kubelet_heartbeat),
                 ready_after: opts.kubelet_ready_after,
                 pull,
+                tls: crate::kubelet_cert::K8sTls {
+                    endpoint: k8s_tls.endpoint(),
+                    server_ca_pem: k8s_tls.ca_pem().to_string(),
+                },
             },
         );
 
-        Ok((compute, k8s, agent, metadata))
+        Ok((compute, k8s, k8s_tls, agent, metadata))
     }
 
     /// Phase 3: the environment every function (and the CLI) is configured from.
@@ -576,13 +599,19 @@ impl Stack {
             .map(std::fs::read_to_string)
             .transpose()
             .map_err(|e| format!("the cluster CA: {e}"))?;
+        // The join service has its own Kubernetes identity (infra/k8s/nodewire-rbac.yaml's
+        // kube-system/nodewire-join); every other function is kube-system/nodewire.
         let deps_with = |src: &BTreeMap<&str, &str>, service: &str| {
             let config = Config::from_source(src, service).map_err(|e| e.to_string());
             let chain = chain.clone();
             let duplicate = opts.duplicate_steps;
             let base_bus = base_bus.clone();
             let kube_url = kube_url.clone();
-            let kube_token = k8s.nodewire_token();
+            let kube_token = if service == "join" {
+                k8s.service_account_token("kube-system", "nodewire-join")
+            } else {
+                k8s.nodewire_token()
+            };
             let kube_ca = kube_ca.clone();
             async move {
                 let config = config?;

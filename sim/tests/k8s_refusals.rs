@@ -484,23 +484,8 @@ async fn requests_are_authenticated_and_authorized() {
         body["message"],
         "secrets \"bootstrap-token-abcdef\" is forbidden: User \"system:serviceaccount:kube-system:nodewire\" cannot get resource \"secrets\" in API group \"\" in the namespace \"kube-system\""
     );
-    // A kubelet: TLS bootstrap with a valid token, then its own Node only.
-    s.seed(
-        "secrets",
-        "kube-system",
-        sim::k8s::token_secret("abcdef", "vm-1", "z", "2099-01-01T00:00:00Z"),
-    )
-    .expect("token");
-    assert!(
-        s.view()
-            .tls_bootstrap("abcdef.wrongwrongwrong0", "vm-1")
-            .is_err(),
-        "wrong secret"
-    );
-    let kubelet = s
-        .view()
-        .tls_bootstrap("abcdef.0123456789abcdef", "vm-1")
-        .expect("bootstrap");
+    // A kubelet holding its node credential: its own Node only.
+    let kubelet = s.node_credential("vm-1");
     let k = Some(kubelet.as_str());
     let tainted = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vm-1"},
         "spec": {"taints": [{"key": "nodewire.io/unwired", "effect": "NoSchedule"}]}});

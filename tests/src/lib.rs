@@ -236,3 +236,18 @@ pub async fn stop_pushing(emu: &Emulator, sub: &str, f: FnServer) {
     emu.delete_subscription(sub).await.expect("cleanup");
     f.stop().await;
 }
+
+/// The subject CN of the certificate a CertificateSigningRequest was issued, if any.
+pub fn issued_cn(csr: &serde_json::Value) -> Option<String> {
+    use base64::Engine as _;
+    let pem_text = base64::engine::general_purpose::STANDARD
+        .decode(csr["status"]["certificate"].as_str()?)
+        .ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_string)
+}

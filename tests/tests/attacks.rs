@@ -398,20 +398,6 @@ async fn post_csr(endpoint: &str, bearer: &str, request: &str) -> (u16, serde_js
 }
 
 /// The issued certificate's CN, when there is one.
-fn issued_cn(csr: &serde_json::Value) -> Option<String> {
-    use base64::Engine as _;
-    let pem_text = base64::engine::general_purpose::STANDARD
-        .decode(csr["status"]["certificate"].as_str()?)
-        .ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .map(str::to_string)
-}
-
 /// Issue 20: the exposure, reproduced on the simulator with kubeadm's default bindings
 /// (`kubeadm:kubelet-bootstrap`, `kubeadm:node-autoapprove-bootstrap`,
 /// `kubeadm:node-autoapprove-certificate-rotation`) and csrapproving's real rules
@@ -425,7 +411,12 @@ fn issued_cn(csr: &serde_json::Value) -> Option<String> {
 #[tokio::test]
 async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
     use integration_tests::simfix::{fast_kube_policy, k8s_sim, kube_client};
-    let sim = k8s_sim(sim::k8s::K8sConfig::default()).await;
+    // kubeadm init's bindings as they are, before nodewire's control-plane script deletes any.
+    let sim = k8s_sim(sim::k8s::K8sConfig {
+        deleted_cluster_role_bindings: Vec::new(),
+        ..sim::k8s::K8sConfig::default()
+    })
+    .await;
     let k = kube_client(&sim, fast_kube_policy()).await;
     let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
     let token = k
@@ -452,7 +443,7 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
         "{other}"
     );
     assert_eq!(
-        issued_cn(&other).as_deref(),
+        integration_tests::issued_cn(&other).as_deref(),
         Some("system:node:k8s-b"),
         "a token minted for k8s-a is signed a certificate for k8s-b: {other}"
     );
@@ -462,16 +453,13 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
         post_csr(&endpoint, bearer, &kubelet_csr("k8s-b", "system:masters")).await;
     assert_eq!(code, 201);
     assert!(masters["status"]["conditions"].is_null(), "{masters}");
-    assert!(issued_cn(&masters).is_none());
+    assert!(integration_tests::issued_cn(&masters).is_none());
 
     // A Node renews its own certificate (selfnodeclient) but gets none for another name.
-    let node_a = sim
-        .view()
-        .tls_bootstrap(bearer, "k8s-a")
-        .expect("k8s-a's kubelet credential");
+    let node_a = sim.node_credential("k8s-a");
     let (_, own) = post_csr(&endpoint, &node_a, &kubelet_csr("k8s-a", "system:nodes")).await;
     assert_eq!(
-        issued_cn(&own).as_deref(),
+        integration_tests::issued_cn(&own).as_deref(),
         Some("system:node:k8s-a"),
         "{own}"
     );
@@ -482,7 +470,7 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
         "{own}"
     );
     let (_, theirs) = post_csr(&endpoint, &node_a, &kubelet_csr("k8s-b", "system:nodes")).await;
-    assert!(issued_cn(&theirs).is_none(), "{theirs}");
+    assert!(integration_tests::issued_cn(&theirs).is_none(), "{theirs}");
 
     // Without a credential nothing is created.
     let (code, _) = post_csr(

@@ -77,6 +77,30 @@ async fn post(s: &Stack, path: &str, token: Option<&str>) -> (u16, String, Optio
     (status, r.text().await.unwrap_or_default(), retry)
 }
 
+/// `POST /v1/join` with `token` and a fresh certificate request for Node `node` (ECDSA P-256,
+/// as the startup script makes it): status, body, Retry-After.
+async fn join_req(s: &Stack, node: &str, token: Option<&str>) -> (u16, String, Option<String>) {
+    let (_key, csr) = sim::kubelet_cert::node_key_and_request(node).expect("a request");
+    let http = reqwest::Client::new();
+    let mut r = http.post(format!("{}/v1/join", join_url(s))).body(csr);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.expect("the join service answers");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, r.text().await.unwrap_or_default(), retry)
+}
+
+/// The CertificateSigningRequests in the cluster.
+fn csrs(s: &Stack) -> Vec<Value> {
+    s.k8s.objects("certificatesigningrequests")
+}
+
 fn token_for(s: &Stack, project: &str, name: &str) -> String {
     s.metadata
         .identity_token(&vm_key(project, name), JOIN_AUDIENCE)
@@ -156,15 +180,58 @@ async fn pull_mode_wires_vms_without_a_secret_in_metadata() {
         );
         assert!(!holds_a_token(&text), "a token in metadata: {text}");
     }
-    // One token per VM that asked; all minted for an identity token and revoked since.
-    assert_eq!(secrets_created(&s), names.len());
+    // No bootstrap token at all (issue 20): the request log shows no Secret created.
+    assert_eq!(secrets_created(&s), 0, "pull mode created a Secret");
     for n in names {
-        assert!(
-            s.tokens_of(n).is_empty(),
-            "{n}'s join token was not revoked"
+        assert!(s.tokens_of(n).is_empty());
+    }
+    // Every wired Node's kubelet holds a certificate of its own VM's name: the one nodewire
+    // had signed for the VM's key (the discovery credential) and the one the kubelet then got
+    // for its own key, requested as that Node (selfnodeclient).
+    let all = csrs(&s);
+    for n in names {
+        let node = format!("system:node:{n}");
+        let by_nodewire: Vec<_> = all
+            .iter()
+            .filter(|c| c["metadata"]["labels"]["nodewire.io/instance"] == n)
+            .collect();
+        assert_eq!(by_nodewire.len(), 1, "{n}: {by_nodewire:?}");
+        assert_eq!(
+            by_nodewire[0]["spec"]["username"],
+            "system:serviceaccount:kube-system:nodewire-join"
+        );
+        assert_eq!(
+            integration_tests::issued_cn(by_nodewire[0]).as_deref(),
+            Some(node.as_str())
+        );
+        let by_kubelet: Vec<_> = all
+            .iter()
+            .filter(|c| c["spec"]["username"] == node.as_str())
+            .collect();
+        assert_eq!(by_kubelet.len(), 1, "{n}: {by_kubelet:?}");
+        assert_eq!(
+            integration_tests::issued_cn(by_kubelet[0]).as_deref(),
+            Some(node.as_str())
         );
     }
-    assert!(s.tokens_of("stranger").is_empty());
+    // Every certificate issued names a VM of this test, and the one outside the selector got
+    // none.
+    for c in &all {
+        let cn = integration_tests::issued_cn(c).unwrap_or_default();
+        assert!(
+            names.iter().any(|n| cn == format!("system:node:{n}")),
+            "a certificate for {cn:?}: {c}"
+        );
+    }
+    // No private key ever crossed the wire to the API server: the VM sends only requests.
+    for r in s.k8s.chaos().requests() {
+        assert!(
+            !r.body.to_string().contains("PRIVATE KEY"),
+            "a private key in {}: {}",
+            r.method,
+            r.body
+        );
+    }
     let events = s.agent.events();
     for n in names {
         let key = vm_key(P, n);
@@ -230,7 +297,7 @@ async fn join_refuses_what_it_cannot_verify() {
     assert!(s.k8s.object("nodes", "", "ok").is_none());
 
     // No token, or not a bearer one.
-    assert_eq!(post(&s, "/v1/join", None).await.0, 401);
+    assert_eq!(join_req(&s, "ok", None).await.0, 401);
 
     // Forged: the right claims, signed by a key Google never published.
     let claims = s
@@ -238,7 +305,7 @@ async fn join_refuses_what_it_cannot_verify() {
         .claims(&vm_key(P, "forged"), JOIN_AUDIENCE)
         .expect("claims");
     let forged = SigningKey::generate("sim-metadata-1").token(&claims);
-    let (code, body, _) = post(&s, "/v1/join", Some(&forged)).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&forged)).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("signature"), "{body}");
 
@@ -250,7 +317,7 @@ async fn join_refuses_what_it_cannot_verify() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     claims["iat"] = json!(now - 7200);
     claims["exp"] = json!(now - 3600);
-    let (code, body, _) = post(&s, "/v1/join", Some(&s.metadata.sign(&claims))).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&s.metadata.sign(&claims))).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("expired"), "{body}");
 
@@ -259,7 +326,7 @@ async fn join_refuses_what_it_cannot_verify() {
         .metadata
         .identity_token(&vm_key(P, "audience"), "https://example.com/")
         .expect("token");
-    let (code, body, _) = post(&s, "/v1/join", Some(&other)).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&other)).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("audience"), "{body}");
 
@@ -269,7 +336,7 @@ async fn join_refuses_what_it_cannot_verify() {
         .claims(&vm_key(P, "standard"), JOIN_AUDIENCE)
         .expect("claims");
     claims.as_object_mut().expect("object").remove("google");
-    let (code, body, _) = post(&s, "/v1/join", Some(&s.metadata.sign(&claims))).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&s.metadata.sign(&claims))).await;
     assert_eq!(code, 401, "{body}");
 
     // A VM of another project (same service account name, valid token).
@@ -277,11 +344,11 @@ async fn join_refuses_what_it_cannot_verify() {
         .metadata
         .identity_token(&vm_key("other-project", "foreign"), JOIN_AUDIENCE)
         .expect("token");
-    let (code, body, _) = post(&s, "/v1/join", Some(&foreign)).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&foreign)).await;
     assert!(code == 403, "{code} {body}");
 
     // A VM outside the selector.
-    let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "unlabelled"))).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&token_for(&s, P, "unlabelled"))).await;
     assert_eq!(code, 403, "{body}");
 
     // A stopped VM: its token was obtained while it ran.
@@ -294,7 +361,7 @@ async fn join_refuses_what_it_cannot_verify() {
             i.status = "TERMINATED".into();
         }
     });
-    let (code, body, _) = post(&s, "/v1/join", Some(&t)).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&t)).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("TERMINATED"), "{body}");
 
@@ -307,7 +374,7 @@ async fn join_refuses_what_it_cannot_verify() {
                    "spec": {"providerID": format!("gce://{P}/{Z}/noded")}}),
         )
         .expect("seed the Node");
-    let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "noded"))).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&token_for(&s, P, "noded"))).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("Node"), "{body}");
 
@@ -323,36 +390,52 @@ async fn join_refuses_what_it_cannot_verify() {
                 .push((nodewire::join::JOINED_METADATA_KEY.into(), "true".into()));
         }
     });
-    let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "marked"))).await;
+    let (code, body, _) = join_req(&s, "ok", Some(&token_for(&s, P, "marked"))).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("joined before"), "{body}");
 
-    // Nothing so far minted anything.
+    // Nothing so far minted or asked for anything.
     assert_eq!(
         secrets_created(&s),
         before,
         "a refused request minted a token"
     );
+    assert!(csrs(&s).is_empty(), "a refused request made a CSR");
 
     // The VM that may join gets its configuration, once per identity token.
     let t = token_for(&s, P, "ok");
-    let (code, yaml, _) = post(&s, "/v1/join", Some(&t)).await;
+    let (code, yaml, _) = join_req(&s, "ok", Some(&t)).await;
     assert_eq!(code, 200, "{yaml}");
     assert!(yaml.contains("kind: JoinConfiguration"), "{yaml}");
     assert!(yaml.contains("name: \"ok\""), "{yaml}");
-    assert!(holds_a_token(&yaml));
-    assert_eq!(secrets_created(&s), before + 1);
-    let secret = s.tokens_of("ok").pop().expect("the minted token");
+    assert!(!holds_a_token(&yaml), "{yaml}");
+    assert!(!yaml.contains("PRIVATE KEY"), "{yaml}");
+    assert!(yaml.contains("kubeConfigPath: \"/etc/kubernetes/nodewire-discovery.conf\""));
+    assert!(yaml.contains("client-key: \"/etc/kubernetes/pki/nodewire-bootstrap-client.key\""));
+    assert_eq!(secrets_created(&s), before, "a Secret was created");
+    let made: Vec<Value> = csrs(&s)
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["nodewire.io/instance"] == "ok")
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(
+        integration_tests::issued_cn(&made[0]).as_deref(),
+        Some("system:node:ok")
+    );
+    assert_eq!(
+        made[0]["status"]["conditions"][0]["reason"],
+        "NodewireInstanceIdentity"
+    );
     let digest = nodewire::adapter::auth::hex_sha256(t.as_bytes());
     assert_eq!(
-        secret["metadata"]["annotations"]["nodewire.io/identity-sha256"],
+        made[0]["metadata"]["annotations"]["nodewire.io/identity-sha256"],
         json!(digest)
     );
-    // The same identity token again: refused, nothing minted.
-    let (code, body, _) = post(&s, "/v1/join", Some(&t)).await;
+    // The same identity token again: refused, nothing made.
+    let (code, body, _) = join_req(&s, "ok", Some(&t)).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("used already"), "{body}");
-    assert_eq!(secrets_created(&s), before + 1);
+    assert_eq!(csrs(&s).len(), 1);
     // The report before the Node exists: not yet.
     let (code, body, _) = post(&s, "/v1/joined", Some(&token_for(&s, P, "ok"))).await;
     assert_eq!(code, 409, "{body}");
@@ -387,7 +470,7 @@ async fn join_requests_are_rate_limited_per_instance() {
     let (n, retry) = limited.expect("never rate-limited");
     assert_eq!(n, nodewire::handlers::join::RATE_LIMIT, "limited after {n}");
     assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
-    let (code, body, _) = post(&s, "/v1/join", Some(&token_for(&s, P, "quiet"))).await;
+    let (code, body, _) = join_req(&s, "quiet", Some(&token_for(&s, P, "quiet"))).await;
     assert_eq!(code, 200, "another VM was held up: {body}");
     s.stop().await;
 }

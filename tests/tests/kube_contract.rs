@@ -381,17 +381,8 @@ async fn ipam_and_audit_pipeline_speak_our_decoder() {
         ..K8sConfig::default()
     })
     .await;
-    // The kubelet registers, with the node credential its TLS bootstrap got it.
-    sim.seed(
-        "secrets",
-        "kube-system",
-        sim::k8s::token_secret("abcdef", "k8s-worker-1", "z", "2099-01-01T00:00:00Z"),
-    )
-    .expect("token");
-    let kubelet = sim
-        .view()
-        .tls_bootstrap("abcdef.0123456789abcdef", "k8s-worker-1")
-        .expect("bootstrap");
+    // The kubelet registers with its node credential.
+    let kubelet = sim.node_credential("k8s-worker-1");
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/nodes", sim.endpoint()))
         .bearer_auth(kubelet)

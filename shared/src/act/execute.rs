@@ -14,7 +14,7 @@ use crate::act::k8s::KubeError;
 use crate::bus::{BusError, OutboundMessage};
 use crate::error::Classify;
 use crate::join::{
-    BOOTSTRAP_ATTEMPTS_METADATA_KEY, JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams,
+    BOOTSTRAP_ATTEMPTS_METADATA_KEY, Discovery, JOIN_METADATA_KEY, JOINED_METADATA_KEY, JoinParams,
     KUBELET_RESTART_METADATA_KEY, join_configuration,
 };
 use crate::names::UNWIRED_TAINT;
@@ -327,15 +327,49 @@ pub fn render_join(
     let provider_id = vm.provider_id();
     join_configuration(
         &JoinParams {
-            api_server: &endpoint,
-            token: &secret,
-            ca_pin: &ci.ca_pin,
+            discovery: Discovery::Token {
+                api_server: &endpoint,
+                token: &secret,
+                ca_pin: &ci.ca_pin,
+            },
             node_name: vm.name(),
             provider_id: &provider_id,
             taint_key: UNWIRED_TAINT,
         },
         deps.chain.join_api,
     )
+}
+
+/// The pull-mode answer for `vm`: the discovery kubeconfig (the cluster's CA and server, the
+/// client certificate signed for the VM's key) and the JoinConfiguration that names it.
+pub fn render_pull_join(
+    deps: &ChainDeps,
+    ci: &crate::act::k8s::ClusterInfo,
+    vm: &InstanceRef,
+    cert_pem: &str,
+) -> String {
+    let endpoint = deps
+        .chain
+        .api_server_endpoint
+        .clone()
+        .unwrap_or_else(|| host_port(&ci.server));
+    let provider_id = vm.provider_id();
+    let kubeconfig = crate::join::discovery_kubeconfig(
+        &format!("https://{endpoint}"),
+        &ci.ca_pem,
+        cert_pem,
+        vm.name(),
+    );
+    let jc = join_configuration(
+        &JoinParams {
+            discovery: Discovery::File,
+            node_name: vm.name(),
+            provider_id: &provider_id,
+            taint_key: UNWIRED_TAINT,
+        },
+        deps.chain.join_api,
+    );
+    crate::join::pull_answer(&kubeconfig, &jc)
 }
 
 fn host_port(url: &str) -> String {

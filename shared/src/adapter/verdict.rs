@@ -181,6 +181,8 @@ impl AuthError {
 /// The class of a refused plain HTTP request; [`RefusalClass::status`] is its status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalClass {
+    /// The request itself is unusable (a malformed certificate request): 400.
+    BadRequest,
     /// The caller is not proven: 401.
     Unauthenticated,
     /// Proven, but not allowed: 403.
@@ -199,6 +201,7 @@ impl RefusalClass {
     /// The status code of this class.
     pub fn status(self) -> StatusCode {
         match self {
+            RefusalClass::BadRequest => StatusCode::BAD_REQUEST,
             RefusalClass::Unauthenticated => StatusCode::UNAUTHORIZED,
             RefusalClass::Forbidden => StatusCode::FORBIDDEN,
             RefusalClass::Conflict => StatusCode::CONFLICT,

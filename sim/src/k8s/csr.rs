@@ -19,6 +19,15 @@
 //!   not Failed) CSR of that signer gets a certificate from the cluster CA: the CSR's subject,
 //!   `spec.usages`, valid from 5 minutes ago for a year, or `expirationSeconds` when shorter.
 //!
+//! - **The approval subresource** (`…/{name}/approval`, strategy.go's `csrApprovalStrategy`,
+//!   validation.go's `ValidateCertificateSigningRequestApprovalUpdate`, and the
+//!   `CertificateApproval` admission plugin, plugin/pkg/admission/certificates/approval): the
+//!   requester needs `update` (or `patch`) on `certificatesigningrequests/approval` **and**
+//!   `approve` on `signers` named the CSR's signer (or `DOMAIN/*`,
+//!   plugin/pkg/admission/certificates/util.go); only `status.conditions` is taken from the
+//!   update; condition types are unique, Approved and Denied exclusive and `True`, and an
+//!   Approved or Denied condition cannot be removed.
+//!
 //! Deviations: the controllers run right after a CSR is created, not on an informer's schedule;
 //! a CSR carrying an extension the parser does not know (rcgen reads SANs, key usages, extended
 //! key usages and basic constraints) is refused as unparseable.
@@ -477,6 +486,187 @@ pub(super) async fn item(
             .ok_or_else(|| ApiError::not_found(RESOURCE, &name))
     })
     .await
+}
+
+/// `IsAuthorizedForSignerName`: `verb` on `signers` named `signer`, or on `DOMAIN/*`.
+fn may_for_signer(policy: &Policy, who: &Identity, verb: &str, signer: &str) -> bool {
+    let wildcard = signer
+        .split_once('/')
+        .map(|(d, _)| format!("{d}/*"))
+        .unwrap_or_default();
+    [signer, wildcard.as_str()].iter().any(|name| {
+        !name.is_empty()
+            && policy.allows(
+                who,
+                &Request {
+                    verb,
+                    resource: "signers",
+                    namespace: "",
+                    name,
+                },
+            )
+    })
+}
+
+/// validation.go's checks on the conditions an approval update leaves, against the old ones.
+fn validate_approval(name: &str, old: &Value, conditions: &Value) -> Result<(), ApiError> {
+    let bad = |i: usize, field: &str, reason: &str, m: String| {
+        invalid(name, &format!("status.conditions[{i}].{field}"), reason, m)
+    };
+    let list = match conditions {
+        Value::Null => Vec::new(),
+        Value::Array(l) => l.clone(),
+        _ => {
+            return Err(invalid(
+                name,
+                "status.conditions",
+                "FieldValueInvalid",
+                "must be a list",
+            ));
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let kind = c["type"].as_str().unwrap_or_default().to_string();
+        if kind.is_empty() {
+            return Err(bad(
+                i,
+                "type",
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        if seen.contains(&kind) {
+            return Err(bad(
+                i,
+                "type",
+                "FieldValueDuplicate",
+                format!("Duplicate value: {kind:?}"),
+            ));
+        }
+        let status = c["status"].as_str().unwrap_or_default();
+        if matches!(kind.as_str(), "Approved" | "Denied") && status != "True" {
+            return Err(bad(
+                i,
+                "status",
+                "FieldValueNotSupported",
+                format!("Unsupported value: {status:?}: supported values: \"True\""),
+            ));
+        }
+        seen.push(kind);
+    }
+    if seen.iter().any(|k| k == "Approved") && seen.iter().any(|k| k == "Denied") {
+        return Err(invalid(
+            name,
+            "status.conditions",
+            "FieldValueInvalid",
+            "Approved and Denied conditions are mutually exclusive",
+        ));
+    }
+    for kept in ["Approved", "Denied"] {
+        if condition(old, kept) && !seen.iter().any(|k| k == kept) {
+            return Err(invalid(
+                name,
+                "status.conditions",
+                "FieldValueForbidden",
+                format!("updates may not remove a condition of type {kept:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `GET`, `PUT` and `PATCH` `/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval`.
+pub(super) async fn approval(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    call: Call,
+    body: Bytes,
+) -> Response {
+    let verb = match call.method {
+        Method::GET => "get",
+        Method::PUT => "update",
+        _ => "patch",
+    };
+    let mut changed = false;
+    let resp = server::run(
+        &sim,
+        &format!("{RESOURCE}.approval.{verb}"),
+        &call,
+        &body,
+        |s| {
+            let who = s.authorize(
+                &call,
+                verb,
+                "certificatesigningrequests/approval",
+                "",
+                &name,
+            )?;
+            let mut st = s.store();
+            let old = st
+                .objects
+                .get(&key(&name))
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(RESOURCE, &name))?;
+            if verb == "get" {
+                return Ok::<_, ApiError>((StatusCode::OK, old));
+            }
+            let new = if verb == "update" {
+                let new = super::rest::parse_body(&body)?;
+                let rv = str_at(&new, "/metadata/resourceVersion");
+                if !rv.is_empty() && rv != str_at(&old, "/metadata/resourceVersion") {
+                    return Err(ApiError::conflict(RESOURCE, &name));
+                }
+                new
+            } else {
+                let p = super::rest::parse_body(&body)?;
+                let mut new = old.clone();
+                super::rest::apply_patch(
+                    &mut new,
+                    &p,
+                    call.header("content-type"),
+                    call.uri.query(),
+                )?;
+                new
+            };
+            // The CertificateApproval admission plugin.
+            let signer = str_at(&old, "/spec/signerName").to_string();
+            if !may_for_signer(&s.policy, &who, "approve", &signer) {
+                return Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "certificatesigningrequests.certificates.k8s.io {name:?} is forbidden: \
+                         user not permitted to approve requests with signerName {signer:?}"
+                    ),
+                ));
+            }
+            let conditions = new
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(Value::Null);
+            validate_approval(&name, &old, &conditions)?;
+            // Only the conditions are taken from the update.
+            let mut obj = old;
+            obj["status"]["conditions"] = if conditions.is_null() {
+                json!([])
+            } else {
+                conditions
+            };
+            st.resource_version += 1;
+            obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+            st.objects.insert(key(&name), obj.clone());
+            changed = true;
+            Ok((StatusCode::OK, obj))
+        },
+    )
+    .await;
+    if changed {
+        // csrsigning sees the approved CSR.
+        let sim = sim.clone();
+        tokio::spawn(async move { sim.certificate_controllers(&name) });
+    }
+    resp
 }
 
 impl Sim {

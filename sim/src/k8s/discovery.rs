@@ -17,7 +17,7 @@ use crate::server::{Answer, Call};
 /// Discovery answers only authenticated users (kube-apiserver's `system:discovery` role is
 /// bound to `system:authenticated`).
 fn gate(sim: &Sim, call: &Call, body: Value) -> Response {
-    match sim.authenticated(call.header("authorization")) {
+    match sim.authenticated(call) {
         Ok(_) => axum::Json(body).into_response(),
         Err(e) => Answer::from(e).into_response(),
     }

@@ -67,7 +67,16 @@ pub struct K8sConfig {
     /// The ValidatingAdmissionPolicies in force: nodewire's shipped
     /// `infra/k8s/nodewire-admission-policy.yaml` unless a test passes others.
     pub admission_manifests: Vec<String>,
+    /// ClusterRoleBindings of `kubeadm init` that the control plane deleted afterwards:
+    /// nodewire's `control-plane.sh` deletes [`CONTROL_PLANE_DELETES`] (the default here);
+    /// empty is kubeadm's defaults as they are.
+    pub deleted_cluster_role_bindings: Vec<String>,
 }
+
+/// What nodewire's control-plane startup script deletes after `kubeadm init` in pull mode: the
+/// auto-approval of node client certificates for bootstrap tokens (kubeadm's
+/// `kubeadm:node-autoapprove-bootstrap`), which approves a CSR for any node name.
+pub const CONTROL_PLANE_DELETES: &[&str] = &["kubeadm:node-autoapprove-bootstrap"];
 
 impl Default for K8sConfig {
     fn default() -> Self {
@@ -79,6 +88,10 @@ impl Default for K8sConfig {
             audit_zone: "us-central1-a".into(),
             rbac_manifests: vec![rbac::NODEWIRE_RBAC.to_string()],
             admission_manifests: vec![admission::nodewire_admission("example-project", "", 900)],
+            deleted_cluster_role_bindings: CONTROL_PLANE_DELETES
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
         }
     }
 }
@@ -139,12 +152,24 @@ impl Sim {
             namespace,
             name,
         };
-        let who = self.authenticated_as(call.header("authorization"))?;
+        let who = self.caller(call)?;
         if self.policy.allows(&who, &req) {
             Ok(who)
         } else {
             Err(rbac::forbidden(&who, &req))
         }
+    }
+
+    /// Who a request is: its verified client certificate first (kube-apiserver's authenticator
+    /// union puts the x509 authenticator before the token authenticators,
+    /// pkg/kubeapiserver/authenticator/config.go), then its `Authorization` header.
+    fn caller(&self, call: &server::Call) -> Result<rbac::Identity, ApiError> {
+        if let Some(der) = &call.client_cert
+            && let Some(who) = x509_identity(der)
+        {
+            return Ok(who);
+        }
+        self.authenticated_as(call.header("authorization"))
     }
 
     /// Who the `Authorization` header says it is (401 for a token nobody issued).
@@ -157,8 +182,8 @@ impl Sim {
 
     /// Discovery is for authenticated users (`system:discovery`, bound to
     /// `system:authenticated`); `/version` for everyone (`system:public-info-viewer`).
-    fn authenticated(&self, authorization: &str) -> Result<rbac::Identity, ApiError> {
-        let who = self.authenticated_as(authorization)?;
+    fn authenticated(&self, call: &server::Call) -> Result<rbac::Identity, ApiError> {
+        let who = self.caller(call)?;
         if who.user == "system:anonymous" {
             return Err(ApiError::new(
                 403,
@@ -170,6 +195,30 @@ impl Sim {
     }
 }
 
+/// The x509 authenticator's mapping (staging/src/k8s.io/apiserver/pkg/authentication/request/
+/// x509/x509.go `CommonNameUserConversion`): the user is the subject's CN, the groups its O
+/// values. The chain and validity were checked by the TLS handshake against the cluster CA.
+fn x509_identity(der: &[u8]) -> Option<rbac::Identity> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    if cn.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(rbac::Identity { user: cn, groups })
+}
+
 impl Service for Sim {
     type Config = K8sConfig;
 
@@ -177,12 +226,14 @@ impl Service for Sim {
         let audit = AuditLog::start(config.audit.as_ref());
         let chaos = Chaos::new(config.seed);
         let manifests: Vec<&str> = config.rbac_manifests.iter().map(String::as_str).collect();
-        let policy = rbac::Policy::load(&manifests).unwrap_or_else(|e| {
-            // A broken manifest grants nothing: every request nodewire makes is then refused,
-            // which the tests report; the simulator itself keeps running.
-            tracing::error!(error = %e, "RBAC manifests do not load; no RBAC grants in force");
-            rbac::Policy::load(&[]).unwrap_or_default()
-        });
+        let policy = rbac::Policy::load(&manifests)
+            .unwrap_or_else(|e| {
+                // A broken manifest grants nothing: every request nodewire makes is then refused,
+                // which the tests report; the simulator itself keeps running.
+                tracing::error!(error = %e, "RBAC manifests do not load; no RBAC grants in force");
+                rbac::Policy::load(&[]).unwrap_or_default()
+            })
+            .without_cluster_role_bindings(&config.deleted_cluster_role_bindings);
         let admission_docs: Vec<&str> = config
             .admission_manifests
             .iter()
@@ -272,6 +323,10 @@ impl Service for Sim {
                 "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}",
                 get(csr::item),
             )
+            .route(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval",
+                get(csr::approval).put(csr::approval).patch(csr::approval),
+            )
             .fallback(fallback)
             .with_state(sim)
     }
@@ -356,8 +411,32 @@ impl K8sSim {
     ///
     /// # Errors
     /// When the certificate cannot be made or the port bound.
+    /// Client certificates signed by the cluster CA authenticate there (the x509
+    /// authenticator), as kube-apiserver's `--client-ca-file` makes them.
     pub async fn start_tls_front(&self) -> std::io::Result<crate::tls::TlsFront> {
-        crate::tls::TlsFront::start(<Sim as Service>::router(self.server.sim().clone())).await
+        let router = <Sim as Service>::router(self.server.sim().clone());
+        match self.cluster_ca_pem() {
+            Some(ca) => crate::tls::TlsFront::start_verifying_clients(router, &ca).await,
+            None => crate::tls::TlsFront::start(router).await,
+        }
+    }
+
+    /// The cluster CA's certificate (PEM): what signs kubelet client certificates and what
+    /// client certificates are verified against. `None` when it could not be made.
+    pub fn cluster_ca_pem(&self) -> Option<String> {
+        lock(&self.server.sim().ca)
+            .as_ref()
+            .map(|c| c.pem().to_string())
+    }
+
+    /// A bearer credential for `system:node:NAME`, standing for a kubelet's client certificate:
+    /// for tests about what a node may do once it has one. How a kubelet gets one is
+    /// `kubelet_cert::tls_bootstrap` (a CSR, approval, the signer) and the TLS front.
+    pub fn node_credential(&self, node: &str) -> String {
+        let sim = self.server.sim();
+        let t = format!("node-{node}-{:016x}", sim.chaos.draw_u64());
+        lock(&sim.tokens).issue(t.clone(), rbac::Identity::node(node));
+        t
     }
 
     /// Issues a token for a service account, as the TokenRequest API would.
@@ -431,36 +510,6 @@ impl std::fmt::Debug for K8sView {
 }
 
 impl K8sView {
-    /// The kubelet's TLS bootstrap, condensed: the bootstrap token authenticates (as
-    /// `system:bootstrap:ID`), kubeadm's auto-approval admits only tokens in
-    /// `system:bootstrappers:kubeadm:default-node-token`, and the approved certificate becomes
-    /// a credential for `system:node:NAME` — here a bearer token.
-    ///
-    /// # Errors
-    /// Why the token was not accepted.
-    pub fn tls_bootstrap(&self, token: &str, node: &str) -> Result<String, String> {
-        let who = self
-            .0
-            .authenticated_as(&format!("Bearer {token}"))
-            .map_err(|e| format!("the bootstrap token does not authenticate: {}", e.message))?;
-        if !who.user.starts_with("system:bootstrap:") {
-            return Err(format!("{} is not a bootstrap token", who.user));
-        }
-        if !who
-            .groups
-            .iter()
-            .any(|g| g == "system:bootstrappers:kubeadm:default-node-token")
-        {
-            return Err(format!(
-                "{}: not in system:bootstrappers:kubeadm:default-node-token, so no certificate is approved",
-                who.user
-            ));
-        }
-        let t = format!("node-{node}-{:016x}", self.0.chaos.draw_u64());
-        lock(&self.0.tokens).issue(t.clone(), rbac::Identity::node(node));
-        Ok(t)
-    }
-
     /// One object as stored (`namespace` empty for Nodes).
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.0

@@ -146,6 +146,8 @@ pub struct Policy {
     roles: HashMap<(String, String), Vec<Rule>>,
     /// `(namespace of the binding or empty, role ref kind, role name, subjects)`.
     bindings: Vec<(String, RoleRef, Vec<Subject>)>,
+    /// The bindings' names, in the same order.
+    binding_names: Vec<String>,
 }
 
 /// The defaults every kubeadm cluster has that matter here: cluster-info readable by anyone
@@ -249,12 +251,29 @@ impl Policy {
                             String::new()
                         };
                         p.bindings.push((ns, r, d.subjects));
+                        p.binding_names.push(d.metadata.name);
                     }
                     _ => {}
                 }
             }
         }
         Ok(p)
+    }
+
+    /// The policy with the ClusterRoleBindings named in `names` deleted (what a control-plane
+    /// script's `kubectl delete clusterrolebinding` leaves).
+    pub fn without_cluster_role_bindings(mut self, names: &[String]) -> Self {
+        let mut keep = Vec::new();
+        let mut keep_names = Vec::new();
+        for (b, n) in self.bindings.into_iter().zip(self.binding_names) {
+            if !(b.0.is_empty() && names.contains(&n)) {
+                keep.push(b);
+                keep_names.push(n);
+            }
+        }
+        self.bindings = keep;
+        self.binding_names = keep_names;
+        self
     }
 
     fn subject_matches(s: &Subject, who: &Identity) -> bool {

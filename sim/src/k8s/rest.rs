@@ -305,7 +305,7 @@ fn patch_item(
 }
 
 /// Applies `p` as its media type says.
-fn apply_patch(
+pub(super) fn apply_patch(
     obj: &mut Value,
     p: &Value,
     content_type: &str,

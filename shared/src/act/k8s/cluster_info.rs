@@ -18,6 +18,8 @@ pub struct ClusterInfo {
     pub server: String,
     /// `sha256:<hex>` of the CA's SubjectPublicKeyInfo (kubeadm's discovery-token-ca-cert-hash).
     pub ca_pin: String,
+    /// The CA certificate(s) as published (PEM), for a discovery kubeconfig.
+    pub ca_pem: String,
 }
 
 /// Parses the kubeconfig published in `cluster-info` and computes the CA pin.
@@ -47,6 +49,7 @@ pub fn cluster_info_from_kubeconfig(text: &str) -> Result<ClusterInfo, KubeError
     Ok(ClusterInfo {
         server,
         ca_pin: ca_pin(&pem).map_err(KubeError::ClusterInfo)?,
+        ca_pem: pem,
     })
 }
 

@@ -15,11 +15,13 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 mod cluster_info;
+mod csr;
 mod error;
 mod sweep_state;
 mod tokens;
 
 pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
+pub use csr::{APPROVAL_REASON, CsrRecord, KUBELET_CLIENT_SIGNER};
 pub use error::KubeError;
 pub use sweep_state::{MAX_REMEMBERED, SWEEP_STATE, SweepState};
 pub use tokens::{

@@ -43,6 +43,7 @@ use crate::act::deps::ChainDeps;
 use crate::adapter::{Authenticator, RefusalClass, Refused};
 use crate::config::{PushAuthSettings, SignatureCheck};
 use crate::event::{Cause, CauseSource, Step, StepMessage};
+use crate::join::csr::{self, CsrRefusal};
 use crate::names::InstanceRef;
 use crate::observe;
 use crate::plan::eligibility;
@@ -54,8 +55,12 @@ mod verify;
 pub const RATE_LIMIT: u32 = 10;
 /// The rate limit's window.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// A VM with this many unexpired join tokens gets no new one until one expires.
+/// A VM issued this many join credentials within the join-token TTL gets no new one until the
+/// oldest is older.
 pub const MAX_LIVE_TOKENS: usize = 3;
+/// How long a join request waits for the cluster's signer (kube-controller-manager's csrsigning
+/// signs within a second of the approval).
+pub const SIGNING_WAIT: Duration = Duration::from_secs(15);
 /// Instances (and used identity tokens) remembered at most; beyond, the oldest are forgotten.
 const MAX_REMEMBERED: usize = 100_000;
 
@@ -111,14 +116,18 @@ pub fn router(deps: ChainDeps) -> Result<Router, SetupError> {
         .with_state(svc))
 }
 
-async fn join(State(svc): State<Arc<JoinService>>, headers: HeaderMap) -> Response {
+async fn join(
+    State(svc): State<Arc<JoinService>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
     let started = Instant::now();
-    match svc.serve_join(&headers).await {
-        Ok((vm, token_id, yaml)) => {
+    match svc.serve_join(&headers, &body).await {
+        Ok((vm, csr_name, yaml)) => {
             tracing::info!(
                 verdict = "served",
                 instance = %vm,
-                token_id = %token_id,
+                csr = %csr_name,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "join configuration served"
             );
@@ -168,6 +177,7 @@ impl JoinService {
     async fn serve_join(
         &self,
         headers: &HeaderMap,
+        body: &[u8],
     ) -> Result<(InstanceRef, String, String), Refused> {
         let v = self.verify(headers).await?;
         let vm = &v.vm.instance;
@@ -179,22 +189,32 @@ impl JoinService {
             .map(|n| observe::node_facts(&n));
         eligibility::may_join(&v.vm, node.as_ref(), &self.deps.plan, Some(&v.caller.email))
             .map_err(|e| verify::ineligible(&e))?;
-        // Marked used now, before the mint: two concurrent requests with one token cannot both
-        // pass (a mint that then fails leaves it used; the VM asks with a fresh one).
+        // The request the VM made with its own key: for its own Node name, client auth only.
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Refused::new(RefusalClass::BadRequest, CsrRefusal::NotPem.to_string()))?;
+        let csr = csr::check(text, vm.name()).map_err(|e| {
+            let class = match e {
+                CsrRefusal::Subject { .. } => RefusalClass::Forbidden,
+                _ => RefusalClass::BadRequest,
+            };
+            Refused::new(class, e.to_string())
+        })?;
+        // Marked used now, before the CSR: two concurrent requests with one token cannot both
+        // pass (a CSR that then fails leaves it used; the VM asks with a fresh one).
         self.claim_once(&v.caller)?;
-        let now = time::OffsetDateTime::now_utc();
-        let tokens = kube
-            .list_bootstrap_tokens(Some(vm.name()))
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let chain = &self.deps.chain;
+        let earlier = kube
+            .list_node_csrs(vm.name())
             .await
-            .map_err(|e| Refused::dependency("listing join tokens", &e))?;
-        let mine: Vec<_> = tokens
-            .items
+            .map_err(|e| Refused::dependency("listing the VM's certificate requests", &e))?;
+        let mine: Vec<_> = earlier
             .iter()
-            .filter(|t| t.zone.as_deref().is_none_or(|z| z == vm.zone()))
+            .filter(|c| c.zone.as_deref().is_none_or(|z| z == vm.zone()))
             .collect();
         let replayed = mine
             .iter()
-            .filter_map(|t| t.identity.as_ref())
+            .filter_map(|c| c.identity.as_ref())
             .any(|j| j.digest == v.caller.token_digest || j.issued_at > v.caller.issued_at);
         if replayed {
             return Err(Refused::new(
@@ -203,10 +223,17 @@ impl JoinService {
                  for a new one",
             ));
         }
-        let live = mine.iter().filter(|t| !observe::expired(t, now)).count();
-        if live >= MAX_LIVE_TOKENS {
+        let window = i64::try_from(chain.token_ttl.as_secs()).unwrap_or(i64::MAX);
+        let recent = mine
+            .iter()
+            .filter(|c| c.created.is_none_or(|t| now.saturating_sub(t) < window))
+            .count();
+        if recent >= MAX_LIVE_TOKENS {
             return Err(Refused::rate_limited(
-                format!("VM {vm} has {live} unexpired join tokens; a new one once one expires"),
+                format!(
+                    "VM {vm} was issued {recent} join credentials in the last {window} s; a new one \
+                     once one is older"
+                ),
                 60,
             ));
         }
@@ -218,19 +245,38 @@ impl JoinService {
             digest: v.caller.token_digest.clone(),
             issued_at: v.caller.issued_at,
         };
-        let chain = &self.deps.chain;
-        let token = kube
-            .create_bootstrap_token_for_identity(
+        let name = kube
+            .create_node_csr(
                 vm,
                 &v.instance_id,
+                &csr.pem,
+                csr.key.usages(),
                 chain.token_ttl,
-                &chain.token_groups,
                 &record,
             )
             .await
-            .map_err(|e| Refused::dependency("minting the join token", &e))?;
-        let yaml = crate::act::execute::render_join(&self.deps, &ci, vm, &token);
-        Ok((vm.clone(), token.id.clone(), yaml))
+            .map_err(|e| Refused::dependency("creating the certificate signing request", &e))?;
+        kube.approve_csr(
+            &name,
+            &format!(
+                "nodewire verified instance {} ({vm}) by its identity token",
+                v.instance_id
+            ),
+        )
+        .await
+        .map_err(|e| Refused::dependency("approving the certificate signing request", &e))?;
+        let cert = kube
+            .wait_for_certificate(&name, SIGNING_WAIT, Duration::from_millis(100))
+            .await
+            .map_err(|e| Refused::dependency("waiting for the signed certificate", &e))?
+            .ok_or_else(|| {
+                Refused::new(
+                    RefusalClass::Unavailable,
+                    "the cluster has not signed the certificate yet: try again shortly",
+                )
+            })?;
+        let answer = crate::act::execute::render_pull_join(&self.deps, &ci, vm, &cert);
+        Ok((vm.clone(), name, answer))
     }
 
     async fn report_join(&self, headers: &HeaderMap) -> Result<InstanceRef, Refused> {
