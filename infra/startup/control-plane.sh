@@ -4,16 +4,24 @@
 #
 # 1. Reads instance/attributes/nodewire-cluster-config (JSON: pod_range, service_range,
 #    pod_range_name, cluster_name, kubernetes_version, advertise_address, audit_log_name,
-#    kube_token_secret, kube_ca_secret).
+#    kube_token_secret, kube_join_token_secret, kube_ca_secret, join_mode).
 # 2. The same base install as node.sh.
 # 3. /etc/kubernetes/audit-policy.yaml from instance/attributes/nodewire-audit-policy; the
 #    Google Cloud Ops Agent shipping the API server's JSON audit log as log <audit_log_name>.
 # 4. kubeadm init (skipped when /etc/kubernetes/admin.conf exists) with the pod and service
-#    ranges, node CIDR allocation (/24 per Node) and the audit flags.
+#    ranges, node CIDR allocation (/24 per Node) and the audit flags, --skip-token-print;
+#    then the bootstrap token init created is deleted (nodewire never uses it).
+# 4b. Pull mode: kubeadm's ClusterRoleBinding kubeadm:node-autoapprove-bootstrap is deleted on
+#    every boot. It lets kube-controller-manager approve a node client certificate for ANY
+#    node name to any bootstrap-token holder (csrapproving's nodeclient rule never compares
+#    the name with the requester); in pull mode nodewire's join service approves each VM's
+#    certificate itself after verifying the VM's identity. `kubeadm upgrade apply` creates it
+#    again: this script deletes it at the next boot (docs/operations.md says to rerun it).
 # 5. kubectl apply of instance/attributes/nodewire-k8s-rbac, nodewire-k8s-policy and
 #    nodewire-k8s-ip-masq (infra/k8s).
-# 6. The token of ServiceAccount kube-system/nodewire and the cluster CA into Secret Manager
-#    (a new version only when the latest one differs). The token is never printed.
+# 6. The tokens of ServiceAccounts kube-system/nodewire and kube-system/nodewire-join (the
+#    join service's own identity) and the cluster CA into Secret Manager (a new version only
+#    when the latest one differs). The tokens are never printed.
 # 7. This VM's alias IP range = its own Node's podCIDR, and the CNI configuration for it.
 #
 # Tests only: NODEWIRE_ROOT (prefix of every path), NODEWIRE_METADATA_URL, NODEWIRE_RETRY_SLEEP,
@@ -83,7 +91,8 @@ write_kubeadm_config() {
 # Written by nodewire's control-plane startup script.
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
-# kubeadm's own token is not used (nodewire mints one per VM): keep it short-lived.
+# kubeadm's own token is not used (nodewire mints one per VM, or none in pull mode): short-lived,
+# and deleted right after init.
 bootstrapTokens:
   - groups: ["system:bootstrappers:kubeadm:default-node-token"]
     ttl: "15m0s"
@@ -145,12 +154,39 @@ kubeadm_init() {
   local i
   for ((i = 1; i <= CMD_ATTEMPTS; i++)); do
     log "kubeadm init (try ${i}/${CMD_ATTEMPTS})"
-    if kubeadm init --config "$1"; then return 0; fi
+    if kubeadm init --config "$1" --skip-token-print; then return 0; fi
     log "kubeadm init failed; kubeadm reset -f"
     kubeadm reset -f || log "kubeadm reset failed"
     sleep "$RETRY_SLEEP"
   done
   return 1
+}
+
+# delete_init_tokens: the bootstrap token(s) kubeadm init created (every bootstrap-token Secret
+# nodewire did not mint). Only the Secrets' names (the public token id) are read or logged.
+delete_init_tokens() {
+  local names
+  names="$(retry kc -n kube-system get secrets \
+    --field-selector type=bootstrap.kubernetes.io/token -l '!nodewire.io/instance' -o name)" ||
+    die "listing kubeadm's bootstrap tokens failed"
+  if [[ -z "$names" ]]; then
+    log "no kubeadm bootstrap token to delete"
+    return 0
+  fi
+  # shellcheck disable=SC2086 # one name per word
+  retry kc -n kube-system delete --ignore-not-found $names
+  log "deleted kubeadm's bootstrap token(s): ${names//$'\n'/ }"
+}
+
+# drop_bootstrap_autoapproval MODE: in pull mode, no auto-approval of node client certificates
+# for bootstrap tokens (see 4b above).
+drop_bootstrap_autoapproval() {
+  if [[ "$1" != "pull" ]]; then
+    log "metadata mode: kubeadm:node-autoapprove-bootstrap kept (its kubelets need it)"
+    return 0
+  fi
+  retry kc delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found
+  log "kubeadm:node-autoapprove-bootstrap deleted: bootstrap tokens get no certificate approved"
 }
 
 # apply_manifests: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata.
@@ -203,30 +239,37 @@ _add_secret_version() {
   printf '%s' "$data" | gcloud secrets versions add "$1" --data-file=- >/dev/null
 }
 
-# publish_credentials TOKEN_SECRET CA_SECRET: a service-account-token Secret for nodewire, its
-# token and the cluster CA into Secret Manager.
-publish_credentials() {
-  local file="${ROOT}/etc/kubernetes/nodewire/nodewire-token.yaml" token="" i
-  cat >"$file" <<'YAML'
+# sa_token_secret SERVICE_ACCOUNT SECRET_MANAGER_SECRET: a service-account-token Secret for
+# kube-system/SERVICE_ACCOUNT, its token into Secret Manager.
+sa_token_secret() {
+  local file="${ROOT}/etc/kubernetes/nodewire/$1-token.yaml" token="" i
+  cat >"$file" <<YAML
 apiVersion: v1
 kind: Secret
 metadata:
-  name: nodewire-token
+  name: $1-token
   namespace: kube-system
   annotations:
-    kubernetes.io/service-account.name: nodewire
+    kubernetes.io/service-account.name: $1
 type: kubernetes.io/service-account-token
 YAML
   retry kc apply -f "$file"
   for ((i = 1; i <= TOKEN_ATTEMPTS; i++)); do
-    token="$(kc -n kube-system get secret nodewire-token -o 'jsonpath={.data.token}' |
+    token="$(kc -n kube-system get secret "$1-token" -o 'jsonpath={.data.token}' |
       base64 -d)" || token=""
     if [[ -n "$token" ]]; then break; fi
     sleep "$RETRY_SLEEP"
   done
-  [[ -n "$token" ]] || die "Secret kube-system/nodewire-token got no token"
-  printf '%s' "$token" | put_secret_version "$1"
+  [[ -n "$token" ]] || die "Secret kube-system/$1-token got no token"
+  printf '%s' "$token" | put_secret_version "$2"
   token=""
+}
+
+# publish_credentials TOKEN_SECRET CA_SECRET JOIN_TOKEN_SECRET: the tokens of nodewire and of
+# its join service, and the cluster CA, into Secret Manager.
+publish_credentials() {
+  sa_token_secret nodewire "$1"
+  sa_token_secret nodewire-join "$3"
   put_secret_version "$2" <"${ROOT}/etc/kubernetes/pki/ca.crt"
 }
 
@@ -245,7 +288,7 @@ ensure_alias() {
 
 main() {
   local config pods services range_name cluster version advertise audit_log token_secret
-  local ca_secret name zone project cidr nomasq
+  local ca_secret join_token_secret join_mode name zone project cidr nomasq
   console_log
   setup_work
   config="$(md_get instance/attributes/nodewire-cluster-config)" ||
@@ -259,6 +302,8 @@ main() {
   audit_log="$(cfg "$config" audit_log_name '^[A-Za-z0-9_]{1,64}$')"
   token_secret="$(cfg "$config" kube_token_secret '^[A-Za-z0-9_-]{1,255}$')"
   ca_secret="$(cfg "$config" kube_ca_secret '^[A-Za-z0-9_-]{1,255}$')"
+  join_token_secret="$(cfg "$config" kube_join_token_secret '^[A-Za-z0-9_-]{1,255}$')"
+  join_mode="$(cfg "$config" join_mode '^(pull|metadata)$')"
   nomasq="$(cfg "$config" non_masquerade_cidrs \
     '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}(,[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}){0,63}$')"
   name="$(md_get instance/name)" || die "instance/name is missing"
@@ -283,11 +328,13 @@ main() {
     write_kubeadm_config "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" "$name" \
       "gce://${project}/${zone}/${name}" "$advertise" "$cluster" "$version" "$pods" "$services"
     kubeadm_init "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" || die "kubeadm init failed"
+    delete_init_tokens
   fi
+  drop_bootstrap_autoapproval "$join_mode"
 
   apply_manifests
   apply_ip_masq_config "$nomasq"
-  publish_credentials "$token_secret" "$ca_secret"
+  publish_credentials "$token_secret" "$ca_secret" "$join_token_secret"
 
   cidr="$(node_pod_cidr "$ADMIN_CONF" "$name")" || die "Node ${name} has no spec.podCIDR"
   write_cni_config "$cidr"

@@ -7,11 +7,17 @@
 #    kubelet/kubeadm/kubectl from pkgs.k8s.io at the configured version, held.
 # 3. Joins the cluster, as instance/attributes/nodewire-join-mode says (pull when absent);
 #    skipped when /etc/kubernetes/kubelet.conf exists (the VM joined before: a reboot).
-#    - pull: asks the join service (instance/attributes/nodewire-join-url) with a fresh
-#      instance identity token (audience = that URL) for its JoinConfiguration
-#      (POST /v1/join), writes it to /etc/kubernetes/nodewire-join.yaml (0600), runs
-#      `kubeadm join --config` with retries (`kubeadm reset -f` between tries), removes the
-#      file (it holds the bootstrap token) and reports the join (POST /v1/joined, with another
+#    - pull: makes a key pair (ECDSA P-256, /var/lib/nodewire/startup/bootstrap-client.key,
+#      0600; it never leaves the VM) and a certificate request for
+#      CN=system:node:<instance name>, O=system:nodes; sends the request with a fresh
+#      instance identity token (audience = instance/attributes/nodewire-join-url) to the join
+#      service (POST /v1/join); the answer is the discovery kubeconfig (the cluster CA and
+#      server, the client certificate the cluster signed for that key), a line `---`, and the
+#      JoinConfiguration (file discovery): written to /etc/kubernetes/nodewire-discovery.conf
+#      and /etc/kubernetes/nodewire-join.yaml (0600); runs `kubeadm join --config` with
+#      retries (`kubeadm reset -f` between tries), removes the files and the key (kubeadm
+#      copied the credential into bootstrap-kubelet.conf; the kubelet makes a key of its own)
+#      and reports the join (POST /v1/joined, with another
 #      fresh identity token; not fatal when it fails: the Kubernetes audit path is the
 #      fallback). 429, 503, 404 (service not deployed yet) and unreachable are retried with
 #      capped backoff; 401 and 403 are fatal (the reason is logged); 409 means the Node exists
@@ -45,6 +51,12 @@ if [[ -z "${NODEWIRE_COMMON_LOADED:-}" ]]; then
 fi
 
 readonly JOIN_FILE="${ROOT}/etc/kubernetes/nodewire-join.yaml"
+# Pull mode: the discovery kubeconfig, this VM's key and its certificate request (the paths the
+# join service's answer names: nodewire::join::DISCOVERY_KUBECONFIG_PATH, BOOTSTRAP_KEY_PATH).
+readonly DISCOVERY_FILE="${ROOT}/etc/kubernetes/nodewire-discovery.conf"
+readonly KEY_FILE="${WORK}/bootstrap-client.key"
+readonly CSR_FILE="${WORK}/bootstrap-client.csr"
+readonly ANSWER_FILE="${WORK}/join.answer"
 readonly JOIN_ATTEMPTS="${NODEWIRE_JOIN_ATTEMPTS:-5}"
 readonly JOIN_TIMEOUT_SEC="${NODEWIRE_JOIN_TIMEOUT_SEC:-900}"
 readonly JOIN_WAIT_MAX_SEC="${NODEWIRE_JOIN_WAIT_MAX_SEC:-0}"
@@ -154,17 +166,40 @@ auth_header() {
   (umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$AUTH_HEADER_FILE")
 }
 
-# join_post PATH OUT HEADERS: POST ${JOIN_URL}/PATH (empty body) with the Authorization
-# header from AUTH_HEADER_FILE, which is removed afterwards (one token, one request); the body
-# into OUT (0600), the response headers into HEADERS. Prints the status, 000 when the service
-# was not reached.
+# join_post PATH OUT HEADERS [BODY]: POST ${JOIN_URL}/PATH (the file BODY, a PEM certificate
+# request, or an empty body) with the Authorization header from AUTH_HEADER_FILE, which is
+# removed afterwards (one token, one request); the answer into OUT (0600), the response headers
+# into HEADERS. Prints the status, 000 when the service was not reached.
 join_post() {
-  local code
+  local code data=""
+  if [[ -n "${4:-}" ]]; then data="@$4"; fi
   code="$(umask 077 && curl -sS --connect-timeout 10 --max-time 60 \
-    --data-binary '' -H "@${AUTH_HEADER_FILE}" -D "$3" -o "$2" -w '%{http_code}' \
+    --data-binary "$data" -H 'Content-Type: application/x-pem-file' \
+    -H "@${AUTH_HEADER_FILE}" -D "$3" -o "$2" -w '%{http_code}' \
     "${JOIN_URL}/$1")" || code="000"
   rm -f "$AUTH_HEADER_FILE"
   printf '%s' "$code"
+}
+
+# make_request NAME: a new ECDSA P-256 key in KEY_FILE (0600) and a certificate request for
+# CN=system:node:NAME, O=system:nodes in CSR_FILE.
+make_request() {
+  mkdir -p "$WORK"
+  rm -f "$KEY_FILE" "$CSR_FILE"
+  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+    -out "$KEY_FILE" 2>/dev/null) || die "could not make a key pair"
+  openssl req -new -key "$KEY_FILE" -subj "/O=system:nodes/CN=system:node:$1" \
+    -out "$CSR_FILE" 2>/dev/null || die "could not make a certificate request"
+}
+
+# split_answer: the join service's answer (ANSWER_FILE) into DISCOVERY_FILE (before the first
+# line `---`) and JOIN_FILE (after), both 0600. Returns 1 when either part is missing.
+split_answer() {
+  rm -f "$DISCOVERY_FILE" "$JOIN_FILE"
+  (umask 077 && awk -v a="$DISCOVERY_FILE" -v b="$JOIN_FILE" \
+    'BEGIN { f = a } f == a && $0 == "---" { f = b; next } { print > f }' "$ANSWER_FILE")
+  [[ -s "$DISCOVERY_FILE" && -s "$JOIN_FILE" ]] &&
+    grep -q '^kind: JoinConfiguration$' "$JOIN_FILE"
 }
 
 # reason FILE: the join service's one-line reason (it contains no secret), printable only.
@@ -226,70 +261,73 @@ report_joined() {
   return 0
 }
 
-# pull_join: asks the join service for this VM's JoinConfiguration until it gets one that
-# kubeadm joins with, then reports the join. Every request has its own identity token.
+# pull_join NAME: asks the join service for this VM's credential and JoinConfiguration until
+# it gets one that kubeadm joins with, then reports the join. Every request has its own
+# identity token; the key pair is made once.
 pull_join() {
   local headers="${WORK}/join.headers" code n=0 conflicts=0 delay start="$SECONDS"
   mkdir -p "${ROOT}/etc/kubernetes"
-  trap 'rm -f "$JOIN_FILE" "$ID_TOKEN_FILE" "$AUTH_HEADER_FILE"' EXIT
+  trap 'rm -f "$JOIN_FILE" "$DISCOVERY_FILE" "$ANSWER_FILE" "$KEY_FILE" "$CSR_FILE" \
+    "$ID_TOKEN_FILE" "$AUTH_HEADER_FILE"' EXIT
+  make_request "$1"
   while :; do
     if ((JOIN_WAIT_MAX_SEC > 0 && SECONDS - start > JOIN_WAIT_MAX_SEC)); then
       die "no join configuration from ${JOIN_URL} after ${JOIN_WAIT_MAX_SEC} s"
     fi
     n=$((n + 1))
-    rm -f "$JOIN_FILE" "$headers"
+    rm -f "$JOIN_FILE" "$DISCOVERY_FILE" "$ANSWER_FILE" "$headers"
     if ! auth_header; then
       sleep "$(backoff "$n")"
       continue
     fi
-    # The body is the JoinConfiguration (200) or a one-line reason; both only in the file.
-    code="$(join_post v1/join "$JOIN_FILE" "$headers")"
+    # The answer (200) or a one-line reason, only in the file.
+    code="$(join_post v1/join "$ANSWER_FILE" "$headers" "$CSR_FILE")"
     case "$code" in
       200)
-        if [[ ! -s "$JOIN_FILE" ]]; then
-          log "join service: an empty answer; retrying"
-          rm -f "$JOIN_FILE"
+        if ! split_answer; then
+          log "join service: not a discovery kubeconfig and a JoinConfiguration; retrying"
+          rm -f "$JOIN_FILE" "$DISCOVERY_FILE" "$ANSWER_FILE"
           sleep "$(backoff "$n")"
           continue
         fi
-        chmod 0600 "$JOIN_FILE"
-        log "join configuration received from the join service"
+        rm -f "$ANSWER_FILE"
+        log "credential and join configuration received from the join service"
         if try_join; then
-          rm -f "$JOIN_FILE" "$headers"
+          rm -f "$JOIN_FILE" "$DISCOVERY_FILE" "$KEY_FILE" "$CSR_FILE" "$headers"
           log "joined the cluster"
           report_joined
           return 0
         fi
-        rm -f "$JOIN_FILE"
+        rm -f "$JOIN_FILE" "$DISCOVERY_FILE"
         log "kubeadm join failed ${JOIN_ATTEMPTS} times; asking the join service again"
         sleep "$(backoff "$n")"
         ;;
-      401 | 403)
-        die "the join service refused this VM (HTTP ${code}): $(reason "$JOIN_FILE")"
+      400 | 401 | 403)
+        die "the join service refused this VM (HTTP ${code}): $(reason "$ANSWER_FILE")"
         ;;
       409)
         if [[ -f "${ROOT}/etc/kubernetes/kubelet.conf" ]]; then
-          log "join service: HTTP 409 ($(reason "$JOIN_FILE")) and kubelet.conf exists: joined"
-          rm -f "$JOIN_FILE"
+          log "join service: HTTP 409 ($(reason "$ANSWER_FILE")) and kubelet.conf exists: joined"
+          rm -f "$ANSWER_FILE"
           return 0
         fi
         conflicts=$((conflicts + 1))
         if ((conflicts >= JOIN_CONFLICT_ATTEMPTS)); then
-          die "the join service answered 409 ${conflicts} times: $(reason "$JOIN_FILE")" \
+          die "the join service answered 409 ${conflicts} times: $(reason "$ANSWER_FILE")" \
             "(this VM's Node exists already without it having joined: delete the Node or" \
             "recreate the VM)"
         fi
-        log "join service: HTTP 409 ($(reason "$JOIN_FILE")); asking again with a new" \
+        log "join service: HTTP 409 ($(reason "$ANSWER_FILE")); asking again with a new" \
           "identity token"
-        rm -f "$JOIN_FILE"
+        rm -f "$ANSWER_FILE"
         sleep "$(backoff "$conflicts")"
         ;;
       *)
         # 429 (Retry-After), 503, 404 (not deployed yet: phase 1), unreachable, anything else.
         delay="$(retry_after "$headers")"
         [[ -n "$delay" ]] || delay="$(backoff "$n")"
-        log "join service: HTTP ${code} ($(reason "$JOIN_FILE")); retrying in ${delay} s"
-        rm -f "$JOIN_FILE"
+        log "join service: HTTP ${code} ($(reason "$ANSWER_FILE")); retrying in ${delay} s"
+        rm -f "$ANSWER_FILE"
         sleep "$delay"
         ;;
     esac
@@ -421,6 +459,8 @@ main() {
   version="$(cfg "$config" kubernetes_version '^[0-9]+\.[0-9]+\.[0-9]+$')"
   cluster="$(cfg "$config" cluster_name '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')"
   name="$(md_get instance/name)" || die "instance/name is missing"
+  # It goes into a certificate request's subject: a Compute Engine name only.
+  [[ "$name" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "instance/name is malformed"
   mode="$(md_get instance/attributes/nodewire-join-mode)" || mode="pull"
   case "$mode" in
     pull)
@@ -444,7 +484,7 @@ main() {
   if [[ -f "${ROOT}/etc/kubernetes/kubelet.conf" ]]; then
     log "/etc/kubernetes/kubelet.conf exists: joined before, not joining again"
   elif [[ "$mode" == pull ]]; then
-    pull_join
+    pull_join "$name"
   else
     join_cluster
   fi

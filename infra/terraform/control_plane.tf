@@ -123,6 +123,10 @@ resource "google_compute_instance" "control_plane" {
       audit_log_name     = local.k8s_audit_log_id
       kube_token_secret  = google_secret_manager_secret.kube_token.secret_id
       kube_ca_secret     = google_secret_manager_secret.kube_ca.secret_id
+      # The join service's own token; in pull mode the script deletes kubeadm's auto-approval
+      # of node certificates for bootstrap tokens.
+      kube_join_token_secret = google_secret_manager_secret.kube_join_token.secret_id
+      join_mode              = var.join_mode
       # ip-masq-agent leaves traffic to these unmasqueraded (infra/k8s/ip-masq-agent.yaml).
       non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
     })

@@ -16,15 +16,26 @@ locals {
     ]) : "${pair.function}/${pair.topic}" => pair
   }
 
+  # What the control plane writes: both service-account tokens and the CA.
   kube_secrets = {
-    token = google_secret_manager_secret.kube_token.secret_id
-    ca    = google_secret_manager_secret.kube_ca.secret_id
+    token      = google_secret_manager_secret.kube_token.secret_id
+    join_token = google_secret_manager_secret.kube_join_token.secret_id
+    ca         = google_secret_manager_secret.kube_ca.secret_id
+  }
+
+  # Each Kubernetes-facing function reads one token: the join service its own identity's, every
+  # other function nodewire's.
+  kube_token_of = {
+    for name, f in local.kube_functions : name => (
+      name == "join" ? google_secret_manager_secret.kube_join_token.secret_id : google_secret_manager_secret.kube_token.secret_id
+    )
   }
 
   runtime_kube_secrets = {
     for pair in flatten([
       for name, f in local.kube_functions : [
-        for key, secret in local.kube_secrets : { function = name, key = key, secret = secret }
+        { function = name, key = "token", secret = local.kube_token_of[name] },
+        { function = name, key = "ca", secret = google_secret_manager_secret.kube_ca.secret_id },
       ]
     ]) : "${pair.function}/${pair.key}" => pair
   }

@@ -129,6 +129,19 @@ resource "google_secret_manager_secret" "kube_token" {
   depends_on = [google_project_service.this]
 }
 
+# The join service's own Kubernetes identity (kube-system/nodewire-join: CSRs and their
+# approval for the kubelet client signer, nothing else); the control plane adds the versions.
+resource "google_secret_manager_secret" "kube_join_token" {
+  project   = var.project_id
+  secret_id = "nodewire-kube-join-token"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.this]
+}
+
 resource "google_secret_manager_secret" "kube_ca" {
   project   = var.project_id
   secret_id = "nodewire-kube-ca"
@@ -239,7 +252,7 @@ resource "google_cloud_run_v2_service" "function" {
 
     dynamic "volumes" {
       for_each = each.value.kube ? {
-        kube-token = { secret = google_secret_manager_secret.kube_token.secret_id, path = "token" }
+        kube-token = { secret = local.kube_token_of[each.key], path = "token" }
         kube-ca    = { secret = google_secret_manager_secret.kube_ca.secret_id, path = "ca.crt" }
       } : {}
       content {

@@ -12,9 +12,10 @@ use base64::Engine as _;
 
 use crate::config::JoinApi;
 
-/// Where the pull-mode startup script keeps the key pair it made for its join (mode 0600); the
-/// discovery kubeconfig names it, so the key never leaves the VM.
-pub const BOOTSTRAP_KEY_PATH: &str = "/etc/kubernetes/pki/nodewire-bootstrap-client.key";
+/// Where the pull-mode startup script keeps the key pair it made for its join (mode 0600, in
+/// its own 0700 directory, outside `/etc/kubernetes/pki`, which `kubeadm reset` empties between
+/// tries); the discovery kubeconfig names it, so the key never leaves the VM.
+pub const BOOTSTRAP_KEY_PATH: &str = "/var/lib/nodewire/startup/bootstrap-client.key";
 
 /// Where the pull-mode startup script writes the discovery kubeconfig it was answered.
 pub const DISCOVERY_KUBECONFIG_PATH: &str = "/etc/kubernetes/nodewire-discovery.conf";

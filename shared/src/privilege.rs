@@ -4,13 +4,22 @@
 //! Terraform's custom roles, Pub/Sub grants and `infra/k8s/nodewire-rbac.yaml` to it, and checks
 //! the documentation's rows against it.
 //!
-//! Every function may also publish to the dead-letter topic and create Warning Events (after a
-//! `nodes get` for the Node's uid); those are listed once, in [`EVERY_FUNCTION`], not per row.
+//! Every function may also publish to the dead-letter topic, and every function that runs as
+//! nodewire's Kubernetes ServiceAccount may create Warning Events (after a `nodes get` for the
+//! Node's uid); those are listed once, in [`EVERY_FUNCTION`], not per row. The `join` service
+//! runs as its own ServiceAccount ([`JOIN_SERVICE_ACCOUNT`]) with exactly its row.
 
 use crate::config::ServiceKind;
 
-/// One Kubernetes grant: verbs on a resource (of the core group), in a namespace or
-/// cluster-wide, optionally limited to one object name.
+/// nodewire's Kubernetes ServiceAccount (in `kube-system`): every function but `join`.
+pub const SERVICE_ACCOUNT: &str = "nodewire";
+
+/// The `join` service's own Kubernetes ServiceAccount (in `kube-system`).
+pub const JOIN_SERVICE_ACCOUNT: &str = "nodewire-join";
+
+/// One Kubernetes grant: verbs on a resource (of the core group, or `certificates.k8s.io` for
+/// CertificateSigningRequests and signers), in a namespace or cluster-wide, optionally limited
+/// to one object name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KubeGrant {
     /// `None`: cluster-scoped (Nodes).
@@ -44,6 +53,30 @@ pub struct Grants {
     /// Step topics it publishes to (step names, plus `node-wired`), beyond the dead-letter topic.
     pub publishes: &'static [&'static str],
 }
+
+impl Grants {
+    /// The Kubernetes ServiceAccount it runs as.
+    pub fn service_account(&self) -> &'static str {
+        if self.source == Source::NodeVms {
+            JOIN_SERVICE_ACCOUNT
+        } else {
+            SERVICE_ACCOUNT
+        }
+    }
+
+    /// Everything its ServiceAccount is granted on its behalf: its row, plus
+    /// [`EVERY_FUNCTION`] for nodewire's account (the join service's account holds its row only).
+    pub fn all_kube(&self) -> Vec<KubeGrant> {
+        let mut out = self.kube.to_vec();
+        if self.service_account() == SERVICE_ACCOUNT {
+            out.extend_from_slice(EVERY_FUNCTION);
+        }
+        out
+    }
+}
+
+/// The kubelet client signer, the only one the join service may approve for.
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 
 /// Where a function's deliveries come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,15 +253,31 @@ pub const TABLE: &[Grants] = &[
         source: Source::NodeVms,
         compute: &["compute.instances.get"],
         acts_as_node_account: false,
+        // Its own ServiceAccount: the VM's Node (none yet, or the one it reports), cluster-info
+        // for the discovery kubeconfig, and the VM's certificate request made into a CSR,
+        // listed (replays, the rate limit), read until signed and approved — for the kubelet
+        // client signer only. No Secrets.
         kube: &[
-            TOKENS_LIST,
-            KubeGrant {
-                namespace: Some("kube-system"),
-                resource: "secrets",
-                name: None,
-                verbs: &["create"],
-            },
+            NODES_GET,
             CLUSTER_INFO_GET,
+            KubeGrant {
+                namespace: None,
+                resource: "certificatesigningrequests",
+                name: None,
+                verbs: &["create", "get", "list"],
+            },
+            KubeGrant {
+                namespace: None,
+                resource: "certificatesigningrequests/approval",
+                name: None,
+                verbs: &["patch"],
+            },
+            KubeGrant {
+                namespace: None,
+                resource: "signers",
+                name: Some(KUBELET_CLIENT_SIGNER),
+                verbs: &["approve"],
+            },
         ],
         // The VM's report of its join starts the chain after registration at once.
         publishes: &["assign-alias"],

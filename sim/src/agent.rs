@@ -47,6 +47,12 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// approval, so a CSR still unsigned after this long was not approved and will not be.
 const TLS_BOOTSTRAP_WAIT: Duration = Duration::from_secs(20);
 
+/// node.sh's `NODEWIRE_JOIN_CONFLICT_ATTEMPTS` default: 409s from `/v1/join` before giving up.
+const JOIN_CONFLICT_ATTEMPTS: u32 = 5;
+
+/// node.sh's `NODEWIRE_JOIN_BACKOFF_MAX_SEC` default.
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// How the agent behaves.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -410,23 +416,42 @@ async fn run_join(
 ) -> (AgentOutcome, Option<(Value, ApiClient)>) {
     let (yaml, files) = match source {
         JoinSource::Metadata(y) => (y, None),
-        JoinSource::Pull(pull, _) => loop {
-            match pull_join(http, &pull, vm).await {
-                Pulled::Config(y, files) => break (y, Some(files)),
-                Pulled::Retry(why) if first.elapsed() < DISCOVERY_TIMEOUT => {
-                    tracing::debug!(vm, %why, "join request retries");
-                    tokio::time::sleep(cfg.poll).await;
+        JoinSource::Pull(pull, _) => {
+            let (mut conflicts, mut retries) = (0u32, 0u32);
+            loop {
+                match pull_join(http, &pull, vm).await {
+                    Pulled::Config(y, files) => break (y, Some(files)),
+                    // node.sh: a 409 is asked again with a new identity token after its
+                    // backoff, JOIN_CONFLICT_ATTEMPTS (5) times at most.
+                    Pulled::Conflict(why) => {
+                        conflicts += 1;
+                        if conflicts >= JOIN_CONFLICT_ATTEMPTS {
+                            return (AgentOutcome::Refused(why), None);
+                        }
+                        tracing::debug!(vm, %why, "join request conflicts; asking again");
+                        tokio::time::sleep(backoff(conflicts)).await;
+                    }
+                    // node.sh: Retry-After when the answer has one, else its backoff.
+                    Pulled::Retry(why, after) if first.elapsed() < DISCOVERY_TIMEOUT => {
+                        retries += 1;
+                        tracing::debug!(vm, %why, "join request retries");
+                        let delay = after.map_or_else(
+                            || backoff(retries),
+                            |s| Duration::from_secs(s).min(JOIN_BACKOFF_MAX),
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Pulled::Retry(why, _) => {
+                        return (AgentOutcome::Refused(format!("timed out: {why}")), None);
+                    }
+                    Pulled::Refused(why) => return (AgentOutcome::Refused(why), None),
                 }
-                Pulled::Retry(why) => {
-                    return (AgentOutcome::Refused(format!("timed out: {why}")), None);
-                }
-                Pulled::Refused(why) => return (AgentOutcome::Refused(why), None),
             }
-        },
+        }
     };
     let started = Instant::now();
     loop {
-        match join(http, k8s, cfg, &yaml, files.as_ref()).await {
+        match join(k8s, cfg, &yaml, files.as_ref()).await {
             Step::Done(outcome, kubelet) => return (outcome, kubelet),
             Step::Retry(why) if started.elapsed() < DISCOVERY_TIMEOUT => {
                 tracing::debug!(vm, %why, "kubeadm join retries");
@@ -442,7 +467,10 @@ async fn run_join(
 /// Where a pull-mode join request ended.
 enum Pulled {
     Config(String, NodeFiles),
-    Retry(String),
+    /// 409: asked again with a new identity token, a few times.
+    Conflict(String),
+    /// Asked again later: why, and the answer's Retry-After (seconds), if any.
+    Retry(String, Option<u64>),
     Refused(String),
 }
 
@@ -480,7 +508,7 @@ async fn identity_token(
 async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled {
     let token = match identity_token(http, pull, vm).await {
         Ok(t) => t,
-        Err(why) => return Pulled::Retry(why),
+        Err(why) => return Pulled::Retry(why, None),
     };
     let name = vm.rsplit('/').next().unwrap_or(vm);
     let (key, request) = match kubelet_cert::node_key_and_request(name) {
@@ -496,9 +524,14 @@ async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled 
         .await
     {
         Ok(r) => r,
-        Err(e) => return Pulled::Retry(format!("join service: {e}")),
+        Err(e) => return Pulled::Retry(format!("join service: {e}"), None),
     };
     let status = r.status().as_u16();
+    let after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = r.text().await.unwrap_or_default();
     match status {
         200 => match body.split_once(nodewire::join::ANSWER_SEPARATOR) {
@@ -511,9 +544,19 @@ async fn pull_join(http: &reqwest::Client, pull: &PullJoin, vm: &str) -> Pulled 
             ),
             None => Pulled::Refused("join service: the answer has no discovery kubeconfig".into()),
         },
-        429 | 500..=599 => Pulled::Retry(format!("join service: HTTP {status}: {}", body.trim())),
+        409 => Pulled::Conflict(format!("join service: HTTP 409: {}", body.trim())),
+        429 | 500..=599 => Pulled::Retry(
+            format!("join service: HTTP {status}: {}", body.trim()),
+            after,
+        ),
         _ => Pulled::Refused(format!("join service: HTTP {status}: {}", body.trim())),
     }
+}
+
+/// node.sh's `backoff N`: RETRY_SLEEP (5 s) × 2^(N−1), at most JOIN_BACKOFF_MAX_SEC (60 s).
+fn backoff(n: u32) -> Duration {
+    let d = Duration::from_secs(5).saturating_mul(1 << n.saturating_sub(1).min(6));
+    d.min(JOIN_BACKOFF_MAX)
 }
 
 /// The startup script's report after `kubeadm join`: `POST /v1/joined` with a fresh identity
@@ -754,13 +797,7 @@ fn decode(yaml: &str) -> Result<Join, String> {
     })
 }
 
-async fn join(
-    http: &reqwest::Client,
-    k8s: &K8sView,
-    cfg: &AgentConfig,
-    yaml: &str,
-    files: Option<&NodeFiles>,
-) -> Step {
+async fn join(k8s: &K8sView, cfg: &AgentConfig, yaml: &str, files: Option<&NodeFiles>) -> Step {
     let jc = match decode(yaml) {
         Ok(j) => j,
         Err(e) => return refused(e),
@@ -790,22 +827,10 @@ async fn join(
             endpoint,
             token,
             pins,
-        } => {
-            match token_discovery(
-                k8s,
-                cfg,
-                &ci_kubeconfig,
-                &cluster,
-                &real_server,
-                endpoint,
-                token,
-                pins,
-                http,
-            ) {
-                Ok(client) => client,
-                Err(step) => return step,
-            }
-        }
+        } => match token_discovery(k8s, cfg, &cluster, &real_server, endpoint, token, pins) {
+            Ok(client) => client,
+            Err(step) => return step,
+        },
         JoinDiscovery::File { path } => {
             match file_discovery(cfg, path, files, &cluster, &real_server).await {
                 Ok(client) => client,
@@ -882,17 +907,14 @@ async fn join(
 /// Token discovery (cmd/kubeadm/app/discovery/token): cluster-info signed by the bootstrap
 /// signer with the token's secret, the CA matching a pin, the endpoint the one cluster-info
 /// names. The token is then the TLS-bootstrap credential.
-#[allow(clippy::too_many_arguments)]
 fn token_discovery(
     k8s: &K8sView,
     cfg: &AgentConfig,
-    ci_kubeconfig: &str,
     cluster: &nodewire::act::k8s::ClusterInfo,
     real_server: &str,
     endpoint: &str,
     token: &str,
     pins: &[String],
-    http: &reqwest::Client,
 ) -> Result<ApiClient, Step> {
     if endpoint.is_empty() {
         return Err(refused(
@@ -914,6 +936,10 @@ fn token_discovery(
             "there is no JWS signed token in the cluster-info ConfigMap for token id {id:?}"
         )));
     };
+    let ci_kubeconfig = ci
+        .pointer("/data/kubeconfig")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if jws != detached_jws(ci_kubeconfig, id, secret) {
         return Err(refused(format!(
             "failed to verify JWS signature of received cluster info object (token id {id:?})"
@@ -927,7 +953,7 @@ fn token_discovery(
             "apiServerEndpoint {endpoint} is not the API server cluster-info names ({real_server})"
         )));
     }
-    Ok(ApiClient::bearer(http, &cfg.tls.endpoint, token))
+    ApiClient::bearer(&cfg.tls, token).map_err(refused)
 }
 
 /// File discovery (cmd/kubeadm/app/discovery/file/file.go and discovery.go `For`): the

@@ -45,13 +45,23 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// Bearer-token requests to `base` (plain HTTP on loopback or the TLS front).
-    pub fn bearer(http: &reqwest::Client, base: &str, token: &str) -> Self {
-        Self {
-            http: http.clone(),
-            base: base.to_string(),
+    /// Bearer-token requests over HTTPS to `tls`.
+    ///
+    /// # Errors
+    /// When the server CA cannot be used.
+    pub fn bearer(tls: &K8sTls, token: &str) -> Result<Self, String> {
+        let ca = reqwest::Certificate::from_pem(tls.server_ca_pem.as_bytes())
+            .map_err(|e| format!("the server CA is unusable: {e}"))?;
+        let http = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("the TLS client: {e}"))?;
+        Ok(Self {
+            http,
+            base: tls.endpoint.clone(),
             bearer: Some(token.to_string()),
-        }
+        })
     }
 
     /// HTTPS to `tls` presenting `cert_pem` with `key_pem` (PKCS#8).
@@ -143,26 +153,41 @@ pub async fn tls_bootstrap(
         },
     });
     let collection = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-    let created = match bootstrap
-        .request(reqwest::Method::POST, collection)
-        .json(&body)
-        .send()
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return Bootstrap::Pending(format!("posting the CSR: {e}")),
+    let started = Instant::now();
+    // The kubelet retries a request the API server could not take (429, 5xx, no answer) until
+    // its bootstrap gives up; anything else is an answer.
+    let created = loop {
+        let why = match bootstrap
+            .request(reqwest::Method::POST, collection)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                format!("posting the CSR: HTTP {}", r.status())
+            }
+            Ok(r) => {
+                let status = r.status();
+                let created: Value = r.json().await.unwrap_or_default();
+                if status.as_u16() != 201 {
+                    let why = created["message"].as_str().unwrap_or_default();
+                    return Bootstrap::Refused(format!(
+                        "the CSR was refused: HTTP {status}: {why}"
+                    ));
+                }
+                break created;
+            }
+            Err(e) => format!("posting the CSR: {e}"),
+        };
+        if started.elapsed() >= wait {
+            return Bootstrap::Pending(why);
+        }
+        tokio::time::sleep(poll).await;
     };
-    let status = created.status();
-    let created: Value = created.json().await.unwrap_or_default();
-    if status.as_u16() != 201 {
-        let why = created["message"].as_str().unwrap_or_default();
-        return Bootstrap::Refused(format!("the CSR was refused: HTTP {status}: {why}"));
-    }
     let name = created["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let started = Instant::now();
     loop {
         let got: Value = match bootstrap
             .request(reqwest::Method::GET, &format!("{collection}/{name}"))

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use integration_tests::terraform::{Instance, Module};
 use nodewire::config::Source;
 use nodewire::event::Step;
-use nodewire::privilege::{self, EVERY_FUNCTION, Grants};
+use nodewire::privilege::{self, Grants};
 use nodewire::startup::{self, ServiceKind};
 use serde_json::{Value as Json, json};
 
@@ -302,6 +302,31 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
             if svc.value.pointer("/template/0/vpc_access/0").is_none() {
                 out.push(format!("{f}: no VPC access (the API server is on the VPC)"));
             }
+            // Its Kubernetes identity is the one the table says: the join service's own token
+            // for join, nodewire's for every other function.
+            // (A reference to a resource's attribute evaluates to a `tfref-…` placeholder that
+            // names the resource.)
+            let want = match privilege::of(f).map(Grants::service_account) {
+                Some(privilege::JOIN_SERVICE_ACCOUNT) => {
+                    "tfref-secret-manager-secret-kube-join-token-secret-id"
+                }
+                _ => "tfref-secret-manager-secret-kube-token-secret-id",
+            };
+            let token_secret = svc
+                .value
+                .pointer("/template/0/volumes")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "kube-token")
+                .and_then(|v| v.pointer("/secret/0/secret"))
+                .and_then(Json::as_str)
+                .map(str::to_string);
+            if token_secret.as_deref() != Some(want) {
+                out.push(format!(
+                    "{f}: its Kubernetes token comes from {token_secret:?}, not {want:?}"
+                ));
+            }
         }
         by_fn.insert(f.to_string(), ((*svc).clone(), env, config));
     }
@@ -350,6 +375,49 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
         .filter_map(|c| serde_json::from_str::<Json>(&c).ok())
         .filter_map(|c| c["audit_log_name"].as_str().map(str::to_string))
         .collect();
+    // The control plane drops kubeadm's auto-approval in the mode the functions run in, and
+    // publishes the join service's token where that service reads it.
+    let modes: Vec<(String, String)> = inst("google_compute_instance")?
+        .iter()
+        .filter_map(|vm| {
+            vm.str_at("metadata/nodewire-cluster-config")
+                .map(str::to_string)
+        })
+        .filter_map(|c| serde_json::from_str::<Json>(&c).ok())
+        .map(|c| {
+            (
+                c["join_mode"].as_str().unwrap_or_default().to_string(),
+                c["kube_join_token_secret"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    // Unset is the default, pull.
+    let function_mode = by_fn.get("join").map(|(_, env, _)| {
+        env.get("NODEWIRE_JOIN_MODE")
+            .cloned()
+            .unwrap_or_else(|| "pull".into())
+    });
+    for (mode, secret) in &modes {
+        if function_mode.as_deref() != Some(mode.as_str()) {
+            out.push(format!(
+                "the control plane runs join mode {mode:?}, the functions {function_mode:?}"
+            ));
+        }
+        if secret != "tfref-secret-manager-secret-kube-join-token-secret-id" {
+            out.push(format!(
+                "the control plane publishes the join service's token to {secret:?}"
+            ));
+        }
+    }
+    if modes.len() != 1 {
+        out.push(format!(
+            "{} control planes with a cluster config",
+            modes.len()
+        ));
+    }
     if shipped.len() != 1 || shipped.iter().any(|s| s != log_id) {
         out.push(format!(
             "the control plane ships the audit log as {shipped:?}, not {log_id:?}"
@@ -802,12 +870,25 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
         Ok(p) => p,
         Err(e) => return vec![format!("RBAC: {e}")],
     };
-    let who = sim::k8s::rbac::Identity::service_account("kube-system", "nodewire");
-    let grants: Vec<&privilege::KubeGrant> = privilege::TABLE
-        .iter()
-        .flat_map(|g: &Grants| g.kube.iter())
-        .chain(EVERY_FUNCTION.iter())
-        .collect();
+    let mut out = vec![];
+    for account in [privilege::SERVICE_ACCOUNT, privilege::JOIN_SERVICE_ACCOUNT] {
+        let who = sim::k8s::rbac::Identity::service_account("kube-system", account);
+        let grants: Vec<privilege::KubeGrant> = privilege::TABLE
+            .iter()
+            .filter(|g: &&Grants| g.service_account() == account)
+            .flat_map(Grants::all_kube)
+            .collect();
+        out.extend(rbac_violations_of(&policy, &who, account, &grants));
+    }
+    out
+}
+
+fn rbac_violations_of(
+    policy: &sim::k8s::rbac::Policy,
+    who: &sim::k8s::rbac::Identity,
+    account: &str,
+    grants: &[privilege::KubeGrant],
+) -> Vec<String> {
     let mut out = vec![];
     let verbs = [
         "get",
@@ -818,6 +899,8 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
         "patch",
         "delete",
         "deletecollection",
+        "approve",
+        "sign",
     ];
     let resources = [
         "nodes",
@@ -827,16 +910,30 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
         "pods",
         "serviceaccounts",
         "leases",
+        "certificatesigningrequests",
+        "certificatesigningrequests/approval",
+        "certificatesigningrequests/status",
+        "signers",
     ];
+    let cluster_scoped =
+        |r: &str| r == "nodes" || r.starts_with("certificatesigningrequests") || r == "signers";
     let namespaces = ["", "kube-system", "kube-public", "default"];
-    let names = ["", "cluster-info", "nodewire-sweep", "some-object"];
+    let names = [
+        "",
+        "cluster-info",
+        "nodewire-sweep",
+        "some-object",
+        privilege::KUBELET_CLIENT_SIGNER,
+        "kubernetes.io/kube-apiserver-client",
+        "kubernetes.io/*",
+    ];
     for verb in verbs {
         for resource in resources {
             for ns in namespaces {
                 for name in names {
-                    // Nodes are cluster-scoped; for the others "" is a request across all
-                    // namespaces.
-                    if resource == "nodes" && !ns.is_empty() {
+                    // Nodes, CSRs and signers are cluster-scoped; for the others "" is a
+                    // request across all namespaces.
+                    if cluster_scoped(resource) && !ns.is_empty() {
                         continue;
                     }
                     let want = grants.iter().any(|g| {
@@ -851,10 +948,10 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
                         namespace: ns,
                         name,
                     };
-                    let got = policy.allows(&who, &req);
+                    let got = policy.allows(who, &req);
                     if got != want {
                         out.push(format!(
-                            "RBAC: {verb} {resource} (namespace {ns:?}, name {name:?}) is {}, the table says {}",
+                            "RBAC ({account}): {verb} {resource} (namespace {ns:?}, name {name:?}) is {}, the table says {}",
                             if got { "allowed" } else { "refused" },
                             if want { "allowed" } else { "refused" },
                         ));
@@ -1067,6 +1164,6 @@ fn mutations_are_caught() {
             "verbs: [\"create\", \"list\", \"delete\"]",
             "verbs: [\"create\", \"list\", \"delete\", \"get\"]",
         ),
-        "RBAC: get secrets (namespace \"kube-system\", name \"some-object\") is allowed",
+        "RBAC (nodewire): get secrets (namespace \"kube-system\", name \"some-object\") is allowed",
     );
 }

@@ -76,8 +76,16 @@ async fn wait_all_wired(w: &World, n: usize, bound: Duration) {
                 w.wired(zone, &name).err().map(|e| format!("{name}: {e}"))
             })
             .collect();
+        // The service's refusals and the agent's warnings name what held the missing VMs up.
+        let text = log_text();
+        let held: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("refused") || l.contains("WARN"))
+            .rev()
+            .take(40)
+            .collect();
         panic!(
-            "not wired within {bound:?}: {missing:?}\nagent: {:?}",
+            "not wired within {bound:?}: {missing:?}\nagent: {:?}\nlast refusals: {held:#?}",
             w.agent.events()
         );
     }
@@ -261,19 +269,17 @@ async fn twenty_vms_become_wired_nodes_and_are_cleaned_up() {
         assert!(w.wired(z, &n).is_ok(), "{n} stayed wired");
     }
 
-    // No token secret ever reached the logs.
+    // Pull mode mints no bootstrap token at all (issue 20), and no credential reached the
+    // logs: no certificate, no key, no discovery kubeconfig.
     let secrets = minted_secrets(&w);
-    assert!(
-        secrets.len() >= 20,
-        "tokens were minted ({})",
-        secrets.len()
-    );
+    assert!(secrets.is_empty(), "tokens were minted ({})", secrets.len());
     let text = log_text();
-    for s in &secrets {
-        assert!(
-            !text.contains(s.as_str()),
-            "a token secret appears in the logs"
-        );
+    for needle in [
+        "PRIVATE KEY",
+        "BEGIN CERTIFICATE",
+        "client-certificate-data",
+    ] {
+        assert!(!text.contains(needle), "{needle} appears in the logs");
     }
     assert!(
         !text.contains("caCertHashes"),

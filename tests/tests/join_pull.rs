@@ -411,7 +411,7 @@ async fn join_refuses_what_it_cannot_verify() {
     assert!(!holds_a_token(&yaml), "{yaml}");
     assert!(!yaml.contains("PRIVATE KEY"), "{yaml}");
     assert!(yaml.contains("kubeConfigPath: \"/etc/kubernetes/nodewire-discovery.conf\""));
-    assert!(yaml.contains("client-key: \"/etc/kubernetes/pki/nodewire-bootstrap-client.key\""));
+    assert!(yaml.contains("client-key: \"/var/lib/nodewire/startup/bootstrap-client.key\""));
     assert_eq!(secrets_created(&s), before, "a Secret was created");
     let made: Vec<Value> = csrs(&s)
         .into_iter()
@@ -524,6 +524,123 @@ async fn the_metadata_server_refuses_what_google_refuses() {
                 .expect("answer")
         ),
         404
+    );
+    s.stop().await;
+}
+
+/// A certificate request for `CN=system:node:NODE, O=system:nodes` made with a fresh key (PEM).
+fn request_for(node: &str) -> String {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .serialize_request(&key)
+        .expect("a CSR")
+        .pem()
+        .expect("PEM")
+}
+
+/// The first bootstrap token (`id.secret`) in `text`.
+fn first_token(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (0..b.len().saturating_sub(22))
+        .find(|&i| {
+            b[i..i + 6].iter().all(|c| ok(*c))
+                && b[i + 6] == b'.'
+                && b[i + 7..i + 23].iter().all(|c| ok(*c))
+                && (i == 0 || !ok(b[i - 1]))
+                && b.get(i + 23).is_none_or(|c| !ok(*c))
+        })
+        .map(|i| text[i..i + 23].to_string())
+}
+
+/// Issue 20's attack on the whole pull-mode stack: what VM A's identity buys is never a
+/// certificate for VM B's Node. A asks the join service with its own identity token and a
+/// certificate request for B's name; whatever credential the answer holds (a bootstrap token,
+/// on the code before issue 20) and a bootstrap token that leaked (kubeadm init's, or any
+/// minted one) are then used as an attacker would: a CSR for B posted to the API server. None
+/// is ever approved or signed. Before issue 20 the join service answered 200 with a bootstrap
+/// token and kube-controller-manager's nodeclient rule (kubeadm:node-autoapprove-bootstrap)
+/// approved that CSR, so the last assertions failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vms_identity_never_gets_another_nodes_certificate() {
+    let s = idle_stack().await;
+    for n in ["k8s-a", "k8s-b"] {
+        s.insert_vm(P, Z, n, &SELECTOR, true).await.expect("insert");
+    }
+    wait_running(&s, P, "k8s-a").await;
+    wait_running(&s, P, "k8s-b").await;
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{}/v1/join", join_url(&s)))
+        .bearer_auth(token_for(&s, P, "k8s-a"))
+        .body(request_for("k8s-b"))
+        .send()
+        .await
+        .expect("the join service answers");
+    let code = answer.status().as_u16();
+    let answer = answer.text().await.unwrap_or_default();
+
+    let mut tokens: Vec<String> = first_token(&answer).into_iter().collect();
+    s.k8s
+        .seed(
+            "secrets",
+            "kube-system",
+            sim::k8s::token_secret("leaked", "k8s-a", Z, "2099-01-01T00:00:00Z"),
+        )
+        .expect("a leaked token");
+    tokens.push("leaked.0123456789abcdef".into());
+    let csrs_url = format!(
+        "{}/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        s.k8s.endpoint()
+    );
+    use base64::Engine as _;
+    for t in &tokens {
+        let body = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"generateName": "attack-"},
+            "spec": {"request": base64::engine::general_purpose::STANDARD.encode(request_for("k8s-b")),
+                     "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                     "usages": ["digital signature", "client auth"]}});
+        let r = http
+            .post(&csrs_url)
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API server answers");
+        assert_eq!(r.status().as_u16(), 201, "a bootstrap token may post CSRs");
+    }
+    // The controllers act within milliseconds; give them a second and a half.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all = csrs(&s);
+    assert!(!all.is_empty());
+    for c in &all {
+        assert_ne!(
+            integration_tests::issued_cn(c).as_deref(),
+            Some("system:node:k8s-b"),
+            "a certificate for k8s-b was signed: {c}"
+        );
+        assert!(
+            c["status"]["conditions"]
+                .as_array()
+                .is_none_or(|l| l.iter().all(|x| x["type"] != "Approved")),
+            "a CSR was approved: {c}"
+        );
+    }
+    // Pull mode refuses the request outright: the subject is not the VM's, and nothing was made
+    // for it.
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("system:node:k8s-a"), "{answer}");
+    assert!(
+        all.iter()
+            .all(|c| c["metadata"]["labels"]["nodewire.io/instance"].is_null()),
+        "the join service made a CSR: {all:?}"
     );
     s.stop().await;
 }

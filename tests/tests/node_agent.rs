@@ -34,12 +34,19 @@ fn outcomes(w: &Stack, name: &str) -> Vec<AgentOutcome> {
         .collect()
 }
 
+/// Join credentials nodewire made: bootstrap tokens (metadata mode) and the join service's
+/// certificate requests (pull mode).
 fn token_creates(w: &Stack) -> usize {
     w.k8s
         .chaos()
         .requests()
         .iter()
-        .filter(|r| r.method == "secrets.create" && r.status == 201)
+        .filter(|r| r.status == 201)
+        .filter(|r| {
+            r.method == "secrets.create"
+                || (r.method == "certificatesigningrequests.create"
+                    && r.body["metadata"]["labels"]["nodewire.io/instance"].is_string())
+        })
         .count()
 }
 
@@ -64,8 +71,16 @@ async fn lost_node_comes_back(metadata_mode: bool) {
     assert!(
         w.wait_until(Duration::from_secs(60), |w| w.wired(ZONE, vm).is_ok())
             .await,
-        "not wired: {:?}",
-        w.wired(ZONE, vm)
+        "not wired: {:?}, agent {:?}, CSR requests {:?}",
+        w.wired(ZONE, vm),
+        outcomes(&w, vm),
+        w.k8s
+            .chaos()
+            .requests()
+            .iter()
+            .filter(|r| r.method.starts_with("certificatesigningrequests") || r.status >= 400)
+            .map(|r| format!("{} {} {}", r.method, r.status, r.response["message"]))
+            .collect::<Vec<_>>()
     );
     let keys = metadata_keys(&w, vm);
     assert!(
@@ -73,7 +88,7 @@ async fn lost_node_comes_back(metadata_mode: bool) {
         "finalize marks the VM as joined: {keys:?}"
     );
     let minted = token_creates(&w);
-    assert_eq!(minted, 1, "one token for one join");
+    assert_eq!(minted, 1, "one credential for one join");
 
     // Let redeliveries of the chain's early steps drain first (the stack's push retries back off
     // up to 3 s): a `bootstrap` that waited for RUNNING and arrives after the Node is gone

@@ -17,8 +17,19 @@ apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  boots
 apiServerEndpoint: \"10.122.16.2:6443\"\n    token: \"aaaaaa.token-A-secret00\"\n    \
 caCertHashes:\n      - \"sha256:9b2e\"\nnodeRegistration:\n  name: \"k8s-worker-1\"\n  \
 taints:\n    - key: \"nodewire.io/unwired\"\n      effect: \"NoSchedule\"\n\n";
+/// A pull-mode answer's JoinConfiguration (file discovery) and discovery kubeconfig.
+const PULL_JOIN: &str = "# Written by nodewire for this VM only.\n\
+apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  file:\n    \
+kubeConfigPath: \"/etc/kubernetes/nodewire-discovery.conf\"\nnodeRegistration:\n  \
+name: \"k8s-worker-1\"\n";
+const PULL_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n  - name: \"kubernetes\"\n\
+    cluster:\n      server: \"https://10.122.16.2:6443\"\n      certificate-authority-data: \"Q0E=\"\n\
+users:\n  - name: \"system:node:k8s-worker-1\"\n    user:\n      client-certificate-data: \"Q0VSVA==\"\n\
+      client-key: \"/var/lib/nodewire/startup/bootstrap-client.key\"\n\
+current-context: \"nodewire-bootstrap\"\n";
 const NODE_CONFIG: &str = r#"{"kubernetes_version": "1.33.5", "cluster_name": "demo"}"#;
 const FAKE_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.FAKE-SA-TOKEN-7f3a9c";
+const FAKE_JOIN_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.FAKE-JOIN-SA-TOKEN-0b1d2e";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -195,6 +206,7 @@ fn serve(mut conn: TcpStream, state: &Mutex<MdState>) {
 struct JoinSeen {
     path: String,
     authorization: Option<String>,
+    body: String,
 }
 
 #[derive(Default)]
@@ -263,7 +275,25 @@ fn serve_join(mut conn: TcpStream, state: &Mutex<JoinState>, md: &Mutex<MdState>
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body_in = buf[head_end..].to_vec();
+    while body_in.len() < length {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body_in.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body_in = String::from_utf8_lossy(&body_in).to_string();
     let mut lines = head.split("\r\n");
     let request = lines.next().unwrap_or_default().to_string();
     let mut parts = request.split(' ');
@@ -285,6 +315,7 @@ fn serve_join(mut conn: TcpStream, state: &Mutex<JoinState>, md: &Mutex<MdState>
         st.seen.push(JoinSeen {
             path: path.clone(),
             authorization: authorization.clone(),
+            body: body_in,
         });
         let token = authorization
             .as_deref()
@@ -372,6 +403,13 @@ join|init)
   fi
   if (( n < ${STUB_KUBEADM_FAILS:-0} )); then echo "stub kubeadm: failing" >&2; exit 1; fi
   mkdir -p "$NODEWIRE_ROOT/etc/kubernetes/pki"
+  disc="$NODEWIRE_ROOT/etc/kubernetes/nodewire-discovery.conf"
+  if [[ $1 == join ]] && grep -q kubeConfigPath "$cfg" && [[ -f "$disc" ]]; then
+    cp "$disc" "$STUB_DIR/kubeadm-discovery.$n"
+    stat -c %a "$disc" > "$STUB_DIR/kubeadm-discovery-mode.$n"
+    stat -c %a "$NODEWIRE_ROOT/var/lib/nodewire/startup/bootstrap-client.key" \
+      > "$STUB_DIR/kubeadm-key-mode.$n"
+  fi
   if [[ $1 == join ]]; then
     echo "kubelet kubeconfig" > "$NODEWIRE_ROOT/etc/kubernetes/kubelet.conf"
   else
@@ -397,6 +435,13 @@ esac"#,
   ;;
 *" get secret nodewire-token "*)
   printf '%s' "$STUB_TOKEN" | base64 -w0
+  ;;
+*" get secret nodewire-join-token "*)
+  printf '%s' "$STUB_JOIN_TOKEN" | base64 -w0
+  ;;
+*" get secrets --field-selector type=bootstrap.kubernetes.io/token "*)
+  # kubeadm init's token (the Secret's name is the public token id).
+  printf 'secret/bootstrap-token-abcdef\n'
   ;;
 esac"#,
     ),
@@ -484,6 +529,7 @@ impl Sandbox {
             ("STUB_DIR".into(), stub.display().to_string()),
             ("STUB_PODCIDR".into(), "10.4.1.0/24".into()),
             ("STUB_TOKEN".into(), FAKE_TOKEN.into()),
+            ("STUB_JOIN_TOKEN".into(), FAKE_JOIN_TOKEN.into()),
             ("REAL_CURL".into(), which("curl")),
         ];
         Sandbox {
@@ -860,7 +906,8 @@ fn pull_mode(sb: &Sandbox, join: &FakeJoin) {
 fn node_script_pull_mode_joins_with_identity_tokens_and_reports() {
     let sb = node_sandbox("pull").with("NODEWIRE_JOINED_RETRY_SLEEP", "0");
     // Rate-limited first (Retry-After: 0), then the configuration.
-    let join = FakeJoin::start(&sb.md, &[(429, "slow down\n"), (200, JOIN_A)]);
+    let answer = format!("{PULL_KUBECONFIG}---\n{PULL_JOIN}");
+    let join = FakeJoin::start(&sb.md, &[(429, "slow down\n"), (200, answer.as_str())]);
     pull_mode(&sb, &join);
     let output = sb.run_ok("infra/startup/node.sh");
     sb.assert_flavor_everywhere();
@@ -895,13 +942,48 @@ fn node_script_pull_mode_joins_with_identity_tokens_and_reports() {
     );
     assert_eq!(
         sb.stub_files("kubeadm-join-config."),
-        vec![JOIN_A.to_string()]
+        vec![PULL_JOIN.to_string()]
     );
     assert_eq!(
         sb.stub_files("kubeadm-join-mode."),
         vec!["600\n".to_string()]
     );
-    assert!(!sb.file("/etc/kubernetes/nodewire-join.yaml").exists());
+    // The discovery kubeconfig was where the JoinConfiguration names it, 0600, with the key it
+    // names beside it (0600) while kubeadm ran; all gone now.
+    assert_eq!(
+        sb.stub_files("kubeadm-discovery."),
+        vec![PULL_KUBECONFIG.to_string()]
+    );
+    assert_eq!(
+        sb.stub_files("kubeadm-discovery-mode."),
+        vec!["600\n".to_string()]
+    );
+    assert_eq!(
+        sb.stub_files("kubeadm-key-mode."),
+        vec!["600\n".to_string()]
+    );
+    for f in [
+        "/etc/kubernetes/nodewire-join.yaml",
+        "/etc/kubernetes/nodewire-discovery.conf",
+        "/var/lib/nodewire/startup/bootstrap-client.key",
+        "/var/lib/nodewire/startup/bootstrap-client.csr",
+    ] {
+        assert!(!sb.file(f).exists(), "{f} is left");
+    }
+    // Each /v1/join carried the same certificate request, for this VM's own Node name, that
+    // the join service's checks accept (openssl's request as the script makes it); no key.
+    let requests: Vec<String> = join
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/join")
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0], requests[1]);
+    let checked = nodewire::join::csr::check(&requests[0], "k8s-worker-1")
+        .unwrap_or_else(|e| panic!("the script's request is refused: {e}\n{}", requests[0]));
+    assert_eq!(checked.key, nodewire::join::csr::KeyKind::EcdsaP256);
+    assert!(!requests[0].contains("PRIVATE KEY"));
     for f in ["identity-token", "join-auth-header"] {
         assert!(
             !sb.file(&format!("/var/lib/nodewire/startup/{f}")).exists(),
@@ -993,8 +1075,71 @@ fn cluster_config() -> String {
   "pod_range_name": "pods", "cluster_name": "demo", "kubernetes_version": "1.33.5",
   "advertise_address": "10.122.16.2", "audit_log_name": "k8s_audit",
   "kube_token_secret": "nodewire-kube-token", "kube_ca_secret": "nodewire-kube-ca",
+  "kube_join_token_secret": "nodewire-kube-join-token", "join_mode": "pull",
   "non_masquerade_cidrs": "10.122.16.0/21,192.168.16.0/21,172.16.16.0/21,10.200.0.0/16"}"#
         .to_string()
+}
+
+/// A control-plane VM's metadata as Terraform writes it, with `config` as its cluster config.
+fn control_plane_sandbox(name: &str, config: &str) -> Sandbox {
+    let sb = Sandbox::new(name).with("STUB_PODCIDR", "192.168.16.0/24");
+    for (k, f) in [
+        ("nodewire-k8s-rbac", "infra/k8s/nodewire-rbac.yaml"),
+        (
+            "nodewire-k8s-policy",
+            "infra/k8s/nodewire-admission-policy.yaml",
+        ),
+        ("nodewire-k8s-ip-masq", "infra/k8s/ip-masq-agent.yaml"),
+        ("nodewire-audit-policy", "infra/k8s/node/audit-policy.yaml"),
+    ] {
+        sb.md
+            .set(&format!("instance/attributes/{k}"), &read(repo().join(f)));
+    }
+    sb.md
+        .set("instance/attributes/nodewire-cluster-config", config);
+    sb.md.set("instance/name", "k8s-cp-1");
+    sb.md
+        .set("instance/zone", "projects/123456/zones/us-central1-a");
+    sb.md.set("project/project-id", "example-project");
+    sb
+}
+
+/// Metadata mode's kubelets still get their certificates approved by kubeadm's binding
+/// (issue 20, item 2 is open), so the script keeps it there and says so; a join mode it does
+/// not know stops it before kubeadm runs.
+#[test]
+fn control_plane_script_keeps_the_autoapproval_in_metadata_mode_only() {
+    let sb = control_plane_sandbox(
+        "cp-md",
+        &cluster_config().replace("\"join_mode\": \"pull\"", "\"join_mode\": \"metadata\""),
+    );
+    let output = sb.run_ok("infra/startup/control-plane.sh");
+    let calls = sb.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("kubeadm init ")),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("clusterrolebinding")),
+        "{calls:#?}"
+    );
+    assert!(
+        output.contains("kubeadm:node-autoapprove-bootstrap kept"),
+        "{output}"
+    );
+
+    let sb = control_plane_sandbox(
+        "cp-bad",
+        &cluster_config().replace("\"join_mode\": \"pull\"", "\"join_mode\": \"push\""),
+    );
+    let out = sb.run("infra/startup/control-plane.sh");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"join_mode\" is malformed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sb.calls_starting("kubeadm").is_empty());
 }
 
 #[test]
@@ -1089,9 +1234,32 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
         assert!(ops.contains(want), "{want:?} not in\n{ops}");
     }
 
-    // The three manifests, in order, then ip-masq-agent's ranges, then the token Secret.
+    // kubeadm init prints no token, and the token it created is deleted (issue 20).
+    let admin = sb.file("/etc/kubernetes/admin.conf").display().to_string();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("kubeadm init --config ") && c.ends_with(" --skip-token-print")),
+        "{calls:#?}"
+    );
+    assert!(
+        calls.contains(&format!(
+            "kubectl --kubeconfig {admin} -n kube-system delete --ignore-not-found \
+             secret/bootstrap-token-abcdef"
+        )),
+        "{calls:#?}"
+    );
+    assert!(!output.contains("abcdef."), "a token secret in the output");
+    // Pull mode: no auto-approval of node certificates for bootstrap tokens.
+    let drop_binding = format!(
+        "kubectl --kubeconfig {admin} delete clusterrolebinding \
+         kubeadm:node-autoapprove-bootstrap --ignore-not-found"
+    );
+    assert!(calls.contains(&drop_binding), "{calls:#?}");
+
+    // The three manifests, in order, then ip-masq-agent's ranges, then the two token Secrets.
     let applied = sb.stub_files("applied.");
-    assert_eq!(applied.len(), 5, "{calls:#?}");
+    assert_eq!(applied.len(), 6, "{calls:#?}");
     for (i, (_, v)) in manifests.iter().enumerate() {
         assert_eq!(&applied[i], v);
     }
@@ -1107,7 +1275,8 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     assert!(applied[4].contains("type: kubernetes.io/service-account-token"));
     assert!(applied[4].contains("kubernetes.io/service-account.name: nodewire"));
     assert!(applied[4].contains("name: nodewire-token\n  namespace: kube-system"));
-    let admin = sb.file("/etc/kubernetes/admin.conf").display().to_string();
+    assert!(applied[5].contains("kubernetes.io/service-account.name: nodewire-join"));
+    assert!(applied[5].contains("name: nodewire-join-token\n  namespace: kube-system"));
     assert!(
         calls.iter().all(|c| !c.starts_with("kubectl ")
             || c.starts_with(&format!("kubectl --kubeconfig {admin} ")))
@@ -1120,6 +1289,10 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     assert!(calls.contains(&"gcloud secrets versions add nodewire-kube-ca --data-file=-".into()));
     assert_eq!(read(sb.stub.join("secret-nodewire-kube-token")), FAKE_TOKEN);
     assert_eq!(
+        read(sb.stub.join("secret-nodewire-kube-join-token")),
+        FAKE_JOIN_TOKEN
+    );
+    assert_eq!(
         read(sb.stub.join("secret-nodewire-kube-ca")),
         read(sb.file("/etc/kubernetes/pki/ca.crt"))
     );
@@ -1131,7 +1304,7 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert!(!b64.is_empty());
-    for secret in [FAKE_TOKEN, "FAKE-SA-TOKEN", &b64] {
+    for secret in [FAKE_TOKEN, FAKE_JOIN_TOKEN, &b64] {
         assert!(
             !output.contains(secret),
             "the token is in the script's output"
@@ -1164,6 +1337,14 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     let calls = sb.calls();
     assert!(sb.calls_starting("kubeadm").is_empty(), "{calls:#?}");
     assert!(
+        calls.contains(&drop_binding),
+        "the binding is deleted on every boot (kubeadm upgrade recreates it): {calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("bootstrap-token-")),
+        "no token deletion without an init: {calls:#?}"
+    );
+    assert!(
         !calls
             .iter()
             .any(|c| c.starts_with("gcloud secrets versions add")),
@@ -1175,7 +1356,7 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     );
     assert_eq!(
         sb.stub_files("applied.").len(),
-        10,
+        12,
         "manifests applied again (idempotent)"
     );
 }

@@ -422,19 +422,12 @@ pub(super) async fn collection(State(sim): State<Arc<Sim>>, call: Call, body: By
         let who = s.authorize(&call, verb, RESOURCE, "", "")?;
         let mut st = s.store();
         if !create {
-            let items: Vec<Value> = st
-                .objects
-                .iter()
-                .filter(|((r, _, _), _)| r == RESOURCE)
-                .map(|(_, v)| v.clone())
-                .collect();
-            return Ok::<_, ApiError>((
-                StatusCode::OK,
-                json!({"apiVersion": "certificates.k8s.io/v1",
-                       "kind": "CertificateSigningRequestList",
-                       "metadata": {"resourceVersion": st.resource_version.to_string()},
-                       "items": items}),
-            ));
+            // Label and field selectors, limit and continue, as for every list.
+            let q = server::parse_query(call.uri.query(), server::Malformed::Keep);
+            let (status, mut body) =
+                super::select::list(&mut st, RESOURCE, "CertificateSigningRequest", None, &q)?;
+            body["apiVersion"] = json!("certificates.k8s.io/v1");
+            return Ok::<_, ApiError>(super::rest::printed(&call, RESOURCE, (status, body)));
         }
         let mut obj = super::rest::parse_body(&body)?;
         prepare_create(&mut obj, &who)?;

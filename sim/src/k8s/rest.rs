@@ -103,7 +103,7 @@ fn check_resource(resource: &str, namespaced: bool) -> Result<&'static str, ApiE
 
 /// A read's answer as the client asked for it: a server-printed `Table` when its `Accept`
 /// header asks for one first, the object or list otherwise.
-fn printed(
+pub(super) fn printed(
     call: &Call,
     resource: &str,
     (status, body): (StatusCode, Value),

@@ -189,6 +189,32 @@ impl Kube {
         }
     }
 
+    /// CSR `name`'s request (PEM) and whether it carries an Approved condition; `None` when it
+    /// is gone.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn node_csr(&self, name: &str) -> Result<Option<(String, bool)>, KubeError> {
+        const CALL: &str = "certificatesigningrequests.get";
+        let api = self.csrs();
+        let got = self
+            .retrying(CALL, || api.get_opt(name))
+            .await
+            .map_err(|c| fail(CALL, c))?;
+        Ok(got.map(|c| {
+            let approved = c
+                .status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|x| x.type_ == "Approved" && x.status == "True");
+            (
+                String::from_utf8_lossy(&c.spec.request.0).into_owned(),
+                approved,
+            )
+        }))
+    }
+
     /// nodewire's CSRs for the VM named `instance_name` (metadata only).
     ///
     /// # Errors

@@ -200,10 +200,28 @@ impl JoinService {
             Refused::new(class, e.to_string())
         })?;
         // Marked used now, before the CSR: two concurrent requests with one token cannot both
-        // pass (a CSR that then fails leaves it used; the VM asks with a fresh one).
+        // pass. A request that fails before its answer releases it, so the VM's retry with the
+        // same token (a metadata server may hand out the same one again) is decided by the
+        // cluster's record below.
         self.claim_once(&v.caller)?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let out = self.issue(&v, &csr).await;
+        if out.is_err() {
+            self.release(&v.caller);
+        }
+        out.map(|(name, answer)| (vm.clone(), name, answer))
+    }
+
+    /// The credential for a verified VM and its checked request: a new CSR, or the one this
+    /// identity token already asked for with this same request (a retry), approved and signed.
+    async fn issue(
+        &self,
+        v: &verify::Verified,
+        csr: &csr::NodeCsr,
+    ) -> Result<(String, String), Refused> {
+        let vm = &v.vm.instance;
+        let kube = &self.deps.kube;
         let chain = &self.deps.chain;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let earlier = kube
             .list_node_csrs(vm.name())
             .await
@@ -212,59 +230,97 @@ impl JoinService {
             .iter()
             .filter(|c| c.zone.as_deref().is_none_or(|z| z == vm.zone()))
             .collect();
-        let replayed = mine
-            .iter()
-            .filter_map(|c| c.identity.as_ref())
-            .any(|j| j.digest == v.caller.token_digest || j.issued_at > v.caller.issued_at);
-        if replayed {
-            return Err(Refused::new(
-                RefusalClass::Conflict,
-                "this identity token (or a newer one) was used already: ask the metadata server \
-                 for a new one",
-            ));
-        }
-        let window = i64::try_from(chain.token_ttl.as_secs()).unwrap_or(i64::MAX);
-        let recent = mine
-            .iter()
-            .filter(|c| c.created.is_none_or(|t| now.saturating_sub(t) < window))
-            .count();
-        if recent >= MAX_LIVE_TOKENS {
-            return Err(Refused::rate_limited(
-                format!(
-                    "VM {vm} was issued {recent} join credentials in the last {window} s; a new one \
-                     once one is older"
-                ),
-                60,
-            ));
+        let used = |c: &&&crate::act::k8s::CsrRecord| {
+            c.identity
+                .as_ref()
+                .is_some_and(|j| j.digest == v.caller.token_digest)
+        };
+        // A retry of a request that failed after its CSR was made: the same token and the same
+        // request continue that CSR (its certificate is of use only with the VM's key).
+        let resumed = match mine.iter().find(used) {
+            None => None,
+            Some(c) => match kube
+                .node_csr(&c.name)
+                .await
+                .map_err(|e| Refused::dependency("reading the certificate request", &e))?
+            {
+                Some((request, approved)) if request.trim() == csr.pem.trim() => {
+                    Some((c.name.clone(), approved))
+                }
+                _ => {
+                    return Err(Refused::new(
+                        RefusalClass::Conflict,
+                        "this identity token was used already: ask the metadata server for a \
+                         new one",
+                    ));
+                }
+            },
+        };
+        if resumed.is_none() {
+            let newer = mine
+                .iter()
+                .filter_map(|c| c.identity.as_ref())
+                .any(|j| j.issued_at > v.caller.issued_at);
+            if newer {
+                return Err(Refused::new(
+                    RefusalClass::Conflict,
+                    "a newer identity token of this VM was used already: ask the metadata \
+                     server for a new one",
+                ));
+            }
+            let window = i64::try_from(chain.token_ttl.as_secs()).unwrap_or(i64::MAX);
+            let recent = mine
+                .iter()
+                .filter(|c| c.created.is_none_or(|t| now.saturating_sub(t) < window))
+                .count();
+            if recent >= MAX_LIVE_TOKENS {
+                return Err(Refused::rate_limited(
+                    format!(
+                        "VM {vm} was issued {recent} join credentials in the last {window} s; a \
+                         new one once one is older"
+                    ),
+                    60,
+                ));
+            }
         }
         let ci = kube
             .cluster_info()
             .await
             .map_err(|e| Refused::dependency("reading cluster-info", &e))?;
-        let record = crate::act::k8s::IdentityRecord {
-            digest: v.caller.token_digest.clone(),
-            issued_at: v.caller.issued_at,
+        let (name, approved) = match resumed {
+            Some(r) => r,
+            None => {
+                let record = crate::act::k8s::IdentityRecord {
+                    digest: v.caller.token_digest.clone(),
+                    issued_at: v.caller.issued_at,
+                };
+                let name = kube
+                    .create_node_csr(
+                        vm,
+                        &v.instance_id,
+                        &csr.pem,
+                        csr.key.usages(),
+                        chain.token_ttl,
+                        &record,
+                    )
+                    .await
+                    .map_err(|e| {
+                        Refused::dependency("creating the certificate signing request", &e)
+                    })?;
+                (name, false)
+            }
         };
-        let name = kube
-            .create_node_csr(
-                vm,
-                &v.instance_id,
-                &csr.pem,
-                csr.key.usages(),
-                chain.token_ttl,
-                &record,
+        if !approved {
+            kube.approve_csr(
+                &name,
+                &format!(
+                    "nodewire verified instance {} ({vm}) by its identity token",
+                    v.instance_id
+                ),
             )
             .await
-            .map_err(|e| Refused::dependency("creating the certificate signing request", &e))?;
-        kube.approve_csr(
-            &name,
-            &format!(
-                "nodewire verified instance {} ({vm}) by its identity token",
-                v.instance_id
-            ),
-        )
-        .await
-        .map_err(|e| Refused::dependency("approving the certificate signing request", &e))?;
+            .map_err(|e| Refused::dependency("approving the certificate signing request", &e))?;
+        }
         let cert = kube
             .wait_for_certificate(&name, SIGNING_WAIT, Duration::from_millis(100))
             .await
@@ -276,7 +332,7 @@ impl JoinService {
                 )
             })?;
         let answer = crate::act::execute::render_pull_join(&self.deps, &ci, vm, &cert);
-        Ok((vm.clone(), name, answer))
+        Ok((name, answer))
     }
 
     async fn report_join(&self, headers: &HeaderMap) -> Result<InstanceRef, Refused> {

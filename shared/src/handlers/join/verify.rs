@@ -124,6 +124,15 @@ impl JoinService {
 
     /// Marks the identity token used; refused when this process has seen it used before (the
     /// cluster's record, the annotations of the bootstrap token, covers the other processes).
+    /// Forgets that the identity token was used: its request failed before an answer, so the
+    /// VM may send it again (the cluster's record decides then).
+    pub(super) fn release(&self, caller: &Caller) {
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&caller.token_digest);
+    }
+
     pub(super) fn claim_once(&self, caller: &Caller) -> Result<(), Refused> {
         let mut m = self
             .used
