@@ -689,3 +689,133 @@ async fn an_admission_policy_that_does_not_load_refuses_every_write() {
     let (st, body) = call(&s, reqwest::Method::POST, &u, JSON, Some(node("n1"))).await;
     assert_eq!(st, 500, "{body}");
 }
+
+/// A kubelet client certificate is had only through the CSR API and an approval by someone RBAC
+/// lets approve that signer; the certificate then authenticates on the HTTPS front as its CN
+/// and O (the x509 authenticator), and a certificate from another CA does not get a connection.
+#[tokio::test]
+async fn client_certificates_come_from_approved_csrs_and_authenticate_as_their_subject() {
+    use base64::Engine as _;
+    let s = sim().await;
+    let front = s.start_tls_front().await.expect("the TLS front");
+    let tls = sim::kubelet_cert::K8sTls {
+        endpoint: front.endpoint(),
+        server_ca_pem: front.ca_pem().to_string(),
+    };
+    let admin = s.admin_token();
+    let (key, request) = sim::kubelet_cert::node_key_and_request("vm-7").expect("request");
+    let csrs = format!(
+        "{}/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        s.endpoint()
+    );
+    let body = json!({"metadata": {"name": "vm-7-csr"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(&request),
+                 "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                 "usages": ["digital signature", "client auth"]}});
+    let (st, made) = call_as(Some(&admin), reqwest::Method::POST, &csrs, JSON, Some(body)).await;
+    assert_eq!(st, 201, "{made}");
+    // nodewire's main account may not approve (only the join service's may, for this signer).
+    let nw = s.nodewire_token();
+    let approval = json!({"status": {"conditions": [{"type": "Approved", "status": "True",
+        "reason": "Test", "message": "approved by the test"}]}});
+    let url = format!("{csrs}/vm-7-csr/approval");
+    let (st, body) = call_as(
+        Some(&nw),
+        reqwest::Method::PATCH,
+        &url,
+        MERGE,
+        Some(approval.clone()),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    let join = s.service_account_token("kube-system", "nodewire-join");
+    let (st, body) = call_as(
+        Some(&join),
+        reqwest::Method::PATCH,
+        &url,
+        MERGE,
+        Some(approval.clone()),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    // Removing the approval is refused.
+    let (st, body) = call_as(
+        Some(&admin),
+        reqwest::Method::PATCH,
+        &url,
+        MERGE,
+        Some(json!({"status": {"conditions": []}})),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    // The signer issues it (the controllers run right after the approval).
+    let mut cert = None;
+    for _ in 0..50 {
+        let (_, got) = call_as(
+            Some(&admin),
+            reqwest::Method::GET,
+            &format!("{csrs}/vm-7-csr"),
+            JSON,
+            None,
+        )
+        .await;
+        if let Some(c) = got["status"]["certificate"].as_str() {
+            cert = Some(c.to_string());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cert = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(cert.expect("signed"))
+            .expect("base64"),
+    )
+    .expect("PEM");
+    let kubelet = sim::kubelet_cert::ApiClient::with_certificate(&tls, &cert, &key.serialize_pem())
+        .expect("a client");
+    let node = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
+    let r = kubelet
+        .request(reqwest::Method::POST, "/api/v1/nodes")
+        .json(&node("vm-8"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "system:node:vm-7 registers only vm-7"
+    );
+    let r = kubelet
+        .request(reqwest::Method::POST, "/api/v1/nodes")
+        .json(&node("vm-7"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 201, "its own Node");
+    // A certificate of the same subject from a CA the cluster does not trust: no connection.
+    let foreign_ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let foreign = rcgen::Issuer::new(ca, foreign_ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:vm-7");
+    leaf.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let forged = leaf.signed_by(&leaf_key, &foreign).expect("signed");
+    let imposter = sim::kubelet_cert::ApiClient::with_certificate(
+        &tls,
+        &forged.pem(),
+        &leaf_key.serialize_pem(),
+    )
+    .expect("a client");
+    let r = imposter
+        .request(reqwest::Method::GET, "/api/v1/nodes/vm-7")
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "a foreign CA's certificate got an answer: {r:?}"
+    );
+}

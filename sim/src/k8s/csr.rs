@@ -708,6 +708,84 @@ mod tests {
         Ok(obj)
     }
 
+    /// The approval subresource: the CertificateApproval admission plugin lets only who may
+    /// `approve` the CSR's signer (by name or `DOMAIN/*`), and validation.go's condition rules.
+    #[test]
+    fn approval_needs_the_signer_and_keeps_its_conditions() {
+        let policy = Policy::load(&[super::super::rbac::NODEWIRE_RBAC]).expect("rbac");
+        let join = Identity::service_account("kube-system", "nodewire-join");
+        let nodewire = Identity::service_account("kube-system", "nodewire");
+        assert!(may_for_signer(
+            &policy,
+            &join,
+            "approve",
+            KUBELET_CLIENT_SIGNER
+        ));
+        assert!(!may_for_signer(
+            &policy,
+            &join,
+            "approve",
+            "kubernetes.io/kube-apiserver-client"
+        ));
+        assert!(!may_for_signer(
+            &policy,
+            &join,
+            "sign",
+            KUBELET_CLIENT_SIGNER
+        ));
+        assert!(!may_for_signer(
+            &policy,
+            &nodewire,
+            "approve",
+            KUBELET_CLIENT_SIGNER
+        ));
+        let admin = Policy::load(&[r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: approver}
+rules:
+  - {apiGroups: [certificates.k8s.io], resources: [signers], resourceNames: ["kubernetes.io/*"], verbs: [approve]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: approver}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: approver}
+subjects:
+  - {kind: User, name: someone}
+"#])
+        .expect("rbac");
+        let someone = Identity::new("someone", &["system:authenticated"]);
+        assert!(
+            may_for_signer(&admin, &someone, "approve", "kubernetes.io/anything"),
+            "DOMAIN/* covers the domain's signers"
+        );
+        assert!(!may_for_signer(
+            &admin,
+            &someone,
+            "approve",
+            "example.com/x"
+        ));
+
+        let pending = json!({"status": {}});
+        let approved = json!({"status": {"conditions": [{"type": "Approved", "status": "True"}]}});
+        let ok = |c: Value| validate_approval("n", &pending, &c);
+        assert!(ok(json!([{"type": "Approved", "status": "True", "reason": "R"}])).is_ok());
+        assert!(ok(json!([{"type": "Approved", "status": "False"}])).is_err());
+        assert!(
+            ok(json!([{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]))
+                .is_err()
+        );
+        assert!(
+            ok(json!([{"type": "Approved", "status": "True"}, {"type": "Approved", "status": "True"}]))
+                .is_err()
+        );
+        assert!(ok(json!([{"status": "True"}])).is_err(), "no type");
+        assert!(
+            validate_approval("n", &approved, &json!([])).is_err(),
+            "an Approved condition is never removed"
+        );
+    }
+
     /// validation.go's create checks, and the requester recorded by the API server.
     #[test]
     fn create_validates_as_the_api_server_does() {

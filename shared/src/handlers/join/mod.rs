@@ -8,9 +8,12 @@
 //!   service accounts), then its `google.compute_engine` claims against a fresh
 //!   `instances.get`: this project, a zone and name the selector admits, the same instance id,
 //!   RUNNING, the labels the selector wants, running as the token's service account (one of
-//!   the node accounts), nic0 on the node subnet, IP forwarding, and **no Node yet**. Then a
-//!   bootstrap token is minted (recording which identity token it was minted for) and the
-//!   JoinConfiguration is the answer (200, `no-store`).
+//!   the node accounts), nic0 on the node subnet, IP forwarding, and **no Node yet**. The body
+//!   is the VM's certificate request (`join::csr::check`: its own Node name, client auth only,
+//!   an allowed key, a valid signature). Then a CSR for the kubelet client signer is created
+//!   (recording which identity token it was made for), approved, and once the cluster signed it
+//!   the answer is the discovery kubeconfig and the JoinConfiguration (200, `no-store`). No
+//!   bootstrap token is minted.
 //! - `POST /v1/joined`: the same checks but the Node must exist, be provably this VM's and have
 //!   its podCIDR (409 until then: the VM reports again); `assign-alias` is published at once
 //!   (202). The Kubernetes audit path stays the fallback.
@@ -19,11 +22,14 @@
 //! join-eligibility decision (`plan::eligibility`, also used by `bootstrap` and `nodewire
 //! status`); this module serves the answer. Status codes come from `adapter::verdict`.
 //!
-//! Refusals: 401 (the token is not a valid identity token for this service), 403 (the VM may
-//! not join), 409 (its Node exists; the identity token was used already; for `/v1/joined`, no
+//! Refusals: 400 (the certificate request is unusable), 401 (the token is not a valid identity
+//! token for this service), 403 (the VM may not join, or the request names another Node), 409 (its Node exists; the identity token was used already; for `/v1/joined`, no
 //! Node yet), 429 (rate limit, `Retry-After`), 503 (a dependency failed: try again). Each is
 //! logged with its reason; neither the identity token nor the join token is ever logged or
 //! answered in an error.
+//!
+//! The service runs as its own Kubernetes ServiceAccount (`nodewire-join`), whose only write is
+//! a CSR and its approval for the kubelet client signer.
 //!
 //! Why a Pod cannot get a join token: a Pod on the node can ask the metadata server for an
 //! identity token too, but before the join no Pod runs on the VM (it has no Node), and once the
