@@ -189,7 +189,7 @@ install_base() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   retry apt-get update -q
-  retry apt-get install -y -q --no-install-recommends ca-certificates curl gpg \
+  retry apt-get install -y -q --no-install-recommends ca-certificates curl gpg openssl \
     containernetworking-plugins conntrack socat ethtool iptables
   mkdir -p "${ROOT}/etc/apt/keyrings" "${ROOT}/etc/apt/sources.list.d"
   retry docker_apt_key

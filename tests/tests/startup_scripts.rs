@@ -738,6 +738,11 @@ fn assert_base_install(sb: &Sandbox) {
             .any(|c| c.contains(" containernetworking-plugins ")),
         "{install:?}"
     );
+    // openssl makes the pull-mode join's key pair and certificate request.
+    assert!(
+        install.iter().any(|c| c.contains(" openssl ")),
+        "{install:?}"
+    );
     // containerd 1.7 from Docker's repository: Debian 12's 1.6 is not supported for
     // Kubernetes 1.33 (containerd's RELEASES.md, "Kubernetes support").
     assert!(
