@@ -50,18 +50,7 @@ impl ApiClient {
     /// # Errors
     /// When the server CA cannot be used.
     pub fn bearer(tls: &K8sTls, token: &str) -> Result<Self, String> {
-        let ca = reqwest::Certificate::from_pem(tls.server_ca_pem.as_bytes())
-            .map_err(|e| format!("the server CA is unusable: {e}"))?;
-        let http = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("the TLS client: {e}"))?;
-        Ok(Self {
-            http,
-            base: tls.endpoint.clone(),
-            bearer: Some(token.to_string()),
-        })
+        Self::over_tls(tls, None, Some(token.to_string()))
     }
 
     /// HTTPS to `tls` presenting `cert_pem` with `key_pem` (PKCS#8).
@@ -71,18 +60,29 @@ impl ApiClient {
     pub fn with_certificate(tls: &K8sTls, cert_pem: &str, key_pem: &str) -> Result<Self, String> {
         let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())
             .map_err(|e| format!("the client certificate or key is unusable: {e}"))?;
+        Self::over_tls(tls, Some(identity), None)
+    }
+
+    fn over_tls(
+        tls: &K8sTls,
+        identity: Option<reqwest::Identity>,
+        bearer: Option<String>,
+    ) -> Result<Self, String> {
         let ca = reqwest::Certificate::from_pem(tls.server_ca_pem.as_bytes())
             .map_err(|e| format!("the server CA is unusable: {e}"))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tls_certs_only([ca])
-            .identity(identity)
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(10));
+        if let Some(i) = identity {
+            builder = builder.identity(i);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("the TLS client: {e}"))?;
         Ok(Self {
             http,
             base: tls.endpoint.clone(),
-            bearer: None,
+            bearer,
         })
     }
 

@@ -60,12 +60,21 @@ async fn wait_running(s: &Stack, project: &str, name: &str) {
     assert!(up, "VM {name} never ran");
 }
 
-/// POSTs to `path` of the join service with `token` as bearer: status, body, Retry-After.
-async fn post(s: &Stack, path: &str, token: Option<&str>) -> (u16, String, Option<String>) {
+/// POSTs `body` to `path` of the join service with `token` as bearer: status, body,
+/// Retry-After.
+async fn send(
+    s: &Stack,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, String, Option<String>) {
     let http = reqwest::Client::new();
     let mut r = http.post(format!("{}{path}", join_url(s)));
     if let Some(t) = token {
         r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.body(b);
     }
     let r = r.send().await.expect("the join service answers");
     let status = r.status().as_u16();
@@ -77,23 +86,15 @@ async fn post(s: &Stack, path: &str, token: Option<&str>) -> (u16, String, Optio
     (status, r.text().await.unwrap_or_default(), retry)
 }
 
+/// POSTs to `path` without a body.
+async fn post(s: &Stack, path: &str, token: Option<&str>) -> (u16, String, Option<String>) {
+    send(s, path, token, None).await
+}
+
 /// `POST /v1/join` with `token` and a fresh certificate request for Node `node` (ECDSA P-256,
-/// as the startup script makes it): status, body, Retry-After.
+/// as the startup script makes it).
 async fn join_req(s: &Stack, node: &str, token: Option<&str>) -> (u16, String, Option<String>) {
-    let (_key, csr) = sim::kubelet_cert::node_key_and_request(node).expect("a request");
-    let http = reqwest::Client::new();
-    let mut r = http.post(format!("{}/v1/join", join_url(s))).body(csr);
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().await.expect("the join service answers");
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (status, r.text().await.unwrap_or_default(), retry)
+    send(s, "/v1/join", token, Some(request_for(node))).await
 }
 
 /// The CertificateSigningRequests in the cluster.
@@ -528,21 +529,12 @@ async fn the_metadata_server_refuses_what_google_refuses() {
     s.stop().await;
 }
 
-/// A certificate request for `CN=system:node:NODE, O=system:nodes` made with a fresh key (PEM).
+/// A certificate request for `CN=system:node:NODE, O=system:nodes` made with a fresh key (PEM),
+/// as the startup script and the kubelet make them.
 fn request_for(node: &str) -> String {
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .serialize_request(&key)
-        .expect("a CSR")
-        .pem()
-        .expect("PEM")
+    sim::kubelet_cert::node_key_and_request(node)
+        .expect("a request")
+        .1
 }
 
 /// The first bootstrap token (`id.secret`) in `text`.

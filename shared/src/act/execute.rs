@@ -318,11 +318,7 @@ pub fn render_join(
     vm: &InstanceRef,
     token: &crate::act::k8s::BootstrapToken,
 ) -> String {
-    let endpoint = deps
-        .chain
-        .api_server_endpoint
-        .clone()
-        .unwrap_or_else(|| host_port(&ci.server));
+    let endpoint = api_endpoint(deps, ci);
     let secret = token.expose();
     let provider_id = vm.provider_id();
     join_configuration(
@@ -348,11 +344,7 @@ pub fn render_pull_join(
     vm: &InstanceRef,
     cert_pem: &str,
 ) -> String {
-    let endpoint = deps
-        .chain
-        .api_server_endpoint
-        .clone()
-        .unwrap_or_else(|| host_port(&ci.server));
+    let endpoint = api_endpoint(deps, ci);
     let provider_id = vm.provider_id();
     let kubeconfig = crate::join::discovery_kubeconfig(
         &format!("https://{endpoint}"),
@@ -370,6 +362,15 @@ pub fn render_pull_join(
         deps.chain.join_api,
     );
     crate::join::pull_answer(&kubeconfig, &jc)
+}
+
+/// `HOST:PORT` of the API server a node joins: `NODEWIRE_API_SERVER_ENDPOINT`, else the one
+/// cluster-info names.
+fn api_endpoint(deps: &ChainDeps, ci: &crate::act::k8s::ClusterInfo) -> String {
+    deps.chain
+        .api_server_endpoint
+        .clone()
+        .unwrap_or_else(|| host_port(&ci.server))
 }
 
 fn host_port(url: &str) -> String {
