@@ -16,7 +16,7 @@
 #    node name to any bootstrap-token holder (csrapproving's nodeclient rule never compares
 #    the name with the requester); in pull mode nodewire's join service approves each VM's
 #    certificate itself after verifying the VM's identity. `kubeadm upgrade apply` creates it
-#    again: this script deletes it at the next boot (docs/operations.md says to rerun it).
+#    again: a systemd timer (nodewire-no-autoapprove.timer) deletes it every 5 minutes.
 # 5. kubectl apply of instance/attributes/nodewire-k8s-rbac, nodewire-k8s-policy and
 #    nodewire-k8s-ip-masq (infra/k8s).
 # 6. The tokens of ServiceAccounts kube-system/nodewire and kube-system/nodewire-join (the
@@ -180,13 +180,48 @@ delete_init_tokens() {
 
 # drop_bootstrap_autoapproval MODE: in pull mode, no auto-approval of node client certificates
 # for bootstrap tokens (see 4b above).
+# A systemd timer deletes it again every 5 minutes: `kubeadm upgrade apply` recreates it, and
+# the control plane may run long between boots.
 drop_bootstrap_autoapproval() {
+  local unit="${ROOT}/etc/systemd/system/nodewire-no-autoapprove"
   if [[ "$1" != "pull" ]]; then
     log "metadata mode: kubeadm:node-autoapprove-bootstrap kept (its kubelets need it)"
+    if [[ -f "${unit}.timer" ]]; then
+      systemctl disable --now nodewire-no-autoapprove.timer || log "disabling the timer failed"
+      rm -f "${unit}.timer" "${unit}.service"
+      systemctl daemon-reload
+    fi
     return 0
   fi
   retry kc delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found
   log "kubeadm:node-autoapprove-bootstrap deleted: bootstrap tokens get no certificate approved"
+  mkdir -p "${unit%/*}"
+  cat >"${unit}.service" <<'UNIT'
+# Written by nodewire's control-plane startup script (pull mode): kubeadm's auto-approval of node
+# client certificates for bootstrap tokens approves them for any node name; kubeadm upgrade
+# recreates it.
+[Unit]
+Description=nodewire: delete kubeadm:node-autoapprove-bootstrap
+ConditionPathExists=/etc/kubernetes/admin.conf
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found
+UNIT
+  cat >"${unit}.timer" <<'UNIT'
+[Unit]
+Description=nodewire: delete kubeadm:node-autoapprove-bootstrap every 5 minutes
+
+[Timer]
+OnBootSec=5min
+OnUnitActiveSec=5min
+
+[Install]
+WantedBy=timers.target
+UNIT
+  chmod 0644 "${unit}.service" "${unit}.timer"
+  systemctl daemon-reload
+  systemctl enable --now nodewire-no-autoapprove.timer
 }
 
 # apply_manifests: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata.

@@ -1132,6 +1132,10 @@ fn control_plane_script_keeps_the_autoapproval_in_metadata_mode_only() {
         output.contains("kubeadm:node-autoapprove-bootstrap kept"),
         "{output}"
     );
+    assert!(
+        !sb.file("/etc/systemd/system/nodewire-no-autoapprove.timer")
+            .exists()
+    );
 
     let sb = control_plane_sandbox(
         "cp-bad",
@@ -1261,6 +1265,21 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
          kubeadm:node-autoapprove-bootstrap --ignore-not-found"
     );
     assert!(calls.contains(&drop_binding), "{calls:#?}");
+    // ... and again every 5 minutes, since kubeadm upgrade recreates it.
+    let unit = read(sb.file("/etc/systemd/system/nodewire-no-autoapprove.service"));
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf delete \
+             clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found\n"
+        ),
+        "{unit}"
+    );
+    let timer = read(sb.file("/etc/systemd/system/nodewire-no-autoapprove.timer"));
+    assert!(timer.contains("OnUnitActiveSec=5min\n"), "{timer}");
+    assert!(
+        calls.contains(&"systemctl enable --now nodewire-no-autoapprove.timer".to_string()),
+        "{calls:#?}"
+    );
 
     // The three manifests, in order, then ip-masq-agent's ranges, then the two token Secrets.
     let applied = sb.stub_files("applied.");
