@@ -636,3 +636,66 @@ async fn a_vms_identity_never_gets_another_nodes_certificate() {
     );
     s.stop().await;
 }
+
+/// Credentials are counted per instance, not per name: three recent CSRs of a VM that was
+/// deleted and recreated under the same name (another instance id) neither rate-limit the new
+/// instance nor count as its replays; three of this very instance do rate-limit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_are_counted_per_instance_not_per_name() {
+    let s = idle_stack().await;
+    for n in ["reborn", "busy"] {
+        s.insert_vm(P, Z, n, &SELECTOR, true).await.expect("insert");
+        wait_running(&s, P, n).await;
+    }
+    let id_of = |name: &str| {
+        s.compute.with_world(|w| {
+            w.instances
+                .get(&(P.to_string(), Z.to_string(), name.to_string()))
+                .map(|i| i.id)
+                .expect("the VM")
+        })
+    };
+    // Made as the cluster admin, through the API (the simulator's seeding has no CSRs).
+    let http = reqwest::Client::new();
+    let seed = |name: &str, instance_id: String, i: usize| {
+        use base64::Engine as _;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let obj = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": format!("nodewire-{name}-seed{i}"),
+                "labels": {"nodewire.io/instance": name, "nodewire.io/zone": Z,
+                           "nodewire.io/instance-id": instance_id},
+                // A newer identity token than any the test will ask for.
+                "annotations": {"nodewire.io/identity-sha256": format!("{i:064}"),
+                                "nodewire.io/identity-iat": (now + 3600).to_string()}},
+            "spec": {"request": base64::engine::general_purpose::STANDARD.encode(request_for(name)),
+                     "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                     "usages": ["digital signature", "client auth"]}});
+        http.post(format!(
+            "{}/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            s.k8s.endpoint()
+        ))
+        .bearer_auth(s.k8s.admin_token())
+        .json(&obj)
+        .send()
+    };
+    let reborn_id = id_of("reborn");
+    for i in 0..3 {
+        for (name, id) in [("reborn", reborn_id + 1), ("busy", id_of("busy"))] {
+            let r = seed(name, id.to_string(), i)
+                .await
+                .expect("the API answers");
+            assert_eq!(r.status().as_u16(), 201);
+        }
+    }
+    let (code, body, _) = join_req(&s, "reborn", Some(&token_for(&s, P, "reborn"))).await;
+    assert_eq!(
+        code, 200,
+        "the predecessor's CSRs held up the new instance: {body}"
+    );
+    let (code, body, _) = join_req(&s, "busy", Some(&token_for(&s, P, "busy"))).await;
+    assert!(
+        code == 409 || code == 429,
+        "this instance's own CSRs count: {code} {body}"
+    );
+    s.stop().await;
+}

@@ -34,6 +34,8 @@ pub const APPROVAL_REASON: &str = "NodewireInstanceIdentity";
 pub struct CsrRecord {
     pub name: String,
     pub zone: Option<String>,
+    /// The numeric instance id it was made for.
+    pub instance_id: Option<String>,
     pub identity: Option<IdentityRecord>,
     /// Seconds since the epoch.
     pub created: Option<i64>,
@@ -240,6 +242,7 @@ impl Kube {
                 CsrRecord {
                     name: meta.name.clone().unwrap_or_default(),
                     zone: label(TOKEN_ZONE_LABEL),
+                    instance_id: label(TOKEN_INSTANCE_ID_LABEL),
                     identity: match (
                         annotation(TOKEN_IDENTITY_DIGEST_ANNOTATION),
                         annotation(TOKEN_IDENTITY_IAT_ANNOTATION).and_then(|v| v.parse().ok()),

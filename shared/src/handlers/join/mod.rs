@@ -232,9 +232,12 @@ impl JoinService {
             .list_node_csrs(vm.name())
             .await
             .map_err(|e| Refused::dependency("listing the VM's certificate requests", &e))?;
+        // This instance's only: a VM recreated under the name is another instance, and its
+        // predecessor's credentials neither limit it nor count as its replays.
         let mine: Vec<_> = earlier
             .iter()
             .filter(|c| c.zone.as_deref().is_none_or(|z| z == vm.zone()))
+            .filter(|c| c.instance_id.as_deref().is_none_or(|i| i == v.instance_id))
             .collect();
         let used = |c: &&&crate::act::k8s::CsrRecord| {
             c.identity
