@@ -134,34 +134,7 @@ impl Kube {
         ttl: Duration,
         extra_groups: &str,
     ) -> Result<BootstrapToken, KubeError> {
-        self.mint(instance, instance_id, ttl, extra_groups, None)
-            .await
-    }
-
-    /// Like [`Self::create_bootstrap_token`], for a VM that proved itself with an instance
-    /// identity token: the token's digest and issue time are recorded as annotations
-    /// ([`TOKEN_IDENTITY_DIGEST_ANNOTATION`], [`TOKEN_IDENTITY_IAT_ANNOTATION`]), so a replay of
-    /// that identity token, or of an older one, is refused by every instance of the `join`
-    /// service for as long as the bootstrap token exists.
-    ///
-    /// # Errors
-    /// [`KubeError`].
-    pub async fn create_bootstrap_token_for_identity(
-        &self,
-        instance: &InstanceRef,
-        instance_id: &str,
-        ttl: Duration,
-        extra_groups: &str,
-        identity: &IdentityRecord,
-    ) -> Result<BootstrapToken, KubeError> {
-        self.mint(
-            instance,
-            Some(instance_id),
-            ttl,
-            extra_groups,
-            Some(identity),
-        )
-        .await
+        self.mint(instance, instance_id, ttl, extra_groups).await
     }
 
     async fn mint(
@@ -170,7 +143,6 @@ impl Kube {
         instance_id: Option<&str>,
         ttl: Duration,
         extra_groups: &str,
-        identity: Option<&IdentityRecord>,
     ) -> Result<BootstrapToken, KubeError> {
         const CALL: &str = "secrets.create";
         let expiration = (time::OffsetDateTime::now_utc() + ttl)
@@ -224,25 +196,10 @@ impl Kube {
                         )
                         .collect(),
                     ),
-                    annotations: Some(
-                        std::iter::once((
-                            TOKEN_EXPIRATION_ANNOTATION.to_string(),
-                            expiration.clone(),
-                        ))
-                        .chain(identity.into_iter().flat_map(|i| {
-                            [
-                                (
-                                    TOKEN_IDENTITY_DIGEST_ANNOTATION.to_string(),
-                                    i.digest.clone(),
-                                ),
-                                (
-                                    TOKEN_IDENTITY_IAT_ANNOTATION.to_string(),
-                                    i.issued_at.to_string(),
-                                ),
-                            ]
-                        }))
-                        .collect(),
-                    ),
+                    annotations: Some(BTreeMap::from([(
+                        TOKEN_EXPIRATION_ANNOTATION.to_string(),
+                        expiration.clone(),
+                    )])),
                     ..Default::default()
                 },
                 type_: Some("bootstrap.kubernetes.io/token".into()),

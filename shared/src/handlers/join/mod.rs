@@ -23,15 +23,16 @@
 //! status`); this module serves the answer. Status codes come from `adapter::verdict`.
 //!
 //! Refusals: 400 (the certificate request is unusable), 401 (the token is not a valid identity
-//! token for this service), 403 (the VM may not join, or the request names another Node), 409 (its Node exists; the identity token was used already; for `/v1/joined`, no
-//! Node yet), 429 (rate limit, `Retry-After`), 503 (a dependency failed: try again). Each is
-//! logged with its reason; neither the identity token nor the join token is ever logged or
-//! answered in an error.
+//! token for this service), 403 (the VM may not join, or the request names another Node), 409
+//! (its Node exists; the identity token was used already with another request; for
+//! `/v1/joined`, no Node yet), 429 (rate limit, `Retry-After`), 503 (a dependency failed, or
+//! the signer has not signed yet: try again). Each is logged with its reason; neither the
+//! identity token nor the request or the certificate is ever logged or answered in an error.
 //!
 //! The service runs as its own Kubernetes ServiceAccount (`nodewire-join`), whose only write is
 //! a CSR and its approval for the kubelet client signer.
 //!
-//! Why a Pod cannot get a join token: a Pod on the node can ask the metadata server for an
+//! Why a Pod cannot get a join credential: a Pod on the node can ask the metadata server for an
 //! identity token too, but before the join no Pod runs on the VM (it has no Node), and once the
 //! Node exists this service refuses.
 
