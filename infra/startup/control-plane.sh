@@ -11,14 +11,17 @@
 # 4. kubeadm init (skipped when /etc/kubernetes/admin.conf exists) with the pod and service
 #    ranges, node CIDR allocation (/24 per Node) and the audit flags, --skip-token-print;
 #    then the bootstrap token init created is deleted (nodewire never uses it).
-# 4b. Pull mode: kubeadm's ClusterRoleBinding kubeadm:node-autoapprove-bootstrap is deleted on
-#    every boot. It lets kube-controller-manager approve a node client certificate for ANY
-#    node name to any bootstrap-token holder (csrapproving's nodeclient rule never compares
-#    the name with the requester); in pull mode nodewire's join service approves each VM's
-#    certificate itself after verifying the VM's identity. `kubeadm upgrade apply` creates it
-#    again: a systemd timer (nodewire-no-autoapprove.timer) deletes it every 5 minutes.
+# 4b. Both join modes: kubeadm's ClusterRoleBinding kubeadm:node-autoapprove-bootstrap is
+#    deleted on every boot. It lets kube-controller-manager approve a node client certificate
+#    for ANY node name to any bootstrap-token holder (csrapproving's nodeclient rule never
+#    compares the name with the requester). In pull mode nodewire's join service approves each
+#    VM's certificate itself after verifying the VM's identity; in metadata mode node-events
+#    approves a kubelet's CSR only when it names the VM its bootstrap token was minted for.
+#    `kubeadm upgrade apply` creates the binding again: a systemd timer
+#    (nodewire-no-autoapprove.timer) deletes it every 5 minutes.
 # 5. kubectl apply of instance/attributes/nodewire-k8s-rbac, nodewire-k8s-policy and
-#    nodewire-k8s-ip-masq (infra/k8s).
+#    nodewire-k8s-ip-masq (infra/k8s); nodewire-k8s-rbac-metadata-mode is applied in metadata
+#    mode and deleted in pull mode.
 # 6. The tokens of ServiceAccounts kube-system/nodewire and kube-system/nodewire-join (the
 #    join service's own identity) and the cluster CA into Secret Manager (a new version only
 #    when the latest one differs). The tokens are never printed.
@@ -178,28 +181,19 @@ delete_init_tokens() {
   log "deleted kubeadm's bootstrap token(s): ${names//$'\n'/ }"
 }
 
-# drop_bootstrap_autoapproval MODE: in pull mode, no auto-approval of node client certificates
-# for bootstrap tokens (see 4b above).
+# drop_bootstrap_autoapproval: no auto-approval of node client certificates for bootstrap
+# tokens, in either join mode (see 4b above; in metadata mode node-events decides those CSRs).
 # A systemd timer deletes it again every 5 minutes: `kubeadm upgrade apply` recreates it, and
 # the control plane may run long between boots.
 drop_bootstrap_autoapproval() {
   local unit="${ROOT}/etc/systemd/system/nodewire-no-autoapprove"
-  if [[ "$1" != "pull" ]]; then
-    log "metadata mode: kubeadm:node-autoapprove-bootstrap kept (its kubelets need it)"
-    if [[ -f "${unit}.timer" ]]; then
-      systemctl disable --now nodewire-no-autoapprove.timer || log "disabling the timer failed"
-      rm -f "${unit}.timer" "${unit}.service"
-      systemctl daemon-reload
-    fi
-    return 0
-  fi
   retry kc delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found
   log "kubeadm:node-autoapprove-bootstrap deleted: bootstrap tokens get no certificate approved"
   mkdir -p "${unit%/*}"
   cat >"${unit}.service" <<'UNIT'
-# Written by nodewire's control-plane startup script (pull mode): kubeadm's auto-approval of node
-# client certificates for bootstrap tokens approves them for any node name; kubeadm upgrade
-# recreates it.
+# Written by nodewire's control-plane startup script: kubeadm's auto-approval of node client
+# certificates for bootstrap tokens approves them for any node name; kubeadm upgrade recreates
+# it.
 [Unit]
 Description=nodewire: delete kubeadm:node-autoapprove-bootstrap
 ConditionPathExists=/etc/kubernetes/admin.conf
@@ -224,13 +218,20 @@ UNIT
   systemctl enable --now nodewire-no-autoapprove.timer
 }
 
-# apply_manifests: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata.
+# apply_manifests MODE: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata;
+# in metadata mode also the role that lets node-events decide bootstrap-token CSRs, which pull
+# mode deletes (a deployment switched to pull keeps no approval right it no longer uses).
 apply_manifests() {
   local key file dir="${ROOT}/etc/kubernetes/nodewire"
   mkdir -p "$dir"
-  for key in nodewire-k8s-rbac nodewire-k8s-policy nodewire-k8s-ip-masq; do
+  for key in nodewire-k8s-rbac nodewire-k8s-policy nodewire-k8s-ip-masq nodewire-k8s-rbac-metadata-mode; do
     file="${dir}/${key}.yaml"
     md_get_to "instance/attributes/${key}" "$file" || die "instance/attributes/${key} is missing"
+    if [[ "$key" == nodewire-k8s-rbac-metadata-mode && "$1" != metadata ]]; then
+      retry kc delete --ignore-not-found -f "$file"
+      log "deleted ${key} (join mode $1)"
+      continue
+    fi
     retry kc apply -f "$file"
     log "applied ${key}"
   done
@@ -365,9 +366,9 @@ main() {
     kubeadm_init "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" || die "kubeadm init failed"
     delete_init_tokens
   fi
-  drop_bootstrap_autoapproval "$join_mode"
+  drop_bootstrap_autoapproval
 
-  apply_manifests
+  apply_manifests "$join_mode"
   apply_ip_masq_config "$nomasq"
   publish_credentials "$token_secret" "$ca_secret" "$join_token_secret"
 

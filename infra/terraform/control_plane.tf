@@ -131,6 +131,8 @@ resource "google_compute_instance" "control_plane" {
       non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
     })
     nodewire-k8s-rbac = file("${path.module}/../k8s/nodewire-rbac.yaml")
+    # Applied in metadata mode (node-events decides bootstrap-token CSRs), deleted in pull mode.
+    nodewire-k8s-rbac-metadata-mode = file("${path.module}/../k8s/nodewire-rbac-metadata-mode.yaml")
     # The admission policies bind nodewire's writes to this project, the node VMs' name prefix
     # and the join token TTL: the same values the functions are configured with.
     nodewire-k8s-policy = templatefile("${path.module}/../k8s/nodewire-admission-policy.yaml", {

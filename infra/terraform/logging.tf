@@ -20,15 +20,16 @@ locals {
     "operation.last=true",
   ])
 
-  # Node events of the kube-apiserver audit log shipped by the control plane's Ops Agent;
-  # the jsonPayload.message term catches lines the agent could not parse as JSON.
+  # Node events of the kube-apiserver audit log shipped by the control plane's Ops Agent, and
+  # CSR creates (metadata mode: node-events decides kubelet CSRs made with bootstrap tokens);
+  # the jsonPayload.message terms catch lines the agent could not parse as JSON.
   k8s_audit_filter = join(" AND ", [
     "logName=\"projects/${var.project_id}/logs/${local.k8s_audit_log_id}\"",
     "resource.type=\"gce_instance\"",
     # Only the control plane's entries (any project log writer could write this log name; the
     # functions re-read everything they act on, so a forged entry costs only a read).
     "resource.labels.instance_id=\"${google_compute_instance.control_plane.instance_id}\"",
-    "(jsonPayload.objectRef.resource=\"nodes\" OR jsonPayload.message:\"\\\"resource\\\":\\\"nodes\\\"\")",
+    "(jsonPayload.objectRef.resource=\"nodes\" OR jsonPayload.objectRef.resource=\"certificatesigningrequests\" OR jsonPayload.message:\"\\\"resource\\\":\\\"nodes\\\"\" OR jsonPayload.message:\"\\\"resource\\\":\\\"certificatesigningrequests\\\"\")",
   ])
 }
 
@@ -44,7 +45,7 @@ resource "google_logging_project_sink" "gce_audit" {
 resource "google_logging_project_sink" "k8s_audit" {
   project                = var.project_id
   name                   = "nodewire-k8s-audit"
-  description            = "kube-apiserver audit entries about Nodes to nodewire."
+  description            = "kube-apiserver audit entries about Nodes and CSR creates to nodewire."
   destination            = "pubsub.googleapis.com/${google_pubsub_topic.topic[local.k8s_audit_topic].id}"
   filter                 = local.k8s_audit_filter
   unique_writer_identity = true

@@ -51,7 +51,9 @@ locals {
     NODEWIRE_MAX_RETRY_AGE_SECS   = "3600"
     NODEWIRE_PUSH_AUTH            = var.push_auth_mode
     NODEWIRE_K8S_AUDIT_LOG        = "projects/${var.project_id}/logs/${local.k8s_audit_log_id}"
-    LOG_FORMAT                    = "json"
+    # Also node-events': in metadata mode it decides the kubelets' bootstrap-token CSRs.
+    NODEWIRE_JOIN_MODE = var.join_mode
+    LOG_FORMAT         = "json"
   }
   env_kube = {
     NODEWIRE_KUBE_API_URL    = "https://${google_compute_address.control_plane.address}:6443"
@@ -67,7 +69,6 @@ locals {
     NODEWIRE_API_SERVER_ENDPOINT   = "${google_compute_address.control_plane.address}:6443"
     NODEWIRE_JOIN_API_VERSION      = "v1beta4"
     NODEWIRE_TOKEN_TTL_SECS        = "900"
-    NODEWIRE_JOIN_MODE             = var.join_mode
   }
   # The callers a service accepts: its push (or scheduler) identity; for join the node VMs'
   # identity tokens, whose signature it verifies itself (invoker IAM check disabled).

@@ -6,6 +6,7 @@
 //! Every value is written as a double-quoted YAML scalar produced by a JSON string encoder, so
 //! no value can break the document's structure.
 
+pub mod approve;
 pub mod csr;
 
 use base64::Engine as _;

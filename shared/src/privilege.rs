@@ -75,6 +75,36 @@ impl Grants {
     }
 }
 
+/// Metadata mode only (`infra/k8s/nodewire-rbac-metadata-mode.yaml`, which the control plane
+/// applies in that mode and deletes in pull mode): [`METADATA_MODE_FUNCTIONS`] decide the
+/// kubelets' CSRs made with nodewire's bootstrap tokens (they also list the tokens, which
+/// nodewire's account may in both modes).
+pub const METADATA_MODE_GRANTS: &[KubeGrant] = &[
+    KubeGrant {
+        namespace: None,
+        resource: "certificatesigningrequests",
+        name: None,
+        verbs: &["list"],
+    },
+    KubeGrant {
+        namespace: None,
+        resource: "certificatesigningrequests/approval",
+        name: None,
+        verbs: &["patch"],
+    },
+    KubeGrant {
+        namespace: None,
+        resource: "signers",
+        name: Some(KUBELET_CLIENT_SIGNER),
+        verbs: &["approve"],
+    },
+    TOKENS_LIST,
+];
+
+/// The functions that use [`METADATA_MODE_GRANTS`]: `node-events` on a CSR's audit entry, the
+/// sweep for CSRs whose entry was lost.
+pub const METADATA_MODE_FUNCTIONS: &[&str] = &["node-events", "drift-sweep"];
+
 /// The kubelet client signer, the only one the join service may approve for.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 

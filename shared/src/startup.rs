@@ -100,7 +100,9 @@ pub async fn router(binary: &str) -> Result<Deps, SetupError> {
 ///
 /// # Errors
 /// [`SetupError`] when a client cannot be built.
-pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), SetupError> {
+pub async fn node_router(
+    binary: &str,
+) -> Result<(Deps, Arc<dyn Locator>, Option<crate::act::k8s::Kube>), SetupError> {
     let (config, _) = service_config_or_exit(binary, ServiceKind::NodeRouter);
     crate::telemetry::init(&config);
     let base = Deps::connect(config).await?;
@@ -109,11 +111,16 @@ pub async fn node_router(binary: &str) -> Result<(Deps, Arc<dyn Locator>), Setup
         Some(k) => Some(Deps::kube(k).await?),
         None => None,
     };
+    // Metadata mode: the same client decides the kubelets' bootstrap CSRs; it must exist.
+    let csrs = match base.config.join_mode {
+        crate::config::JoinMode::Metadata => Some(kube.clone().ok_or(SetupError::NoKube)?),
+        crate::config::JoinMode::Pull => None,
+    };
     let locator: Arc<dyn Locator> = Arc::new(ClusterLocator {
         kube,
         compute: Some(compute),
     });
-    Ok((base, locator))
+    Ok((base, locator, csrs))
 }
 
 /// A step function or the drift sweep: everything.

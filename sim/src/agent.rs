@@ -43,9 +43,12 @@ pub const KUBELET_RESTART_KEY: &str = nodewire::join::KUBELET_RESTART_METADATA_K
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long the simulated kubeadm waits for the kubelet's certificate. kubeadm waits up to its
-/// TLS-bootstrap timeout (5 minutes); the simulator's signer signs within milliseconds of an
-/// approval, so a CSR still unsigned after this long was not approved and will not be.
-const TLS_BOOTSTRAP_WAIT: Duration = Duration::from_secs(20);
+/// TLS-bootstrap timeout (5 minutes). In metadata mode the approval comes from node-events,
+/// after the CSR's audit entry reached it (5 s at the realistic pace, plus a push); the
+/// simulator's signer signs within milliseconds of an approval, so a CSR still unsigned after
+/// a minute was not approved and will not be (shorter than kubeadm's, so that a test of a
+/// refusal does not wait five minutes).
+const TLS_BOOTSTRAP_WAIT: Duration = Duration::from_secs(60);
 
 /// node.sh's `NODEWIRE_JOIN_CONFLICT_ATTEMPTS` default: 409s from `/v1/join` before giving up.
 const JOIN_CONFLICT_ATTEMPTS: u32 = 5;

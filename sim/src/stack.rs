@@ -481,26 +481,26 @@ impl Stack {
             }),
             audit_project: p.clone(),
             audit_zone: format!("{}-a", opts.region),
-            rbac_manifests: opts
-                .rbac_manifests
-                .clone()
-                .unwrap_or_else(|| vec![crate::k8s::rbac::NODEWIRE_RBAC.to_string()]),
+            rbac_manifests: opts.rbac_manifests.clone().unwrap_or_else(|| {
+                // As control-plane.sh applies them: the metadata-mode role in that mode only.
+                let mut m = vec![crate::k8s::rbac::NODEWIRE_RBAC.to_string()];
+                if opts.join_mode == JoinMode::Metadata {
+                    m.push(crate::k8s::rbac::NODEWIRE_RBAC_METADATA_MODE.to_string());
+                }
+                m
+            }),
             admission_manifests: vec![crate::k8s::admission::nodewire_admission(
                 &opts.project,
                 opts.name_prefix.as_deref().unwrap_or_default(),
                 // NODEWIRE_TOKEN_TTL_SECS's default: the stack leaves it unset.
                 900,
             )],
-            // control-plane.sh deletes kubeadm's auto-approval for bootstrap tokens in pull
-            // mode only: metadata mode's kubelets still need it (issue 20, item 2 is open).
-            deleted_cluster_role_bindings: if opts.join_mode == JoinMode::Pull {
-                crate::k8s::CONTROL_PLANE_DELETES
-                    .iter()
-                    .map(|s| (*s).to_string())
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            // control-plane.sh deletes kubeadm's auto-approval for bootstrap tokens in both
+            // modes (in metadata mode node-events decides those CSRs).
+            deleted_cluster_role_bindings: crate::k8s::CONTROL_PLANE_DELETES
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -670,9 +670,12 @@ impl Stack {
             kube: Some(d.kube.clone()),
             compute: Some(d.compute.clone()),
         });
+        // Metadata mode: node-events decides the kubelets' bootstrap CSRs, as in production.
+        let csrs = (opts.join_mode == JoinMode::Metadata).then(|| d.kube.clone());
         servers.push((
             "node-events".to_string(),
-            FnServer::start_with_deps(d.base.clone(), node_events::handler(d.base, locator)).await,
+            FnServer::start_with_deps(d.base.clone(), node_events::handler(d.base, locator, csrs))
+                .await,
         ));
         for step in Step::ALL {
             let d = deps_for(step.as_str()).await?;

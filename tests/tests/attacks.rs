@@ -481,3 +481,209 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
     .await;
     assert_eq!(code, 401);
 }
+
+/// Posts a kubelet CSR as `bearer` and reads it back until `done` holds for it or `within`
+/// passes; returns the HTTP status of the create and the last object read.
+async fn post_csr_until(
+    endpoint: &str,
+    bearer: &str,
+    request: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let (code, mut last) = post_csr(endpoint, bearer, request).await;
+    if code != 201 {
+        return (code, last);
+    }
+    let name = last["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let url = format!("{endpoint}/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}");
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(&last) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .unwrap_or_default();
+    }
+    (code, last)
+}
+
+/// Issue 20, item 2: metadata mode with the deployment's own configuration (kubeadm's
+/// auto-approval for bootstrap tokens deleted, the metadata-mode role applied, CSR creates
+/// audited and routed to `node-events`). A bootstrap token nodewire minted for VM `k8s-a`
+/// asks for `k8s-b`'s Node: the CSR is denied by nodewire and never signed. The same token
+/// asking for its own VM's Node is approved and signed (the path its kubelet takes). On the
+/// code before this change (5160215: metadata mode kept kubeadm's auto-approval) the first
+/// CSR was auto-approved and signed, and this test failed.
+#[tokio::test]
+async fn in_metadata_mode_a_token_for_one_vm_never_gets_another_nodes_certificate() {
+    use integration_tests::simfix::{fast_kube_policy, kube_client};
+    let w = World::start(WorldOptions {
+        metadata_mode: true,
+        ..WorldOptions::default()
+    })
+    .await;
+    let k = kube_client(&w.k8s, fast_kube_policy()).await;
+    let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
+    let token = k
+        .create_bootstrap_token(
+            &a,
+            Some("4242"),
+            Duration::from_secs(900),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await
+        .expect("a join token for k8s-a");
+    let endpoint = w.k8s.endpoint();
+    let token_text = token.expose();
+    let decided = |c: &serde_json::Value| {
+        c["status"]["conditions"].is_array() || c["status"]["certificate"].is_string()
+    };
+
+    let (code, theirs) = post_csr_until(
+        &endpoint,
+        &token_text,
+        &kubelet_csr("k8s-b", "system:nodes"),
+        Duration::from_secs(30),
+        decided,
+    )
+    .await;
+    assert_eq!(code, 201, "{theirs}");
+    assert_eq!(
+        theirs["status"]["conditions"][0]["type"], "Denied",
+        "the CSR for another Node was not denied: {theirs}"
+    );
+    assert_eq!(
+        theirs["status"]["conditions"][0]["reason"], "NodewireOtherNode",
+        "{theirs}"
+    );
+    let (_, own) = post_csr_until(
+        &endpoint,
+        &token_text,
+        &kubelet_csr("k8s-a", "system:nodes"),
+        Duration::from_secs(30),
+        |c| {
+            c["status"]["certificate"].is_string()
+                || c["status"]["conditions"][0]["type"] == "Denied"
+        },
+    )
+    .await;
+    assert_eq!(
+        integration_tests::issued_cn(&own).as_deref(),
+        Some("system:node:k8s-a"),
+        "the token's own VM gets its certificate: {own}"
+    );
+    assert_eq!(
+        own["status"]["conditions"][0]["reason"], "NodewireBootstrapTokenInstance",
+        "{own}"
+    );
+    // Later passes (the own CSR's audit entry) leave the denial as it was: never signed.
+    let name = theirs["metadata"]["name"].as_str().unwrap_or_default();
+    let again = w
+        .k8s
+        .object("certificatesigningrequests", "", name)
+        .expect("the CSR");
+    assert!(
+        integration_tests::issued_cn(&again).is_none(),
+        "a certificate for k8s-b was signed: {again}"
+    );
+    w.stop().await;
+}
+
+/// Metadata mode, the sweep's pass (`node_events::decide_bootstrap_csrs`, which the drift sweep
+/// runs for CSRs whose audit entry never reached `node-events`), as nodewire's own account
+/// under the shipped RBAC plus the metadata-mode role: with kubeadm's auto-approval deleted,
+/// nothing decides a bootstrap token's CSRs until the pass; then the token's own VM is approved
+/// and signed, another Node denied; a second pass finds nothing left to decide. Without the
+/// metadata-mode role the pass is refused (pull mode gives nodewire no approval rights).
+#[tokio::test]
+async fn the_sweeps_pass_decides_bootstrap_csrs_whose_audit_entry_was_lost() {
+    use integration_tests::simfix::{fast_kube_policy, k8s_sim, kube_client};
+    use nodewire::handlers::node_events::decide_bootstrap_csrs;
+    let sim = k8s_sim(sim::k8s::K8sConfig {
+        rbac_manifests: vec![
+            sim::k8s::rbac::NODEWIRE_RBAC.to_string(),
+            sim::k8s::rbac::NODEWIRE_RBAC_METADATA_MODE.to_string(),
+        ],
+        ..sim::k8s::K8sConfig::default()
+    })
+    .await;
+    let k = kube_client(&sim, fast_kube_policy()).await;
+    let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
+    let token = k
+        .create_bootstrap_token(
+            &a,
+            Some("4242"),
+            Duration::from_secs(900),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await
+        .expect("a join token for k8s-a");
+    let endpoint = sim.endpoint();
+    let bearer = token.expose();
+    let (_, own) = post_csr(&endpoint, &bearer, &kubelet_csr("k8s-a", "system:nodes")).await;
+    let (_, theirs) = post_csr(&endpoint, &bearer, &kubelet_csr("k8s-b", "system:nodes")).await;
+    for c in [&own, &theirs] {
+        assert!(
+            c["status"]["conditions"].is_null(),
+            "decided by something else: {c}"
+        );
+    }
+    assert_eq!(decide_bootstrap_csrs(&k).await.expect("the pass"), 2);
+    let read = |c: &serde_json::Value| {
+        sim.object(
+            "certificatesigningrequests",
+            "",
+            c["metadata"]["name"].as_str().unwrap_or_default(),
+        )
+        .expect("the CSR")
+    };
+    let (own, theirs) = (read(&own), read(&theirs));
+    assert_eq!(
+        integration_tests::issued_cn(&own).as_deref(),
+        Some("system:node:k8s-a"),
+        "{own}"
+    );
+    assert_eq!(
+        theirs["status"]["conditions"][0]["type"], "Denied",
+        "{theirs}"
+    );
+    assert!(integration_tests::issued_cn(&theirs).is_none(), "{theirs}");
+    assert_eq!(decide_bootstrap_csrs(&k).await.expect("the pass"), 0);
+
+    // Pull mode's RBAC: the same pass is refused, nothing is decided.
+    let pull = k8s_sim(sim::k8s::K8sConfig::default()).await;
+    let k = kube_client(&pull, fast_kube_policy()).await;
+    let token = k
+        .create_bootstrap_token(
+            &a,
+            Some("4242"),
+            Duration::from_secs(900),
+            "system:bootstrappers:kubeadm:default-node-token",
+        )
+        .await
+        .expect("a token");
+    let (_, left) = post_csr(
+        &pull.endpoint(),
+        &token.expose(),
+        &kubelet_csr("k8s-a", "system:nodes"),
+    )
+    .await;
+    assert!(decide_bootstrap_csrs(&k).await.is_err());
+    let left = pull
+        .object(
+            "certificatesigningrequests",
+            "",
+            left["metadata"]["name"].as_str().unwrap_or_default(),
+        )
+        .expect("the CSR");
+    assert!(left["status"]["conditions"].is_null(), "{left}");
+}

@@ -752,7 +752,13 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
             .and_then(|s| s.str_at("filter").map(str::to_string))
     };
     match filter_of(&short(&any_config.pubsub.k8s_audit_topic)) {
-        Some(f) if f.contains(&format!("logName=\"{}\"", any_config.k8s_audit_log)) => {}
+        Some(f) if f.contains(&format!("logName=\"{}\"", any_config.k8s_audit_log)) => {
+            // Metadata mode: node-events decides kubelet CSRs when their create reaches it;
+            // the audit policy logs them and the sink must route them.
+            if !f.contains("jsonPayload.objectRef.resource=\"certificatesigningrequests\"") {
+                out.push("the Kubernetes audit sink does not select CSR creates".into());
+            }
+        }
         other => out.push(format!(
             "the Kubernetes audit sink does not select logName {:?}: {other:?}",
             any_config.k8s_audit_log
@@ -816,6 +822,9 @@ fn check(repo: &Path, infra: &Path, out: &mut Vec<String>) -> Result<(), String>
     let rbac =
         std::fs::read_to_string(infra.join("k8s/nodewire-rbac.yaml")).map_err(|e| e.to_string())?;
     out.extend(rbac_violations(&rbac));
+    let metadata_mode = std::fs::read_to_string(infra.join("k8s/nodewire-rbac-metadata-mode.yaml"))
+        .map_err(|e| e.to_string())?;
+    out.extend(metadata_mode_rbac_violations(&rbac, &metadata_mode));
     Ok(())
 }
 
@@ -879,6 +888,39 @@ fn rbac_violations(rbac: &str) -> Vec<String> {
             .flat_map(Grants::all_kube)
             .collect();
         out.extend(rbac_violations_of(&policy, &who, account, &grants));
+    }
+    out
+}
+
+/// Metadata mode: both manifests give nodewire's account its rows plus exactly
+/// [`privilege::METADATA_MODE_GRANTS`], and the join service's account nothing more.
+fn metadata_mode_rbac_violations(rbac: &str, metadata_mode: &str) -> Vec<String> {
+    let policy = match sim::k8s::rbac::Policy::load(&[rbac, metadata_mode]) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("RBAC (metadata mode): {e}")],
+    };
+    if privilege::METADATA_MODE_FUNCTIONS
+        .iter()
+        .any(|f| privilege::of(f).is_none_or(|g| g.service_account() != privilege::SERVICE_ACCOUNT))
+    {
+        return vec!["a metadata-mode function does not run as nodewire's account".into()];
+    }
+    let mut out = vec![];
+    for account in [privilege::SERVICE_ACCOUNT, privilege::JOIN_SERVICE_ACCOUNT] {
+        let who = sim::k8s::rbac::Identity::service_account("kube-system", account);
+        let mut grants: Vec<privilege::KubeGrant> = privilege::TABLE
+            .iter()
+            .filter(|g: &&Grants| g.service_account() == account)
+            .flat_map(Grants::all_kube)
+            .collect();
+        if account == privilege::SERVICE_ACCOUNT {
+            grants.extend_from_slice(privilege::METADATA_MODE_GRANTS);
+        }
+        out.extend(
+            rbac_violations_of(&policy, &who, account, &grants)
+                .into_iter()
+                .map(|v| format!("metadata mode: {v}")),
+        );
     }
     out
 }
@@ -1165,5 +1207,23 @@ fn mutations_are_caught() {
             "verbs: [\"create\", \"list\", \"delete\", \"get\"]",
         ),
         "RBAC (nodewire): get secrets (namespace \"kube-system\", name \"some-object\") is allowed",
+    );
+    // The metadata-mode role may create CSRs (it only decides them).
+    expect(
+        &mutated(
+            "k8s/nodewire-rbac-metadata-mode.yaml",
+            "    verbs: [\"list\"]",
+            "    verbs: [\"list\", \"create\"]",
+        ),
+        "metadata mode: RBAC (nodewire): create certificatesigningrequests (namespace \"\", name \"\") is allowed",
+    );
+    // The sink no longer routes CSR creates to node-events.
+    expect(
+        &mutated(
+            "terraform/logging.tf",
+            " OR jsonPayload.objectRef.resource=\\\"certificatesigningrequests\\\"",
+            "",
+        ),
+        "the Kubernetes audit sink does not select CSR creates",
     );
 }

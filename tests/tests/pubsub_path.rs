@@ -123,6 +123,7 @@ async fn node_events_routes_registrations_on_the_emulator() {
         node_events::handler(
             d,
             std::sync::Arc::new(nodewire::testing::TableLocator::new([vm])),
+            None,
         )
     })
     .await;

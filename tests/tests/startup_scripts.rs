@@ -1095,6 +1095,10 @@ fn control_plane_sandbox(name: &str, config: &str) -> Sandbox {
             "infra/k8s/nodewire-admission-policy.yaml",
         ),
         ("nodewire-k8s-ip-masq", "infra/k8s/ip-masq-agent.yaml"),
+        (
+            "nodewire-k8s-rbac-metadata-mode",
+            "infra/k8s/nodewire-rbac-metadata-mode.yaml",
+        ),
         ("nodewire-audit-policy", "infra/k8s/node/audit-policy.yaml"),
     ] {
         sb.md
@@ -1109,32 +1113,42 @@ fn control_plane_sandbox(name: &str, config: &str) -> Sandbox {
     sb
 }
 
-/// Metadata mode's kubelets still get their certificates approved by kubeadm's binding
-/// (issue 20, item 2 is open), so the script keeps it there and says so; a join mode it does
-/// not know stops it before kubeadm runs.
+/// Issue 20, item 2: metadata mode's kubelets no longer need kubeadm's auto-approval (node-events
+/// decides their CSRs), so the script deletes it in that mode too, keeps the timer that deletes
+/// it again, and applies the role that lets node-events decide them; a join mode it does not
+/// know stops it before kubeadm runs.
 #[test]
-fn control_plane_script_keeps_the_autoapproval_in_metadata_mode_only() {
+fn control_plane_script_drops_the_autoapproval_in_metadata_mode_too() {
     let sb = control_plane_sandbox(
         "cp-md",
         &cluster_config().replace("\"join_mode\": \"pull\"", "\"join_mode\": \"metadata\""),
     );
-    let output = sb.run_ok("infra/startup/control-plane.sh");
+    sb.run_ok("infra/startup/control-plane.sh");
     let calls = sb.calls();
     assert!(
         calls.iter().any(|c| c.starts_with("kubeadm init ")),
         "{calls:#?}"
     );
     assert!(
-        !calls.iter().any(|c| c.contains("clusterrolebinding")),
+        calls.iter().any(|c| c.ends_with(
+            "delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found"
+        )),
         "{calls:#?}"
     );
     assert!(
-        output.contains("kubeadm:node-autoapprove-bootstrap kept"),
-        "{output}"
+        sb.file("/etc/systemd/system/nodewire-no-autoapprove.timer")
+            .exists()
+    );
+    let approver = read(repo().join("infra/k8s/nodewire-rbac-metadata-mode.yaml"));
+    assert!(
+        sb.stub_files("applied.").contains(&approver),
+        "the metadata-mode role is applied: {calls:#?}"
     );
     assert!(
-        !sb.file("/etc/systemd/system/nodewire-no-autoapprove.timer")
-            .exists()
+        !calls
+            .iter()
+            .any(|c| c.contains("delete --ignore-not-found -f")),
+        "{calls:#?}"
     );
 
     let sb = control_plane_sandbox(
@@ -1168,6 +1182,11 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
             read(repo().join("infra/k8s/ip-masq-agent.yaml")),
         ),
     ];
+    // Terraform writes the metadata-mode role in both modes; pull mode deletes it.
+    sb.md.set(
+        "instance/attributes/nodewire-k8s-rbac-metadata-mode",
+        &read(repo().join("infra/k8s/nodewire-rbac-metadata-mode.yaml")),
+    );
     let audit_policy = read(repo().join("infra/k8s/node/audit-policy.yaml"));
     sb.md.set(
         "instance/attributes/nodewire-cluster-config",
@@ -1281,6 +1300,14 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
         "{calls:#?}"
     );
 
+    // Pull mode: the metadata-mode role is deleted, not applied.
+    assert!(
+        calls.iter().any(|c| c.starts_with(&format!(
+            "kubectl --kubeconfig {admin} delete --ignore-not-found -f "
+        )) && c
+            .ends_with("/etc/kubernetes/nodewire/nodewire-k8s-rbac-metadata-mode.yaml")),
+        "{calls:#?}"
+    );
     // The three manifests, in order, then ip-masq-agent's ranges, then the two token Secrets.
     let applied = sb.stub_files("applied.");
     assert_eq!(applied.len(), 6, "{calls:#?}");

@@ -7,7 +7,8 @@ use nodewire::{adapter, handlers::node_events, startup};
 async fn main() -> anyhow::Result<()> {
     // Every Node's VM is located through the cluster and the VM list (a providerID in an
     // event is only checked against it).
-    let (deps, locator) = startup::node_router("node-events").await?;
-    adapter::serve(deps.clone(), node_events::handler(deps, locator)).await?;
+    // In metadata mode the Kubernetes client also decides the kubelets' bootstrap CSRs.
+    let (deps, locator, csrs) = startup::node_router("node-events").await?;
+    adapter::serve(deps.clone(), node_events::handler(deps, locator, csrs)).await?;
     Ok(())
 }

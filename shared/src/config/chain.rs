@@ -29,6 +29,21 @@ pub enum JoinMode {
 }
 
 impl JoinMode {
+    /// `NODEWIRE_JOIN_MODE`, `pull` when unset.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for any other value.
+    pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
+        match src.get("NODEWIRE_JOIN_MODE").as_deref() {
+            None | Some("pull") => Ok(JoinMode::Pull),
+            Some("metadata") => Ok(JoinMode::Metadata),
+            Some(other) => Err(err(
+                "NODEWIRE_JOIN_MODE",
+                format!("{:?}: pull or metadata", echo(other)),
+            )),
+        }
+    }
+
     /// The variable's value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -135,16 +150,7 @@ impl ChainConfig {
                 ));
             }
         };
-        let join_mode = match src.get("NODEWIRE_JOIN_MODE").as_deref() {
-            None | Some("pull") => JoinMode::Pull,
-            Some("metadata") => JoinMode::Metadata,
-            Some(other) => {
-                return Err(err(
-                    "NODEWIRE_JOIN_MODE",
-                    format!("{:?}: pull or metadata", echo(other)),
-                ));
-            }
-        };
+        let join_mode = JoinMode::from_source(src)?;
         let api_server_endpoint = src.get("NODEWIRE_API_SERVER_ENDPOINT");
         if let Some(e) = &api_server_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(h, p)| {

@@ -278,6 +278,9 @@ pub struct Config {
     /// `logName` the control plane's Ops Agent writes the kube-apiserver audit file to; entries
     /// of any other log are not acted on by `node-events`.
     pub k8s_audit_log: String,
+    /// `NODEWIRE_JOIN_MODE`: also `node-events`' (in metadata mode it decides the kubelets'
+    /// CSRs made with nodewire's bootstrap tokens).
+    pub join_mode: JoinMode,
 }
 
 fn parse_var<T: FromStr>(src: &impl Source, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -532,6 +535,7 @@ impl Config {
             ));
         }
         Ok(Self {
+            join_mode: JoinMode::from_source(src)?,
             push_auth: PushAuthSettings::from_source(src)?,
             k8s_audit_log,
             compute_endpoint,

@@ -34,6 +34,14 @@ pub enum NodeEvent {
     CidrAssigned(NodeChange),
     /// The Node object was deleted.
     Deleted(NodeChange),
+    /// A CertificateSigningRequest was created with a bootstrap token (the kubelet's TLS
+    /// bootstrap in metadata mode): `node-events` decides the pending ones (issue 20, item 2).
+    /// Only a trigger: the CSRs are re-read, never taken from the entry.
+    BootstrapCsr {
+        /// The bootstrap token's id (`system:bootstrap:ID`).
+        token_id: String,
+        audit_id: Option<String>,
+    },
     /// Not something nodewire acts on; the reason says why.
     Ignored(String),
 }
@@ -240,6 +248,18 @@ fn from_audit_value(value: &Value) -> Result<NodeEvent, DecodeError> {
     }
     let oref = ev.object_ref.unwrap_or_default();
     let resource = oref.resource.as_deref().unwrap_or("");
+    if resource == "certificatesigningrequests"
+        && oref.api_group.as_deref() == Some("certificates.k8s.io")
+    {
+        return Ok(bootstrap_csr(
+            ev.stage.as_deref(),
+            ev.verb.as_deref(),
+            ev.response_status.and_then(|s| s.code),
+            oref.subresource.as_deref(),
+            ev.user.and_then(|u| u.username).as_deref(),
+            ev.audit_id,
+        ));
+    }
     if resource != "nodes" || oref.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
         return Ok(NodeEvent::Ignored(format!(
             "audit event on resource {:?}, not core nodes",
@@ -276,6 +296,54 @@ fn from_audit_value(value: &Value) -> Result<NodeEvent, DecodeError> {
         ev.audit_id,
         ev.user.and_then(|u| u.username).as_deref(),
     )
+}
+
+/// A CSR created by a bootstrap token (`system:bootstrap:` followed by the token id, six
+/// lowercase letters or digits: k8s.io/cluster-bootstrap/token/api), completed and
+/// successful; anything else about CSRs is ignored with the reason.
+fn bootstrap_csr(
+    stage: Option<&str>,
+    verb: Option<&str>,
+    code: Option<i64>,
+    subresource: Option<&str>,
+    user: Option<&str>,
+    audit_id: Option<String>,
+) -> NodeEvent {
+    if stage != Some("ResponseComplete") {
+        return NodeEvent::Ignored(format!(
+            "CSR event at stage {:?}, not ResponseComplete",
+            stage.map(echo)
+        ));
+    }
+    if verb != Some("create") || subresource.is_some_and(|s| !s.is_empty()) {
+        return NodeEvent::Ignored(format!(
+            "CSR event {:?} is not a create of the main resource",
+            verb.map(echo)
+        ));
+    }
+    if !code.is_some_and(|c| (200..300).contains(&c)) {
+        return NodeEvent::Ignored(format!(
+            "CSR create did not succeed (response code {code:?})"
+        ));
+    }
+    let token_id = user.and_then(|u| u.strip_prefix("system:bootstrap:"));
+    match token_id {
+        Some(id)
+            if id.len() == 6
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            NodeEvent::BootstrapCsr {
+                token_id: id.to_string(),
+                audit_id,
+            }
+        }
+        _ => NodeEvent::Ignored(format!(
+            "CSR created by {:?}, not by a bootstrap token",
+            user.map(echo)
+        )),
+    }
 }
 
 fn from_gke_entry(entry: &LogEntry) -> Result<NodeEvent, DecodeError> {
@@ -471,6 +539,49 @@ mod tests {
         ));
         e["requestObject"]["spec"]["providerID"] = json!("gce://example-project/../../x");
         assert!(decode(&e).is_err());
+    }
+
+    /// Metadata mode: a CSR created by a bootstrap token is a trigger (the kubelet's TLS
+    /// bootstrap, at the Metadata level nodewire's audit policy gives CSR creates); other
+    /// CSR events are not.
+    #[test]
+    fn bootstrap_token_csr_creates() {
+        let csr = |user: &str, verb: &str, code: i64, stage: &str| {
+            json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                "auditID": "a-1", "stage": stage, "verb": verb,
+                "requestURI": "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                "user": {"username": user, "groups": ["system:bootstrappers"]},
+                "objectRef": {"resource": "certificatesigningrequests",
+                    "apiGroup": "certificates.k8s.io", "apiVersion": "v1"},
+                "responseStatus": {"metadata": {}, "code": code}})
+        };
+        assert_eq!(
+            one(&csr(
+                "system:bootstrap:abc123",
+                "create",
+                201,
+                "ResponseComplete"
+            )),
+            NodeEvent::BootstrapCsr {
+                token_id: "abc123".into(),
+                audit_id: Some("a-1".into())
+            }
+        );
+        for (user, verb, code, stage) in [
+            // A Node renewing its own certificate: kube-controller-manager's selfnodeclient.
+            ("system:node:k8s-a", "create", 201, "ResponseComplete"),
+            ("system:bootstrap:ABC123", "create", 201, "ResponseComplete"),
+            ("system:bootstrap:abc123", "create", 403, "ResponseComplete"),
+            ("system:bootstrap:abc123", "create", 201, "ResponseStarted"),
+            ("system:bootstrap:abc123", "get", 200, "ResponseComplete"),
+        ] {
+            let ev = one(&csr(user, verb, code, stage));
+            assert!(matches!(ev, NodeEvent::Ignored(_)), "{user} {verb}: {ev:?}");
+        }
+        // CSRs of another group are not certificates.k8s.io's.
+        let mut other = csr("system:bootstrap:abc123", "create", 201, "ResponseComplete");
+        other["objectRef"]["apiGroup"] = json!("example.com");
+        assert!(matches!(one(&other), NodeEvent::Ignored(_)));
     }
 
     #[test]

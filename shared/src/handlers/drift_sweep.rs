@@ -50,6 +50,16 @@ pub async fn handle(
         duration_ms = report.duration_ms,
         "drift sweep done"
     );
+    // Metadata mode: CSRs whose audit entry never reached node-events are decided here (the
+    // kubelet is still waiting for them, up to kubeadm's TLS-bootstrap timeout). A failure
+    // is logged, not the sweep's: node-events decides them on the next CSR's entry.
+    if deps.chain.join_mode == crate::config::JoinMode::Metadata && !report.dry_run {
+        match super::node_events::decide_bootstrap_csrs(&deps.kube).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(decided = n, "the sweep decided pending bootstrap CSRs"),
+            Err(e) => tracing::warn!(error = %e, "deciding pending bootstrap CSRs failed"),
+        }
+    }
     let body = serde_json::to_value(&report).map_err(DriftSweepError::Report)?;
     Ok(Outcome::Report(body))
 }

@@ -40,6 +40,9 @@ pub enum RouteError {
     /// Some events of a multi-event delivery were malformed; the others were routed.
     #[error("{count} audit event(s) of the delivery were refused: {detail}")]
     Refused { count: usize, detail: String },
+    /// Deciding the pending kubelet CSRs (metadata mode) failed.
+    #[error("deciding the kubelets' bootstrap CSRs failed")]
+    Csr(#[source] crate::act::k8s::KubeError),
 }
 
 impl Classify for RouteError {
@@ -48,6 +51,7 @@ impl Classify for RouteError {
             RouteError::Publish { source, .. } => source.is_retryable(),
             RouteError::Locate { source, .. } => source.is_retryable(),
             RouteError::Refused { .. } => false,
+            RouteError::Csr(e) => crate::adapter::Classify::is_retryable(e),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Function `node-events`: Kubernetes audit events about Nodes → `assign-alias` (registered,
 //! podCIDR set) or `release-alias` (deleted). One delivery may carry many events (audit
 //! webhook `EventList`); each is routed on its own.
+//!
+//! In metadata mode, a CSR created with a bootstrap token (the kubelet's TLS bootstrap) makes
+//! it decide every pending kubelet-client CSR made with one: approved only when it names the
+//! VM its token was minted for (`join::approve`; issue 20, item 2).
 
 use std::sync::Arc;
 
@@ -9,14 +13,34 @@ use crate::adapter::{Handler, Outcome, PushEvent};
 use crate::event::{Cause, CauseSource, NodeChange, NodeEvent, NodeEvents, Step, StepMessage};
 
 use super::RouteError;
+use crate::act::k8s::{CsrDecision, Kube};
+use crate::config::JoinMode;
+use crate::join::approve::{self, Verdict};
 use crate::locate::Locator;
 
-/// The adapter handler of `node-events` over `deps`, locating VMs with `locator`.
-pub fn handler(deps: Deps, locator: Arc<dyn Locator>) -> impl Handler<NodeEvents> {
+/// The adapter handler of `node-events` over `deps`, locating VMs with `locator`; `csrs` is
+/// the Kubernetes client that decides bootstrap CSRs (metadata mode; `None` otherwise).
+pub fn handler(
+    deps: Deps,
+    locator: Arc<dyn Locator>,
+    csrs: Option<Kube>,
+) -> impl Handler<NodeEvents> {
     move |event| {
-        let (deps, locator) = (deps.clone(), locator.clone());
-        async move { handle(event, &deps, locator.as_ref()).await }
+        let (deps, locator, csrs) = (deps.clone(), locator.clone(), csrs.clone());
+        async move { handle_with(event, &deps, locator.as_ref(), csrs.as_ref()).await }
     }
+}
+
+/// [`handle_with`] without a CSR decider.
+///
+/// # Errors
+/// As [`handle_with`].
+pub async fn handle(
+    event: PushEvent<NodeEvents>,
+    deps: &Deps,
+    locator: &dyn Locator,
+) -> Result<Outcome, RouteError> {
+    handle_with(event, deps, locator, None).await
 }
 
 /// # Idempotency
@@ -24,12 +48,14 @@ pub fn handler(deps: Deps, locator: Arc<dyn Locator>) -> impl Handler<NodeEvents
 ///
 /// # Errors
 /// [`RouteError::Publish`] (retryable); [`RouteError::Locate`] when the VM behind a Node cannot
-/// be determined; [`RouteError::Refused`] (permanent) when some events of the delivery were
-/// malformed — after the valid ones were routed.
-pub async fn handle(
+/// be determined; [`RouteError::Csr`] when the CSRs could not be decided; [`RouteError::Refused`]
+/// (permanent) when some events of the delivery were malformed — after the valid ones were
+/// routed.
+pub async fn handle_with(
     event: PushEvent<NodeEvents>,
     deps: &Deps,
     locator: &dyn Locator,
+    csrs: Option<&Kube>,
 ) -> Result<Outcome, RouteError> {
     let NodeEvents {
         events,
@@ -51,10 +77,15 @@ pub async fn handle(
     // One step per Node and kind per delivery: a step re-reads everything, so a second one
     // for the same Node adds nothing but load (an entry may carry many events of one Node).
     let mut seen: std::collections::BTreeSet<(String, Step)> = std::collections::BTreeSet::new();
+    let mut csr_tokens: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for ev in events {
         let (change, step) = match ev {
             NodeEvent::Ignored(why) => {
                 ignored.push(why);
+                continue;
+            }
+            NodeEvent::BootstrapCsr { token_id, .. } => {
+                csr_tokens.insert(token_id);
                 continue;
             }
             NodeEvent::Registered(c) | NodeEvent::CidrAssigned(c) => (c, Step::AssignAlias),
@@ -66,6 +97,30 @@ pub async fn handle(
         match route(change, step, &event.meta, deps, locator).await? {
             Some(why) => ignored.push(why),
             None => routed += 1,
+        }
+    }
+    if !csr_tokens.is_empty() {
+        // One pass per delivery, whatever the number of CSR events: it reads every pending one.
+        match (deps.config.join_mode, csrs) {
+            (JoinMode::Metadata, Some(kube)) => {
+                decide_bootstrap_csrs(kube).await.map_err(RouteError::Csr)?;
+                routed += 1;
+            }
+            (JoinMode::Metadata, None) => {
+                return Err(RouteError::Csr(crate::act::k8s::KubeError::Invalid {
+                    call: "certificatesigningrequests.list",
+                    message: "metadata mode, but node-events has no Kubernetes connection".into(),
+                }));
+            }
+            (JoinMode::Pull, _) => {
+                // Pull mode mints no bootstrap token; such a CSR is someone else's token (an
+                // operator's `kubeadm token create`): nothing approves it, which is the point.
+                let ids = csr_tokens.into_iter().collect::<Vec<_>>().join(", ");
+                tracing::warn!(tokens = %ids, "a kubelet CSR was made with a bootstrap token in pull mode: nodewire leaves it pending");
+                ignored.push(format!(
+                    "CSR made with bootstrap token(s) {ids}: pull mode decides none"
+                ));
+            }
         }
     }
     if !rejected.is_empty() {
@@ -90,6 +145,62 @@ pub async fn handle(
         tracing::debug!(reason = %why, "audit event ignored");
     }
     Ok(Outcome::Done)
+}
+
+/// Decides every pending kubelet-client CSR made with a bootstrap token (metadata mode):
+/// approved when it names the VM nodewire minted its token for, denied when it names another
+/// or is not a kubelet's request, left pending when the token is not nodewire's. Returns how
+/// many were decided.
+///
+/// # Errors
+/// [`KubeError`](crate::act::k8s::KubeError) of a read or a write; the pass is redone on
+/// redelivery (a decided CSR is no longer pending).
+pub async fn decide_bootstrap_csrs(kube: &Kube) -> Result<usize, crate::act::k8s::KubeError> {
+    let pending = kube.pending_bootstrap_csrs().await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let listed = kube.list_bootstrap_tokens(None).await?.items;
+    let tokens: Vec<approve::Minted<'_>> = listed
+        .iter()
+        .map(|t| approve::Minted {
+            id: &t.id,
+            instance: t.instance.as_deref(),
+            zone: t.zone.as_deref(),
+            instance_id: t.instance_id.as_deref(),
+        })
+        .collect();
+    let mut decided = 0;
+    for csr in &pending {
+        let request = approve::Pending {
+            username: &csr.username,
+            request_pem: &csr.request_pem,
+            usages: &csr.usages,
+        };
+        match approve::judge(&request, &tokens) {
+            Verdict::Approve { node, message } => {
+                kube.decide_csr(
+                    &csr.name,
+                    CsrDecision::Approve,
+                    approve::APPROVED_REASON,
+                    &message,
+                )
+                .await?;
+                tracing::info!(csr = %csr.name, %node, "kubelet CSR approved: its bootstrap token was minted for this VM");
+                decided += 1;
+            }
+            Verdict::Deny { reason, message } => {
+                kube.decide_csr(&csr.name, CsrDecision::Deny, reason, &message)
+                    .await?;
+                tracing::warn!(csr = %csr.name, requester = %csr.username, %reason, detail = %message, "kubelet CSR denied");
+                decided += 1;
+            }
+            Verdict::Leave(why) => {
+                tracing::info!(csr = %csr.name, reason = %why, "kubelet CSR left pending");
+            }
+        }
+    }
+    Ok(decided)
 }
 
 /// Publishes the step for one Node; `Ok(Some(reason))` when it is not nodewire's.

@@ -417,7 +417,7 @@ fn key(name: &str) -> (String, String, String) {
 pub(super) async fn collection(State(sim): State<Arc<Sim>>, call: Call, body: Bytes) -> Response {
     let create = call.method == Method::POST;
     let verb = if create { "create" } else { "list" };
-    let mut created: Option<String> = None;
+    let mut created: Option<(String, Identity)> = None;
     let resp = server::run(&sim, &format!("{RESOURCE}.{verb}"), &call, &body, |s| {
         let who = s.authorize(&call, verb, RESOURCE, "", "")?;
         let mut st = s.store();
@@ -450,11 +450,13 @@ pub(super) async fn collection(State(sim): State<Arc<Sim>>, call: Call, body: By
         m["uid"] = json!(format!("{rv:08x}-0000-4000-8000-{rv:012x}"));
         m["creationTimestamp"] = json!(super::objects::now());
         st.objects.insert(key(&name), obj.clone());
-        created = Some(name);
+        created = Some((name, who));
         Ok((StatusCode::CREATED, obj))
     })
     .await;
-    if let Some(name) = created {
+    if let Some((name, who)) = created {
+        // The audit entry of the create (nodewire's policy logs CSR creates at Metadata).
+        sim.audit_csr_create(&who);
         // kube-controller-manager's controllers see the new CSR and act on it.
         let sim = sim.clone();
         tokio::spawn(async move { sim.certificate_controllers(&name) });

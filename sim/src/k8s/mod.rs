@@ -73,8 +73,8 @@ pub struct K8sConfig {
     pub deleted_cluster_role_bindings: Vec<String>,
 }
 
-/// What nodewire's control-plane startup script deletes after `kubeadm init` in pull mode: the
-/// auto-approval of node client certificates for bootstrap tokens (kubeadm's
+/// What nodewire's control-plane startup script deletes after `kubeadm init`, in both join
+/// modes: the auto-approval of node client certificates for bootstrap tokens (kubeadm's
 /// `kubeadm:node-autoapprove-bootstrap`), which approves a CSR for any node name.
 pub const CONTROL_PLANE_DELETES: &[&str] = &["kubeadm:node-autoapprove-bootstrap"];
 

@@ -140,6 +140,43 @@ impl Sim {
         who: &super::rbac::Identity,
         request_object: Option<Value>,
     ) {
+        let uri = if verb == "create" {
+            "/api/v1/nodes".to_string()
+        } else {
+            format!("/api/v1/nodes/{name}")
+        };
+        let object_ref = json!({"resource": "nodes", "name": name, "apiVersion": "v1"});
+        self.audit_write("Request", verb, &uri, object_ref, code, who, request_object);
+    }
+
+    /// Publishes the audit LogEntry of a CSR create at the level nodewire's audit policy
+    /// gives it (Metadata: no request object). A create with `generateName` has no name in
+    /// its request; kube-apiserver's audit records the objectRef as the request names it.
+    pub(super) fn audit_csr_create(&self, who: &super::rbac::Identity) {
+        let object_ref = json!({"resource": "certificatesigningrequests",
+            "apiGroup": "certificates.k8s.io", "apiVersion": "v1"});
+        self.audit_write(
+            "Metadata",
+            "create",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            object_ref,
+            201,
+            who,
+            None,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_write(
+        &self,
+        level: &str,
+        verb: &str,
+        uri: &str,
+        object_ref: Value,
+        code: u16,
+        who: &super::rbac::Identity,
+        request_object: Option<Value>,
+    ) {
         if !self.audit.is_on() {
             return;
         }
@@ -147,18 +184,13 @@ impl Sim {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let id = self.chaos.draw_u64();
-        let uri = if verb == "create" {
-            "/api/v1/nodes".to_string()
-        } else {
-            format!("/api/v1/nodes/{name}")
-        };
         let mut event = json!({
-            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Request",
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": level,
             "auditID": format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", id >> 32, (id >> 16) & 0xffff, id & 0xfff, (id >> 4) & 0xfff, id & 0xffff_ffff_ffff),
             "stage": "ResponseComplete", "requestURI": uri, "verb": verb,
             "user": {"username": who.user, "groups": who.groups},
             "sourceIPs": ["127.0.0.1"],
-            "objectRef": {"resource": "nodes", "name": name, "apiVersion": "v1"},
+            "objectRef": object_ref,
             "responseStatus": {"metadata": {}, "code": code},
             "requestReceivedTimestamp": ts, "stageTimestamp": ts,
         });

@@ -27,6 +27,11 @@ use super::ApiError;
 /// nodewire's RBAC manifests as shipped; the simulator enforces them unless a test passes others.
 pub const NODEWIRE_RBAC: &str = include_str!("../../../infra/k8s/nodewire-rbac.yaml");
 
+/// What the control plane applies besides [`NODEWIRE_RBAC`] in metadata mode: node-events
+/// decides the kubelets' CSRs made with nodewire's bootstrap tokens.
+pub const NODEWIRE_RBAC_METADATA_MODE: &str =
+    include_str!("../../../infra/k8s/nodewire-rbac-metadata-mode.yaml");
+
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

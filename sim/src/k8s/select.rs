@@ -73,6 +73,8 @@ fn field_value(resource: &str, obj: &Value, label: &str) -> Option<String> {
                 _ => return None,
             }
         }
+        // pkg/registry/certificates/certificates/strategy.go, SelectableFields.
+        ("certificatesigningrequests", "spec.signerName") => "/spec/signerName",
         ("pods", "spec.nodeName") => "/spec/nodeName",
         ("pods", "spec.restartPolicy") => "/spec/restartPolicy",
         ("pods", "spec.schedulerName") => "/spec/schedulerName",

@@ -41,6 +41,24 @@ pub struct CsrRecord {
     pub created: Option<i64>,
 }
 
+/// Approve or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrDecision {
+    Approve,
+    Deny,
+}
+
+/// A kubelet-client CSR nobody has decided yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCsr {
+    pub name: String,
+    /// `spec.username`: who created it, as the API server authenticated them.
+    pub username: String,
+    /// `spec.request` (PEM text; lossy if it is not UTF-8, which the checks then refuse).
+    pub request_pem: String,
+    pub usages: Vec<String>,
+}
+
 impl Kube {
     fn csrs(&self) -> Api<CertificateSigningRequest> {
         Api::all(self.client.clone())
@@ -118,6 +136,22 @@ impl Kube {
     /// # Errors
     /// [`KubeError`].
     pub async fn approve_csr(&self, name: &str, message: &str) -> Result<(), KubeError> {
+        self.decide_csr(name, CsrDecision::Approve, APPROVAL_REASON, message)
+            .await
+    }
+
+    /// Writes `decision` on CSR `name` through its approval subresource (the one condition
+    /// nodewire sets), with `reason` and `message` saying why.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn decide_csr(
+        &self,
+        name: &str,
+        decision: CsrDecision,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
         const CALL: &str = "certificatesigningrequests.approval.patch";
         let now = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
@@ -127,8 +161,12 @@ impl Kube {
                     .ok()
             })
             .unwrap_or_default();
+        let kind = match decision {
+            CsrDecision::Approve => "Approved",
+            CsrDecision::Deny => "Denied",
+        };
         let patch = serde_json::json!({"status": {"conditions": [{
-            "type": "Approved", "status": "True", "reason": APPROVAL_REASON,
+            "type": kind, "status": "True", "reason": reason,
             "message": message, "lastUpdateTime": now}]}});
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
@@ -215,6 +253,63 @@ impl Kube {
                 approved,
             )
         }))
+    }
+
+    /// The kubelet-client CSRs (signer [`KUBELET_CLIENT_SIGNER`], a field selector the API
+    /// server supports for CSRs) with neither an Approved, a Denied nor a Failed condition,
+    /// made by a bootstrap token (`spec.username` `system:bootstrap:…`).
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn pending_bootstrap_csrs(&self) -> Result<Vec<PendingCsr>, KubeError> {
+        const CALL: &str = "certificatesigningrequests.list";
+        let lp = ListParams::default()
+            .fields(&format!("spec.signerName={KUBELET_CLIENT_SIGNER}"))
+            .limit(500);
+        let api = self.csrs();
+        let mut out = Vec::new();
+        let mut lp = lp;
+        // Pages of 500; a cluster has at most a few hundred pending at once, but the list
+        // continues until the API server says it is complete.
+        for _ in 0..100 {
+            let list = self
+                .retrying(CALL, || api.list(&lp))
+                .await
+                .map_err(|c| fail(CALL, c))?;
+            for c in list.items {
+                let decided = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|x| {
+                        matches!(x.type_.as_str(), "Approved" | "Denied" | "Failed")
+                            && x.status == "True"
+                    });
+                let username = c.spec.username.clone().unwrap_or_default();
+                if decided
+                    || c.spec.signer_name != KUBELET_CLIENT_SIGNER
+                    || !username.starts_with("system:bootstrap:")
+                {
+                    continue;
+                }
+                out.push(PendingCsr {
+                    name: c.metadata.name.clone().unwrap_or_default(),
+                    username,
+                    request_pem: String::from_utf8_lossy(&c.spec.request.0).into_owned(),
+                    usages: c.spec.usages.clone().unwrap_or_default(),
+                });
+            }
+            match list.metadata.continue_.filter(|t| !t.is_empty()) {
+                Some(t) => lp = lp.continue_token(&t),
+                None => return Ok(out),
+            }
+        }
+        Err(KubeError::Invalid {
+            call: CALL,
+            message: "the CSR list did not end after 100 pages".into(),
+        })
     }
 
     /// nodewire's CSRs for the VM named `instance_name` (metadata only).

@@ -21,7 +21,7 @@ mod sweep_state;
 mod tokens;
 
 pub use cluster_info::{ClusterInfo, ca_pin, cluster_info_from_kubeconfig};
-pub use csr::{APPROVAL_REASON, CsrRecord, KUBELET_CLIENT_SIGNER};
+pub use csr::{APPROVAL_REASON, CsrDecision, CsrRecord, KUBELET_CLIENT_SIGNER, PendingCsr};
 pub use error::KubeError;
 pub use sweep_state::{MAX_REMEMBERED, SWEEP_STATE, SweepState};
 pub use tokens::{
