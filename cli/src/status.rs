@@ -40,6 +40,7 @@ pub struct WillNotJoin {
 fn gap_name(g: Gap) -> &'static str {
     match g {
         Gap::NoNode => "node",
+        Gap::StaleNode => "node of a previous instance",
         Gap::NoPodCidr => "podCIDR",
         Gap::Alias => "alias",
         Gap::Tag => "tag",
@@ -115,16 +116,26 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
 pub fn row(obs: &Observed, cfg: &PlanConfig) -> Row {
     let vm = obs.vm.as_ref();
     let node = obs.node.as_ref();
-    // A Node of this name that is not provably the VM's is in the way, not this VM's progress.
+    // A Node of this name that is not provably the VM's is in the way, not this VM's progress;
+    // so is a previous instance's Node (issue 21): never reported as this VM's.
     let foreign_node = match (vm, node) {
-        (Some(v), Some(n)) => nodewire::plan::node_is_the_vms(n, v).is_err(),
+        (Some(v), Some(n)) => {
+            nodewire::plan::node_is_the_vms(n, v).is_err()
+                || matches!(
+                    nodewire::plan::pairing(n, v),
+                    nodewire::plan::Pairing::Stale(_)
+                )
+        }
         _ => false,
     };
     let refusal = match vm {
         Some(v) if node.is_none() || foreign_node => may_join(v, node, cfg, None).err(),
         _ => None,
     };
-    let g = if foreign_node {
+    let stale = matches!((vm, node), (Some(v), Some(n)) if matches!(nodewire::plan::pairing(n, v), nodewire::plan::Pairing::Stale(_)));
+    let g = if stale {
+        vec![Gap::StaleNode]
+    } else if foreign_node {
         vec![Gap::NoNode]
     } else {
         gaps(obs, cfg)
@@ -134,6 +145,8 @@ pub fn row(obs: &Observed, cfg: &PlanConfig) -> Row {
             e if e.is_wait() => "booting".to_string(),
             // Healed by a kubelet restart nodewire asks for (bounded), not by a join.
             nodewire::plan::Ineligible::JoinedBefore(_) => "node lost".to_string(),
+            // bootstrap deletes it; the VM joins then.
+            e if e.is_replacing() => "replacing a previous instance's node".to_string(),
             _ => "will not join".to_string(),
         }
     } else if g.is_empty() {
@@ -396,6 +409,30 @@ mod tests {
                 assert!(why.contains(s), "{what}: {why:?} does not say {s:?}");
             }
         }
+    }
+
+    /// Issue 21: a wired-looking Node recorded for another instance (the VM was recreated under
+    /// its name) is never reported wired, nor as the VM's: it is being replaced.
+    #[test]
+    fn a_previous_instances_node_is_never_wired() {
+        let c = cfg();
+        let wired_for = |recorded: &str| {
+            let mut o = wired();
+            o.vm_mut().id = Some("2".into());
+            o.vm_mut().created_at = Some(1000);
+            o.vm_mut().joined = true;
+            o.node_mut().instance_id = Some(recorded.into());
+            o.node_mut().registered_at = Some(1030);
+            o
+        };
+        assert_eq!(row(&wired_for("2"), &c).state, "wired");
+        let r = row(&wired_for("1"), &c);
+        assert_eq!(r.state, "replacing a previous instance's node");
+        assert!(!r.provider_id && !r.alias && r.pod_cidr.is_none(), "{r:?}");
+        assert_eq!(r.missing, vec!["node of a previous instance".to_string()]);
+        let w = r.will_not_join.expect("a reason");
+        assert_eq!(w.kind, "stale-node");
+        assert!(w.why.contains("instance 1"), "{}", w.why);
     }
 
     /// Issue 20, item 5: a VM that joined before gets no new join credential; `status` says

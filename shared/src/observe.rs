@@ -149,6 +149,8 @@ pub fn vm_facts(v: &InstanceView, now: time::OffsetDateTime) -> VmFacts {
     let now = now.unix_timestamp();
     VmFacts {
         instance: v.instance.clone(),
+        id: v.id.map(|i| i.to_string()),
+        created_at: v.created,
         status: VmStatus::parse(&v.status),
         labels: v.labels.clone(),
         can_ip_forward: v.can_ip_forward,
@@ -189,6 +191,8 @@ pub fn node_facts(n: &NodeView) -> NodeFacts {
         pod_cidr: n.pod_cidr.clone(),
         unwired_taint: n.has_taint(UNWIRED_TAINT),
         registered_at: n.created,
+        uid: n.uid.clone(),
+        instance_id: n.instance_id.clone(),
     }
 }
 

@@ -942,6 +942,16 @@ impl Stack {
         {
             return Err("taint left".into());
         }
+        // Issue 21: the Node records the VM instance it was paired with.
+        let recorded = node
+            .pointer("/metadata/annotations/nodewire.io~1instance-id")
+            .and_then(Value::as_str);
+        if recorded.is_none() || recorded != vm["id"].as_str() {
+            return Err(format!(
+                "the Node records instance {recorded:?}, the VM is {}",
+                vm["id"]
+            ));
+        }
         if !self.tokens_of(name).is_empty() {
             return Err("token left".into());
         }

@@ -186,6 +186,15 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
         Action::DeleteNode => {
             kube.delete_node(t.node).await?;
         }
+        Action::DeleteStaleNode { uid } => {
+            // Only while it is still the Node that was read: one registered meanwhile (the new
+            // instance's kubelet) has another uid and is kept (409, the step re-plans).
+            kube.delete_node_if_uid(t.node, uid.as_deref()).await?;
+            tracing::info!(node = t.node, vm = %t.instance, "deleted the Node of a previous instance of this VM's name");
+        }
+        Action::RecordInstance(id) => {
+            kube.record_node_instance(t.node, id).await?;
+        }
         Action::AnnounceWired => announce_wired(deps, t).await?,
     }
     Ok(())

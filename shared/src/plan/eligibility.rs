@@ -69,6 +69,10 @@ pub enum Ineligible {
          then remove the nodewire-joined metadata key"
     )]
     JoinedBefore(String),
+    /// The Node of its name is a previous instance's (issue 21): `bootstrap` deletes it, then
+    /// the VM joins. The join service answers 503, so the VM's script waits and asks again.
+    #[error("{0}: nodewire is deleting it; ask again shortly")]
+    StaleNode(String),
 }
 
 fn runs_as_text(accounts: &[String]) -> String {
@@ -85,6 +89,11 @@ impl Ineligible {
         matches!(self, Ineligible::Booting { .. })
     }
 
+    /// True when nodewire clears it by itself soon (a previous instance's Node being deleted).
+    pub fn is_replacing(&self) -> bool {
+        matches!(self, Ineligible::StaleNode(_))
+    }
+
     /// A short kebab-case name for logs, metrics and `nodewire status --json`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -97,6 +106,7 @@ impl Ineligible {
             Ineligible::WrongSubnet { .. } => "wrong-subnet",
             Ineligible::NodeExists(_) => "node-exists",
             Ineligible::JoinedBefore(_) => "joined-before",
+            Ineligible::StaleNode(_) => "stale-node",
         }
     }
 }
@@ -197,6 +207,9 @@ pub fn may_join(
         }
         return Ok(());
     };
+    if let super::Pairing::Stale(why) = super::pairing(node, vm) {
+        return Err(Ineligible::StaleNode(why));
+    }
     Err(Ineligible::NodeExists(match node_is_the_vms(node, vm) {
         Ok(()) => format!(
             "VM {} has a Node already (Node {}): it joined; no new join credential",

@@ -103,6 +103,10 @@ impl std::fmt::Display for VmStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmFacts {
     pub instance: InstanceRef,
+    /// The numeric instance id (a VM recreated under the same name has another).
+    pub id: Option<String>,
+    /// `creationTimestamp`, Unix seconds.
+    pub created_at: Option<i64>,
     /// Its lifecycle state, parsed once.
     pub status: VmStatus,
     pub labels: BTreeMap<String, String>,
@@ -237,9 +241,13 @@ pub struct NodeFacts {
     pub provider_id: Option<String>,
     pub pod_cidr: Option<String>,
     pub unwired_taint: bool,
-    /// When the Node was created (its registration), Unix seconds; only reported (the time
-    /// from registration to wired), never planned on.
+    /// When the Node was created (its registration), Unix seconds: the time from
+    /// registration to wired, and (against the VM's creation) which instance registered it.
     pub registered_at: Option<i64>,
+    /// `metadata.uid`: a delete of a stale Node is preconditioned on it.
+    pub uid: Option<String>,
+    /// The instance id nodewire recorded on it (annotation `nodewire.io/instance-id`).
+    pub instance_id: Option<String>,
 }
 
 /// A bootstrap token minted for this VM.

@@ -80,6 +80,11 @@ pub enum Action {
     RestartKubelet(u32),
     /// Delete the Node.
     DeleteNode,
+    /// Delete the Node of a previous instance of this VM's name (issue 21), only if its uid is
+    /// still this one.
+    DeleteStaleNode { uid: Option<String> },
+    /// Record the VM's instance id on its Node (annotation `nodewire.io/instance-id`).
+    RecordInstance(String),
     /// Publish `node-wired` and record the `NodeWired` event.
     AnnounceWired,
 }
@@ -98,6 +103,8 @@ impl Action {
             Action::ClearJoinMetadata => "clear-join-metadata",
             Action::RestartKubelet(_) => "restart-kubelet",
             Action::DeleteNode => "delete-node",
+            Action::DeleteStaleNode { .. } => "delete-stale-node",
+            Action::RecordInstance(_) => "record-instance",
             Action::AnnounceWired => "announce-wired",
         }
     }
@@ -158,6 +165,9 @@ impl Plan {
 /// One aspect of "wired" that does not hold yet, in chain order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Gap {
+    /// The Node of this name is a previous instance's (recorded for another instance id, or
+    /// registered before this VM was created): `bootstrap` deletes it, then the VM joins.
+    StaleNode,
     /// The VM has not joined: no Node.
     NoNode,
     /// The Node has no podCIDR yet.
@@ -166,7 +176,8 @@ pub enum Gap {
     Alias,
     /// A node tag is missing.
     Tag,
-    /// `spec.providerID` is not `gce://PROJECT/ZONE/NAME`.
+    /// `spec.providerID` is not `gce://PROJECT/ZONE/NAME`, or the VM's instance id is not
+    /// recorded on the Node.
     ProviderId,
     /// The unwired taint is still there.
     Taint,
@@ -181,6 +192,7 @@ impl Gap {
     pub fn step(self) -> Option<Step> {
         match self {
             Gap::NoNode | Gap::NoPodCidr => None,
+            Gap::StaleNode => Some(Step::Bootstrap),
             Gap::Alias => Some(Step::AssignAlias),
             Gap::Tag => Some(Step::TagInstance),
             Gap::ProviderId => Some(Step::ProviderId),
@@ -244,6 +256,10 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
     };
     match &obs.node {
         None => out.push(Gap::NoNode),
+        // A previous instance's Node: nothing of it counts for this VM.
+        Some(node) if matches!(pairing(node, vm), Pairing::Stale(_)) => {
+            out.push(Gap::StaleNode);
+        }
         Some(node) => {
             match pod_cidr(node, cfg) {
                 Ok(Some(c)) => {
@@ -253,7 +269,9 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
                 }
                 Ok(None) | Err(_) => out.push(Gap::NoPodCidr),
             }
-            if node.provider_id.as_deref() != Some(vm.instance.provider_id().as_str()) {
+            if node.provider_id.as_deref() != Some(vm.instance.provider_id().as_str())
+                || node.instance_id != vm.id
+            {
                 out.push(Gap::ProviderId);
             }
             if node.unwired_taint {
@@ -293,7 +311,10 @@ pub fn is_wired(obs: &Observed, cfg: &PlanConfig) -> bool {
 fn next_step(obs: &Observed, cfg: &PlanConfig, current: Step) -> Option<Step> {
     let gaps = gaps(obs, cfg);
     // Waiting for the kubelet or the IPAM controller: their events restart the chain.
-    if gaps.contains(&Gap::NoNode) || gaps.contains(&Gap::NoPodCidr) {
+    if gaps.contains(&Gap::NoNode)
+        || gaps.contains(&Gap::NoPodCidr)
+        || gaps.contains(&Gap::StaleNode)
+    {
         return None;
     }
     gaps.iter().filter_map(|g| g.step()).find(|s| *s != current)
@@ -361,7 +382,12 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
                     });
                 }
             }
-            Action::DeleteNode => o.node = None,
+            Action::DeleteNode | Action::DeleteStaleNode { .. } => o.node = None,
+            Action::RecordInstance(id) => {
+                if let Some(n) = &mut o.node {
+                    n.instance_id = Some(id.clone());
+                }
+            }
             Action::AnnounceWired => {}
         }
     }
@@ -380,6 +406,11 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
     };
     if let Some(why) = cfg.not_selected(vm) {
         return Plan::Ignore(why);
+    }
+    if let Some(node) = &obs.node
+        && let Pairing::Stale(why) = pairing(node, vm)
+    {
+        return plan_stale_node(step, node, &why);
     }
     if let Some(node) = &obs.node
         && let Err(plan) = node_is_the_vms(node, vm)
@@ -437,6 +468,75 @@ pub fn node_is_the_vms(node: &NodeFacts, vm: &VmFacts) -> Result<(), Plan> {
             crate::names::UNWIRED_TAINT,
             vm.instance
         ))),
+    }
+}
+
+/// Whether a Node is this VM instance's (issue 21): the instance id recorded on it, else the
+/// order of their creation — a Node registered before the VM was created is a previous
+/// instance's (names are unique in a zone at any time, so the instance it belonged to was
+/// deleted before this one was created), one registered after (or in the same second: the
+/// Node's time has whole seconds) is this instance's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pairing {
+    /// The Node records this VM's instance id.
+    Recorded,
+    /// No record, but registered after this instance was created: its record may be written.
+    Proven,
+    /// A previous instance's Node; the reason says how that is known.
+    Stale(String),
+    /// No record, and the times are not known: nothing is decided from it.
+    Unknown,
+}
+
+/// See [`Pairing`].
+pub fn pairing(node: &NodeFacts, vm: &VmFacts) -> Pairing {
+    match (&node.instance_id, &vm.id) {
+        (Some(recorded), Some(id)) if recorded == id => return Pairing::Recorded,
+        (Some(recorded), Some(id)) => {
+            return Pairing::Stale(format!(
+                "Node {} is recorded for instance {recorded}, VM {} is instance {id}",
+                node.name, vm.instance
+            ));
+        }
+        _ => {}
+    }
+    if node.instance_id.is_some() {
+        return Pairing::Unknown;
+    }
+    match (node.registered_at, vm.created_at) {
+        (Some(node_at), Some(vm_at)) if node_at < vm_at => Pairing::Stale(format!(
+            "Node {} was registered before VM {} (instance {}) was created",
+            node.name,
+            vm.instance,
+            vm.id.as_deref().unwrap_or("?")
+        )),
+        // The same second counts as after: a kubeadm node registers tens of seconds after its
+        // VM is created, while the previous instance's Node was registered before that
+        // instance's deletion, which itself takes longer than a second.
+        (Some(_), Some(_)) => Pairing::Proven,
+        _ => Pairing::Unknown,
+    }
+}
+
+/// A VM recreated under a name whose Node is a previous instance's: `bootstrap` deletes that
+/// Node (only while its uid is the one read, so a Node registered meanwhile by the new
+/// instance is not taken), and the VM joins as a new node. Any other step hands over to
+/// `bootstrap`; none acts on the stale Node.
+fn plan_stale_node(step: Step, node: &NodeFacts, why: &str) -> Plan {
+    if step == Step::Bootstrap {
+        if node.uid.is_none() {
+            return Plan::Ignore(format!("{why}; its uid is unknown, so it is not deleted"));
+        }
+        return Plan::Act {
+            actions: vec![Action::DeleteStaleNode {
+                uid: node.uid.clone(),
+            }],
+            next: None,
+        };
+    }
+    Plan::Act {
+        actions: vec![],
+        next: Some(Step::Bootstrap),
     }
 }
 
@@ -624,9 +724,29 @@ fn plan_provider_id(obs: &Observed, vm: &VmFacts) -> Branch {
         return Err(no_node(vm));
     };
     let wanted = vm.instance.provider_id();
+    // The instance id goes on the Node once it is proven this instance's.
+    let mut record = Vec::new();
+    if node.instance_id.is_none()
+        && let Some(id) = &vm.id
+    {
+        match pairing(node, vm) {
+            Pairing::Proven => record.push(Action::RecordInstance(id.clone())),
+            Pairing::Unknown => {
+                return Err(Plan::Wait(format!(
+                    "Node {}: its registration time or VM {}'s creation time is unknown, so                      which instance registered it is not proven",
+                    node.name, vm.instance
+                )));
+            }
+            Pairing::Recorded | Pairing::Stale(_) => {}
+        }
+    }
     match node.provider_id.as_deref() {
-        Some(p) if p == wanted => Ok(vec![]),
-        None => Ok(vec![Action::SetProviderId(wanted)]),
+        Some(p) if p == wanted => Ok(record),
+        None => {
+            let mut a = vec![Action::SetProviderId(wanted)];
+            a.extend(record);
+            Ok(a)
+        }
         Some(other) => Err(Plan::Refuse(Refusal::ProviderIdConflict(
             ProviderIdConflict {
                 node: node.name.clone(),

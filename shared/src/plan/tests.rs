@@ -605,6 +605,8 @@ fn environment(o: &mut Observed, cidr: &str) -> Option<Step> {
                 pod_cidr: None,
                 unwired_taint: true,
                 registered_at: None,
+                uid: None,
+                instance_id: None,
             });
             return Some(Step::AssignAlias);
         }
@@ -657,6 +659,8 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 pod_cidr: cidr.map(str::to_string),
                 unwired_taint: taint || !pid,
                 registered_at: None,
+                uid: None,
+                instance_id: None,
             });
             let tokens = tokens
                 .into_iter()
@@ -686,6 +690,8 @@ fn unmarked_nodes_are_left_alone_and_another_vms_node_is_refused() {
         pod_cidr: Some("10.4.1.0/24".into()),
         unwired_taint: false,
         registered_at: None,
+        uid: None,
+        instance_id: None,
     });
     for step in CHAIN {
         assert!(
@@ -765,4 +771,101 @@ proptest! {
             }
         }
     }
+}
+
+/// Issue 21: which instance a Node is. `wired()` with ids: the VM is instance 2, created at
+/// t=1000; the Node was registered at t=1030.
+fn with_instances(o: Observed, recorded: Option<&str>, registered_at: i64) -> Observed {
+    o.edit(|o| {
+        let v = o.vm_mut();
+        v.id = Some("2".into());
+        v.created_at = Some(1000);
+        let n = o.node_mut();
+        n.instance_id = recorded.map(Into::into);
+        n.registered_at = Some(registered_at);
+        n.uid = Some("uid-old".into());
+    })
+}
+
+#[test]
+fn a_node_is_one_instances() {
+    let c = cfg();
+    // Recorded for this instance: wired, nothing to do.
+    let own = with_instances(wired(), Some("2"), 1030);
+    assert_eq!(
+        pairing(
+            own.node.as_ref().expect("node"),
+            own.vm.as_ref().expect("vm")
+        ),
+        Pairing::Recorded
+    );
+    assert!(is_wired(&own, &c), "{:?}", gaps(&own, &c));
+
+    // Recorded for another instance (the VM was recreated under its name): never wired, and
+    // every aspect of it is the previous instance's.
+    let stale = with_instances(wired(), Some("1"), 1030);
+    assert_eq!(gaps(&stale, &c).first(), Some(&Gap::StaleNode));
+    assert!(!is_wired(&stale, &c));
+    // bootstrap deletes it, preconditioned on its uid; any other step hands over to bootstrap
+    // and touches nothing.
+    assert_eq!(
+        plan(Step::Bootstrap, &stale, &c),
+        Plan::Act {
+            actions: vec![Action::DeleteStaleNode {
+                uid: Some("uid-old".into())
+            }],
+            next: None
+        }
+    );
+    for step in [
+        Step::AssignAlias,
+        Step::TagInstance,
+        Step::ProviderId,
+        Step::Finalize,
+    ] {
+        assert_eq!(
+            plan(step, &stale, &c),
+            Plan::Act {
+                actions: vec![],
+                next: Some(Step::Bootstrap)
+            },
+            "{step}"
+        );
+    }
+    // No record, registered before this VM was created: a previous instance's too.
+    let before = with_instances(wired(), None, 999);
+    assert!(matches!(
+        pairing(
+            before.node.as_ref().expect("node"),
+            before.vm.as_ref().expect("vm")
+        ),
+        Pairing::Stale(_)
+    ));
+    assert!(!is_wired(&before, &c));
+    // Without a uid nothing is deleted.
+    let no_uid = before.clone().edit(|o| o.node_mut().uid = None);
+    assert!(matches!(
+        plan(Step::Bootstrap, &no_uid, &c),
+        Plan::Ignore(_)
+    ));
+
+    // No record, registered after the VM was created (or in the same second): proven this
+    // instance's, and provider-id records it; it is not wired before the record is there.
+    for at in [1000, 1030] {
+        let unrecorded = with_instances(wired(), None, at);
+        assert_eq!(gaps(&unrecorded, &c), vec![Gap::ProviderId], "{at}");
+        assert_eq!(
+            plan(Step::ProviderId, &unrecorded, &c),
+            Plan::Act {
+                actions: vec![Action::RecordInstance("2".into())],
+                next: None
+            }
+        );
+    }
+    // The times unknown: nothing is recorded, the step waits.
+    let unknown = with_instances(wired(), None, 1030).edit(|o| o.node_mut().registered_at = None);
+    assert!(matches!(
+        plan(Step::ProviderId, &unknown, &c),
+        Plan::Wait(_)
+    ));
 }

@@ -108,6 +108,18 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             node: Some(node_facts(node)),
             tokens,
         };
+        // A previous instance's Node under this VM's name (issue 21): bootstrap deletes it.
+        if let (Some(n), Some(vm)) = (&obs.node, &obs.vm)
+            && let crate::plan::Pairing::Stale(_) = crate::plan::pairing(n, vm)
+        {
+            out.push(Finding {
+                kind: DriftKind::NodeOfPreviousInstance,
+                subject: name.clone(),
+                heal: Some((Step::Bootstrap, r.clone(), Some(name.clone()))),
+                refused: None,
+            });
+            continue;
+        }
         // A Node under this VM's name that is not provably its own (no providerID and no
         // nodewire mark, or another VM's providerID): reported for a person, never healed.
         if let (Some(n), Some(vm)) = (&obs.node, &obs.vm)
@@ -138,6 +150,8 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 Gap::JoinMetadata => finding(DriftKind::LeftoverJoinMetadata, Step::Finalize),
                 // Waiting for the IPAM controller (or the kubelet): not drift.
                 Gap::NoPodCidr | Gap::NoNode => continue,
+                // Reported above.
+                Gap::StaleNode => continue,
             };
             if let Some((step, _, _)) = &f.heal
                 && let Some(why) = refusal(*step)

@@ -249,6 +249,7 @@ mod tests {
         InstanceView {
             instance: InstanceRef::new("example-project", "us-central1-a", name).expect("ref"),
             id: Some(1),
+            created: None,
             status: "RUNNING".into(),
             can_ip_forward: true,
             tags: vec!["k8s-node".into()],
@@ -284,6 +285,8 @@ mod tests {
             taints: vec![],
             resource_version: Some("1".into()),
             created: None,
+            uid: None,
+            instance_id: Some("1".into()),
         }
     }
 

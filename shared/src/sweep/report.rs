@@ -43,6 +43,10 @@ pub enum DriftKind {
     /// asking the node-side unit to restart the kubelet, a bounded number of times; reported
     /// without a heal once that budget is spent or while a restart is awaited.
     NodeLost,
+    /// The Node of a VM's name is a previous instance's (recorded for another instance id, or
+    /// registered before the VM was created; issue 21): healed by `bootstrap`, which deletes it
+    /// so that the VM joins as a new node.
+    NodeOfPreviousInstance,
 }
 
 impl DriftKind {
@@ -62,6 +66,7 @@ impl DriftKind {
             DriftKind::OrphanToken => "orphan-token",
             DriftKind::AliasOverlap => "alias-overlap",
             DriftKind::NodeLost => "node-lost",
+            DriftKind::NodeOfPreviousInstance => "node-of-previous-instance",
         }
     }
 }

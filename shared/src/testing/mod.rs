@@ -133,6 +133,8 @@ pub fn token(id: &str, expired: bool) -> TokenFacts {
 pub fn fresh_vm() -> VmFacts {
     VmFacts {
         instance: vm_ref(),
+        id: None,
+        created_at: None,
         status: VmStatus::Running,
         labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
         can_ip_forward: true,
@@ -158,6 +160,8 @@ pub fn registered_node() -> NodeFacts {
         pod_cidr: Some("10.4.1.0/24".into()),
         unwired_taint: true,
         registered_at: None,
+        uid: None,
+        instance_id: None,
     }
 }
 

@@ -540,6 +540,66 @@ mod tests {
         assert!(write(NW, "UPDATE", "nodes", "k8s-n", Some(&owned), Some(&owned)).is_ok());
     }
 
+    /// Issue 21: the one annotation nodewire writes on a Node is the instance it paired it
+    /// with, once: added when absent (digits only, the others kept), never changed or removed.
+    #[test]
+    fn the_instance_id_is_recorded_once_and_nothing_else_changes() {
+        let with = |a: Value| {
+            let mut n = node("k8s-n", json!({}));
+            n["metadata"]["annotations"] = a;
+            n
+        };
+        let bare = node("k8s-n", json!({}));
+        let kubelet =
+            with(json!({"volumes.kubernetes.io/controller-managed-attach-detach": "true"}));
+        let recorded = with(
+            json!({"volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            "nodewire.io/instance-id": "4242"}),
+        );
+        let upd =
+            |old: &Value, new: &Value| write(NW, "UPDATE", "nodes", "k8s-n", Some(old), Some(new));
+        assert!(upd(&kubelet, &recorded).is_ok());
+        assert!(upd(&bare, &with(json!({"nodewire.io/instance-id": "1"}))).is_ok());
+        assert!(upd(&recorded, &recorded).is_ok());
+        for (old, new, what) in [
+            (
+                &recorded,
+                &with(
+                    json!({"volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "nodewire.io/instance-id": "1"}),
+                ),
+                "changed",
+            ),
+            (&recorded, &kubelet, "removed"),
+            (
+                &kubelet,
+                &with(json!({"nodewire.io/instance-id": "4242"})),
+                "another dropped",
+            ),
+            (
+                &kubelet,
+                &with(
+                    json!({"volumes.kubernetes.io/controller-managed-attach-detach": "false",
+                "nodewire.io/instance-id": "4242"}),
+                ),
+                "another changed",
+            ),
+            (
+                &bare,
+                &with(json!({"nodewire.io/instance-id": "x1"})),
+                "not digits",
+            ),
+            (
+                &bare,
+                &with(json!({"nodewire.io/instance-id": "1", "other": "y"})),
+                "another added",
+            ),
+        ] {
+            let e = upd(old, new).expect_err(what);
+            assert!(e.message.contains("annotations"), "{what}: {}", e.message);
+        }
+    }
+
     /// Issue 20, item 5: providerIDs and Node deletes bound to the project, the node name
     /// prefix and the Node's own name; never the control plane.
     #[test]

@@ -35,7 +35,7 @@ pub use view::{AliasRange, InstanceView, MetadataView, NicView, SubnetView};
 /// What `instances.aggregatedList` is asked for (partial response): what [`InstanceView`]
 /// reads, the metadata's keys without their values, and what paging and unreachable zones need.
 pub const VIEW_FIELDS: &str = "nextPageToken,unreachables,items/*/warning/code,\
-items/*/instances(id,name,zone,status,canIpForward,labels,tags/items,metadata/items/key,\
+items/*/instances(id,name,zone,status,creationTimestamp,canIpForward,labels,tags/items,metadata/items/key,\
 networkInterfaces(name,subnetwork,networkIP,aliasIpRanges),serviceAccounts/email)";
 
 use super::toolkit::{self, Backoff, Listed};

@@ -70,6 +70,8 @@ impl MetadataView {
 pub struct InstanceView {
     pub instance: InstanceRef,
     pub id: Option<u64>,
+    /// `creationTimestamp`, Unix seconds.
+    pub created: Option<i64>,
     pub status: String,
     pub can_ip_forward: bool,
     pub tags: Vec<String>,
@@ -106,6 +108,11 @@ impl InstanceView {
         Some(Self {
             instance,
             id: i.id,
+            created: i.creation_timestamp.as_deref().and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .map(|t| t.unix_timestamp())
+            }),
             status: i
                 .status
                 .as_ref()

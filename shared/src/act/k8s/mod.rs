@@ -128,7 +128,14 @@ pub struct NodeView {
     pub resource_version: Option<String>,
     /// `metadata.creationTimestamp`, Unix seconds.
     pub created: Option<i64>,
+    pub uid: Option<String>,
+    /// Annotation [`NODE_INSTANCE_ID_ANNOTATION`]: the instance nodewire paired it with.
+    pub instance_id: Option<String>,
 }
+
+/// Annotation on a Node: the numeric id of the VM instance nodewire paired it with (written
+/// once, by `provider-id`; the admission policy allows nothing else).
+pub const NODE_INSTANCE_ID_ANNOTATION: &str = "nodewire.io/instance-id";
 
 impl NodeView {
     fn from_node(n: &Node) -> Self {
@@ -144,6 +151,12 @@ impl NodeView {
                 .map(|t| (t.key, t.effect))
                 .collect(),
             resource_version: n.metadata.resource_version.clone(),
+            uid: n.metadata.uid.clone(),
+            instance_id: n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(NODE_INSTANCE_ID_ANNOTATION).cloned()),
             created: n
                 .metadata
                 .creation_timestamp
@@ -520,6 +533,62 @@ impl Kube {
             Ok(Some(json!({"spec": {"taints": kept}})))
         })
         .await
+    }
+
+    /// Records instance `id` on Node `name` (annotation [`NODE_INSTANCE_ID_ANNOTATION`]) when
+    /// it has none; `Unchanged` when it already has this one.
+    ///
+    /// # Errors
+    /// [`KubeError::Invalid`] when it records another instance (the step re-plans from a fresh
+    /// read); others of [`KubeError`].
+    pub async fn record_node_instance(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<WriteOutcome, KubeError> {
+        self.patch_node("nodes.patch(instance-id)", name, |n| {
+            let current = n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(NODE_INSTANCE_ID_ANNOTATION).cloned());
+            match current.as_deref() {
+                Some(c) if c == id => Ok(None),
+                Some(other) => Err(KubeError::Invalid {
+                    call: "nodes.patch(instance-id)",
+                    message: format!("Node {name} already records instance {other}, not {id}"),
+                }),
+                None => Ok(Some(
+                    json!({"metadata": {"annotations": {NODE_INSTANCE_ID_ANNOTATION: id}}}),
+                )),
+            }
+        })
+        .await
+    }
+
+    /// Deletes Node `name` only while its uid is `uid` (a delete precondition); `Unchanged`
+    /// when it is gone.
+    ///
+    /// # Errors
+    /// [`KubeError`]: a Conflict when the Node now has another uid (it was replaced).
+    pub async fn delete_node_if_uid(
+        &self,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<WriteOutcome, KubeError> {
+        const CALL: &str = "nodes.delete";
+        let dp = DeleteParams {
+            preconditions: uid.map(|u| kube::api::Preconditions {
+                uid: Some(u.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.retrying(CALL, || self.nodes.delete(name, &dp)).await {
+            Ok(_) => Ok(WriteOutcome::Changed),
+            Err(Class::Fail(KubeError::NotFound { .. })) => Ok(WriteOutcome::Unchanged),
+            Err(c) => Err(fail(CALL, c)),
+        }
     }
 
     /// Deletes a Node; `Unchanged` when it was already gone.

@@ -27,10 +27,12 @@ fn forbidden(reason: impl Into<String>) -> Refused {
 }
 
 /// A VM that may not join: 409 when a Node of its name exists or it joined before (a state),
-/// 403 otherwise.
+/// 503 while a previous instance's Node is being deleted, 403 otherwise.
 pub(super) fn ineligible(e: &Ineligible) -> Refused {
     let class = match e {
         Ineligible::NodeExists(_) | Ineligible::JoinedBefore(_) => RefusalClass::Conflict,
+        // Cleared by nodewire within seconds: the script waits and asks again.
+        Ineligible::StaleNode(_) => RefusalClass::Unavailable,
         _ => RefusalClass::Forbidden,
     };
     Refused::new(class, e.to_string())
