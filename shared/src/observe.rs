@@ -193,6 +193,7 @@ pub fn node_facts(n: &NodeView) -> NodeFacts {
         registered_at: n.created,
         uid: n.uid.clone(),
         instance_id: n.instance_id.clone(),
+        deleting: n.deleting,
     }
 }
 

@@ -74,8 +74,12 @@ async fn delete(w: &World, name: &str, delete_audit: bool) {
     }
 }
 
-async fn recreate(delete_audit: bool) {
-    let w = World::start(WorldOptions::default()).await;
+async fn recreate(delete_audit: bool, metadata_mode: bool) {
+    let w = World::start(WorldOptions {
+        metadata_mode,
+        ..WorldOptions::default()
+    })
+    .await;
     let name = "k8s-re-1";
     let (old_id, old_uid) = wire_one(&w, name).await;
 
@@ -125,7 +129,7 @@ async fn recreate(delete_audit: bool) {
 /// `decommission` deletes the old Node, the new VM joins.
 #[tokio::test]
 async fn a_recreated_vm_becomes_a_new_node() {
-    recreate(true).await;
+    recreate(true, false).await;
 }
 
 /// The delete's audit entries are lost: the old Node is still there, recorded for the old
@@ -133,7 +137,14 @@ async fn a_recreated_vm_becomes_a_new_node() {
 /// precondition) and the `join` service answers 503 until then, so the VM's script waits.
 #[tokio::test]
 async fn a_recreated_vm_whose_delete_entry_was_lost_becomes_a_new_node() {
-    recreate(false).await;
+    recreate(false, false).await;
+}
+
+/// The same in metadata mode: after deleting the previous instance's Node, `bootstrap` mints
+/// the new VM's join token in the same run (or, while it boots, the next run does).
+#[tokio::test]
+async fn in_metadata_mode_a_recreated_vm_whose_delete_entry_was_lost_becomes_a_new_node() {
+    recreate(false, true).await;
 }
 
 /// At Google's pace (`Latency::Realistic`), the hard case: the delete's audit entries are

@@ -248,6 +248,8 @@ pub struct NodeFacts {
     pub uid: Option<String>,
     /// The instance id nodewire recorded on it (annotation `nodewire.io/instance-id`).
     pub instance_id: Option<String>,
+    /// It has a `deletionTimestamp` (a finalizer holds it).
+    pub deleting: bool,
 }
 
 /// A bootstrap token minted for this VM.

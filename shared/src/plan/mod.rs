@@ -410,7 +410,7 @@ pub fn plan(step: Step, obs: &Observed, cfg: &PlanConfig) -> Plan {
     if let Some(node) = &obs.node
         && let Pairing::Stale(why) = pairing(node, vm)
     {
-        return plan_stale_node(step, node, &why);
+        return plan_stale_node(step, obs, node, cfg, &why);
     }
     if let Some(node) = &obs.node
         && let Err(plan) = node_is_the_vms(node, vm)
@@ -522,16 +522,38 @@ pub fn pairing(node: &NodeFacts, vm: &VmFacts) -> Pairing {
 /// Node (only while its uid is the one read, so a Node registered meanwhile by the new
 /// instance is not taken), and the VM joins as a new node. Any other step hands over to
 /// `bootstrap`; none acts on the stale Node.
-fn plan_stale_node(step: Step, node: &NodeFacts, why: &str) -> Plan {
+fn plan_stale_node(
+    step: Step,
+    obs: &Observed,
+    node: &NodeFacts,
+    cfg: &PlanConfig,
+    why: &str,
+) -> Plan {
     if step == Step::Bootstrap {
         if node.uid.is_none() {
             return Plan::Ignore(format!("{why}; its uid is unknown, so it is not deleted"));
         }
-        return Plan::Act {
-            actions: vec![Action::DeleteStaleNode {
-                uid: node.uid.clone(),
-            }],
-            next: None,
+        // Deleted already and held by a finalizer: waited for (bounded by the retry policy),
+        // never deleted again in a loop.
+        if node.deleting {
+            return Plan::Wait(format!("{why}; it is being deleted"));
+        }
+        let delete = Action::DeleteStaleNode {
+            uid: node.uid.clone(),
+        };
+        // Then what bootstrap does for a VM without a Node, in the same run (metadata mode: the
+        // join token); when that must wait (the VM still boots), the next bootstrap does it.
+        let after = apply(obs, std::slice::from_ref(&delete), cfg);
+        let rest = after.vm.as_ref().map(|vm| plan_bootstrap(&after, vm, cfg));
+        return match rest {
+            Some(Ok(rest)) => Plan::Act {
+                actions: std::iter::once(delete).chain(rest).collect(),
+                next: None,
+            },
+            _ => Plan::Act {
+                actions: vec![delete],
+                next: Some(Step::Bootstrap),
+            },
         };
     }
     Plan::Act {

@@ -607,6 +607,7 @@ fn environment(o: &mut Observed, cidr: &str) -> Option<Step> {
                 registered_at: None,
                 uid: None,
                 instance_id: None,
+                deleting: false,
             });
             return Some(Step::AssignAlias);
         }
@@ -661,6 +662,7 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 registered_at: None,
                 uid: None,
                 instance_id: None,
+                deleting: false,
             });
             let tokens = tokens
                 .into_iter()
@@ -692,6 +694,7 @@ fn unmarked_nodes_are_left_alone_and_another_vms_node_is_refused() {
         registered_at: None,
         uid: None,
         instance_id: None,
+        deleting: false,
     });
     for step in CHAIN {
         assert!(
@@ -806,17 +809,34 @@ fn a_node_is_one_instances() {
     let stale = with_instances(wired(), Some("1"), 1030);
     assert_eq!(gaps(&stale, &c).first(), Some(&Gap::StaleNode));
     assert!(!is_wired(&stale, &c));
-    // bootstrap deletes it, preconditioned on its uid; any other step hands over to bootstrap
-    // and touches nothing.
+    // bootstrap deletes it, preconditioned on its uid, then does what it does for a VM
+    // without a Node (here, metadata mode: the join token); any other step hands over to
+    // bootstrap and touches nothing.
+    let delete = Action::DeleteStaleNode {
+        uid: Some("uid-old".into()),
+    };
+    assert_eq!(c.join_mode, JoinMode::Metadata);
     assert_eq!(
         plan(Step::Bootstrap, &stale, &c),
         Plan::Act {
-            actions: vec![Action::DeleteStaleNode {
-                uid: Some("uid-old".into())
-            }],
+            actions: vec![delete.clone(), Action::Bootstrap],
             next: None
         }
     );
+    // Still booting: deleted now, the token once it runs (the next bootstrap waits for it).
+    let booting = stale
+        .clone()
+        .edit(|o| o.vm_mut().status = VmStatus::Staging);
+    assert_eq!(
+        plan(Step::Bootstrap, &booting, &c),
+        Plan::Act {
+            actions: vec![delete],
+            next: Some(Step::Bootstrap)
+        }
+    );
+    // Deleted already but held by a finalizer: waited for, not deleted again in a loop.
+    let held = stale.clone().edit(|o| o.node_mut().deleting = true);
+    assert!(matches!(plan(Step::Bootstrap, &held, &c), Plan::Wait(_)));
     for step in [
         Step::AssignAlias,
         Step::TagInstance,

@@ -287,6 +287,7 @@ mod tests {
             created: None,
             uid: None,
             instance_id: Some("1".into()),
+            deleting: false,
         }
     }
 

@@ -162,6 +162,7 @@ pub fn registered_node() -> NodeFacts {
         registered_at: None,
         uid: None,
         instance_id: None,
+        deleting: false,
     }
 }
 

@@ -131,6 +131,8 @@ pub struct NodeView {
     pub uid: Option<String>,
     /// Annotation [`NODE_INSTANCE_ID_ANNOTATION`]: the instance nodewire paired it with.
     pub instance_id: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
 }
 
 /// Annotation on a Node: the numeric id of the VM instance nodewire paired it with (written
@@ -152,6 +154,7 @@ impl NodeView {
                 .collect(),
             resource_version: n.metadata.resource_version.clone(),
             uid: n.metadata.uid.clone(),
+            deleting: n.metadata.deletion_timestamp.is_some(),
             instance_id: n
                 .metadata
                 .annotations
