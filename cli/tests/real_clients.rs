@@ -172,28 +172,25 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
 
     // The VM as the reference procedure creates it: IP forwarding, on the node subnet, with
     // the selector label, running as the node service account. nodewire does the rest.
-    ok(
-        &s,
-        "gcloud",
-        &[
-            "compute",
-            "instances",
-            "create",
-            VM,
-            "--zone",
-            ZONE,
-            "--can-ip-forward",
-            "--subnet",
-            "k8s-nodes",
-            "--labels",
-            "cluster=demo",
-            // Pull mode: the join service admits VMs that run as the node service account.
-            "--service-account",
-            "k8s-nodes@example-project.iam.gserviceaccount.com",
-            "--scopes",
-            "userinfo-email",
-        ],
-    );
+    let create = [
+        "compute",
+        "instances",
+        "create",
+        VM,
+        "--zone",
+        ZONE,
+        "--can-ip-forward",
+        "--subnet",
+        "k8s-nodes",
+        "--labels",
+        "cluster=demo",
+        // Pull mode: the join service admits VMs that run as the node service account.
+        "--service-account",
+        "k8s-nodes@example-project.iam.gserviceaccount.com",
+        "--scopes",
+        "userinfo-email",
+    ];
+    ok(&s, "gcloud", &create);
     let wanted_provider = format!("gce://example-project/{ZONE}/{VM}");
     let deadline = Instant::now() + Duration::from_secs(90);
     let (pod_cidr, alias) = loop {
@@ -327,5 +324,63 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
         !taints.contains("maintenance"),
         "kubectl taint … - removed it: {taints}"
     );
+
+    // Issue 21: the VM recreated by hand under its name (what a managed instance group's
+    // autohealing does). The wired Node records the instance; the new instance gets a new Node.
+    let old_id = describe(&s, "id");
+    let jsonpath = |field: &str| {
+        String::from_utf8_lossy(
+            &run(
+                &s,
+                "kubectl",
+                &["get", "node", VM, "-o", &format!("jsonpath={{{field}}}")],
+            )
+            .stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    let recorded = ".metadata.annotations.nodewire\\.io/instance-id";
+    assert_eq!(jsonpath(recorded), old_id, "the Node records its instance");
+    let old_uid = jsonpath(".metadata.uid");
+    ok(
+        &s,
+        "gcloud",
+        &[
+            "compute",
+            "instances",
+            "delete",
+            VM,
+            "--zone",
+            ZONE,
+            "--quiet",
+        ],
+    );
+    ok(&s, "gcloud", &create);
+    let new_id = describe(&s, "id");
+    assert_ne!(new_id, old_id, "a recreated VM is a new instance");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let uid = jsonpath(".metadata.uid");
+        let alias = describe(&s, ALIAS);
+        let cidr = jsonpath(".spec.podCIDR");
+        let taints = jsonpath(".spec.taints");
+        if !uid.is_empty()
+            && uid != old_uid
+            && jsonpath(recorded) == new_id
+            && !cidr.is_empty()
+            && alias == cidr
+            && !taints.contains("nodewire")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recreated {VM} is not wired with a new Node within 120 s: uid {uid:?} (was \
+             {old_uid}), recorded {:?}, podCIDR {cidr:?}, alias {alias:?}, taints {taints}",
+            jsonpath(recorded)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(s);
 }
