@@ -382,5 +382,28 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // The same instance stopped and started (issue 21, item 3): the same id, the same Node.
+    let uid = jsonpath(".metadata.uid");
+    ok(
+        &s,
+        "gcloud",
+        &["compute", "instances", "stop", VM, "--zone", ZONE],
+    );
+    assert_eq!(describe(&s, "status"), "TERMINATED");
+    ok(
+        &s,
+        "gcloud",
+        &["compute", "instances", "start", VM, "--zone", ZONE],
+    );
+    assert_eq!(describe(&s, "status"), "RUNNING");
+    assert_eq!(
+        describe(&s, "id"),
+        new_id,
+        "a started VM is the same instance"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jsonpath(".metadata.uid"), uid, "its Node is kept");
+    assert_eq!(jsonpath(recorded), new_id);
     drop(s);
 }

@@ -847,6 +847,20 @@ impl Stack {
         .await
     }
 
+    /// Stops (`stop`) or starts (`start`) a VM through `instances.stop` / `instances.start`.
+    ///
+    /// # Errors
+    /// A message when the simulator keeps refusing.
+    pub async fn vm_action(&self, zone: &str, name: &str, action: &str) -> Result<(), String> {
+        let p = self.opts.project.clone();
+        self.compute_call(
+            reqwest::Method::POST,
+            &format!("projects/{p}/zones/{zone}/instances/{name}/{action}"),
+            None,
+        )
+        .await
+    }
+
     /// Sends a Compute request, retrying injected faults as gcloud would.
     async fn compute_call(
         &self,

@@ -217,3 +217,92 @@ async fn at_a_realistic_pace_a_recreated_vm_is_wired_within_a_new_vms_time() {
     );
     stack.stop().await;
 }
+
+fn vm_status(w: &sim::stack::Stack, name: &str) -> String {
+    w.compute
+        .instance_json(P, Z, name)
+        .and_then(|v| v["status"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Successful requests of `method` to the Kubernetes simulator so far.
+fn count(w: &sim::stack::Stack, method: &str) -> usize {
+    w.k8s
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.status < 300)
+        .count()
+}
+
+/// Issue 21, item 3: the same instance through a stop and a start (`instances.stop`, then
+/// `instances.start`: TERMINATED, then RUNNING with the same id) or a Spot preemption (the VM
+/// TERMINATED by Compute Engine, then started again) keeps its Node, podCIDR and alias:
+/// nothing is deleted and, in metadata mode, no join token is minted again. A sweep while it
+/// is stopped finds nothing to heal.
+async fn same_instance(metadata_mode: bool, preempted: bool) {
+    let w = World::start(WorldOptions {
+        metadata_mode,
+        ..WorldOptions::default()
+    })
+    .await;
+    let name = "k8s-stop-1";
+    let (id, uid) = wire_one(&w, name).await;
+    let alias_of = |w: &sim::stack::Stack| {
+        w.compute
+            .instance_json(P, Z, name)
+            .and_then(|v| v.pointer("/networkInterfaces/0/aliasIpRanges").cloned())
+    };
+    let alias = alias_of(&w);
+    let (tokens, deletes) = (count(&w, "secrets.create"), count(&w, "nodes.delete"));
+    if preempted {
+        // Compute Engine preempts a Spot VM by itself: no API call, no audit entry of ours.
+        w.compute.tamper(|world| {
+            if let Some(i) =
+                world
+                    .instances
+                    .get_mut(&(P.to_string(), Z.to_string(), name.to_string()))
+            {
+                i.status = "TERMINATED".into();
+            }
+        });
+    } else {
+        w.vm_action(Z, name, "stop").await.expect("stop");
+    }
+    assert!(
+        w.wait_until(Duration::from_secs(30), |w| vm_status(w, name)
+            == "TERMINATED")
+            .await
+    );
+    let report = w.sweep(false).await;
+    assert_eq!(
+        report.steps, 0,
+        "a sweep while stopped heals nothing: {report:?}"
+    );
+    w.vm_action(Z, name, "start").await.expect("start");
+    assert!(
+        w.wait_until(Duration::from_secs(30), |w| vm_status(w, name) == "RUNNING")
+            .await
+    );
+    // Give the chain and the kubelet time to do anything they would do.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(w.wired(Z, name).is_ok(), "{:?}", w.wired(Z, name));
+    let (now_id, now_uid, recorded) = ids(&w, name);
+    assert_eq!(now_id.as_deref(), Some(id.as_str()), "the same instance");
+    assert_eq!(now_uid.as_deref(), Some(uid.as_str()), "the same Node");
+    assert_eq!(recorded.as_deref(), Some(id.as_str()));
+    assert_eq!(alias_of(&w), alias, "the same alias range");
+    assert_eq!(count(&w, "nodes.delete"), deletes, "nothing deleted");
+    assert_eq!(count(&w, "secrets.create"), tokens, "nothing minted again");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_and_started_vm_keeps_its_node() {
+    same_instance(true, false).await;
+}
+
+#[tokio::test]
+async fn a_preempted_vm_started_again_keeps_its_node() {
+    same_instance(false, true).await;
+}

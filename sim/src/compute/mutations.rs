@@ -106,6 +106,8 @@ pub(super) async fn instance_action(
             "setTags" => set_tags(sim, &m)?,
             "setMetadata" => set_metadata(sim, &m)?,
             "setLabels" => set_labels(sim, &m)?,
+            "stop" => stop(sim, &m),
+            "start" => start(sim, &m),
             other => return Err(invalid(&format!("Unknown or unsupported method {other}"))),
         };
         let target = (m.link.as_str(), m.current.id);
@@ -120,6 +122,48 @@ pub(super) async fn instance_action(
         ))
     })
     .await
+}
+
+/// `instances.stop` (issue 21): a RUNNING VM is STOPPING at once and TERMINATED when its
+/// operation is done; its instance id, NICs (alias ranges included), tags, labels and
+/// metadata stay ("Stop or restart a VM": a stopped VM keeps its resources but not its
+/// memory). Stopping a VM that is not running changes nothing.
+fn stop(sim: &Sim, m: &Mutating) -> Mutation {
+    let key = m.key.clone();
+    let id = m.current.id;
+    if let Some(i) = sim.world().instances.get_mut(&key)
+        && i.status == "RUNNING"
+    {
+        i.status = "STOPPING".into();
+    }
+    Box::new(move |w: &mut World| {
+        if let Some(i) = w.instances.get_mut(&key).filter(|i| i.id == id)
+            && i.status == "STOPPING"
+        {
+            i.status = "TERMINATED".into();
+        }
+        Ok(())
+    })
+}
+
+/// `instances.start`: a TERMINATED VM is STAGING at once and RUNNING when its operation is
+/// done, with the same instance id; starting a VM that is not TERMINATED changes nothing.
+fn start(sim: &Sim, m: &Mutating) -> Mutation {
+    let key = m.key.clone();
+    let id = m.current.id;
+    if let Some(i) = sim.world().instances.get_mut(&key)
+        && i.status == "TERMINATED"
+    {
+        i.status = "STAGING".into();
+    }
+    Box::new(move |w: &mut World| {
+        if let Some(i) = w.instances.get_mut(&key).filter(|i| i.id == id)
+            && i.status == "STAGING"
+        {
+            i.status = "RUNNING".into();
+        }
+        Ok(())
+    })
 }
 
 fn set_tags(sim: &Sim, m: &Mutating) -> Result<Mutation, Answer> {
