@@ -501,6 +501,12 @@ impl Stack {
                 .iter()
                 .map(|s| (*s).to_string())
                 .collect(),
+            // Five missed status updates, as kube-controller-manager's 50 s against the
+            // kubelet's 10 s; at least 10 s, so that a busy test machine does not make the
+            // fast pace's kubelets look unreachable.
+            node_monitor_grace_period: Some(
+                (opts.kubelet_heartbeat * 5).max(Duration::from_secs(10)),
+            ),
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -314,10 +314,52 @@ async fn same_instance(metadata_mode: bool, preempted: bool) {
         report.steps, 0,
         "a sweep while stopped heals nothing: {report:?}"
     );
+    // Its kubelet is silent: the node lifecycle controller marks the Node Ready=Unknown and
+    // taints it unreachable after the grace period (10 s at this pace).
+    let node = |w: &sim::stack::Stack| w.k8s.object("nodes", "", name).unwrap_or_default();
+    let ready = |n: &Value| {
+        n.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let unreachable = |n: &Value| {
+        n.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+            })
+    };
+    assert!(
+        w.wait_until(Duration::from_secs(30), |w| {
+            let n = node(w);
+            ready(&n) == "Unknown" && unreachable(&n)
+        })
+        .await,
+        "{}",
+        node(&w)
+    );
+    let report = w.sweep(false).await;
+    assert_eq!(
+        report.steps, 0,
+        "an unreachable Node is not nodewire's to heal: {report:?}"
+    );
     w.vm_action(Z, name, "start").await.expect("start");
     assert!(
         w.wait_until(Duration::from_secs(30), |w| vm_status(w, name) == "RUNNING")
             .await
+    );
+    assert!(
+        w.wait_until(Duration::from_secs(30), |w| {
+            let n = node(w);
+            ready(&n) == "True" && !unreachable(&n)
+        })
+        .await,
+        "{}",
+        node(&w)
     );
     // Give the chain and the kubelet time to do anything they would do.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -67,6 +67,9 @@ pub(super) fn reconcile(st: &mut Store) -> Vec<String> {
     }
     sign(st, now);
     lift_not_ready(st);
+    if let Some(grace) = st.node_monitor_grace {
+        monitor_node_health(st, now, grace);
+    }
     gone.into_iter().map(|k| k.2).collect()
 }
 
@@ -99,6 +102,96 @@ fn lift_not_ready(st: &mut Store) {
         if let Some(n) = st.objects.get_mut(&k) {
             if let Some(t) = n.pointer_mut("/spec/taints").and_then(Value::as_array_mut) {
                 t.retain(|t| t["key"] != NOT_READY);
+            }
+            n["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+}
+
+/// The taint of a Node whose kubelet stopped posting status.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// The node lifecycle controller's health monitor (pkg/controller/nodelifecycle/
+/// node_lifecycle_controller.go: `tryUpdateNodeHealth`, `doNoScheduleTaintingPass`,
+/// `doNoExecuteTaintingPass`): a Node whose `Ready` heartbeat is older than the grace period
+/// gets every condition set to `Unknown` (reason `NodeStatusUnknown`, "Kubelet stopped posting
+/// node status.") and the taints `node.kubernetes.io/unreachable` `NoSchedule` and `NoExecute`;
+/// once its kubelet posts `Ready=True` again, those taints go. A Node that never posted status
+/// is left alone here (the controller's `NodeStatusNeverUpdated` case is not modelled).
+fn monitor_node_health(st: &mut Store, now: OffsetDateTime, grace: std::time::Duration) {
+    let grace = time::Duration::try_from(grace).unwrap_or(time::Duration::seconds(50));
+    let stamp = now
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default();
+    let keys: Vec<Key> = st
+        .objects
+        .keys()
+        .filter(|k| k.0 == "nodes")
+        .cloned()
+        .collect();
+    for k in keys {
+        let Some(n) = st.objects.get(&k) else {
+            continue;
+        };
+        let conditions = n
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let Some(ready) = conditions.iter().find(|c| c["type"] == "Ready") else {
+            continue;
+        };
+        let heartbeat = ready["lastHeartbeatTime"]
+            .as_str()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        let silent = heartbeat.is_some_and(|h| now - h > grace);
+        let status = ready["status"].as_str().unwrap_or_default().to_string();
+        let taints = n
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let tainted = taints.iter().any(|t| t["key"] == UNREACHABLE);
+        let (new_conditions, new_taints) = if silent && status != "Unknown" {
+            let conditions: Vec<Value> = conditions
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    c["status"] = json!("Unknown");
+                    c["reason"] = json!("NodeStatusUnknown");
+                    c["message"] = json!("Kubelet stopped posting node status.");
+                    c["lastTransitionTime"] = json!(stamp);
+                    c
+                })
+                .collect();
+            let mut t = taints.clone();
+            if !tainted {
+                t.push(json!({"key": UNREACHABLE, "effect": "NoSchedule"}));
+                t.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": stamp}));
+            }
+            (Some(conditions), Some(t))
+        } else if status == "True" && tainted {
+            let t: Vec<Value> = taints
+                .into_iter()
+                .filter(|t| t["key"] != UNREACHABLE)
+                .collect();
+            (None, Some(t))
+        } else {
+            (None, None)
+        };
+        if new_conditions.is_none() && new_taints.is_none() {
+            continue;
+        }
+        st.resource_version += 1;
+        let rv = st.resource_version.to_string();
+        if let Some(n) = st.objects.get_mut(&k) {
+            if let Some(c) = new_conditions {
+                n["status"]["conditions"] = Value::Array(c);
+            }
+            if let Some(t) = new_taints {
+                n["spec"]["taints"] = Value::Array(t);
             }
             n["metadata"]["resourceVersion"] = json!(rv);
         }
@@ -177,6 +270,63 @@ mod tests {
         assert_ne!(
             jws,
             detached_jws("other text", "abcdef", "0123456789abcdef")
+        );
+    }
+
+    /// The node lifecycle controller: silent past the grace period → `Unknown` and the two
+    /// unreachable taints (other taints kept); `Ready=True` again → the taints go.
+    #[test]
+    fn a_silent_node_becomes_unknown_and_unreachable_until_it_reports_again() {
+        let now = OffsetDateTime::now_utc();
+        let at = |t: OffsetDateTime| t.format(&Rfc3339).expect("time");
+        let mut st = Store::default();
+        let key: Key = ("nodes".into(), String::new(), "k8s-a".into());
+        let node = |hb: OffsetDateTime, status: &str| {
+            json!({"metadata": {"name": "k8s-a", "resourceVersion": "1"},
+                "spec": {"taints": [{"key": "other", "effect": "NoSchedule"}]},
+                "status": {"conditions": [{"type": "Ready", "status": status,
+                    "lastHeartbeatTime": at(hb)}]}})
+        };
+        let grace = std::time::Duration::from_secs(50);
+        st.objects
+            .insert(key.clone(), node(now - time::Duration::seconds(49), "True"));
+        monitor_node_health(&mut st, now, grace);
+        assert_eq!(
+            st.objects[&key]["status"]["conditions"][0]["status"],
+            "True"
+        );
+        st.objects
+            .insert(key.clone(), node(now - time::Duration::seconds(51), "True"));
+        monitor_node_health(&mut st, now, grace);
+        let n = &st.objects[&key];
+        assert_eq!(n["status"]["conditions"][0]["status"], "Unknown");
+        assert_eq!(n["status"]["conditions"][0]["reason"], "NodeStatusUnknown");
+        let keys: Vec<(&str, &str)> = n["spec"]["taints"]
+            .as_array()
+            .expect("taints")
+            .iter()
+            .map(|t| {
+                (
+                    t["key"].as_str().unwrap_or(""),
+                    t["effect"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("other", "NoSchedule"),
+                (UNREACHABLE, "NoSchedule"),
+                (UNREACHABLE, "NoExecute")
+            ]
+        );
+        // Reported again: the kubelet's status update replaces its Ready condition.
+        st.objects.get_mut(&key).expect("node")["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "True", "lastHeartbeatTime": at(now)}]);
+        monitor_node_health(&mut st, now, grace);
+        assert_eq!(
+            st.objects[&key]["spec"]["taints"],
+            json!([{"key": "other", "effect": "NoSchedule"}])
         );
     }
 }

@@ -71,6 +71,10 @@ pub struct K8sConfig {
     /// nodewire's `control-plane.sh` deletes [`CONTROL_PLANE_DELETES`] (the default here);
     /// empty is kubeadm's defaults as they are.
     pub deleted_cluster_role_bindings: Vec<String>,
+    /// kube-controller-manager's `--node-monitor-grace-period` (50 s since Kubernetes 1.32,
+    /// kubernetes/kubernetes#126287): a Node whose kubelet has not posted status for longer is
+    /// marked `Ready=Unknown` and tainted `node.kubernetes.io/unreachable`. `None`: off.
+    pub node_monitor_grace_period: Option<std::time::Duration>,
 }
 
 /// What nodewire's control-plane startup script deletes after `kubeadm init`, in both join
@@ -92,6 +96,7 @@ impl Default for K8sConfig {
                 .iter()
                 .map(|s| (*s).to_string())
                 .collect(),
+            node_monitor_grace_period: Some(std::time::Duration::from_secs(50)),
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct Store {
     /// Compact when the next continue request arrives (a test's way to have the compaction
     /// land between two pages of a list).
     compact_before_next_continue: bool,
+    /// [`K8sConfig::node_monitor_grace_period`].
+    node_monitor_grace: Option<std::time::Duration>,
 }
 
 struct Sim {
@@ -260,7 +267,10 @@ impl Service for Sim {
             rbac::Identity::service_account("kube-system", "nodewire"),
         );
         Self {
-            store: Mutex::new(Store::default()),
+            store: Mutex::new(Store {
+                node_monitor_grace: config.node_monitor_grace_period,
+                ..Store::default()
+            }),
             chaos,
             config,
             audit,
