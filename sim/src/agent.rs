@@ -93,8 +93,11 @@ pub struct PullJoin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentOutcome {
     Joined,
-    /// A Node of that name already exists: kubeadm refuses to join.
+    /// A Node of that name already exists and is Ready: kubeadm refuses to join.
     AlreadyRegistered,
+    /// A Node of that name existed and was not Ready: kubeadm joined, and the kubelet took
+    /// that Node over as its own (pkg/kubelet/kubelet_node_status.go).
+    Adopted,
     /// The kubelet started again and registered its Node again.
     Reregistered,
     Refused(String),
@@ -842,7 +845,9 @@ async fn join(k8s: &K8sView, cfg: &AgentConfig, yaml: &str, files: Option<&NodeF
         }
     };
     // kubelet-start (cmd/kubeadm/app/cmd/phases/join/kubelet.go): the Node is read with the
-    // bootstrap credential; a Node of that name that exists stops the join here.
+    // bootstrap credential; a Node of that name whose Ready condition is True stops the join
+    // here ("a Node with name … and status Ready already exists in the cluster"). One that is
+    // not Ready (its kubelet gone) does not: the new kubelet takes it over.
     match bootstrap
         .request(reqwest::Method::GET, &format!("/api/v1/nodes/{name}"))
         .send()
@@ -850,7 +855,17 @@ async fn join(k8s: &K8sView, cfg: &AgentConfig, yaml: &str, files: Option<&NodeF
     {
         Ok(r) if r.status().as_u16() == 404 => {}
         Ok(r) if r.status().is_success() => {
-            return Step::Done(AgentOutcome::AlreadyRegistered, None);
+            let existing: Value = r.json().await.unwrap_or_default();
+            let ready = existing
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            if ready {
+                return Step::Done(AgentOutcome::AlreadyRegistered, None);
+            }
         }
         Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
             return Step::Retry(format!("cannot get Node {name:?}: HTTP {}", r.status()));
@@ -895,7 +910,22 @@ async fn join(k8s: &K8sView, cfg: &AgentConfig, yaml: &str, files: Option<&NodeF
         Ok(r) if r.status().as_u16() == 201 => {
             Step::Done(AgentOutcome::Joined, Some((node, kubelet)))
         }
-        Ok(r) if r.status().as_u16() == 409 => Step::Done(AgentOutcome::AlreadyRegistered, None),
+        // The kubelet's registration finds its Node there (tryRegisterWithAPIServer): it reads
+        // it and keeps it as its own — its spec (podCIDR, providerID, taints) as it was.
+        Ok(r) if r.status().as_u16() == 409 => {
+            match kubelet
+                .request(reqwest::Method::GET, &format!("/api/v1/nodes/{name}"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                    Ok(existing) => Step::Done(AgentOutcome::Adopted, Some((existing, kubelet))),
+                    Err(e) => Step::Retry(format!("reading the existing Node: {e}")),
+                },
+                Ok(r) => Step::Retry(format!("reading the existing Node: HTTP {}", r.status())),
+                Err(e) => Step::Retry(format!("reading the existing Node: {e}")),
+            }
+        }
         Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
             Step::Retry(format!("HTTP {}", r.status()))
         }

@@ -164,3 +164,112 @@ async fn lost_node_comes_back(metadata_mode: bool) {
     assert!(refused, "{:?}", outcomes(&w, vm));
     w.stop().await;
 }
+
+/// Issue 21, item 5: kubeadm and the kubelet with a Node of their name already there, as
+/// upstream does it. kubeadm's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go)
+/// refuses to join when that Node is Ready; when it is not (its kubelet gone: `Ready=Unknown`),
+/// it joins, and the kubelet's registration (pkg/kubelet/kubelet_node_status.go,
+/// tryRegisterWithAPIServer) takes the existing Node over, its spec as it was. nodewire never
+/// lets a recreated VM get there (it deletes a previous instance's Node before the VM may join:
+/// tests/tests/recreation.rs); this drives the agent directly with a JoinConfiguration in the
+/// VM's metadata, seeded without an insert, so that no step runs.
+#[tokio::test]
+async fn kubeadm_refuses_a_ready_node_of_its_name_and_the_kubelet_adopts_one_that_is_not() {
+    use integration_tests::simfix::{fast_kube_policy, kube_client};
+    use nodewire::join::{Discovery, JoinParams, join_configuration};
+    use serde_json::json;
+    let w = World::start(WorldOptions {
+        metadata_mode: true,
+        ..WorldOptions::default()
+    })
+    .await;
+    let k = kube_client(&w.k8s, fast_kube_policy()).await;
+    let ci = k.cluster_info().await.expect("cluster-info");
+    let api = ci.server.trim_start_matches("https://").to_string();
+    let stamp = |ago: i64| {
+        (time::OffsetDateTime::now_utc() - time::Duration::seconds(ago))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("time")
+    };
+    for (name, ready) in [("k8s-adopt-1", "Unknown"), ("k8s-adopt-2", "True")] {
+        let vm = nodewire::names::InstanceRef::new(P, ZONE, name).expect("ref");
+        // The Node a previous kubelet registered, with its own podCIDR.
+        let seeded = w
+            .k8s
+            .seed(
+                "nodes",
+                "",
+                json!({"metadata": {"name": name},
+                    "spec": {"podCIDR": "10.4.200.0/24", "providerID": vm.provider_id()},
+                    "status": {"conditions": [{"type": "Ready", "status": ready,
+                        "lastHeartbeatTime": stamp(0)}]}}),
+            )
+            .expect("seed the Node");
+        let token = k
+            .create_bootstrap_token(
+                &vm,
+                None,
+                Duration::from_secs(900),
+                "system:bootstrappers:kubeadm:default-node-token",
+            )
+            .await
+            .expect("a token");
+        let token_text = token.expose();
+        let pid = vm.provider_id();
+        let yaml = join_configuration(
+            &JoinParams {
+                discovery: Discovery::Token {
+                    api_server: &api,
+                    token: &token_text,
+                    ca_pin: &ci.ca_pin,
+                },
+                node_name: name,
+                provider_id: &pid,
+                taint_key: nodewire::names::UNWIRED_TAINT,
+            },
+            nodewire::config::JoinApi::V1beta4,
+        );
+        w.compute
+            .seed_instance(sim::compute::InstanceSeed {
+                metadata: vec![("kubeadm-join".into(), yaml)],
+                ..sim::compute::InstanceSeed::node_vm(P, "us-central1", ZONE, name)
+            })
+            .expect("seed the VM");
+        let done = w
+            .wait_until(Duration::from_secs(60), |w| {
+                outcomes(w, name)
+                    .iter()
+                    .any(|o| !matches!(o, AgentOutcome::Reported))
+            })
+            .await;
+        assert!(done, "the agent did not join {name}");
+        let got = outcomes(&w, name);
+        let node = w.k8s.object("nodes", "", name).expect("the Node");
+        assert_eq!(
+            node["metadata"]["uid"], seeded["metadata"]["uid"],
+            "the same Node"
+        );
+        assert_eq!(
+            node["spec"]["podCIDR"], "10.4.200.0/24",
+            "its spec as it was"
+        );
+        if ready == "True" {
+            assert_eq!(got, vec![AgentOutcome::AlreadyRegistered], "{name}");
+        } else {
+            assert_eq!(got, vec![AgentOutcome::Adopted], "{name}");
+            // The new kubelet reports on it: Ready again.
+            assert!(
+                w.wait_until(Duration::from_secs(30), |w| {
+                    w.k8s
+                        .object("nodes", "", name)
+                        .and_then(|n| n.pointer("/status/conditions/0/status").cloned())
+                        == Some(json!("True"))
+                })
+                .await,
+                "{}",
+                w.k8s.object("nodes", "", name).unwrap_or_default()
+            );
+        }
+    }
+    w.stop().await;
+}
