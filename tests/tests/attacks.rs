@@ -419,15 +419,7 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
     .await;
     let k = kube_client(&sim, fast_kube_policy()).await;
     let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
-    let token = k
-        .create_bootstrap_token(
-            &a,
-            None,
-            Duration::from_secs(900),
-            "system:bootstrappers:kubeadm:default-node-token",
-        )
-        .await
-        .expect("a join token for k8s-a");
+    let token = mint_for(&k, &a, None).await;
     let endpoint = sim.endpoint();
     let token_text = token.expose();
     let bearer = token_text.as_str();
@@ -482,6 +474,23 @@ async fn kubeadms_defaults_approve_a_bootstrap_tokens_csr_for_any_node() {
     assert_eq!(code, 401);
 }
 
+/// A bootstrap token nodewire's way (labelled with VM `vm`, kubeadm's node group), as
+/// `bootstrap` mints one in metadata mode.
+async fn mint_for(
+    k: &nodewire::act::k8s::Kube,
+    vm: &InstanceRef,
+    instance_id: Option<&str>,
+) -> nodewire::act::k8s::BootstrapToken {
+    k.create_bootstrap_token(
+        vm,
+        instance_id,
+        Duration::from_secs(900),
+        "system:bootstrappers:kubeadm:default-node-token",
+    )
+    .await
+    .expect("a join token")
+}
+
 /// Posts a kubelet CSR as `bearer` and reads it back until `done` holds for it or `within`
 /// passes; returns the HTTP status of the create and the last object read.
 async fn post_csr_until(
@@ -533,15 +542,7 @@ async fn in_metadata_mode_a_token_for_one_vm_never_gets_another_nodes_certificat
     .await;
     let k = kube_client(&w.k8s, fast_kube_policy()).await;
     let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
-    let token = k
-        .create_bootstrap_token(
-            &a,
-            Some("4242"),
-            Duration::from_secs(900),
-            "system:bootstrappers:kubeadm:default-node-token",
-        )
-        .await
-        .expect("a join token for k8s-a");
+    let token = mint_for(&k, &a, Some("4242")).await;
     let endpoint = w.k8s.endpoint();
     let token_text = token.expose();
     let decided = |c: &serde_json::Value| {
@@ -618,15 +619,7 @@ async fn the_sweeps_pass_decides_bootstrap_csrs_whose_audit_entry_was_lost() {
     .await;
     let k = kube_client(&sim, fast_kube_policy()).await;
     let a = InstanceRef::new(P, "us-central1-a", "k8s-a").expect("ref");
-    let token = k
-        .create_bootstrap_token(
-            &a,
-            Some("4242"),
-            Duration::from_secs(900),
-            "system:bootstrappers:kubeadm:default-node-token",
-        )
-        .await
-        .expect("a join token for k8s-a");
+    let token = mint_for(&k, &a, Some("4242")).await;
     let endpoint = sim.endpoint();
     let bearer = token.expose();
     let (_, own) = post_csr(&endpoint, &bearer, &kubelet_csr("k8s-a", "system:nodes")).await;
@@ -662,15 +655,7 @@ async fn the_sweeps_pass_decides_bootstrap_csrs_whose_audit_entry_was_lost() {
     // Pull mode's RBAC: the same pass is refused, nothing is decided.
     let pull = k8s_sim(sim::k8s::K8sConfig::default()).await;
     let k = kube_client(&pull, fast_kube_policy()).await;
-    let token = k
-        .create_bootstrap_token(
-            &a,
-            Some("4242"),
-            Duration::from_secs(900),
-            "system:bootstrappers:kubeadm:default-node-token",
-        )
-        .await
-        .expect("a token");
+    let token = mint_for(&k, &a, Some("4242")).await;
     let (_, left) = post_csr(
         &pull.endpoint(),
         &token.expose(),

@@ -34,6 +34,16 @@ fn ids(w: &sim::stack::Stack, name: &str) -> (Option<String>, Option<String>, Op
     (vm, uid, recorded)
 }
 
+/// The Node deletes the Kubernetes simulator accepted so far.
+fn node_deletes(w: &sim::stack::Stack) -> Vec<sim::faults::LoggedRequest> {
+    w.k8s
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "nodes.delete" && r.status < 300)
+        .collect()
+}
+
 async fn wire_one(w: &World, name: &str) -> (String, String) {
     w.insert_vm(P, Z, name, &[("cluster", "demo")], true).await;
     assert!(
@@ -102,13 +112,7 @@ async fn recreate(delete_audit: bool, metadata_mode: bool) {
     );
     assert_eq!(recorded, new_id, "the new Node records the new instance");
     // Exactly one Node was deleted, the previous instance's: nothing of the new instance.
-    let deletes: Vec<_> = w
-        .k8s
-        .chaos()
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "nodes.delete" && r.status < 300)
-        .collect();
+    let deletes = node_deletes(&w);
     assert_eq!(deletes.len(), 1, "{deletes:#?}");
     if !delete_audit {
         // Lost delete entry: bootstrap deleted the stale Node, only while it had its old uid.
@@ -235,13 +239,7 @@ async fn at_a_realistic_pace_a_recreated_vm_is_wired_within_a_new_vms_time() {
         again <= first + Duration::from_secs(15),
         "the replacement took {again:?}, a new VM {first:?}"
     );
-    let deletes: Vec<_> = stack
-        .k8s
-        .chaos()
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "nodes.delete" && r.status < 300)
-        .collect();
+    let deletes = node_deletes(&stack);
     assert_eq!(deletes.len(), 1, "{deletes:#?}");
     assert_eq!(
         deletes[0]
