@@ -75,6 +75,23 @@ impl Grants {
     }
 }
 
+/// Writing a CSR's Approved (or Denied) condition through its approval subresource.
+const CSR_APPROVAL: KubeGrant = KubeGrant {
+    namespace: None,
+    resource: "certificatesigningrequests/approval",
+    name: None,
+    verbs: &["patch"],
+};
+
+/// The CertificateApproval admission plugin's check: approval for the kubelet client signer
+/// only.
+const KUBELET_SIGNER_APPROVE: KubeGrant = KubeGrant {
+    namespace: None,
+    resource: "signers",
+    name: Some(KUBELET_CLIENT_SIGNER),
+    verbs: &["approve"],
+};
+
 /// Metadata mode only (`infra/k8s/nodewire-rbac-metadata-mode.yaml`, which the control plane
 /// applies in that mode and deletes in pull mode): [`METADATA_MODE_FUNCTIONS`] decide the
 /// kubelets' CSRs made with nodewire's bootstrap tokens (they also list the tokens, which
@@ -86,18 +103,8 @@ pub const METADATA_MODE_GRANTS: &[KubeGrant] = &[
         name: None,
         verbs: &["list"],
     },
-    KubeGrant {
-        namespace: None,
-        resource: "certificatesigningrequests/approval",
-        name: None,
-        verbs: &["patch"],
-    },
-    KubeGrant {
-        namespace: None,
-        resource: "signers",
-        name: Some(KUBELET_CLIENT_SIGNER),
-        verbs: &["approve"],
-    },
+    CSR_APPROVAL,
+    KUBELET_SIGNER_APPROVE,
     TOKENS_LIST,
 ];
 
@@ -296,18 +303,8 @@ pub const TABLE: &[Grants] = &[
                 name: None,
                 verbs: &["create", "get", "list"],
             },
-            KubeGrant {
-                namespace: None,
-                resource: "certificatesigningrequests/approval",
-                name: None,
-                verbs: &["patch"],
-            },
-            KubeGrant {
-                namespace: None,
-                resource: "signers",
-                name: Some(KUBELET_CLIENT_SIGNER),
-                verbs: &["approve"],
-            },
+            CSR_APPROVAL,
+            KUBELET_SIGNER_APPROVE,
         ],
         // The VM's report of its join starts the chain after registration at once.
         publishes: &["assign-alias"],
