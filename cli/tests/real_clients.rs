@@ -405,5 +405,34 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(jsonpath(".metadata.uid"), uid, "its Node is kept");
     assert_eq!(jsonpath(recorded), new_id);
+
+    // Suspended and resumed: the same instance, the same Node. gcloud waits for each
+    // operation; a second suspend is refused as Compute Engine refuses it.
+    ok(
+        &s,
+        "gcloud",
+        &["compute", "instances", "suspend", VM, "--zone", ZONE],
+    );
+    assert_eq!(describe(&s, "status"), "SUSPENDED");
+    refused(
+        &s,
+        "gcloud",
+        &["compute", "instances", "suspend", VM, "--zone", ZONE],
+        "already suspended",
+    );
+    ok(
+        &s,
+        "gcloud",
+        &["compute", "instances", "resume", VM, "--zone", ZONE],
+    );
+    assert_eq!(describe(&s, "status"), "RUNNING");
+    assert_eq!(
+        describe(&s, "id"),
+        new_id,
+        "a resumed VM is the same instance"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jsonpath(".metadata.uid"), uid, "its Node is kept");
+    assert_eq!(jsonpath(recorded), new_id);
     drop(s);
 }

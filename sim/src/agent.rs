@@ -21,7 +21,9 @@
 //! kubelet runs (kubernetes/kubernetes#71398; the re-registration of PR #123535 was not merged,
 //! and #116485 reports the same in current releases). A kubelet *start* registers again: when
 //! the VM goes from stopped to RUNNING, or when the node-side unit nodewire ships restarts it
-//! because the metadata key [`KUBELET_RESTART_KEY`] changed.
+//! because the metadata key [`KUBELET_RESTART_KEY`] changed; after a start it is Ready again
+//! only after its readiness delay. A *suspended* VM's kubelet is frozen, not stopped: it
+//! reports nothing while the VM is SUSPENDED and carries on after `resume` (no boot).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -132,7 +134,9 @@ struct Kubelet {
     node: Value,
     /// The kubelet's own certificate (from its TLS bootstrap), over the TLS front.
     client: ApiClient,
-    registered_at: Instant,
+    /// When this kubelet last started (its join, a boot after a stop, a restart): it reports
+    /// Ready `ready_after` later.
+    started_at: Instant,
     last_heartbeat: Option<Instant>,
     running: bool,
     restart_seen: Option<String>,
@@ -145,7 +149,7 @@ impl Kubelet {
             instance_id,
             node,
             client,
-            registered_at: Instant::now(),
+            started_at: Instant::now(),
             last_heartbeat: None,
             running: true,
             restart_seen: restart,
@@ -158,6 +162,8 @@ struct VmSeen {
     key: String,
     id: u64,
     running: bool,
+    /// SUSPENDING or SUSPENDED.
+    suspended: bool,
     join: Option<String>,
     restart: Option<String>,
 }
@@ -231,6 +237,7 @@ impl VmAgent {
                                 key: format!("{}/{}/{}", i.project, i.zone, i.name),
                                 id: i.id,
                                 running: i.status == "RUNNING",
+                                suspended: matches!(i.status.as_str(), "SUSPENDING" | "SUSPENDED"),
                                 join: meta("kubeadm-join"),
                                 restart: meta(KUBELET_RESTART_KEY),
                             }
@@ -316,12 +323,21 @@ async fn kubelet_tick(
     vm: &VmSeen,
     kl: &mut Kubelet,
 ) -> Option<AgentOutcome> {
+    if vm.suspended {
+        // Suspended, the guest's memory saved: the kubelet is frozen, not stopped, and carries
+        // on where it was when the VM resumes (no boot, no kubelet start).
+        return None;
+    }
     if !vm.running {
         kl.running = false;
         return None;
     }
     let restarted = !kl.running || (vm.restart.is_some() && vm.restart != kl.restart_seen);
     kl.running = true;
+    if restarted {
+        kl.started_at = Instant::now();
+        kl.last_heartbeat = None;
+    }
     kl.restart_seen.clone_from(&vm.restart);
     let name = kl.node["metadata"]["name"]
         .as_str()
@@ -336,7 +352,6 @@ async fn kubelet_tick(
             .send()
             .await;
         if r.is_ok_and(|r| r.status().as_u16() == 201) {
-            kl.registered_at = Instant::now();
             outcome = Some(AgentOutcome::Reregistered);
         }
     }
@@ -348,7 +363,7 @@ async fn kubelet_tick(
     }
     kl.last_heartbeat = Some(Instant::now());
     // A missing Node stays missing: this kubelet's status updates fail with 404.
-    let ready = kl.registered_at.elapsed() >= cfg.ready_after;
+    let ready = kl.started_at.elapsed() >= cfg.ready_after;
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

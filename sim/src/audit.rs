@@ -69,12 +69,31 @@ impl AuditSink {
 /// A simulator's side of its sink: entries go to the publishing task, or nowhere when no sink
 /// is configured.
 #[derive(Debug)]
-pub(crate) struct AuditLog(Option<tokio::sync::mpsc::UnboundedSender<Value>>);
+pub(crate) struct AuditLog(
+    Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    std::sync::Mutex<Vec<Late>>,
+);
+
+/// Entries of one method that Logging routes late, and how many times: Cloud Logging gives
+/// no order between entries and routes at least once, so at Google's pace the delete's entry
+/// of a recreated VM often reaches the topic after the insert's (issue 21).
+#[derive(Debug, Clone)]
+pub struct Late {
+    /// `protoPayload.methodName` (e.g. `v1.compute.instances.delete`).
+    pub method: String,
+    /// Added to the sink's delay.
+    pub extra: std::time::Duration,
+    /// How many copies arrive (2: a duplicate).
+    pub copies: u8,
+}
 
 impl AuditLog {
     /// Starts the sink's publishing task, if there is a sink.
     pub(crate) fn start(sink: Option<&AuditSink>) -> Self {
-        Self(sink.cloned().map(AuditSink::spawn))
+        Self(
+            sink.cloned().map(AuditSink::spawn),
+            std::sync::Mutex::new(Vec::new()),
+        )
     }
 
     /// Whether entries are published at all (a simulator builds none otherwise).
@@ -84,8 +103,41 @@ impl AuditLog {
 
     /// Queues `entry` for publication.
     pub(crate) fn publish(&self, entry: Value) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(entry);
+        let Some(tx) = &self.0 else { return };
+        let method = entry
+            .pointer("/protoPayload/methodName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let late = self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|l| l.method == method)
+            .cloned();
+        match late {
+            None => {
+                let _ = tx.send(entry);
+            }
+            Some(l) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(l.extra).await;
+                    for _ in 0..l.copies {
+                        let _ = tx.send(entry.clone());
+                    }
+                });
+            }
         }
+    }
+
+    /// From now on, entries of `late.method` arrive late (and as many times as it says).
+    pub(crate) fn make_late(&self, late: Late) {
+        let mut v = self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.retain(|l| l.method != late.method);
+        v.push(late);
     }
 }

@@ -853,7 +853,7 @@ impl Stack {
         .await
     }
 
-    /// Stops (`stop`) or starts (`start`) a VM through `instances.stop` / `instances.start`.
+    /// `instances.ACTION` on a VM: `stop`, `start`, `suspend` or `resume`.
     ///
     /// # Errors
     /// A message when the simulator keeps refusing.

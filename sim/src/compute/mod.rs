@@ -289,6 +289,12 @@ impl ComputeSim {
         f(&mut self.sim().world())
     }
 
+    /// From now on, the audit entries of `late.method` reach the sink's topic late (and
+    /// `late.copies` times), as Cloud Logging may route them.
+    pub fn make_audit_late(&self, late: crate::audit::Late) {
+        self.sim().audit.make_late(late);
+    }
+
     /// A cloneable read handle on the world (for the VM agent).
     pub fn view(&self) -> ComputeView {
         ComputeView(self.sim().clone())
