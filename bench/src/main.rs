@@ -7,7 +7,10 @@
 //! target/release/nodewire-bench chain          # insert → wired, 1 VM and 100 VMs at once
 //! target/release/nodewire-bench chain --vms 0 --latency realistic --join-mode metadata
 //! target/release/nodewire-bench join-latency   # identity token → JoinConfiguration, p50/p99
+//! target/release/nodewire-bench push-probe     # the Pub/Sub emulator's push delivery
 //! ```
+
+mod push_probe;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -54,12 +57,20 @@ enum Cmd {
         /// `pull` (the default) or `metadata` (`NODEWIRE_JOIN_MODE`).
         #[arg(long, default_value = "pull")]
         join_mode: String,
+        /// `emulator` (the default: the Pub/Sub emulator's push delivery, at most two
+        /// deliveries in flight per subscription, see `push-probe`) or `in-process` (push
+        /// delivery as Pub/Sub documents it: concurrent, the retry policy honoured).
+        #[arg(long, default_value = "emulator")]
+        bus: String,
     },
     /// The join service at the realistic pace: a VM's identity token → its JoinConfiguration.
     JoinLatency {
         #[arg(long, default_value_t = 200)]
         requests: usize,
     },
+    /// The Pub/Sub emulator's push delivery against an endpoint of our own: retry policy,
+    /// deliveries in flight, behaviour after 503s.
+    PushProbe,
 }
 
 fn envelope(data: &[u8], id: usize) -> String {
@@ -200,19 +211,30 @@ async fn sweep(sizes: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn chain(vms: usize, latency: sim::stack::Latency, join_mode: &str) -> anyhow::Result<()> {
+async fn chain(
+    vms: usize,
+    latency: sim::stack::Latency,
+    join_mode: &str,
+    bus: &str,
+) -> anyhow::Result<()> {
     let join_mode = match join_mode {
         "pull" => nodewire::config::JoinMode::Pull,
         "metadata" => nodewire::config::JoinMode::Metadata,
         other => bail!("--join-mode {other:?}: pull or metadata"),
     };
+    let bus_choice = match bus {
+        "emulator" => sim::stack::BusChoice::Emulator,
+        "in-process" => sim::stack::BusChoice::InProcess,
+        other => bail!("--bus {other:?}: emulator or in-process"),
+    };
     let stack = sim::stack::Stack::start(latency.apply(sim::stack::StackOptions {
         join_mode,
+        bus: bus_choice,
         ..sim::stack::StackOptions::default()
     }))
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
-    println!("join mode: {}", join_mode.as_str());
+    println!("join mode: {}; push delivery: {bus}", join_mode.as_str());
     let bound = match latency {
         sim::stack::Latency::Fast => Duration::from_secs(60),
         sim::stack::Latency::Realistic => Duration::from_secs(600),
@@ -271,6 +293,8 @@ async fn chain(vms: usize, latency: sim::stack::Latency, join_mode: &str) -> any
         s(wired.saturating_sub(untainted))
     );
     println!("| 1 VM: instances.insert → wired | {:.2} s |", s(wired));
+    let before = retries(&stack);
+    println!("| 1 VM: deliveries answered 503 (redelivery asked) | {before} |");
     if vms == 0 {
         stack.stop().await;
         return Ok(());
@@ -310,8 +334,26 @@ async fn chain(vms: usize, latency: sim::stack::Latency, join_mode: &str) -> any
         times[vms / 2].as_secs_f64(),
         times[0].as_secs_f64()
     );
+    println!(
+        "| {vms} VMs: deliveries answered 503 | {} |",
+        retries(&stack) - before
+    );
+    for (name, a) in stack.answers() {
+        println!("  {name}: {a:?}");
+    }
     stack.stop().await;
     Ok(())
+}
+
+/// Deliveries the step and event functions answered 503 so far (Pub/Sub redelivers them; the
+/// `join` service's 503s are answers to VMs, not counted).
+fn retries(stack: &sim::stack::Stack) -> usize {
+    stack
+        .answers()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "join")
+        .map(|(_, a)| a.get(&503).copied().unwrap_or(0))
+        .sum()
 }
 
 /// The `join` service under the realistic profile: `requests` VMs (seeded RUNNING, their
@@ -416,7 +458,9 @@ async fn main() -> anyhow::Result<()> {
             vms,
             latency,
             join_mode,
-        } => chain(vms, latency, &join_mode).await,
+            bus,
+        } => chain(vms, latency, &join_mode, &bus).await,
         Cmd::JoinLatency { requests } => join_latency(requests.max(1)).await,
+        Cmd::PushProbe => push_probe::probe().await,
     }
 }

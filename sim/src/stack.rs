@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::emulator::Emulator;
@@ -42,6 +42,8 @@ pub const JOIN_AUDIENCE: &str = "https://nodewire-join-123456789012.us-central1.
 /// A function served in-process on a loopback port.
 pub struct FnServer {
     pub addr: SocketAddr,
+    /// How many answers of each HTTP status the server gave (503: a delivery to redo).
+    answers: Arc<Mutex<BTreeMap<u16, usize>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -77,6 +79,19 @@ impl FnServer {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let answers: Arc<Mutex<BTreeMap<u16, usize>>> = Arc::default();
+        let counted = answers.clone();
+        let app = app.layer(axum::middleware::map_response(
+            move |r: axum::response::Response| {
+                let counted = counted.clone();
+                async move {
+                    if let Ok(mut a) = counted.lock() {
+                        *a.entry(r.status().as_u16()).or_default() += 1;
+                    }
+                    r
+                }
+            },
+        ));
         let task = tokio::spawn(nodewire::adapter::serve_router(
             listener,
             deps,
@@ -87,9 +102,15 @@ impl FnServer {
         ));
         Self {
             addr,
+            answers,
             stop: Some(tx),
             task,
         }
+    }
+
+    /// How many answers of each HTTP status the server gave so far.
+    pub fn answers(&self) -> BTreeMap<u16, usize> {
+        self.answers.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     /// `http://127.0.0.1:PORT/`: the push endpoint.
@@ -155,6 +176,12 @@ pub struct StackOptions {
     /// How VMs get their JoinConfiguration (`NODEWIRE_JOIN_MODE`); pull, as in production,
     /// by default.
     pub join_mode: JoinMode,
+    /// `NODEWIRE_REQUEST_TIMEOUT_SECS` of every function; the push subscriptions' ack deadline
+    /// is 20 s more (as `infra/terraform` sets them: 100 s and 120 s).
+    pub request_timeout: Duration,
+    /// The push subscriptions' `retryPolicy` (minimum, maximum backoff); `infra/terraform`
+    /// sets 10 s and 600 s.
+    pub retry_backoff: (Duration, Duration),
 }
 
 /// How slow the simulated world is.
@@ -167,7 +194,8 @@ pub enum Latency {
     /// experience: Compute operations of seconds (3 s; a NIC update 12 s), a VM STAGING for
     /// 20 s, Cloud Logging delivering an audit entry to its sink's topic after 5 s, the startup
     /// script reaching `kubeadm join` 20 s after boot, the IPAM controller 1 s, kubelets
-    /// Ready after 15 s and reporting status every 10 s.
+    /// Ready after 15 s and reporting status every 10 s; and production's delivery settings
+    /// (request timeout 100 s, ack deadline 120 s, redelivery backoff 10 s to 600 s).
     Realistic,
 }
 
@@ -185,6 +213,9 @@ impl Latency {
                 ipam_delay: Duration::from_secs(1),
                 kubelet_heartbeat: Duration::from_secs(10),
                 kubelet_ready_after: Duration::from_secs(15),
+                // Production's delivery settings (infra/terraform's defaults).
+                request_timeout: Duration::from_secs(100),
+                retry_backoff: (Duration::from_secs(10), Duration::from_secs(600)),
                 ..opts
             },
         }
@@ -230,6 +261,8 @@ impl Default for StackOptions {
             kubelet_heartbeat: Duration::from_millis(500),
             kubelet_ready_after: Duration::from_millis(300),
             join_mode: JoinMode::Pull,
+            request_timeout: Duration::from_secs(25),
+            retry_backoff: (Duration::from_secs(1), Duration::from_secs(3)),
         }
     }
 }
@@ -571,7 +604,10 @@ impl Stack {
                 "NODEWIRE_SELECTOR_LABELS".into(),
                 format!("{}={}", opts.selector.0, opts.selector.1),
             ),
-            ("NODEWIRE_REQUEST_TIMEOUT_SECS".into(), "25".into()),
+            (
+                "NODEWIRE_REQUEST_TIMEOUT_SECS".into(),
+                opts.request_timeout.as_secs().max(1).to_string(),
+            ),
             // The emulator's push carries no ID token (it does not mint them); every function
             // of the stack listens on loopback, the only place authentication may be off.
             ("NODEWIRE_PUSH_AUTH".into(), "off".into()),
@@ -738,9 +774,12 @@ impl Stack {
                     &source_topic(name),
                     json!({
                         "pushConfig": {"pushEndpoint": server.endpoint()},
-                        "ackDeadlineSeconds": 30,
+                        "ackDeadlineSeconds": opts.request_timeout.as_secs() + 20,
                         "enableMessageOrdering": true,
-                        "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "3s"},
+                        "retryPolicy": {
+                            "minimumBackoff": format!("{}s", opts.retry_backoff.0.as_secs()),
+                            "maximumBackoff": format!("{}s", opts.retry_backoff.1.as_secs()),
+                        },
                         "deadLetterPolicy": {"deadLetterTopic": format!("projects/{p}/topics/nodewire-undeliverable"), "maxDeliveryAttempts": 30},
                     }),
                 )
@@ -756,6 +795,7 @@ impl Stack {
                     &topic,
                     format!("projects/{p}/subscriptions/{name}-push"),
                     server.endpoint(),
+                    opts.retry_backoff,
                 ));
             }
         }
@@ -781,6 +821,18 @@ impl Stack {
     }
 
     /// The environment a function (or the CLI) needs to talk to this stack.
+    /// Every function's answers so far, by HTTP status (`join` and `drift-sweep` included).
+    pub fn answers(&self) -> BTreeMap<String, BTreeMap<u16, usize>> {
+        let mut out: BTreeMap<String, BTreeMap<u16, usize>> = self
+            .servers
+            .iter()
+            .map(|(name, s)| (name.clone(), s.answers()))
+            .collect();
+        out.insert("join".into(), self.join_server.answers());
+        out.insert("drift-sweep".into(), self.sweep_server.answers());
+        out
+    }
+
     pub fn env(&self) -> &BTreeMap<String, String> {
         &self.env
     }
@@ -1051,11 +1103,17 @@ impl Stack {
 /// Delivers the in-process bus's messages of one topic to a function as Pub/Sub push would:
 /// the wrapped envelope, redelivery with backoff on any non-2xx answer (bounded), one message
 /// at a time per ordering key (other keys are not held up).
+/// The in-process push delivery, as Pub/Sub documents it rather than as the emulator does
+/// it (issue 22, `nodewire-bench push-probe`): no cap on deliveries in flight (ordered per
+/// ordering key), and a nacked delivery retried after the subscription's retry policy, an
+/// exponential backoff from `backoff.0` to `backoff.1`, up to 30 attempts (the stack's
+/// dead-letter policy).
 fn spawn_pusher(
     bus: &InProcessBus,
     topic: &str,
     subscription: String,
     endpoint: String,
+    retry: (Duration, Duration),
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = bus.subscribe(topic);
     tokio::spawn(async move {
@@ -1086,7 +1144,7 @@ fn spawn_pusher(
                         "publishTime": publish_time,
                     }
                 });
-                let mut backoff = Duration::from_millis(200);
+                let mut backoff = retry.0;
                 for _ in 0..30 {
                     if let Ok(r) = http.post(&endpoint).json(&body).send().await
                         && r.status().is_success()
@@ -1094,7 +1152,7 @@ fn spawn_pusher(
                         return;
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(retry.1);
                 }
                 tracing::warn!(%subscription, message_id = %d.message_id, "in-process push: gave up after 30 attempts");
             });

@@ -45,6 +45,19 @@ impl Classify for StepError {
     }
 }
 
+/// The first pause before re-reading while waiting within a delivery; it doubles up to
+/// [`EXPECT_MAX_PAUSE`] (a VM boots in tens of seconds; a podCIDR comes within a second).
+pub const EXPECT_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest pause between re-reads while waiting within a delivery (each re-read is a
+/// Compute and a Kubernetes read: at 100 VMs booting at once, about 25 Compute reads a second).
+pub const EXPECT_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// How long a delivery waits within itself for what is expected: half its deadline, so that
+/// the step's own work (an operation of seconds) still fits in the other half.
+pub fn expect_budget(request_timeout: std::time::Duration) -> std::time::Duration {
+    request_timeout / 2
+}
+
 /// The adapter handler of the step function `step`.
 pub fn handler(step: Step, deps: ChainDeps) -> impl Handler<StepMessage> {
     move |event: PushEvent<StepMessage>| {
@@ -86,11 +99,33 @@ pub async fn handle(
         }
         Step::TagInstance | Step::ProviderId | Step::ReleaseAlias => observe::Tokens::Skip,
     };
-    let obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node, tokens).await?;
+    let mut obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node, tokens).await?;
+    // What is expected to happen by itself soon (a VM booting, a podCIDR) is waited for here,
+    // re-reading, within half the delivery's deadline; a redelivery is asked only after that.
+    let started = std::time::Instant::now();
+    let budget = expect_budget(deps.base.config.limits.request_timeout);
+    let mut pause = EXPECT_FIRST_PAUSE;
+    let mut waited = false;
+    let planned = loop {
+        match plan::plan(step, &obs, &deps.plan) {
+            Plan::Expect(why) if started.elapsed() + pause <= budget => {
+                tracing::debug!(instance = %msg.instance, %step, reason = %why, "waiting within the delivery");
+                tokio::time::sleep(pause).await;
+                waited = true;
+                pause = (pause * 2).min(EXPECT_MAX_PAUSE);
+                obs = observe::one_vm(&deps.compute, &deps.kube, &msg.instance, &node, tokens)
+                    .await?;
+            }
+            p => break p,
+        }
+    };
+    if waited {
+        tracing::info!(instance = %msg.instance, %step, waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "waited within the delivery");
+    }
     let node = obs.node.as_ref().map_or(node, |n| n.name.clone());
-    let (actions, next) = match plan::plan(step, &obs, &deps.plan) {
+    let (actions, next) = match planned {
         Plan::Ignore(why) => return Ok(Outcome::Ignored(why)),
-        Plan::Wait(why) => return Err(StepError::Wait(why)),
+        Plan::Wait(why) | Plan::Expect(why) => return Err(StepError::Wait(why)),
         Plan::Refuse(r) => {
             report_refusal(deps, &obs, &r).await;
             return Err(StepError::Refused(r));

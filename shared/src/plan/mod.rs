@@ -145,6 +145,11 @@ pub enum Plan {
     },
     /// Not yet possible; try again later (the delivery is retried).
     Wait(String),
+    /// Not yet possible, and about to be without anyone doing anything: a VM booting, the IPAM
+    /// controller's podCIDR. The step waits for it within its delivery (re-reading), and only
+    /// if it has not happened by then asks for a redelivery (issue 22, item 4: an expected
+    /// wait is not a nack).
+    Expect(String),
     /// Not nodewire's business; acknowledge.
     Ignore(String),
     /// Can never succeed as things are.
@@ -156,7 +161,7 @@ impl Plan {
     pub fn reason(&self) -> String {
         match self {
             Plan::Act { .. } => String::new(),
-            Plan::Wait(w) | Plan::Ignore(w) => w.clone(),
+            Plan::Wait(w) | Plan::Expect(w) | Plan::Ignore(w) => w.clone(),
             Plan::Refuse(r) => r.to_string(),
         }
     }
@@ -632,7 +637,7 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
 /// that can never be wired as it is (the message says what to fix), ignore the rest.
 fn ineligible_plan(e: &Ineligible) -> Plan {
     match e {
-        Ineligible::Booting { .. } => Plan::Wait(e.to_string()),
+        Ineligible::Booting { .. } => Plan::Expect(e.to_string()),
         Ineligible::NoIpForwarding(vm) => Plan::Refuse(Refusal::NoIpForwarding(vm.clone())),
         Ineligible::WrongSubnet {
             vm, found, wanted, ..
@@ -702,7 +707,12 @@ fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
                 next: None,
             });
         }
-        Ok(None) => return Err(Plan::Wait(format!("Node {} has no podCIDR yet", node.name))),
+        Ok(None) => {
+            return Err(Plan::Expect(format!(
+                "Node {} has no podCIDR yet",
+                node.name
+            )));
+        }
         Err(r) => return Err(Plan::Refuse(r)),
     };
     if vm.aliases != [cfg.wanted_alias(cidr)] {

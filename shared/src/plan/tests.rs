@@ -220,10 +220,10 @@ fn bootstrap_table() {
             act(vec![tags()], Some(Step::AssignAlias)),
         ),
         (
-            "a VM still booting (STAGING) is waited for: no token yet",
+            "a VM still booting (STAGING) is expected to run: waited for within the delivery, no token yet",
             Step::Bootstrap,
             fresh().with_status("STAGING"),
-            Want::That(|p| matches!(p, Plan::Wait(w) if w.contains("STAGING"))),
+            Want::That(|p| matches!(p, Plan::Expect(w) if w.contains("STAGING"))),
         ),
         (
             "a stopped VM (TERMINATED) gets no join token",
@@ -425,10 +425,10 @@ fn assign_alias_table() {
             Want::Next(Step::TagInstance),
         ),
         (
-            "no podCIDR yet: wait",
+            "no podCIDR yet: expected from the IPAM controller, waited for within the delivery",
             Step::AssignAlias,
             o.clone().with_pod_cidr(None),
-            Want::That(|p| matches!(p, Plan::Wait(_))),
+            Want::That(|p| matches!(p, Plan::Expect(_))),
         ),
         (
             "the Node registered: its join token is revoked at once, before the alias",
@@ -746,7 +746,7 @@ proptest! {
                         queue.push(n);
                     }
                 }
-                Plan::Wait(_) => {
+                Plan::Wait(_) | Plan::Expect(_) => {
                     if let Some(s) = environment(&mut o, "10.4.3.0/24") {
                         queue.push(s);
                     }
