@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 use nodewire_bench::P;
+use serde_json::{Value, json};
 use sim::emulator::Emulator;
 
 /// One delivery the endpoint saw.

@@ -406,6 +406,49 @@ fn gcloud_and_kubectl_run_the_reference_procedure_against_the_sandbox() {
     assert_eq!(jsonpath(".metadata.uid"), uid, "its Node is kept");
     assert_eq!(jsonpath(recorded), new_id);
 
+    // A VM asking Compute Engine for a /24 of the pod range at creation (issue 22: what an
+    // instance template of the alias-first order asks for). Not labelled for nodewire: only the
+    // allocation is checked, gcloud's `aliases=RANGE:/24` syntax against the simulator.
+    ok(
+        &s,
+        "gcloud",
+        &[
+            "compute",
+            "instances",
+            "create",
+            "sized-alias-1",
+            "--zone",
+            ZONE,
+            "--network-interface",
+            "subnet=k8s-nodes,aliases=pods:/24",
+        ],
+    );
+    let sized = ok(
+        &s,
+        "gcloud",
+        &[
+            "compute",
+            "instances",
+            "describe",
+            "sized-alias-1",
+            "--zone",
+            ZONE,
+            "--format=value(networkInterfaces[0].aliasIpRanges[0].ipCidrRange,networkInterfaces[0].aliasIpRanges[0].subnetworkRangeName)",
+        ],
+    );
+    let (range, name) = sized
+        .split_once(char::is_whitespace)
+        .unwrap_or((&sized, ""));
+    let range: nodewire::names::Cidr = range
+        .parse()
+        .unwrap_or_else(|e| panic!("{sized:?}: not a range: {e}"));
+    assert_eq!((range.prefix_len(), name.trim()), (24, "pods"), "{sized}");
+    assert_ne!(
+        range.to_string(),
+        describe(&s, ALIAS),
+        "a block no other VM holds"
+    );
+
     // Suspended and resumed: the same instance, the same Node. gcloud waits for each
     // operation; a second suspend is refused as Compute Engine refuses it.
     ok(

@@ -483,3 +483,112 @@ async fn lists_paginate_and_filter() {
     .expect("get");
     assert_eq!(r.status().as_u16(), 400);
 }
+
+/// "Configuring alias IP ranges": a VM can be created with alias ranges, explicit or by size
+/// (`/24` from the secondary range it names, as `gcloud … --network-interface=…,aliases=pods:/24`
+/// or an instance template asks); Compute Engine picks the block when it creates the VM. A block
+/// another VM holds (`IP_IN_USE_BY_ANOTHER_RESOURCE`) or a full range (`IP_SPACE_EXHAUSTED`)
+/// fails the insert's operation, and no VM is created; a range the subnet does not have, or
+/// overlapping ranges in one request, are refused synchronously (issue 22).
+#[tokio::test]
+async fn an_insert_may_ask_for_alias_ranges_explicit_or_by_size() {
+    // Two /24 blocks in the pod range; vm-a holds the first.
+    let s = sim(0, "10.4.0.0/23").await;
+    s.tamper(|w| {
+        if let Some(i) = w
+            .instances
+            .get_mut(&(P.to_string(), Z.to_string(), "vm-a".to_string()))
+        {
+            i.nics[0].aliases = vec![sim::compute::Alias {
+                cidr: cidr("10.4.0.0/24"),
+                range_name: Some("pods".into()),
+            }];
+        }
+    });
+    let insert = |name: &str, aliases: Value| {
+        json!({
+            "name": name,
+            "networkInterfaces": [{
+                "subnetwork": format!("projects/{P}/regions/us-central1/subnetworks/k8s-nodes"),
+                "aliasIpRanges": aliases,
+            }],
+        })
+    };
+    let by_size = json!([{"ipCidrRange": "/24", "subnetworkRangeName": "pods"}]);
+
+    let (st, op) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances"),
+        insert("new-1", by_size.clone()),
+    )
+    .await;
+    assert_eq!(st, 200, "{op}");
+    let done = wait_done(&s, &op).await;
+    assert!(done.get("error").is_none(), "{done}");
+    let vm = get(&s, "new-1").await;
+    assert_eq!(
+        vm.pointer("/networkInterfaces/0/aliasIpRanges"),
+        Some(&json!([{"ipCidrRange": "10.4.1.0/24", "subnetworkRangeName": "pods"}])),
+        "the free block, not vm-a's: {vm}"
+    );
+
+    // The range is full now: the operation fails, no VM.
+    let (st, op) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances"),
+        insert("new-2", by_size.clone()),
+    )
+    .await;
+    assert_eq!(st, 200, "{op}");
+    let done = wait_done(&s, &op).await;
+    assert_eq!(
+        done.pointer("/error/errors/0/code"),
+        Some(&json!("IP_SPACE_EXHAUSTED")),
+        "{done}"
+    );
+    assert!(
+        get(&s, "new-2").await.get("error").is_some(),
+        "no VM after a failed insert"
+    );
+
+    // A block another VM holds.
+    let exact = json!([{"ipCidrRange": "10.4.0.0/24", "subnetworkRangeName": "pods"}]);
+    let (_, op) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances"),
+        insert("new-3", exact),
+    )
+    .await;
+    let done = wait_done(&s, &op).await;
+    assert_eq!(
+        done.pointer("/error/errors/0/code"),
+        Some(&json!("IP_IN_USE_BY_ANOTHER_RESOURCE")),
+        "{done}"
+    );
+    assert!(get(&s, "new-3").await.get("error").is_some());
+
+    // Refused at once: a range the subnet does not have; overlapping ranges in one request.
+    let (st, body) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances"),
+        insert(
+            "new-4",
+            json!([{"ipCidrRange": "/24", "subnetworkRangeName": "nope"}]),
+        ),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = send(
+        reqwest::Method::POST,
+        &url(&s, "instances"),
+        insert(
+            "new-5",
+            json!([
+                {"ipCidrRange": "10.4.1.0/25", "subnetworkRangeName": "pods"},
+                {"ipCidrRange": "10.4.1.0/24", "subnetworkRangeName": "pods"},
+            ]),
+        ),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+}

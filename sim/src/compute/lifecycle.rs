@@ -73,9 +73,15 @@ pub(super) async fn insert(
         let Some((subnet, _)) = w.subnets.get(&subnet_key).cloned() else {
             return Err(not_found(&format!("projects/{}/regions/{}/subnetworks/{}", subnet_key.0, subnet_key.1, subnet_key.2)));
         };
+        // Alias ranges asked for at creation ("Configuring alias IP ranges": explicit, or a
+        // size such as `/24` for Compute Engine to allocate), checked now for syntax and
+        // range, allocated when the operation ends.
+        let wanted = super::nics::wanted_ranges(&nic_json, &subnet)?;
+        super::nics::refuse_overlap(&wanted)?;
         let ip = next_ip(&mut w, &subnet);
         w.pending_inserts.insert(key.clone());
         drop(w);
+        let release_delay = sim.config.release_delay;
         let id = sim.chaos.draw_u64() >> 2;
         let inst = Instance {
             project: project.clone(),
@@ -96,8 +102,12 @@ pub(super) async fn insert(
             service_accounts,
         };
         let boot = (!sim.config.boot_delay.is_zero()).then(|| (sim.clone(), key.clone(), sim.config.boot_delay));
+        let mut inst = inst;
         let mutation: Mutation = Box::new(move |w: &mut World| {
             w.pending_inserts.remove(&key);
+            // A range taken or none left fails the insert's operation: no VM.
+            let (taken, cooling) = super::nics::subnet_use(w, &inst.nics[0].subnet, None, release_delay);
+            inst.nics[0].aliases = super::nics::allocate(wanted, &subnet, &taken, &cooling)?;
             w.instances.insert(key, inst);
             // The VM boots: STAGING until the boot delay has passed, then RUNNING.
             if let Some((sim, key, delay)) = boot {

@@ -20,7 +20,7 @@ use crate::blocks::first_free;
 use crate::server::{Answer, Call, run};
 
 /// A requested alias range: explicit, or a prefix length to allocate.
-enum Wanted {
+pub(super) enum Wanted {
     Exact(Cidr),
     Allocate(u8),
 }
@@ -55,39 +55,22 @@ pub(super) async fn update_network_interface(
         // PATCH semantics: without an `aliasIpRanges` key the aliases stay as they are.
         let replace_aliases = body.get("aliasIpRanges").is_some();
         let wanted = wanted_ranges(&body, &subnet)?;
-        let exact: Vec<Cidr> = wanted.iter().filter_map(|(w, _)| if let Wanted::Exact(c) = w { Some(*c) } else { None }).collect();
-        for (i, a) in exact.iter().enumerate() {
-            if exact[i + 1..].iter().any(|b| a.overlaps(b)) {
-                return Err(invalid(&format!("Invalid value for field 'resource.aliasIpRanges': alias IP ranges overlap ({a}).")));
-            }
-        }
+        refuse_overlap(&wanted)?;
         if replace_aliases {
             refuse_update(&nic.aliases, &wanted)?;
         }
         let expected = nic.fingerprint;
         let new_fp = sim.fp();
         let subnet_key = nic.subnet.clone();
-        let subnet_link = subnet.self_link();
         let l = link.clone();
         let release_delay = sim.config.release_delay;
         let mutation: Mutation = Box::new(move |w: &mut World| {
             let link = l;
             let now = std::time::Instant::now();
-            w.released.retain(|(_, _, at)| now.duration_since(*at) < release_delay);
-            let cooling: Vec<Cidr> = w
-                .released
-                .iter()
-                .filter(|(s, _, _)| *s == subnet_key)
-                .map(|(_, c, _)| *c)
-                .collect();
-            // Every alias in this subnet held by another VM (or another NIC).
-            let taken: Vec<Cidr> = w
-                .instances
-                .iter()
-                .flat_map(|(k, inst)| inst.nics.iter().map(move |n| (k, n)))
-                .filter(|(k, n)| n.subnet == subnet_key && !(**k == key && n.name == nic_name))
-                .flat_map(|(_, n)| n.aliases.iter().map(|a| a.cidr))
-                .collect();
+            // Every alias in this subnet held by another VM (or another NIC), and the ranges
+            // released moments ago.
+            let (taken, cooling) =
+                subnet_use(w, &subnet_key, Some((&key, nic_name.as_str())), release_delay);
             let inst = w.instances.get_mut(&key).ok_or_else(|| OpError::not_found(&link))?;
             let Some(nic) = inst.nics.iter_mut().find(|n| n.name == nic_name) else {
                 return Err(OpError::not_found(&link));
@@ -99,24 +82,7 @@ pub(super) async fn update_network_interface(
                 nic.fingerprint = new_fp;
                 return Ok(());
             }
-            let mut result: Vec<Alias> = Vec::new();
-            for (w, range_name) in wanted {
-                let parent = range_name.as_deref().and_then(|rn| subnet.range(rn)).unwrap_or(subnet.ip_cidr_range);
-                let cidr = match w {
-                    Wanted::Exact(c) => {
-                        // Held by another VM, or released moments ago and not free yet.
-                        if taken.iter().chain(cooling.iter()).any(|t| t.overlaps(&c)) {
-                            return Err(OpError::ip_in_use(&c));
-                        }
-                        c
-                    }
-                    Wanted::Allocate(len) => {
-                        let in_use: Vec<Cidr> = taken.iter().copied().chain(result.iter().map(|a| a.cidr)).collect();
-                        first_free(parent, len, &in_use).ok_or_else(|| OpError::exhausted(&subnet_link, range_name.as_deref().unwrap_or("primary")))?
-                    }
-                };
-                result.push(Alias { cidr, range_name });
-            }
+            let result = allocate(wanted, &subnet, &taken, &cooling)?;
             let removed: Vec<Cidr> = nic
                 .aliases
                 .iter()
@@ -133,6 +99,99 @@ pub(super) async fn update_network_interface(
         Ok(sim.start_operation(api_method, &project, &zone, "updateNetworkInterface", (&link, current.id), rid, mutation))
     })
     .await
+}
+
+/// Exact ranges of one request must not overlap each other (refused synchronously).
+pub(super) fn refuse_overlap(wanted: &[(Wanted, Option<String>)]) -> Result<(), Answer> {
+    let exact: Vec<Cidr> = wanted
+        .iter()
+        .filter_map(|(w, _)| {
+            if let Wanted::Exact(c) = w {
+                Some(*c)
+            } else {
+                None
+            }
+        })
+        .collect();
+    for (i, a) in exact.iter().enumerate() {
+        if exact[i + 1..].iter().any(|b| a.overlaps(b)) {
+            return Err(invalid(&format!(
+                "Invalid value for field 'resource.aliasIpRanges': alias IP ranges overlap ({a})."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The ranges `wanted` as the operation ends: an exact one must not overlap `taken` (another
+/// VM's alias in the subnet) or `cooling` (released moments ago): `IP_IN_USE_BY_ANOTHER_RESOURCE`;
+/// a `/N` gets the first free block of its range, `IP_SPACE_EXHAUSTED` when none is left.
+pub(super) fn allocate(
+    wanted: Vec<(Wanted, Option<String>)>,
+    subnet: &SubnetSpec,
+    taken: &[Cidr],
+    cooling: &[Cidr],
+) -> Result<Vec<Alias>, OpError> {
+    let mut result: Vec<Alias> = Vec::new();
+    for (w, range_name) in wanted {
+        let parent = range_name
+            .as_deref()
+            .and_then(|rn| subnet.range(rn))
+            .unwrap_or(subnet.ip_cidr_range);
+        let cidr = match w {
+            Wanted::Exact(c) => {
+                if taken.iter().chain(cooling.iter()).any(|t| t.overlaps(&c)) {
+                    return Err(OpError::ip_in_use(&c));
+                }
+                c
+            }
+            Wanted::Allocate(len) => {
+                let in_use: Vec<Cidr> = taken
+                    .iter()
+                    .chain(cooling.iter())
+                    .copied()
+                    .chain(result.iter().map(|a| a.cidr))
+                    .collect();
+                first_free(parent, len, &in_use).ok_or_else(|| {
+                    OpError::exhausted(
+                        &subnet.self_link(),
+                        range_name.as_deref().unwrap_or("primary"),
+                    )
+                })?
+            }
+        };
+        result.push(Alias { cidr, range_name });
+    }
+    Ok(result)
+}
+
+/// Every alias held in subnet `subnet` (except by `except`'s NIC), and the ranges released
+/// there less than `release_delay` ago (forgetting older ones).
+pub(super) fn subnet_use(
+    w: &mut World,
+    subnet: &(String, String, String),
+    except: Option<(&super::Key, &str)>,
+    release_delay: std::time::Duration,
+) -> (Vec<Cidr>, Vec<Cidr>) {
+    let now = std::time::Instant::now();
+    w.released
+        .retain(|(_, _, at)| now.duration_since(*at) < release_delay);
+    let cooling = w
+        .released
+        .iter()
+        .filter(|(s, _, _)| s == subnet)
+        .map(|(_, c, _)| *c)
+        .collect();
+    let taken = w
+        .instances
+        .iter()
+        .flat_map(|(k, inst)| inst.nics.iter().map(move |n| (k, n)))
+        .filter(|(k, n)| {
+            n.subnet == *subnet && except.is_none_or(|(ek, en)| !(*k == ek && n.name == en))
+        })
+        .flat_map(|(_, n)| n.aliases.iter().map(|a| a.cidr))
+        .collect();
+    (taken, cooling)
 }
 
 /// "Alias IP ranges can be added or deleted, but they can't be updated" (Compute Engine docs,
@@ -160,7 +219,7 @@ fn refuse_update(current: &[Alias], wanted: &[(Wanted, Option<String>)]) -> Resu
 
 /// The sent `aliasIpRanges`, each checked against the range it names (the primary range when
 /// it names none).
-fn wanted_ranges(
+pub(super) fn wanted_ranges(
     body: &Value,
     subnet: &SubnetSpec,
 ) -> Result<Vec<(Wanted, Option<String>)>, Answer> {
