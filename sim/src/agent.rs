@@ -105,6 +105,10 @@ pub enum AgentOutcome {
     Refused(String),
     /// Pull mode: the `join` service took the report of the join (202).
     Reported,
+    /// The Node's podCIDR appeared (the kubelet polls its Node for it after registering,
+    /// pkg/kubelet/kubelet_node_status.go `fastStatusUpdateOnce`) and the startup script
+    /// wrote the CNI configuration for it (`write_cni_config` in infra/startup/common.sh).
+    CniConfigured(String),
 }
 
 /// One line of the agent's log.
@@ -135,8 +139,11 @@ struct Kubelet {
     /// The kubelet's own certificate (from its TLS bootstrap), over the TLS front.
     client: ApiClient,
     /// When this kubelet last started (its join, a boot after a stop, a restart): it reports
-    /// Ready `ready_after` later.
+    /// Ready `ready_after` later, once its network is configured.
     started_at: Instant,
+    /// The podCIDR the CNI configuration was written for; until then the container runtime's
+    /// network is not ready ("cni config uninitialized") and the kubelet reports NotReady.
+    cni: Option<String>,
     last_heartbeat: Option<Instant>,
     running: bool,
     restart_seen: Option<String>,
@@ -150,6 +157,7 @@ impl Kubelet {
             node,
             client,
             started_at: Instant::now(),
+            cni: None,
             last_heartbeat: None,
             running: true,
             restart_seen: restart,
@@ -355,6 +363,22 @@ async fn kubelet_tick(
             outcome = Some(AgentOutcome::Reregistered);
         }
     }
+    // Polled at every tick, as the kubelet polls its Node for the podCIDR after starting; the
+    // status is reported at once when the network becomes ready.
+    if kl.cni.is_none()
+        && let Some(cidr) = k8s
+            .object("nodes", "", &name)
+            .and_then(|n| {
+                n.pointer("/spec/podCIDR")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .filter(|c| !c.is_empty())
+    {
+        kl.cni = Some(cidr.clone());
+        kl.last_heartbeat = None;
+        outcome = Some(AgentOutcome::CniConfigured(cidr));
+    }
     let Some(every) = cfg.heartbeat else {
         return outcome;
     };
@@ -363,7 +387,7 @@ async fn kubelet_tick(
     }
     kl.last_heartbeat = Some(Instant::now());
     // A missing Node stays missing: this kubelet's status updates fail with 404.
-    let ready = kl.started_at.elapsed() >= cfg.ready_after;
+    let ready = kl.started_at.elapsed() >= cfg.ready_after && kl.cni.is_some();
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

@@ -182,6 +182,9 @@ pub struct StackOptions {
     /// The push subscriptions' `retryPolicy` (minimum, maximum backoff); `infra/terraform`
     /// sets 10 s and 600 s.
     pub retry_backoff: (Duration, Duration),
+    /// kube-controller-manager's node IPAM (`--allocate-node-cidrs`): on by default; off, no
+    /// Node gets a podCIDR unless someone sets it.
+    pub node_ipam: bool,
 }
 
 /// How slow the simulated world is.
@@ -263,6 +266,7 @@ impl Default for StackOptions {
             join_mode: JoinMode::Pull,
             request_timeout: Duration::from_secs(25),
             retry_backoff: (Duration::from_secs(1), Duration::from_secs(3)),
+            node_ipam: true,
         }
     }
 }
@@ -502,7 +506,7 @@ impl Stack {
         .map_err(|e| e.to_string())?;
         let k8s = K8sSim::start(K8sConfig {
             seed: 11,
-            ipam: Some(IpamConfig {
+            ipam: opts.node_ipam.then_some(IpamConfig {
                 cluster_cidr: opts.pods_range,
                 node_mask: 24,
                 delay: opts.ipam_delay,
