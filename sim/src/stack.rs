@@ -18,7 +18,7 @@ use nodewire::act::k8s::{Kube, KubePolicy, TOKEN_INSTANCE_LABEL};
 use nodewire::adapter::Handler;
 use nodewire::bus::{BoxFuture, Bus, BusError, InProcessBus, OutboundMessage, PubSubBus};
 use nodewire::config::KubeSettings;
-use nodewire::config::{ChainConfig, Config, JoinMode};
+use nodewire::config::{ChainConfig, Config, JoinMode, RangeOrder};
 use nodewire::event::{Decode, Step};
 use nodewire::handlers::{drift_sweep, instance_events, node_events, steps};
 use nodewire::join::JOIN_METADATA_KEY;
@@ -185,6 +185,8 @@ pub struct StackOptions {
     /// kube-controller-manager's node IPAM (`--allocate-node-cidrs`): on by default; off, no
     /// Node gets a podCIDR unless someone sets it.
     pub node_ipam: bool,
+    /// `NODEWIRE_RANGE_ORDER`; alias-first turns the node IPAM off.
+    pub range_order: RangeOrder,
 }
 
 /// How slow the simulated world is.
@@ -267,6 +269,7 @@ impl Default for StackOptions {
             request_timeout: Duration::from_secs(25),
             retry_backoff: (Duration::from_secs(1), Duration::from_secs(3)),
             node_ipam: true,
+            range_order: RangeOrder::ClusterFirst,
         }
     }
 }
@@ -372,6 +375,10 @@ impl Stack {
             Self::start_simulators(&opts, &base_bus, &join_url).await?;
         let mut env = Self::function_env(&opts, &compute, &k8s, emu.as_ref());
         env.insert("NODEWIRE_JOIN_MODE".into(), opts.join_mode.as_str().into());
+        env.insert(
+            "NODEWIRE_RANGE_ORDER".into(),
+            opts.range_order.as_str().into(),
+        );
         env.insert("NODEWIRE_JOIN_URL".into(), join_url.clone());
         // nodewire's service account token, in a file as a pod or Secret Manager mount has it,
         // for the CLI run against this stack.
@@ -506,11 +513,14 @@ impl Stack {
         .map_err(|e| e.to_string())?;
         let k8s = K8sSim::start(K8sConfig {
             seed: 11,
-            ipam: opts.node_ipam.then_some(IpamConfig {
-                cluster_cidr: opts.pods_range,
-                node_mask: 24,
-                delay: opts.ipam_delay,
-            }),
+            // Alias-first: kube-controller-manager runs with --allocate-node-cidrs=false.
+            ipam: (opts.node_ipam && opts.range_order == RangeOrder::ClusterFirst).then_some(
+                IpamConfig {
+                    cluster_cidr: opts.pods_range,
+                    node_mask: 24,
+                    delay: opts.ipam_delay,
+                },
+            ),
             audit: Some(AuditSink {
                 bus: base_bus.clone(),
                 topic: format!("projects/{p}/topics/k8s-audit"),
@@ -526,11 +536,12 @@ impl Stack {
                 }
                 m
             }),
-            admission_manifests: vec![crate::k8s::admission::nodewire_admission(
+            admission_manifests: vec![crate::k8s::admission::nodewire_admission_ordered(
                 &opts.project,
                 opts.name_prefix.as_deref().unwrap_or_default(),
                 // NODEWIRE_TOKEN_TTL_SECS's default: the stack leaves it unset.
                 900,
+                opts.range_order.as_str(),
             )],
             // control-plane.sh deletes kubeadm's auto-approval for bootstrap tokens in both
             // modes (in metadata mode node-events decides those CSRs).

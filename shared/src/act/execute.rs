@@ -149,6 +149,14 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
         Action::AddTags(tags) => {
             compute.add_tags(t.instance, tags).await?;
         }
+        Action::AllocateAlias { prefix, range_name } => {
+            compute
+                .allocate_alias_range(t.instance, *prefix, range_name)
+                .await?;
+        }
+        Action::SetPodCidr(cidr) => {
+            kube.set_pod_cidr(t.node, &cidr.to_string()).await?;
+        }
         Action::SetProviderId(id) => match kube.set_provider_id(t.node, id).await {
             Ok(_) => {}
             Err(KubeError::ProviderIdConflict(conflict)) => {

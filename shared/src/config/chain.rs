@@ -53,9 +53,51 @@ impl JoinMode {
     }
 }
 
+/// Which comes first, the VM's alias range or the Node's podCIDR (`NODEWIRE_RANGE_ORDER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RangeOrder {
+    /// `cluster-first` (the default): kube-controller-manager assigns the Node's podCIDR when
+    /// it registers (`--allocate-node-cidrs`); nodewire then gives the VM that range as its
+    /// alias (the reference procedure's order).
+    #[default]
+    ClusterFirst,
+    /// `alias-first`: while the VM boots, `bootstrap` has Compute Engine allocate a `/24` of
+    /// the pod range as its alias (by size: an atomic allocation); when the Node registers,
+    /// nodewire copies that range into its podCIDR. kube-controller-manager must run with
+    /// `--allocate-node-cidrs=false` (two allocators give two Nodes the same range).
+    AliasFirst,
+}
+
+impl RangeOrder {
+    /// `NODEWIRE_RANGE_ORDER`, `cluster-first` when unset.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for any other value.
+    pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
+        match src.get("NODEWIRE_RANGE_ORDER").as_deref() {
+            None | Some("cluster-first") => Ok(RangeOrder::ClusterFirst),
+            Some("alias-first") => Ok(RangeOrder::AliasFirst),
+            Some(other) => Err(err(
+                "NODEWIRE_RANGE_ORDER",
+                format!("{:?}: cluster-first or alias-first", echo(other)),
+            )),
+        }
+    }
+
+    /// The variable's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RangeOrder::ClusterFirst => "cluster-first",
+            RangeOrder::AliasFirst => "alias-first",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainConfig {
     pub join_mode: JoinMode,
+    /// `NODEWIRE_RANGE_ORDER`: see [`RangeOrder`].
+    pub range_order: RangeOrder,
     /// `NODEWIRE_SUBNET` = `REGION/NAME`: nic0 of every node VM is on it.
     pub subnet: (String, String),
     /// `NODEWIRE_POD_RANGE_NAME` (default `pods`): the secondary range of Pod IPs.
@@ -151,6 +193,7 @@ impl ChainConfig {
             }
         };
         let join_mode = JoinMode::from_source(src)?;
+        let range_order = RangeOrder::from_source(src)?;
         let api_server_endpoint = src.get("NODEWIRE_API_SERVER_ENDPOINT");
         if let Some(e) = &api_server_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
@@ -207,6 +250,7 @@ impl ChainConfig {
         }
         Ok(Self {
             join_mode,
+            range_order,
             node_service_accounts,
             sweep,
             subnet,

@@ -184,7 +184,7 @@ pub use push_auth::{
 };
 
 mod chain;
-pub use chain::{ChainConfig, JoinApi, JoinMode, SweepLimits};
+pub use chain::{ChainConfig, JoinApi, JoinMode, RangeOrder, SweepLimits};
 
 /// How to reach the Kubernetes API server: read from the variables here, connected by
 /// `act::k8s::Kube::new` (the one description of the connection).

@@ -6,7 +6,7 @@
 //! There is one definition of "wired" ([`gaps`] is empty), shared by every step and by the
 //! drift sweep, so the chain and the sweep can never disagree about it.
 
-use crate::config::{ChainConfig, JoinMode};
+use crate::config::{ChainConfig, JoinMode, RangeOrder};
 use crate::event::Step;
 use crate::names::{Cidr, ProviderIdConflict, SubnetRef};
 use crate::select::Selector;
@@ -38,6 +38,8 @@ pub struct PlanConfig {
     pub node_service_accounts: std::collections::BTreeSet<String>,
     /// Pull mode: `bootstrap` mints no token and writes no metadata (the VM asks `join`).
     pub join_mode: JoinMode,
+    /// Alias-first: the alias is allocated while the VM boots and copied into the podCIDR.
+    pub range_order: RangeOrder,
 }
 
 impl PlanConfig {
@@ -51,6 +53,7 @@ impl PlanConfig {
             node_tags: chain.node_tags.clone(),
             node_service_accounts: chain.node_service_accounts.clone(),
             join_mode: chain.join_mode,
+            range_order: chain.range_order,
         }
     }
 }
@@ -64,6 +67,11 @@ pub enum Action {
     RevokeTokens(Vec<String>),
     /// Set nic0's alias ranges to exactly this one.
     SetAlias { cidr: Cidr, range_name: String },
+    /// Alias-first: have Compute Engine allocate a `/prefix` block of `range_name` as nic0's
+    /// alias, unless nic0 has one there already.
+    AllocateAlias { prefix: u8, range_name: String },
+    /// Alias-first: set the Node's empty podCIDR(s) to this range (its VM's alias).
+    SetPodCidr(Cidr),
     /// Remove nic0's alias ranges from the pod range, keeping any others.
     ReleaseAlias { keep: Vec<Alias> },
     /// Add these network tags.
@@ -96,6 +104,8 @@ impl Action {
             Action::Bootstrap => "bootstrap",
             Action::RevokeTokens(_) => "revoke-tokens",
             Action::SetAlias { .. } => "set-alias",
+            Action::AllocateAlias { .. } => "allocate-alias",
+            Action::SetPodCidr(_) => "set-pod-cidr",
             Action::ReleaseAlias { .. } => "release-alias",
             Action::AddTags(_) => "add-tags",
             Action::SetProviderId(_) => "set-provider-id",
@@ -250,6 +260,36 @@ fn pod_cidr(node: &NodeFacts, cfg: &PlanConfig) -> Result<Option<Cidr>, Refusal>
     Ok(Some(cidr))
 }
 
+/// The size of a Node's pod range: kube-controller-manager's `--node-cidr-mask-size` default
+/// for IPv4, which the alias-first order allocates.
+pub const NODE_MASK: u8 = 24;
+
+/// Alias-first: the VM's alias range in the pod range, when it has exactly one and it lies in
+/// the configured range.
+fn pod_alias(vm: &VmFacts, cfg: &PlanConfig) -> Option<Cidr> {
+    let mut ours = vm.aliases.iter().filter(|a| cfg.in_pod_range(a));
+    let one = ours.next()?;
+    if ours.next().is_some() {
+        return None;
+    }
+    one.block.filter(|c| cfg.pod_range.contains(c))
+}
+
+/// Alias-first, in `bootstrap`: while the Node has no podCIDR, the VM gets a block of the pod
+/// range (allocated by Compute Engine) unless it has an alias there already.
+fn alias_first_allocation(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Option<Action> {
+    if cfg.range_order != RangeOrder::AliasFirst
+        || obs.node.as_ref().is_some_and(|n| n.pod_cidr.is_some())
+        || vm.aliases.iter().any(|a| cfg.in_pod_range(a))
+    {
+        return None;
+    }
+    Some(Action::AllocateAlias {
+        prefix: NODE_MASK,
+        range_name: cfg.pod_range_name.clone(),
+    })
+}
+
 /// Every aspect of "wired" that does not hold, in chain order. Empty means wired: the VM has
 /// exactly one alias range on nic0, equal to the Node's podCIDR, inside the pod range; the VM
 /// carries the node tags; `spec.providerID` names the VM; the unwired taint is gone; no join
@@ -316,11 +356,13 @@ pub fn is_wired(obs: &Observed, cfg: &PlanConfig) -> bool {
 fn next_step(obs: &Observed, cfg: &PlanConfig, current: Step) -> Option<Step> {
     let gaps = gaps(obs, cfg);
     // Waiting for the kubelet or the IPAM controller: their events restart the chain.
-    if gaps.contains(&Gap::NoNode)
-        || gaps.contains(&Gap::NoPodCidr)
-        || gaps.contains(&Gap::StaleNode)
-    {
+    if gaps.contains(&Gap::NoNode) || gaps.contains(&Gap::StaleNode) {
         return None;
+    }
+    if gaps.contains(&Gap::NoPodCidr) {
+        // Alias-first: nodewire is the allocator; `assign-alias` copies the alias.
+        return (cfg.range_order == RangeOrder::AliasFirst && current != Step::AssignAlias)
+            .then_some(Step::AssignAlias);
     }
     gaps.iter().filter_map(|g| g.step()).find(|s| *s != current)
 }
@@ -349,6 +391,18 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             Action::SetAlias { cidr, .. } => {
                 if let Some(vm) = &mut o.vm {
                     vm.aliases = vec![cfg.wanted_alias(*cidr)];
+                }
+            }
+            Action::AllocateAlias { prefix, range_name } => {
+                // Which block Compute Engine picks is not known here: one of the range.
+                if let Some(vm) = &mut o.vm {
+                    vm.aliases
+                        .push(Alias::new(format!("/{prefix}"), Some(range_name.clone())));
+                }
+            }
+            Action::SetPodCidr(c) => {
+                if let Some(n) = &mut o.node {
+                    n.pod_cidr = Some(c.to_string());
                 }
             }
             Action::ReleaseAlias { keep } => {
@@ -588,6 +642,10 @@ fn plan_bootstrap(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     // Network tags do not depend on the Node: set them now, so that after registration the
     // critical path is one alias operation, then finalize (issue 12, item 3).
     let mut a = plan_tags(vm, cfg);
+    // Alias-first: the pod range is allocated while the VM boots, off the critical path.
+    if eligible.is_ok() {
+        a.extend(alias_first_allocation(obs, vm, cfg));
+    }
     // Joined already (hand over to the chain), or bootstrapped and waiting for the kubelet to
     // register: nothing more to do.
     let joined = obs.node.is_some();
@@ -700,6 +758,18 @@ fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
     let mut a = revoke_all(obs);
     let cidr = match pod_cidr(node, cfg) {
         Ok(Some(c)) => c,
+        // Alias-first: the Node's podCIDR is its VM's alias (nodewire is the only allocator).
+        Ok(None) if cfg.range_order == RangeOrder::AliasFirst => {
+            if let Some(alias) = pod_alias(vm, cfg) {
+                a.push(Action::SetPodCidr(alias));
+                return Ok(a);
+            }
+            // No alias yet: `bootstrap` allocates it (and hands back here).
+            return Err(Plan::Act {
+                actions: a,
+                next: Some(Step::Bootstrap),
+            });
+        }
         // Revoke now; the podCIDR's own audit event (or the sweep) brings the chain back.
         Ok(None) if !a.is_empty() => {
             return Err(Plan::Act {
@@ -890,7 +960,9 @@ fn plan_release(obs: &Observed, cfg: &PlanConfig) -> Plan {
         .filter(|a| !cfg.in_pod_range(a))
         .cloned()
         .collect();
-    let actions = if keep.len() == vm.aliases.len() {
+    // Alias-first: a VM without a Node holds its range on purpose (booting, joining, or
+    // about to register again); the range goes with the VM.
+    let actions = if keep.len() == vm.aliases.len() || cfg.range_order == RangeOrder::AliasFirst {
         vec![]
     } else {
         vec![Action::ReleaseAlias { keep }]

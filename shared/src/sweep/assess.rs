@@ -67,10 +67,12 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             refused: None,
         };
         let Some(node) = node else {
-            if facts
-                .aliases
-                .iter()
-                .any(|a| a.range_name.as_deref() == Some(cfg.pod_range_name.as_str()))
+            // Alias-first: a VM holds its range before its Node exists; not drift.
+            if cfg.range_order == crate::config::RangeOrder::ClusterFirst
+                && facts
+                    .aliases
+                    .iter()
+                    .any(|a| a.range_name.as_deref() == Some(cfg.pod_range_name.as_str()))
             {
                 out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
             }
@@ -148,6 +150,10 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 Gap::Taint => finding(DriftKind::TaintLeft, Step::Finalize),
                 Gap::Token => finding(DriftKind::LeftoverToken, Step::Finalize),
                 Gap::JoinMetadata => finding(DriftKind::LeftoverJoinMetadata, Step::Finalize),
+                // Alias-first: nodewire is the allocator, a Node without podCIDR is its gap.
+                Gap::NoPodCidr if cfg.range_order == crate::config::RangeOrder::AliasFirst => {
+                    finding(DriftKind::PodCidrMissing, Step::AssignAlias)
+                }
                 // Waiting for the IPAM controller (or the kubelet): not drift.
                 Gap::NoPodCidr | Gap::NoNode => continue,
                 // Reported above.

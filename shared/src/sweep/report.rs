@@ -47,6 +47,8 @@ pub enum DriftKind {
     /// registered before the VM was created; issue 21): healed by `bootstrap`, which deletes it
     /// so that the VM joins as a new node.
     NodeOfPreviousInstance,
+    /// Alias-first: a Node without podCIDR (nodewire copies its VM's alias into it).
+    PodCidrMissing,
 }
 
 impl DriftKind {
@@ -67,6 +69,7 @@ impl DriftKind {
             DriftKind::AliasOverlap => "alias-overlap",
             DriftKind::NodeLost => "node-lost",
             DriftKind::NodeOfPreviousInstance => "node-of-previous-instance",
+            DriftKind::PodCidrMissing => "pod-cidr-missing",
         }
     }
 }

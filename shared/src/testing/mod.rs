@@ -108,6 +108,7 @@ pub fn plan_config() -> PlanConfig {
         node_tags: vec!["k8s-node".into()],
         node_service_accounts: std::collections::BTreeSet::new(),
         join_mode: crate::config::JoinMode::Metadata,
+        range_order: crate::config::RangeOrder::ClusterFirst,
     }
 }
 

@@ -32,12 +32,24 @@ pub const NODEWIRE_ADMISSION: &str =
     include_str!("../../../infra/k8s/nodewire-admission-policy.yaml");
 
 /// The shipped policies for a cluster: `project` of its VMs, node VM name `prefix` (may be
-/// empty), and the join token TTL in seconds — the values Terraform's `templatefile` puts in.
+/// empty), and the join token TTL in seconds — the values Terraform's `templatefile` puts in;
+/// the range order `cluster-first`.
 pub fn nodewire_admission(project: &str, prefix: &str, token_ttl_secs: u64) -> String {
+    nodewire_admission_ordered(project, prefix, token_ttl_secs, "cluster-first")
+}
+
+/// [`nodewire_admission`] with the range order (`NODEWIRE_RANGE_ORDER`) too.
+pub fn nodewire_admission_ordered(
+    project: &str,
+    prefix: &str,
+    token_ttl_secs: u64,
+    range_order: &str,
+) -> String {
     NODEWIRE_ADMISSION
         .replace("${project}", project)
         .replace("${instance_prefix}", prefix)
         .replace("${token_ttl_secs}", &token_ttl_secs.to_string())
+        .replace("${range_order}", range_order)
 }
 
 /// One write, as admission sees it.

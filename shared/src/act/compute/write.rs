@@ -166,6 +166,53 @@ impl Compute {
         Ok(outcome)
     }
 
+    /// Alias-first (issue 22): unless nic0 already has an alias range in `range_name`, asks
+    /// Compute Engine to allocate a `/prefix` block of it ("Configuring alias IP ranges": a
+    /// netmask alone lets Compute Engine pick a free block, so no two VMs can get the same
+    /// one), keeping nic0's other ranges. Re-read before writing, and a second pass confirms,
+    /// so a redelivery or a racing writer never allocates a second block.
+    ///
+    /// # Errors
+    /// [`ComputeError::RangeExhausted`] when no block is free (permanent), and the other
+    /// [`ComputeError`]s of a write.
+    pub async fn allocate_alias_range(
+        &self,
+        r: &InstanceRef,
+        prefix: u8,
+        range_name: &str,
+    ) -> Result<WriteOutcome, ComputeError> {
+        let mut outcome = WriteOutcome::Unchanged;
+        for _ in 0..2 {
+            let step = self
+                .mutate("instances.updateNetworkInterface", r, |i| {
+                    let nic = i.network_interfaces.first()?;
+                    if nic
+                        .alias_ip_ranges
+                        .iter()
+                        .any(|a| a.subnetwork_range_name.as_deref() == Some(range_name))
+                    {
+                        return None;
+                    }
+                    let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+                    let mut ranges = nic.alias_ip_ranges.clone();
+                    let mut asked =
+                        model::AliasIpRange::new().set_ip_cidr_range(format!("/{prefix}"));
+                    asked.subnetwork_range_name = Some(range_name.to_string());
+                    ranges.push(asked);
+                    let body = model::NetworkInterface::new()
+                        .set_alias_ip_ranges(ranges)
+                        .set_or_clear_fingerprint(nic.fingerprint.clone());
+                    Some(Change::Nic(nic_name, Box::new(body)))
+                })
+                .await?;
+            match step {
+                WriteOutcome::Unchanged => return Ok(outcome),
+                WriteOutcome::Changed => outcome = WriteOutcome::Changed,
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Read-modify-write of the VM's metadata: `edit` changes the item map; nothing is sent
     /// when it leaves the map as it was. `setMetadata` replaces all items, so the others are
     /// always sent back as read.

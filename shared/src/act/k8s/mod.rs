@@ -518,6 +518,36 @@ impl Kube {
         .await
     }
 
+    /// Alias-first (issue 22): sets `spec.podCIDR` and `spec.podCIDRs` to `cidr` while they
+    /// are empty. A podCIDR already set is never changed (the API server allows it only from
+    /// empty, and nodewire never overwrites someone else's): an equal one is left as it is,
+    /// another is refused.
+    ///
+    /// # Errors
+    /// [`KubeError::Invalid`] when the Node has another podCIDR; the other [`KubeError`]s.
+    pub async fn set_pod_cidr(&self, name: &str, cidr: &str) -> Result<WriteOutcome, KubeError> {
+        self.patch_node("nodes.patch(podCIDR)", name, |n| {
+            let current = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.clone())
+                .unwrap_or_default();
+            if current == cidr {
+                Ok(None)
+            } else if current.is_empty() {
+                Ok(Some(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})))
+            } else {
+                Err(KubeError::Invalid {
+                    call: "nodes.patch(podCIDR)",
+                    message: format!(
+                        "Node {name} has podCIDR {current}, not {cidr}; a podCIDR is never changed"
+                    ),
+                })
+            }
+        })
+        .await
+    }
+
     /// Removes every taint with `key`, keeping the others.
     ///
     /// # Errors

@@ -1,0 +1,99 @@
+//! Issue 22: the alias-first order. While a VM boots, `bootstrap` has Compute Engine allocate
+//! a /24 of the pod range as its alias (by size, so two VMs can never get the same block);
+//! when the Node registers, `assign-alias` copies that range into its podCIDR, the only
+//! allocator (the Kubernetes simulator's node IPAM is off, as kube-controller-manager's is with
+//! `--allocate-node-cidrs=false`), then the chain goes on as before.
+//!
+//! Run alone: `cargo test -p integration-tests --test alias_first -- --nocapture`
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use integration_tests::simfix::P;
+use nodewire::config::{JoinMode, RangeOrder};
+use serde_json::Value;
+use sim::stack::{BusChoice, Stack, StackOptions};
+
+const Z: &str = "us-central1-a";
+
+async fn wire_all(join_mode: JoinMode) {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        join_mode,
+        range_order: RangeOrder::AliasFirst,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let names = ["k8s-af-1", "k8s-af-2", "k8s-af-3"];
+    for n in names {
+        stack
+            .insert_vm(P, Z, n, &[("cluster", "demo")], true)
+            .await
+            .expect("insert");
+    }
+    for n in names {
+        assert!(
+            stack
+                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
+                .await,
+            "{n} not wired: {:?}",
+            stack.wired(Z, n)
+        );
+    }
+    let requests = stack.k8s.chaos().requests();
+    let mut ranges = BTreeSet::new();
+    for n in names {
+        let node = stack.k8s.object("nodes", "", n).expect("the Node");
+        let cidr = node["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+        let alias = stack
+            .compute
+            .instance_json(P, Z, n)
+            .and_then(|v| {
+                v.pointer("/networkInterfaces/0/aliasIpRanges/0/ipCidrRange")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        assert_eq!(cidr, alias, "{n}: the podCIDR is the VM's alias");
+        assert_eq!(node["spec"]["podCIDRs"], serde_json::json!([cidr]));
+        ranges.insert(cidr);
+        // The podCIDR was written by nodewire (no IPAM controller runs), once.
+        let sets: Vec<_> = requests
+            .iter()
+            .filter(|r| {
+                r.method == "nodes.patch"
+                    && r.status < 300
+                    && r.path.ends_with(&format!("/nodes/{n}"))
+                    && r.body.pointer("/spec/podCIDR").is_some()
+            })
+            .collect();
+        assert_eq!(sets.len(), 1, "{n}: {sets:#?}");
+    }
+    assert_eq!(ranges.len(), names.len(), "distinct ranges: {ranges:?}");
+    // The alias was asked for by size, before the Node existed.
+    let by_size = stack
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "instances.updateNetworkInterface"
+                && r.body.pointer("/aliasIpRanges/0/ipCidrRange") == Some(&serde_json::json!("/24"))
+        })
+        .count();
+    assert!(by_size >= names.len(), "allocations by size: {by_size}");
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(report.drift.is_empty(), "{report:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn alias_first_wires_vms_with_the_range_compute_engine_allocated() {
+    wire_all(JoinMode::Pull).await;
+}
+
+#[tokio::test]
+async fn alias_first_in_metadata_mode() {
+    wire_all(JoinMode::Metadata).await;
+}
