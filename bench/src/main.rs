@@ -62,6 +62,9 @@ enum Cmd {
         /// delivery as Pub/Sub documents it: concurrent, the retry policy honoured).
         #[arg(long, default_value = "emulator")]
         bus: String,
+        /// `cluster-first` (the default) or `alias-first` (`NODEWIRE_RANGE_ORDER`).
+        #[arg(long, default_value = "cluster-first")]
+        range_order: String,
     },
     /// The join service at the realistic pace: a VM's identity token → its JoinConfiguration.
     JoinLatency {
@@ -216,7 +219,13 @@ async fn chain(
     latency: sim::stack::Latency,
     join_mode: &str,
     bus: &str,
+    range_order: &str,
 ) -> anyhow::Result<()> {
+    let range_order = match range_order {
+        "cluster-first" => nodewire::config::RangeOrder::ClusterFirst,
+        "alias-first" => nodewire::config::RangeOrder::AliasFirst,
+        other => bail!("--range-order {other:?}: cluster-first or alias-first"),
+    };
     let join_mode = match join_mode {
         "pull" => nodewire::config::JoinMode::Pull,
         "metadata" => nodewire::config::JoinMode::Metadata,
@@ -230,11 +239,16 @@ async fn chain(
     let stack = sim::stack::Stack::start(latency.apply(sim::stack::StackOptions {
         join_mode,
         bus: bus_choice,
+        range_order,
         ..sim::stack::StackOptions::default()
     }))
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
-    println!("join mode: {}; push delivery: {bus}", join_mode.as_str());
+    println!(
+        "join mode: {}; push delivery: {bus}; range order: {}",
+        join_mode.as_str(),
+        range_order.as_str()
+    );
     let bound = match latency {
         sim::stack::Latency::Fast => Duration::from_secs(60),
         sim::stack::Latency::Realistic => Duration::from_secs(600),
@@ -459,7 +473,8 @@ async fn main() -> anyhow::Result<()> {
             latency,
             join_mode,
             bus,
-        } => chain(vms, latency, &join_mode, &bus).await,
+            range_order,
+        } => chain(vms, latency, &join_mode, &bus, &range_order).await,
         Cmd::JoinLatency { requests } => join_latency(requests.max(1)).await,
         Cmd::PushProbe => push_probe::probe().await,
     }

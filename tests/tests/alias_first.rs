@@ -45,7 +45,10 @@ async fn wire_all(join_mode: JoinMode) {
     let mut ranges = BTreeSet::new();
     for n in names {
         let node = stack.k8s.object("nodes", "", n).expect("the Node");
-        let cidr = node["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+        let cidr = node["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let alias = stack
             .compute
             .instance_json(P, Z, n)

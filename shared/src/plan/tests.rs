@@ -889,3 +889,119 @@ fn a_node_is_one_instances() {
         Plan::Wait(_)
     ));
 }
+
+/// Issue 22, the alias-first order, step by step.
+#[test]
+fn alias_first_allocates_while_the_vm_boots_and_copies_into_the_pod_cidr() {
+    let c = PlanConfig {
+        range_order: RangeOrder::AliasFirst,
+        join_mode: JoinMode::Pull,
+        ..cfg()
+    };
+    let allocate = Action::AllocateAlias {
+        prefix: NODE_MASK,
+        range_name: "pods".into(),
+    };
+    let tags = Action::AddTags(vec!["k8s-node".into()]);
+    // A new VM, RUNNING, no Node: tags and the allocation by size, nothing else (pull mode).
+    assert_eq!(
+        plan(Step::Bootstrap, &fresh(), &c),
+        Plan::Act {
+            actions: vec![tags.clone(), allocate.clone()],
+            next: None
+        }
+    );
+    // Still booting: expected, nothing allocated yet (updateNetworkInterface needs RUNNING).
+    assert!(matches!(
+        plan(Step::Bootstrap, &fresh().with_status("STAGING"), &c),
+        Plan::Expect(_)
+    ));
+    // It has its alias already (a redelivery, or its template asked for /24): none more.
+    let allocated = fresh()
+        .with_tag("k8s-node")
+        .with_aliases(vec![pods("10.4.7.0/24")]);
+    assert_eq!(
+        plan(Step::Bootstrap, &allocated, &c),
+        Plan::Act {
+            actions: vec![],
+            next: None
+        }
+    );
+    // The Node registered without podCIDR (no IPAM controller): the alias is copied.
+    let registered = allocated.clone().with_node(node()).with_pod_cidr(None);
+    match plan(Step::AssignAlias, &registered, &c) {
+        Plan::Act { actions, next } => {
+            assert_eq!(
+                actions,
+                vec![Action::SetPodCidr("10.4.7.0/24".parse().expect("cidr"))]
+            );
+            assert!(next.is_some(), "the chain goes on: {next:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No alias yet when the Node registered: bootstrap allocates it, then hands back.
+    let early = fresh()
+        .with_tag("k8s-node")
+        .with_node(node())
+        .with_pod_cidr(None);
+    assert_eq!(
+        plan(Step::AssignAlias, &early, &c),
+        Plan::Act {
+            actions: vec![],
+            next: Some(Step::Bootstrap)
+        }
+    );
+    match plan(Step::Bootstrap, &early, &c) {
+        Plan::Act { actions, next } => {
+            assert_eq!(actions, vec![allocate.clone()]);
+            assert_eq!(next, Some(Step::AssignAlias));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A podCIDR someone else set is never changed: the alias follows it, none is allocated.
+    let theirs = allocated
+        .clone()
+        .with_node(node())
+        .with_pod_cidr(Some("10.4.9.0/24"));
+    assert_eq!(
+        plan(Step::Bootstrap, &theirs, &c),
+        Plan::Act {
+            actions: vec![],
+            next: Some(Step::AssignAlias)
+        }
+    );
+    match plan(Step::AssignAlias, &theirs, &c) {
+        Plan::Act { actions, .. } => assert_eq!(
+            actions,
+            vec![Action::SetAlias {
+                cidr: "10.4.9.0/24".parse().expect("cidr"),
+                range_name: "pods".into()
+            }]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A VM without Node keeps its range: release-alias releases nothing in this order.
+    assert_eq!(
+        plan(Step::ReleaseAlias, &allocated, &c),
+        Plan::Act {
+            actions: vec![],
+            next: None
+        }
+    );
+    // The cluster-first order never allocates nor writes a podCIDR.
+    let cf = PlanConfig {
+        join_mode: JoinMode::Pull,
+        ..cfg()
+    };
+    assert_eq!(
+        plan(Step::Bootstrap, &fresh(), &cf),
+        Plan::Act {
+            actions: vec![tags],
+            next: None
+        }
+    );
+    assert!(matches!(
+        plan(Step::AssignAlias, &early, &cf),
+        Plan::Expect(_)
+    ));
+}

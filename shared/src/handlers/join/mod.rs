@@ -367,10 +367,12 @@ impl JoinService {
                 format!("Node {}: {}", facts.name, plan.reason()),
             ));
         }
-        // The alias is the podCIDR: before the IPAM controller set it (about a second after
-        // registration), assign-alias could only wait for the podCIDR's own audit entry. The
-        // VM asks again shortly instead.
-        if facts.pod_cidr.is_none() {
+        // Cluster-first, the alias is the podCIDR: before the IPAM controller set it (about a
+        // second after registration), assign-alias could only wait for the podCIDR's own audit
+        // entry. The VM asks again shortly instead. Alias-first, assign-alias sets it.
+        if facts.pod_cidr.is_none()
+            && self.deps.plan.range_order == crate::config::RangeOrder::ClusterFirst
+        {
             return Err(Refused::new(
                 RefusalClass::Conflict,
                 format!(
