@@ -4,7 +4,8 @@
 #
 # 1. Reads instance/attributes/nodewire-cluster-config (JSON: pod_range, service_range,
 #    pod_range_name, cluster_name, kubernetes_version, advertise_address, audit_log_name,
-#    kube_token_secret, kube_join_token_secret, kube_ca_secret, join_mode).
+#    kube_token_secret, kube_join_token_secret, kube_ca_secret, join_mode, and range_order:
+#    cluster-first when absent).
 # 2. The same base install as node.sh.
 # 3. /etc/kubernetes/audit-policy.yaml from instance/attributes/nodewire-audit-policy; the
 #    Google Cloud Ops Agent shipping the API server's JSON audit log as log <audit_log_name>.
@@ -26,6 +27,10 @@
 #    join service's own identity) and the cluster CA into Secret Manager (a new version only
 #    when the latest one differs). The tokens are never printed.
 # 7. This VM's alias IP range = its own Node's podCIDR, and the CNI configuration for it.
+#    cluster-first: kube-controller-manager assigns the podCIDR (--allocate-node-cidrs=true)
+#    and the alias follows it; alias-first: kube-controller-manager allocates none
+#    (--allocate-node-cidrs=false, nodewire is the only allocator), the VM asks Compute Engine
+#    for a /24 of the pod range by size and sets its own Node's empty podCIDR to it.
 #
 # Tests only: NODEWIRE_ROOT (prefix of every path), NODEWIRE_METADATA_URL, NODEWIRE_RETRY_SLEEP,
 # NODEWIRE_CMD_ATTEMPTS, NODEWIRE_MD_ATTEMPTS, NODEWIRE_MD_TIMEOUT_SEC,
@@ -89,7 +94,7 @@ YAML
 # write_kubeadm_config FILE ...: InitConfiguration + ClusterConfiguration (v1beta4).
 write_kubeadm_config() {
   local file="$1" name="$2" provider_id="$3" advertise="$4" cluster="$5" version="$6"
-  local pods="$7" services="$8"
+  local pods="$7" services="$8" allocate="$9"
   cat >"$file" <<YAML
 # Written by nodewire's control-plane startup script.
 apiVersion: kubeadm.k8s.io/v1beta4
@@ -144,7 +149,7 @@ apiServer:
 controllerManager:
   extraArgs:
     - name: "allocate-node-cidrs"
-      value: "true"
+      value: "${allocate}"
     - name: "cluster-cidr"
       value: "${pods}"
     - name: "node-cidr-mask-size"
@@ -322,9 +327,42 @@ ensure_alias() {
   log "alias IP range $3:$4 set"
 }
 
+# own_alias_range NAME ZONE RANGE_NAME: alias-first: this VM's alias IP range, asked of
+# Compute Engine by size (RANGE_NAME:/24) when it has none; prints it.
+own_alias_range() {
+  local current i
+  current="$(md_get instance/network-interfaces/0/ip-aliases/0)" || current=""
+  if [[ ! "$current" =~ $CIDR_RE ]]; then
+    retry gcloud compute instances network-interfaces update "$1" --zone "$2" \
+      --aliases "$3:/24"
+    for ((i = 1; i <= PODCIDR_ATTEMPTS; i++)); do
+      current="$(md_get instance/network-interfaces/0/ip-aliases/0)" || current=""
+      [[ "$current" =~ $CIDR_RE ]] && break
+      sleep "$RETRY_SLEEP"
+    done
+  fi
+  [[ "$current" =~ $CIDR_RE ]] || return 1
+  log "alias IP range $3:${current}"
+  printf '%s' "$current"
+}
+
+# set_own_pod_cidr KUBECONFIG NODE CIDR: alias-first: the Node's empty podCIDR(s) := CIDR; one
+# already set must be CIDR (a podCIDR never changes).
+set_own_pod_cidr() {
+  local current
+  current="$(kubectl --kubeconfig "$1" get node "$2" -o jsonpath='{.spec.podCIDR}')" || current=""
+  if [[ -n "$current" ]]; then
+    [[ "$current" == "$3" ]] || die "Node $2 has podCIDR ${current}, its alias IP range is $3"
+    return 0
+  fi
+  retry kubectl --kubeconfig "$1" patch node "$2" --type merge \
+    -p "{\"spec\":{\"podCIDR\":\"$3\",\"podCIDRs\":[\"$3\"]}}"
+  log "podCIDR $3 set on Node $2"
+}
+
 main() {
   local config pods services range_name cluster version advertise audit_log token_secret
-  local ca_secret join_token_secret join_mode name zone project cidr nomasq
+  local ca_secret join_token_secret join_mode range_order name zone project cidr nomasq
   console_log
   setup_work
   config="$(md_get instance/attributes/nodewire-cluster-config)" ||
@@ -340,6 +378,10 @@ main() {
   ca_secret="$(cfg "$config" kube_ca_secret '^[A-Za-z0-9_-]{1,255}$')"
   join_token_secret="$(cfg "$config" kube_join_token_secret '^[A-Za-z0-9_-]{1,255}$')"
   join_mode="$(cfg "$config" join_mode '^(pull|metadata)$')"
+  range_order="cluster-first"
+  if [[ "$config" == *'"range_order"'* ]]; then
+    range_order="$(cfg "$config" range_order '^(cluster-first|alias-first)$')"
+  fi
   nomasq="$(cfg "$config" non_masquerade_cidrs \
     '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}(,[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}){0,63}$')"
   name="$(md_get instance/name)" || die "instance/name is missing"
@@ -362,7 +404,8 @@ main() {
     log "/etc/kubernetes/admin.conf exists: the cluster is initialised, not running kubeadm init"
   else
     write_kubeadm_config "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" "$name" \
-      "gce://${project}/${zone}/${name}" "$advertise" "$cluster" "$version" "$pods" "$services"
+      "gce://${project}/${zone}/${name}" "$advertise" "$cluster" "$version" "$pods" "$services" \
+      "$([[ "$range_order" == alias-first ]] && echo false || echo true)"
     kubeadm_init "${ROOT}/etc/kubernetes/nodewire-kubeadm.yaml" || die "kubeadm init failed"
     delete_init_tokens
   fi
@@ -372,9 +415,16 @@ main() {
   apply_ip_masq_config "$nomasq"
   publish_credentials "$token_secret" "$ca_secret" "$join_token_secret"
 
-  cidr="$(node_pod_cidr "$ADMIN_CONF" "$name")" || die "Node ${name} has no spec.podCIDR"
-  write_cni_config "$cidr"
-  ensure_alias "$name" "$zone" "$range_name" "$cidr"
+  if [[ "$range_order" == alias-first ]]; then
+    cidr="$(own_alias_range "$name" "$zone" "$range_name")" ||
+      die "no alias IP range in ${range_name} for ${name}"
+    set_own_pod_cidr "$ADMIN_CONF" "$name" "$cidr"
+    write_cni_config "$cidr"
+  else
+    cidr="$(node_pod_cidr "$ADMIN_CONF" "$name")" || die "Node ${name} has no spec.podCIDR"
+    write_cni_config "$cidr"
+    ensure_alias "$name" "$zone" "$range_name" "$cidr"
+  fi
   log "done"
 }
 

@@ -127,6 +127,7 @@ resource "google_compute_instance" "control_plane" {
       # of node certificates for bootstrap tokens.
       kube_join_token_secret = google_secret_manager_secret.kube_join_token.secret_id
       join_mode              = var.join_mode
+      range_order            = var.range_order
       # ip-masq-agent leaves traffic to these unmasqueraded (infra/k8s/ip-masq-agent.yaml).
       non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
     })
@@ -139,6 +140,7 @@ resource "google_compute_instance" "control_plane" {
       project         = var.project_id
       instance_prefix = local.env_common.NODEWIRE_INSTANCE_PREFIX
       token_ttl_secs  = local.env_chain.NODEWIRE_TOKEN_TTL_SECS
+      range_order     = var.range_order
     })
     nodewire-k8s-ip-masq  = file("${path.module}/../k8s/ip-masq-agent.yaml")
     nodewire-audit-policy = file("${path.module}/../k8s/node/audit-policy.yaml")

@@ -21,8 +21,8 @@ locals {
   functions = {
     "instance-events" = { source = "gce-audit", kube = false, chain = false, compute_permissions = [], publishes = ["nodewire-bootstrap", "nodewire-decommission"] }
     "node-events"     = { source = "k8s-audit", kube = true, chain = false, compute_permissions = ["compute.instances.list"], publishes = ["nodewire-assign-alias", "nodewire-release-alias"] }
-    "bootstrap"       = { source = "nodewire-bootstrap", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.instances.setTags", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
-    "assign-alias"    = { source = "nodewire-assign-alias", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.list", "compute.instances.updateNetworkInterface", "compute.subnetworks.use", "compute.zoneOperations.get"], publishes = ["nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
+    "bootstrap"       = { source = "nodewire-bootstrap", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.instances.setTags", "compute.instances.updateNetworkInterface", "compute.subnetworks.use", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
+    "assign-alias"    = { source = "nodewire-assign-alias", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.list", "compute.instances.updateNetworkInterface", "compute.subnetworks.use", "compute.zoneOperations.get"], publishes = ["nodewire-bootstrap", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-finalize"] }
     "tag-instance"    = { source = "nodewire-tag-instance", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setTags", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-provider-id", "nodewire-finalize"] }
     "provider-id"     = { source = "nodewire-provider-id", kube = true, chain = true, compute_permissions = ["compute.instances.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-finalize"] }
     "finalize"        = { source = "nodewire-finalize", kube = true, chain = true, compute_permissions = ["compute.instances.get", "compute.instances.setMetadata", "compute.zoneOperations.get"], publishes = ["nodewire-assign-alias", "nodewire-tag-instance", "nodewire-provider-id", "nodewire-node-wired"] }
@@ -69,6 +69,7 @@ locals {
     NODEWIRE_API_SERVER_ENDPOINT   = "${google_compute_address.control_plane.address}:6443"
     NODEWIRE_JOIN_API_VERSION      = "v1beta4"
     NODEWIRE_TOKEN_TTL_SECS        = "900"
+    NODEWIRE_RANGE_ORDER           = var.range_order
   }
   # The callers a service accepts: its push (or scheduler) identity; for join the node VMs'
   # identity tokens, whose signature it verifies itself (invoker IAM check disabled).

@@ -212,6 +212,17 @@ variable "join_mode" {
   }
 }
 
+variable "range_order" {
+  description = "NODEWIRE_RANGE_ORDER: \"cluster-first\" (kube-controller-manager assigns each Node's podCIDR, nodewire gives the VM that alias range) or \"alias-first\" (nodewire has Compute Engine allocate the VM's /24 while it boots and copies it into the Node's podCIDR; kube-controller-manager runs with --allocate-node-cidrs=false). Choose it when creating the cluster: switching an existing one leaves its Nodes' ranges as they are."
+  type        = string
+  default     = "cluster-first"
+
+  validation {
+    condition     = contains(["cluster-first", "alias-first"], var.range_order)
+    error_message = "range_order must be \"cluster-first\" or \"alias-first\"."
+  }
+}
+
 variable "request_timeout_secs" {
   description = "NODEWIRE_REQUEST_TIMEOUT_SECS: deadline of one delivery inside the service; below cloud_run_timeout_secs."
   type        = number

@@ -200,10 +200,14 @@ pub const TABLE: &[Grants] = &[
         function: "bootstrap",
         kind: ServiceKind::Chain,
         source: Source::Step("bootstrap"),
+        // updateNetworkInterface and subnetworks.use: the alias-first order's allocation of
+        // the VM's range while it boots (granted in both orders).
         compute: &[
             "compute.instances.get",
             "compute.instances.setMetadata",
             "compute.instances.setTags",
+            "compute.instances.updateNetworkInterface",
+            "compute.subnetworks.use",
             "compute.zoneOperations.get",
         ],
         acts_as_node_account: true,
@@ -231,8 +235,19 @@ pub const TABLE: &[Grants] = &[
             "compute.zoneOperations.get",
         ],
         acts_as_node_account: false,
-        kube: &[TOKENS_LIST, TOKENS_DELETE],
-        publishes: &["tag-instance", "provider-id", "finalize"],
+        // nodes patch: the alias-first order's podCIDR write.
+        kube: &[
+            TOKENS_LIST,
+            TOKENS_DELETE,
+            KubeGrant {
+                namespace: None,
+                resource: "nodes",
+                name: None,
+                verbs: &["patch"],
+            },
+        ],
+        // bootstrap: alias-first, a Node registered before its VM's range was allocated.
+        publishes: &["bootstrap", "tag-instance", "provider-id", "finalize"],
     },
     Grants {
         function: "tag-instance",

@@ -1503,3 +1503,68 @@ fn the_delivered_startup_script_is_the_library_then_the_script() {
         "node.sh without common.sh must not run"
     );
 }
+
+/// Issue 22, the alias-first order: kube-controller-manager allocates no podCIDR
+/// (`--allocate-node-cidrs=false`), the control plane takes the /24 Compute Engine gave its
+/// VM (here already on its nic0) and sets its own Node's empty podCIDR to it, then writes the
+/// CNI configuration for it; it never asks for a second range. Without an alias it asks
+/// Compute Engine for one by size (`pods:/24`) and stops when none appears.
+#[test]
+fn control_plane_script_in_the_alias_first_order() {
+    let config = cluster_config().replace(
+        "\"join_mode\": \"pull\"",
+        "\"join_mode\": \"pull\", \"range_order\": \"alias-first\"",
+    );
+    let sb = control_plane_sandbox("cp-af", &config);
+    sb.md.set(
+        "instance/network-interfaces/0/ip-aliases/0",
+        "192.168.19.0/24",
+    );
+    sb.run_ok("infra/startup/control-plane.sh");
+    let inits = sb.stub_files("kubeadm-init-config.");
+    assert_eq!(inits.len(), 1);
+    assert!(
+        inits[0].contains("    - name: \"allocate-node-cidrs\"\n      value: \"false\"\n"),
+        "{}",
+        inits[0]
+    );
+    let calls = sb.calls();
+    let admin = sb.file("/etc/kubernetes/admin.conf").display().to_string();
+    assert!(
+        calls.contains(&format!(
+            "kubectl --kubeconfig {admin} patch node k8s-cp-1 --type merge -p \
+             {{\"spec\":{{\"podCIDR\":\"192.168.19.0/24\",\"podCIDRs\":[\"192.168.19.0/24\"]}}}}"
+        )),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("network-interfaces update")),
+        "no second range: {calls:#?}"
+    );
+    let cni = std::fs::read_dir(sb.file("/etc/cni/net.d"))
+        .expect("the CNI directory")
+        .filter_map(Result::ok)
+        .map(|e| read(e.path()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(cni.contains("192.168.19.0/24"), "{cni}");
+
+    // No alias on the VM: asked for by size; none appears here, so the script stops.
+    let sb = control_plane_sandbox("cp-af-none", &config);
+    let out = sb.run("infra/startup/control-plane.sh");
+    assert!(!out.status.success());
+    assert!(
+        sb.calls().iter().any(|c| c.ends_with(
+            "compute instances network-interfaces update k8s-cp-1 --zone us-central1-a --aliases pods:/24"
+        )),
+        "{:#?}",
+        sb.calls()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no alias IP range in pods"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
