@@ -888,13 +888,35 @@ impl Stack {
         labels: &[(&str, &str)],
         can_ip_forward: bool,
     ) -> Result<(), String> {
+        self.insert_vm_asking(project, zone, name, labels, can_ip_forward, None)
+            .await
+    }
+
+    /// [`Stack::insert_vm`], nic0 asking for an alias range of the pod range at creation
+    /// (`Some("/24")`: by size, as an instance template may).
+    ///
+    /// # Errors
+    /// A message when the simulator keeps refusing.
+    pub async fn insert_vm_asking(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        can_ip_forward: bool,
+        pod_alias: Option<&str>,
+    ) -> Result<(), String> {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let mut nic = json!({"subnetwork": format!("projects/{project}/regions/{}/subnetworks/k8s-nodes", self.opts.region)});
+        if let Some(a) = pod_alias {
+            nic["aliasIpRanges"] = json!([{"ipCidrRange": a, "subnetworkRangeName": "pods"}]);
+        }
         let body = json!({
             "name": name,
             "machineType": format!("zones/{zone}/machineTypes/n2-standard-4"),
             "canIpForward": can_ip_forward,
             "labels": labels,
-            "networkInterfaces": [{"subnetwork": format!("projects/{project}/regions/{}/subnetworks/k8s-nodes", self.opts.region)}],
+            "networkInterfaces": [nic],
             "metadata": {"items": [{"key": "startup-script", "value": "#!/bin/sh\n/opt/nodewire/join.sh"}]},
             "serviceAccounts": [{"email": crate::compute::node_service_account(project), "scopes": ["https://www.googleapis.com/auth/userinfo.email"]}],
         });

@@ -100,3 +100,79 @@ async fn alias_first_wires_vms_with_the_range_compute_engine_allocated() {
 async fn alias_first_in_metadata_mode() {
     wire_all(JoinMode::Metadata).await;
 }
+
+/// A VM whose template asked Compute Engine for a /24 at creation keeps that range: nodewire
+/// allocates nothing more and copies it into the Node's podCIDR. Beside it, a VM created
+/// without one gets its own block, never the first VM's.
+#[tokio::test]
+async fn a_vm_whose_template_asked_for_a_range_keeps_it() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        range_order: RangeOrder::AliasFirst,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let demo = [("cluster", "demo")];
+    stack
+        .insert_vm_asking(P, Z, "k8s-tpl-1", &demo, true, Some("/24"))
+        .await
+        .expect("insert with /24");
+    stack
+        .insert_vm(P, Z, "k8s-tpl-2", &demo, true)
+        .await
+        .expect("insert");
+    let alias = |s: &Stack, n: &str| {
+        s.compute
+            .instance_json(P, Z, n)
+            .and_then(|v| v.pointer("/networkInterfaces/0/aliasIpRanges").cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(10), |s| alias(s, "k8s-tpl-1")
+                .as_array()
+                .is_some_and(|a| a.len() == 1))
+            .await,
+        "Compute Engine allocated the template's range: {}",
+        alias(&stack, "k8s-tpl-1")
+    );
+    let given = alias(&stack, "k8s-tpl-1");
+    for n in ["k8s-tpl-1", "k8s-tpl-2"] {
+        assert!(
+            stack
+                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
+                .await,
+            "{n} not wired: {:?}",
+            stack.wired(Z, n)
+        );
+    }
+    assert_eq!(
+        alias(&stack, "k8s-tpl-1"),
+        given,
+        "the template's range kept"
+    );
+    assert_eq!(
+        stack.wired(Z, "k8s-tpl-1").ok().as_deref(),
+        given.pointer("/0/ipCidrRange").and_then(Value::as_str),
+        "and copied into the podCIDR"
+    );
+    assert_ne!(stack.wired(Z, "k8s-tpl-1"), stack.wired(Z, "k8s-tpl-2"));
+    // nodewire asked for a range only for the VM that had none.
+    let asked: Vec<String> = stack
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "instances.updateNetworkInterface" && r.status < 300)
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .all(|p| p.ends_with("/k8s-tpl-2/updateNetworkInterface"))
+            && !asked.is_empty(),
+        "{asked:#?}"
+    );
+    stack.stop().await;
+}
