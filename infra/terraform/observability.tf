@@ -95,6 +95,21 @@ resource "google_logging_metric" "drift" {
   depends_on = [google_project_service.this]
 }
 
+resource "google_logging_metric" "pod_range_exhausted" {
+  project     = var.project_id
+  name        = "nodewire/pod_range_exhausted"
+  description = "Alias-first: a VM got no range because the pod range has no free block (its Node stays tainted)."
+  filter      = "${local.service_logs} AND jsonPayload.message=\"pod range exhausted\""
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+  }
+
+  depends_on = [google_project_service.this]
+}
+
 locals {
   dashboard_tiles = [
     { title = "VMs wired", metric = google_logging_metric.vms_wired.name, aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", group_by = [] },
@@ -153,6 +168,36 @@ resource "google_monitoring_alert_policy" "dead_letters" {
     display_name = "dead letters > 0 in 5 min"
     condition_threshold {
       filter          = "metric.type=\"${local.metric_prefix}${google_logging_metric.dead_letters.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+      trigger {
+        count = 1
+      }
+    }
+  }
+}
+
+resource "google_monitoring_alert_policy" "pod_range_exhausted" {
+  project               = var.project_id
+  display_name          = "nodewire: pod range exhausted"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  documentation {
+    content   = "A node VM got no pod range: the pod secondary range has no free /24 (alias-first order). Its Node keeps the nodewire.io/unwired taint and carries a CIDRNotAvailable Event. Free ranges (delete VMs) or give the range more room; the drift sweep retries."
+    mime_type = "text/markdown"
+  }
+
+  conditions {
+    display_name = "pod range exhausted > 0 in 5 min"
+    condition_threshold {
+      filter          = "metric.type=\"${local.metric_prefix}${google_logging_metric.pod_range_exhausted.name}\" AND resource.type=\"cloud_run_revision\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"

@@ -176,3 +176,102 @@ async fn a_vm_whose_template_asked_for_a_range_keeps_it() {
     );
     stack.stop().await;
 }
+
+/// Issue 22, item 3: exhaustion is loud. A pod range with room for two /24 blocks and three
+/// VMs: the third VM's Node registers, keeps the unwired taint and no podCIDR, and carries a
+/// `CIDRNotAvailable` Warning Event (the reason kube-controller-manager's IPAM uses); the sweep
+/// reports it (`pod-cidr-missing`). Once a VM is deleted, its range goes with it and the next
+/// sweep wires the third VM with that room.
+#[tokio::test]
+async fn an_exhausted_pod_range_is_loud_and_the_node_keeps_its_taint() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        range_order: RangeOrder::AliasFirst,
+        pods_range: "10.4.0.0/23".parse().expect("cidr"),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let demo = [("cluster", "demo")];
+    for n in ["k8s-ex-1", "k8s-ex-2"] {
+        stack.insert_vm(P, Z, n, &demo, true).await.expect("insert");
+    }
+    for n in ["k8s-ex-1", "k8s-ex-2"] {
+        assert!(
+            stack
+                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
+                .await,
+            "{n}: {:?}",
+            stack.wired(Z, n)
+        );
+    }
+    let third = "k8s-ex-3";
+    stack
+        .insert_vm(P, Z, third, &demo, true)
+        .await
+        .expect("insert");
+    let cidr_not_available = |s: &Stack| {
+        s.k8s
+            .objects("events")
+            .into_iter()
+            .filter(|e| e["reason"] == "CIDRNotAvailable" && e["involvedObject"]["name"] == third)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| !cidr_not_available(s)
+                .is_empty())
+            .await,
+        "no CIDRNotAvailable Event; Node {:?}",
+        stack.k8s.object("nodes", "", third)
+    );
+    let event = &cidr_not_available(&stack)[0];
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no /24 is free")),
+        "{event}"
+    );
+    let node = stack
+        .k8s
+        .object("nodes", "", third)
+        .expect("the Node registered");
+    assert_eq!(node.pointer("/spec/podCIDR"), None, "{node}");
+    assert!(
+        node.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
+        "the taint is kept: {node}"
+    );
+    assert!(stack.wired(Z, third).is_err());
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(
+        report
+            .affected
+            .get(&nodewire::sweep::DriftKind::PodCidrMissing)
+            .is_some_and(|a| a.iter().any(|n| n.contains(third))),
+        "{report:?}"
+    );
+
+    // Room again: a VM deleted, its range with it.
+    stack.delete_vm(Z, "k8s-ex-1").await.expect("delete");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(30), |s| s
+                .compute
+                .instance_json(P, Z, "k8s-ex-1")
+                .is_none())
+            .await
+    );
+    let report = stack.sweep(false).await.expect("sweep");
+    assert!(report.steps >= 1, "{report:?}");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s.wired(Z, third).is_ok())
+            .await,
+        "{third} not wired once a range was free: {:?}",
+        stack.wired(Z, third)
+    );
+    stack.stop().await;
+}

@@ -150,9 +150,28 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             compute.add_tags(t.instance, tags).await?;
         }
         Action::AllocateAlias { prefix, range_name } => {
-            compute
+            match compute
                 .allocate_alias_range(t.instance, *prefix, range_name)
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // Loud: an ERROR line the log-based metric nodewire/pod_range_exhausted counts,
+                // a Warning Event on the Node (when it exists) as kube-controller-manager's
+                // IPAM records one, and a permanent refusal (dead-lettered at once, never
+                // retried by age). The sweep tries again once its cooldown has passed.
+                Err(ComputeError::RangeExhausted { message, .. }) => {
+                    let r = Refusal::PodRangeExhausted {
+                        vm: t.instance.to_string(),
+                        range_name: range_name.clone(),
+                        prefix: *prefix,
+                        taint: UNWIRED_TAINT,
+                    };
+                    tracing::error!(instance = %t.instance, range = %range_name, api = %message, "pod range exhausted");
+                    report_refusal(deps, t.observed, &r).await;
+                    return Err(r.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Action::SetPodCidr(cidr) => {
             kube.set_pod_cidr(t.node, &cidr.to_string()).await?;
@@ -322,6 +341,8 @@ pub async fn report_refusal(deps: &ChainDeps, obs: &Observed, r: &Refusal) {
             "PodCIDROutsideRange"
         }
         Refusal::NoIpForwarding(_) | Refusal::WrongSubnet { .. } => "NotWirable",
+        // kube-controller-manager's node IPAM records the same reason when it has no range.
+        Refusal::PodRangeExhausted { .. } => "CIDRNotAvailable",
     };
     record_event(deps, &node.name, "Warning", reason, &r.to_string()).await;
 }

@@ -141,6 +141,15 @@ pub enum Refusal {
     },
     #[error("Node {node} has podCIDR {cidr:?}, which is not a valid IPv4 CIDR")]
     InvalidPodCidr { node: String, cidr: String },
+    #[error(
+        "no /{prefix} is free in the pod range {range_name} for VM {vm}: its Node keeps the taint          {taint}; free a range (delete a VM) or add room to the range"
+    )]
+    PodRangeExhausted {
+        vm: String,
+        range_name: String,
+        prefix: u8,
+        taint: &'static str,
+    },
     #[error(transparent)]
     ProviderIdConflict(#[from] ProviderIdConflict),
 }
