@@ -40,6 +40,19 @@ pub struct SandboxArgs {
     /// 5 s, kubelets Ready after 15 s and reporting every 10 s).
     #[arg(long, default_value = "fast")]
     latency: Latency,
+    /// Who picks a node's pod range: `cluster-first` (kube-controller-manager, then the VM's
+    /// alias follows) or `alias-first` (Compute Engine allocates the VM's /24 while it boots;
+    /// nodewire copies it into the Node's podCIDR; the node IPAM is off).
+    #[arg(long, default_value = "cluster-first", value_parser = parse_range_order)]
+    range_order: nodewire::config::RangeOrder,
+}
+
+fn parse_range_order(s: &str) -> Result<nodewire::config::RangeOrder, String> {
+    match s {
+        "cluster-first" => Ok(nodewire::config::RangeOrder::ClusterFirst),
+        "alias-first" => Ok(nodewire::config::RangeOrder::AliasFirst),
+        other => Err(format!("{other:?}: cluster-first or alias-first")),
+    }
 }
 
 const ZONES: [&str; 3] = [
@@ -163,9 +176,10 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
     };
     println!(
-        "nodewire sandbox: {} VM(s), faults {:.0}%, Pub/Sub: {bus_name}",
+        "nodewire sandbox: {} VM(s), faults {:.0}%, Pub/Sub: {bus_name}, range order: {}",
         a.vms,
-        a.faults * 100.0
+        a.faults * 100.0,
+        a.range_order.as_str()
     );
     let started = Instant::now();
     let timeout_secs = a.timeout_secs.unwrap_or(match a.latency {
@@ -183,6 +197,7 @@ pub async fn run(a: SandboxArgs, json: bool) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
             pods_range: a.pods_range,
+            range_order: a.range_order,
             services_range: "172.16.16.0/21"
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{e}"))?,

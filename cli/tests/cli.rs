@@ -56,6 +56,14 @@ async fn sandbox_runs_to_a_healed_summary() {
     for args in [
         vec!["--json", "sandbox", "--vms", "3"],
         vec!["--json", "sandbox", "--vms", "3", "--in-process"],
+        vec![
+            "--json",
+            "sandbox",
+            "--vms",
+            "3",
+            "--range-order",
+            "alias-first",
+        ],
     ] {
         let out = nodewire(&args, &BTreeMap::new()).await;
         assert!(
@@ -83,6 +91,17 @@ async fn sandbox_runs_to_a_healed_summary() {
         };
         assert_eq!(summary["bus"], expected_bus);
     }
+    let bad = nodewire(
+        &["sandbox", "--range-order", "pods-first"],
+        &BTreeMap::new(),
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cluster-first or alias-first"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let bad = nodewire(&["sandbox", "--vms", "9"], &BTreeMap::new()).await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--pods-range"));
