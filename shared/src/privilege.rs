@@ -131,6 +131,14 @@ pub enum Source {
     NodeVms,
 }
 
+/// Node writes: providerID, the instance record, the taint, and (alias-first) the podCIDR.
+const NODES_PATCH: KubeGrant = KubeGrant {
+    namespace: None,
+    resource: "nodes",
+    name: None,
+    verbs: &["patch"],
+};
+
 const NODES_GET: KubeGrant = KubeGrant {
     namespace: None,
     resource: "nodes",
@@ -236,16 +244,7 @@ pub const TABLE: &[Grants] = &[
         ],
         acts_as_node_account: false,
         // nodes patch: the alias-first order's podCIDR write.
-        kube: &[
-            TOKENS_LIST,
-            TOKENS_DELETE,
-            KubeGrant {
-                namespace: None,
-                resource: "nodes",
-                name: None,
-                verbs: &["patch"],
-            },
-        ],
+        kube: &[TOKENS_LIST, TOKENS_DELETE, NODES_PATCH],
         // bootstrap: alias-first, a Node registered before its VM's range was allocated.
         publishes: &["bootstrap", "tag-instance", "provider-id", "finalize"],
     },
@@ -268,12 +267,7 @@ pub const TABLE: &[Grants] = &[
         source: Source::Step("provider-id"),
         compute: &["compute.instances.get"],
         acts_as_node_account: false,
-        kube: &[KubeGrant {
-            namespace: None,
-            resource: "nodes",
-            name: None,
-            verbs: &["patch"],
-        }],
+        kube: &[NODES_PATCH],
         publishes: &["assign-alias", "tag-instance", "finalize"],
     },
     Grants {
@@ -286,16 +280,7 @@ pub const TABLE: &[Grants] = &[
             "compute.zoneOperations.get",
         ],
         acts_as_node_account: true,
-        kube: &[
-            TOKENS_LIST,
-            TOKENS_DELETE,
-            KubeGrant {
-                namespace: None,
-                resource: "nodes",
-                name: None,
-                verbs: &["patch"],
-            },
-        ],
+        kube: &[TOKENS_LIST, TOKENS_DELETE, NODES_PATCH],
         // Back to the first open aspect when not wired (`plan_finalize`), or announce.
         publishes: &["assign-alias", "tag-instance", "provider-id", "node-wired"],
     },

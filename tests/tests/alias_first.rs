@@ -16,6 +16,19 @@ use sim::stack::{BusChoice, Stack, StackOptions};
 
 const Z: &str = "us-central1-a";
 
+/// Waits until every VM of `names` is wired (60 s each at most); fails the test otherwise.
+async fn all_wired(stack: &Stack, names: &[&str]) {
+    for n in names {
+        assert!(
+            stack
+                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
+                .await,
+            "{n} not wired: {:?}",
+            stack.wired(Z, n)
+        );
+    }
+}
+
 async fn wire_all(join_mode: JoinMode) {
     let stack = Stack::start(StackOptions {
         bus: BusChoice::Emulator,
@@ -32,15 +45,7 @@ async fn wire_all(join_mode: JoinMode) {
             .await
             .expect("insert");
     }
-    for n in names {
-        assert!(
-            stack
-                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
-                .await,
-            "{n} not wired: {:?}",
-            stack.wired(Z, n)
-        );
-    }
+    all_wired(&stack, &names).await;
     let requests = stack.k8s.chaos().requests();
     let mut ranges = BTreeSet::new();
     for n in names {
@@ -138,15 +143,7 @@ async fn a_vm_whose_template_asked_for_a_range_keeps_it() {
         alias(&stack, "k8s-tpl-1")
     );
     let given = alias(&stack, "k8s-tpl-1");
-    for n in ["k8s-tpl-1", "k8s-tpl-2"] {
-        assert!(
-            stack
-                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
-                .await,
-            "{n} not wired: {:?}",
-            stack.wired(Z, n)
-        );
-    }
+    all_wired(&stack, &["k8s-tpl-1", "k8s-tpl-2"]).await;
     assert_eq!(
         alias(&stack, "k8s-tpl-1"),
         given,
@@ -196,15 +193,7 @@ async fn an_exhausted_pod_range_is_loud_and_the_node_keeps_its_taint() {
     for n in ["k8s-ex-1", "k8s-ex-2"] {
         stack.insert_vm(P, Z, n, &demo, true).await.expect("insert");
     }
-    for n in ["k8s-ex-1", "k8s-ex-2"] {
-        assert!(
-            stack
-                .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
-                .await,
-            "{n}: {:?}",
-            stack.wired(Z, n)
-        );
-    }
+    all_wired(&stack, &["k8s-ex-1", "k8s-ex-2"]).await;
     let third = "k8s-ex-3";
     stack
         .insert_vm(P, Z, third, &demo, true)
