@@ -121,49 +121,39 @@ impl Compute {
         r: &InstanceRef,
         ranges: &[AliasRange],
     ) -> Result<WriteOutcome, ComputeError> {
-        let mut outcome = WriteOutcome::Unchanged;
         // Removal, then addition; a third pass only confirms (and catches a racing writer).
-        for _ in 0..3 {
-            let step = self
-                .mutate("instances.updateNetworkInterface", r, |i| {
-                    let nic = i.network_interfaces.first()?;
-                    let current: Vec<AliasRange> = nic
-                        .alias_ip_ranges
-                        .iter()
-                        .map(|a| AliasRange {
-                            cidr: a.ip_cidr_range.clone().unwrap_or_default(),
-                            range_name: a.subnetwork_range_name.clone(),
-                        })
-                        .collect();
-                    let next = next_alias_list(&current, ranges)?;
-                    let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
-                    if next.is_empty() {
-                        return Some(Change::ClearAliases {
-                            nic: nic_name,
-                            fingerprint: nic
-                                .fingerprint
-                                .clone()
-                                .map(|b| b.to_vec())
-                                .unwrap_or_default(),
-                        });
-                    }
-                    let body = model::NetworkInterface::new()
-                        .set_alias_ip_ranges(next.iter().map(|a| {
-                            let mut x =
-                                model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
-                            x.subnetwork_range_name = a.range_name.clone();
-                            x
-                        }))
-                        .set_or_clear_fingerprint(nic.fingerprint.clone());
-                    Some(Change::Nic(nic_name, Box::new(body)))
+        self.settle(3, "instances.updateNetworkInterface", r, |i| {
+            let nic = i.network_interfaces.first()?;
+            let current: Vec<AliasRange> = nic
+                .alias_ip_ranges
+                .iter()
+                .map(|a| AliasRange {
+                    cidr: a.ip_cidr_range.clone().unwrap_or_default(),
+                    range_name: a.subnetwork_range_name.clone(),
                 })
-                .await?;
-            match step {
-                WriteOutcome::Unchanged => return Ok(outcome),
-                WriteOutcome::Changed => outcome = WriteOutcome::Changed,
+                .collect();
+            let next = next_alias_list(&current, ranges)?;
+            let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+            if next.is_empty() {
+                return Some(Change::ClearAliases {
+                    nic: nic_name,
+                    fingerprint: nic
+                        .fingerprint
+                        .clone()
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default(),
+                });
             }
-        }
-        Ok(outcome)
+            let body = model::NetworkInterface::new()
+                .set_alias_ip_ranges(next.iter().map(|a| {
+                    let mut x = model::AliasIpRange::new().set_ip_cidr_range(a.cidr.clone());
+                    x.subnetwork_range_name = a.range_name.clone();
+                    x
+                }))
+                .set_or_clear_fingerprint(nic.fingerprint.clone());
+            Some(Change::Nic(nic_name, Box::new(body)))
+        })
+        .await
     }
 
     /// Alias-first (issue 22): unless nic0 already has an alias range in `range_name`, asks
@@ -181,31 +171,40 @@ impl Compute {
         prefix: u8,
         range_name: &str,
     ) -> Result<WriteOutcome, ComputeError> {
+        self.settle(2, "instances.updateNetworkInterface", r, |i| {
+            let nic = i.network_interfaces.first()?;
+            if nic
+                .alias_ip_ranges
+                .iter()
+                .any(|a| a.subnetwork_range_name.as_deref() == Some(range_name))
+            {
+                return None;
+            }
+            let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
+            let mut ranges = nic.alias_ip_ranges.clone();
+            let mut asked = model::AliasIpRange::new().set_ip_cidr_range(format!("/{prefix}"));
+            asked.subnetwork_range_name = Some(range_name.to_string());
+            ranges.push(asked);
+            let body = model::NetworkInterface::new()
+                .set_alias_ip_ranges(ranges)
+                .set_or_clear_fingerprint(nic.fingerprint.clone());
+            Some(Change::Nic(nic_name, Box::new(body)))
+        })
+        .await
+    }
+
+    /// [`Self::mutate`] again until it finds nothing to change, at most `passes` times: each
+    /// pass re-reads, so a later one confirms the earlier (and catches a racing writer).
+    async fn settle(
+        &self,
+        passes: usize,
+        call: &'static str,
+        r: &InstanceRef,
+        plan: impl Fn(&model::Instance) -> Option<Change>,
+    ) -> Result<WriteOutcome, ComputeError> {
         let mut outcome = WriteOutcome::Unchanged;
-        for _ in 0..2 {
-            let step = self
-                .mutate("instances.updateNetworkInterface", r, |i| {
-                    let nic = i.network_interfaces.first()?;
-                    if nic
-                        .alias_ip_ranges
-                        .iter()
-                        .any(|a| a.subnetwork_range_name.as_deref() == Some(range_name))
-                    {
-                        return None;
-                    }
-                    let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());
-                    let mut ranges = nic.alias_ip_ranges.clone();
-                    let mut asked =
-                        model::AliasIpRange::new().set_ip_cidr_range(format!("/{prefix}"));
-                    asked.subnetwork_range_name = Some(range_name.to_string());
-                    ranges.push(asked);
-                    let body = model::NetworkInterface::new()
-                        .set_alias_ip_ranges(ranges)
-                        .set_or_clear_fingerprint(nic.fingerprint.clone());
-                    Some(Change::Nic(nic_name, Box::new(body)))
-                })
-                .await?;
-            match step {
+        for _ in 0..passes {
+            match self.mutate(call, r, &plan).await? {
                 WriteOutcome::Unchanged => return Ok(outcome),
                 WriteOutcome::Changed => outcome = WriteOutcome::Changed,
             }
