@@ -107,7 +107,28 @@ pub async fn collect(deps: &ChainDeps, name: Option<&str>) -> anyhow::Result<Vec
             will_not_join: None,
         });
     }
+    mark_exhausted(deps, &mut rows).await;
     Ok(rows)
+}
+
+/// The state of a Node waiting for its podCIDR whose last allocation found every pod range full:
+/// nodewire recorded a `CIDRNotAvailable` Event on it (issue 22). When the Events cannot be
+/// read, the rows keep "waiting for podCIDR" and a warning says why.
+async fn mark_exhausted(deps: &ChainDeps, rows: &mut [Row]) {
+    const WAITING: &str = "waiting for podCIDR";
+    if !rows.iter().any(|r| r.state == WAITING) {
+        return;
+    }
+    match deps.kube.nodes_with_event("CIDRNotAvailable").await {
+        Ok(names) => {
+            for r in rows.iter_mut().filter(|r| r.state == WAITING) {
+                if r.node.as_ref().is_some_and(|n| names.contains(n)) {
+                    r.state = "no pod range free (Event CIDRNotAvailable)".into();
+                }
+            }
+        }
+        Err(e) => eprintln!("nodewire: the Nodes' Events could not be read: {e}"),
+    }
 }
 
 /// The row of one observed VM. Pure. Whether a VM without its Node may join is the planner's

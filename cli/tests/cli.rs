@@ -601,3 +601,91 @@ async fn status_says_why_the_join_service_refuses_a_vm() {
     }
     stack.stop().await;
 }
+
+/// Issue 22: `nodewire status` tells a Node waiting for a podCIDR that will come (the chain
+/// is on it) from one whose VM found every pod range full (nodewire recorded a
+/// `CIDRNotAvailable` Event on it). A pod range with room for one /24 and two VMs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_reports_a_node_for_which_every_pod_range_is_full() {
+    let stack = Stack::start(StackOptions {
+        range_order: nodewire::config::RangeOrder::AliasFirst,
+        pods_range: "10.4.0.0/24".parse().expect("cidr"),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    let env: BTreeMap<String, String> = stack.env().clone();
+    let z = "us-central1-a";
+    let demo = [("cluster", "demo")];
+    stack
+        .insert_vm(P, z, "k8s-room", &demo, true)
+        .await
+        .expect("insert");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s.wired(z, "k8s-room").is_ok())
+            .await
+    );
+    stack
+        .insert_vm(P, z, "k8s-full", &demo, true)
+        .await
+        .expect("insert");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s
+                .k8s
+                .objects("events")
+                .iter()
+                .any(|e| e["reason"] == "CIDRNotAvailable"
+                    && e["involvedObject"]["name"] == "k8s-full"))
+            .await,
+        "no CIDRNotAvailable Event"
+    );
+    // As nodewire's own ServiceAccount, which may not list Events: the state stays "waiting",
+    // and stderr says why; status still succeeds.
+    let out = nodewire(&["--json", "status", "k8s-full"], &env).await;
+    assert!(out.status.success());
+    assert_eq!(stdout_json(&out)[0]["state"], "waiting for podCIDR");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Events could not be read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // As an operator runs it: with the cluster admin's credentials (docs/deploy.md).
+    let token = std::env::temp_dir().join(format!("nodewire-admin-token-{}", std::process::id()));
+    std::fs::write(&token, stack.k8s.admin_token()).expect("token file");
+    let mut env = env;
+    env.insert(
+        "NODEWIRE_KUBE_TOKEN_FILE".into(),
+        token.to_string_lossy().into_owned(),
+    );
+    let out = nodewire(&["--json", "status"], &env).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stdout_json(&out);
+    let state = |vm: &str| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["vm"] == vm)
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(
+        state("k8s-full"),
+        Some(serde_json::json!(
+            "no pod range free (Event CIDRNotAvailable)"
+        )),
+        "{rows} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        state("k8s-room"),
+        Some(serde_json::json!("wired")),
+        "{rows}"
+    );
+    let _ = std::fs::remove_file(&token);
+    stack.stop().await;
+}

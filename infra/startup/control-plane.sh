@@ -155,6 +155,17 @@ controllerManager:
     - name: "node-cidr-mask-size"
       value: "24"
 YAML
+  if [[ "$allocate" == false ]]; then
+    # Alias-first: Pods may come from several pod ranges (additional_pod_ranges), so kube-proxy
+    # tells a Pod's traffic by its own Node's podCIDR, not by one cluster CIDR (GKE runs
+    # kube-proxy with --detect-local-mode=NodeCIDR for the same reason).
+    cat >>"$file" <<'YAML'
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+detectLocalMode: "NodeCIDR"
+YAML
+  fi
   chmod 0600 "$file"
 }
 

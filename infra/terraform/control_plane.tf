@@ -129,7 +129,7 @@ resource "google_compute_instance" "control_plane" {
       join_mode              = var.join_mode
       range_order            = var.range_order
       # ip-masq-agent leaves traffic to these unmasqueraded (infra/k8s/ip-masq-agent.yaml).
-      non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr, var.pod_range_cidr, var.service_range_cidr], var.peered_ranges))
+      non_masquerade_cidrs = join(",", concat([var.node_subnet_cidr], local.pod_range_cidrs, [var.service_range_cidr], var.peered_ranges))
     })
     nodewire-k8s-rbac = file("${path.module}/../k8s/nodewire-rbac.yaml")
     # Applied in metadata mode (node-events decides bootstrap-token CSRs), deleted in pull mode.

@@ -34,6 +34,15 @@ resource "google_compute_subnetwork" "nodes" {
     ip_cidr_range = var.service_range_cidr
   }
 
+  # GKE-style additional pod ranges (alias-first): used in order once "pods" is full.
+  dynamic "secondary_ip_range" {
+    for_each = var.additional_pod_ranges
+    content {
+      range_name    = secondary_ip_range.value.name
+      ip_cidr_range = secondary_ip_range.value.cidr
+    }
+  }
+
   log_config {
     aggregation_interval = "INTERVAL_5_SEC"
     flow_sampling        = 0.5
@@ -62,9 +71,9 @@ resource "google_compute_firewall" "internal" {
   name        = "${var.cluster_name}-allow-internal"
   network     = google_compute_network.vpc.id
   direction   = "INGRESS"
-  description = "Node subnet and pod range to every VM of the network, all protocols."
+  description = "Node subnet and pod ranges to every VM of the network, all protocols."
 
-  source_ranges = [var.node_subnet_cidr, var.pod_range_cidr]
+  source_ranges = concat([var.node_subnet_cidr], local.pod_range_cidrs)
 
   allow {
     protocol = "all"
@@ -158,4 +167,9 @@ resource "google_compute_router_nat" "nat" {
     enable = true
     filter = "ERRORS_ONLY"
   }
+}
+
+locals {
+  # Every pod range's CIDR: the firewall, ip-masq-agent and the functions cover all of them.
+  pod_range_cidrs = concat([var.pod_range_cidr], [for r in var.additional_pod_ranges : r.cidr])
 }

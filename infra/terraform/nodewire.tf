@@ -70,6 +70,7 @@ locals {
     NODEWIRE_JOIN_API_VERSION      = "v1beta4"
     NODEWIRE_TOKEN_TTL_SECS        = "900"
     NODEWIRE_RANGE_ORDER           = var.range_order
+    NODEWIRE_ADDITIONAL_POD_RANGES = join(",", [for r in var.additional_pod_ranges : "${r.name}=${r.cidr}"])
   }
   # The callers a service accepts: its push (or scheduler) identity; for join the node VMs'
   # identity tokens, whose signature it verifies itself (invoker IAM check disabled).

@@ -85,8 +85,8 @@ variable "node_count" {
   }
 
   validation {
-    condition     = try(var.node_count + 1 <= pow(2, 24 - tonumber(split("/", var.pod_range_cidr)[1])), false)
-    error_message = "node_count + 1 (the control plane) /24 podCIDRs must fit into pod_range_cidr."
+    condition     = try(var.node_count + 1 <= pow(2, 24 - tonumber(split("/", var.pod_range_cidr)[1])) + sum(concat([0], [for r in var.additional_pod_ranges : pow(2, 24 - tonumber(split("/", r.cidr)[1]))])), false)
+    error_message = "node_count + 1 (the control plane) /24 podCIDRs must fit into pod_range_cidr and additional_pod_ranges."
   }
 }
 
@@ -144,6 +144,40 @@ variable "pod_range_cidr" {
   validation {
     condition     = try(cidrhost(var.pod_range_cidr, 0) == split("/", var.pod_range_cidr)[0] && tonumber(split("/", var.pod_range_cidr)[1]) <= 24, false)
     error_message = "pod_range_cidr must be a network address with a prefix of /24 or shorter."
+  }
+}
+
+variable "additional_pod_ranges" {
+  description = "More secondary ranges of the node subnet for Pods, as GKE's additional pod ranges: nodewire allocates a node's /24 from the first range with room (pod_range_cidr first, then these in order). NODEWIRE_ADDITIONAL_POD_RANGES; needs range_order = \"alias-first\" (kube-controller-manager allocates from one range only). Firewall, ip-masq-agent and kube-proxy cover them. Adding one to a running cluster is safe; removing one that Nodes use is not."
+  type = list(object({
+    name = string
+    cidr = string
+  }))
+  default = []
+
+  validation {
+    condition     = length(var.additional_pod_ranges) <= 29
+    error_message = "At most 29 additional pod ranges (nodewire takes 30 pod ranges in all)."
+  }
+
+  validation {
+    condition     = alltrue([for r in var.additional_pod_ranges : can(regex("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", r.name)) && !contains(["pods", "services"], r.name)])
+    error_message = "Each additional pod range needs a range name ([a-z]([-a-z0-9]{0,61}[a-z0-9])?) other than \"pods\" and \"services\"."
+  }
+
+  validation {
+    condition     = length(distinct([for r in var.additional_pod_ranges : r.name])) == length(var.additional_pod_ranges)
+    error_message = "The additional pod ranges' names must be distinct."
+  }
+
+  validation {
+    condition     = alltrue([for r in var.additional_pod_ranges : try(cidrhost(r.cidr, 0) == split("/", r.cidr)[0] && tonumber(split("/", r.cidr)[1]) <= 24, false)])
+    error_message = "Each additional pod range must be an IPv4 network address with a prefix of /24 or shorter."
+  }
+
+  validation {
+    condition     = length(var.additional_pod_ranges) == 0 || var.range_order == "alias-first"
+    error_message = "additional_pod_ranges needs range_order = \"alias-first\": in the cluster-first order kube-controller-manager allocates podCIDRs from pod_range_cidr only."
   }
 }
 

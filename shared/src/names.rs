@@ -460,6 +460,114 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// One secondary range of the node subnet that Pod IPs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRange {
+    /// Its `rangeName` on the subnet.
+    pub name: String,
+    pub cidr: Cidr,
+}
+
+/// The pod ranges in the order they are used: the first (`NODEWIRE_POD_RANGE_NAME`,
+/// `NODEWIRE_POD_RANGE`), then the additional ones (`NODEWIRE_ADDITIONAL_POD_RANGES`), as
+/// GKE's additional pod ranges. Never empty; names distinct; blocks disjoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRanges(Vec<PodRange>);
+
+/// At most this many pod ranges (a subnet holds up to 170 secondary ranges; nodewire's list is
+/// walked on every allocation, so it is kept short).
+pub const MAX_POD_RANGES: usize = 30;
+
+impl PodRanges {
+    /// # Errors
+    /// A message saying which range is empty, repeated, overlapping or too many.
+    pub fn new(ranges: Vec<PodRange>) -> Result<Self, String> {
+        if ranges.is_empty() {
+            return Err("no pod range".into());
+        }
+        if ranges.len() > MAX_POD_RANGES {
+            return Err(format!(
+                "{} pod ranges; at most {MAX_POD_RANGES}",
+                ranges.len()
+            ));
+        }
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[..i] {
+                if a.name == b.name {
+                    return Err(format!("the range name {} is given twice", a.name));
+                }
+                if a.cidr.overlaps(&b.cidr) {
+                    return Err(format!(
+                        "{} ({}) overlaps {} ({})",
+                        a.name, a.cidr, b.name, b.cidr
+                    ));
+                }
+            }
+        }
+        Ok(Self(ranges))
+    }
+
+    /// One range.
+    pub fn single(name: impl Into<String>, cidr: Cidr) -> Self {
+        Self(vec![PodRange {
+            name: name.into(),
+            cidr,
+        }])
+    }
+
+    /// The first range (kube-controller-manager's `--cluster-cidr` in the cluster-first order).
+    pub fn first(&self) -> &PodRange {
+        // `new` and `single` never build an empty list.
+        &self.0[0]
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, PodRange> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false (kept for clippy's `len_without_is_empty`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The range that holds all of `block`.
+    pub fn containing(&self, block: &Cidr) -> Option<&PodRange> {
+        self.0.iter().find(|r| r.cidr.contains(block))
+    }
+
+    /// True when `name` is one of the ranges' names.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.0.iter().any(|r| r.name == name)
+    }
+
+    /// True when `block` shares an address with any range.
+    pub fn overlaps(&self, block: &Cidr) -> bool {
+        self.0.iter().any(|r| r.cidr.overlaps(block))
+    }
+
+    /// The names in order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|r| r.name.clone()).collect()
+    }
+}
+
+impl fmt::Display for PodRanges {
+    /// `pods (10.4.0.0/16), pods-b (10.8.0.0/16)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} ({})", r.name, r.cidr)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,9 @@ pub struct StackOptions {
     pub region: String,
     pub nodes_range: Cidr,
     pub pods_range: Cidr,
+    /// More secondary ranges of the node subnet for Pods, used in this order once `pods` is
+    /// full (`NODEWIRE_ADDITIONAL_POD_RANGES`; alias-first only).
+    pub extra_pod_ranges: Vec<(String, Cidr)>,
     pub services_range: Cidr,
     pub node_tag: String,
     /// `key=value` every node VM carries.
@@ -252,6 +255,7 @@ impl Default for StackOptions {
             region: "us-central1".into(),
             nodes_range: parse("10.128.0.0/20"),
             pods_range: parse("10.4.0.0/16"),
+            extra_pod_ranges: Vec::new(),
             services_range: parse("172.16.16.0/21"),
             node_tag: "k8s-node".into(),
             selector: ("cluster".into(), "demo".into()),
@@ -334,13 +338,15 @@ impl std::fmt::Debug for Stack {
 }
 
 fn subnet(project: &str, o: &StackOptions) -> SubnetSpec {
-    SubnetSpec::node_subnet(
+    let mut s = SubnetSpec::node_subnet(
         project,
         &o.region,
         o.nodes_range,
         o.pods_range,
         o.services_range,
-    )
+    );
+    s.secondary.extend(o.extra_pod_ranges.iter().cloned());
+    s
 }
 
 /// Which topic each function is pushed from.
@@ -609,6 +615,14 @@ impl Stack {
                 format!("{}/k8s-nodes", opts.region),
             ),
             ("NODEWIRE_POD_RANGE".into(), opts.pods_range.to_string()),
+            (
+                "NODEWIRE_ADDITIONAL_POD_RANGES".into(),
+                opts.extra_pod_ranges
+                    .iter()
+                    .map(|(n, c)| format!("{n}={c}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("NODEWIRE_NODE_TAGS".into(), opts.node_tag.clone()),
             // As the Terraform sets it: only a VM running as the node service account joins.
             (
@@ -1023,15 +1037,22 @@ impl Stack {
         let pod_cidr: Cidr = pod
             .parse()
             .map_err(|_| format!("podCIDR {pod} is not a CIDR"))?;
-        if !self.opts.pods_range.contains(&pod_cidr) {
-            return Err(format!("podCIDR {pod} outside the pod range"));
-        }
+        let range_name = if self.opts.pods_range.contains(&pod_cidr) {
+            "pods"
+        } else {
+            self.opts
+                .extra_pod_ranges
+                .iter()
+                .find(|(_, c)| c.contains(&pod_cidr))
+                .map(|(n, _)| n.as_str())
+                .ok_or_else(|| format!("podCIDR {pod} outside the pod ranges"))?
+        };
         let aliases = vm
             .pointer("/networkInterfaces/0/aliasIpRanges")
             .cloned()
             .unwrap_or(json!([]));
-        if aliases != json!([{"ipCidrRange": pod, "subnetworkRangeName": "pods"}]) {
-            return Err(format!("aliases {aliases} != [{pod}]"));
+        if aliases != json!([{"ipCidrRange": pod, "subnetworkRangeName": range_name}]) {
+            return Err(format!("aliases {aliases} != [{pod} of {range_name}]"));
         }
         if !vm["tags"]["items"]
             .as_array()

@@ -264,3 +264,131 @@ async fn an_exhausted_pod_range_is_loud_and_the_node_keeps_its_taint() {
     );
     stack.stop().await;
 }
+
+/// Issue 22, item 2: several pod ranges, as GKE's additional pod ranges. `pods` has room for
+/// two /24 blocks and `pods-b` for one. Three VMs are wired: two in `pods`, the third in
+/// `pods-b` once `pods` refused (IP_SPACE_EXHAUSTED), each Node's podCIDR its VM's alias,
+/// named after the range that holds it. A fourth VM finds every range full: its Node keeps
+/// the taint and no podCIDR, and its `CIDRNotAvailable` Event names both ranges.
+#[tokio::test]
+async fn when_the_first_pod_range_is_full_the_next_is_used() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        range_order: RangeOrder::AliasFirst,
+        pods_range: "10.4.0.0/23".parse().expect("cidr"),
+        extra_pod_ranges: vec![("pods-b".into(), "10.8.0.0/24".parse().expect("cidr"))],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let demo = [("cluster", "demo")];
+    let names = ["k8s-mr-1", "k8s-mr-2", "k8s-mr-3"];
+    for n in names {
+        stack.insert_vm(P, Z, n, &demo, true).await.expect("insert");
+    }
+    all_wired(&stack, &names).await;
+    let mut by_range: Vec<(String, String)> = names
+        .iter()
+        .map(|n| {
+            let vm = stack.compute.instance_json(P, Z, n).expect("the VM");
+            let alias = &vm["networkInterfaces"][0]["aliasIpRanges"][0];
+            (
+                alias["subnetworkRangeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                alias["ipCidrRange"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    by_range.sort();
+    assert_eq!(
+        by_range.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["pods", "pods", "pods-b"],
+        "{by_range:?}"
+    );
+    assert_eq!(by_range[2].1, "10.8.0.0/24");
+    // The second range was asked for only after the first refused.
+    let asked: Vec<_> = stack
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "instances.updateNetworkInterface")
+        .filter_map(|r| {
+            r.body
+                .pointer("/aliasIpRanges")
+                .and_then(Value::as_array)
+                .and_then(|a| a.last().cloned())
+        })
+        .filter(|a| a["ipCidrRange"] == "/24")
+        .map(|a| {
+            a["subnetworkRangeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        asked.iter().filter(|r| *r == "pods-b").count(),
+        1,
+        "pods-b asked once: {asked:?}"
+    );
+    assert!(
+        asked.iter().filter(|r| *r == "pods").count() >= 3,
+        "{asked:?}"
+    );
+
+    // Every range full.
+    let fourth = "k8s-mr-4";
+    stack
+        .insert_vm(P, Z, fourth, &demo, true)
+        .await
+        .expect("insert");
+    let cidr_not_available = |s: &Stack| {
+        s.k8s
+            .objects("events")
+            .into_iter()
+            .filter(|e| e["reason"] == "CIDRNotAvailable" && e["involvedObject"]["name"] == fourth)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| !cidr_not_available(s)
+                .is_empty())
+            .await,
+        "no CIDRNotAvailable Event; Node {:?}",
+        stack.k8s.object("nodes", "", fourth)
+    );
+    let event = &cidr_not_available(&stack)[0];
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pod range(s) pods, pods-b")),
+        "{event}"
+    );
+    let node = stack.k8s.object("nodes", "", fourth).expect("the Node");
+    assert_eq!(node.pointer("/spec/podCIDR"), None, "{node}");
+    assert!(
+        node.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
+        "the taint is kept: {node}"
+    );
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(
+        report
+            .affected
+            .get(&nodewire::sweep::DriftKind::PodCidrMissing)
+            .is_some_and(|a| a.iter().any(|n| n.contains(fourth))),
+        "{report:?}"
+    );
+    // The three wired VMs are no drift.
+    for n in names {
+        assert!(stack.wired(Z, n).is_ok(), "{n}: {:?}", stack.wired(Z, n));
+    }
+    stack.stop().await;
+}

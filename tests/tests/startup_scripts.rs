@@ -1213,6 +1213,8 @@ fn control_plane_script_inits_ships_audit_applies_and_publishes() {
     let inits = sb.stub_files("kubeadm-init-config.");
     assert_eq!(inits.len(), 1, "{:?}", sb.calls());
     let k = &inits[0];
+    // Cluster-first: kube-proxy keeps kubeadm's default (the cluster CIDR).
+    assert!(!k.contains("KubeProxyConfiguration"), "{k}");
     for want in [
         "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\n",
         "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\n",
@@ -1525,6 +1527,15 @@ fn control_plane_script_in_the_alias_first_order() {
     assert_eq!(inits.len(), 1);
     assert!(
         inits[0].contains("    - name: \"allocate-node-cidrs\"\n      value: \"false\"\n"),
+        "{}",
+        inits[0]
+    );
+    // Several pod ranges: kube-proxy tells local traffic by the Node's own podCIDR.
+    assert!(
+        inits[0].contains(
+            "---\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             detectLocalMode: \"NodeCIDR\"\n"
+        ),
         "{}",
         inits[0]
     );

@@ -149,29 +149,42 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
         Action::AddTags(tags) => {
             compute.add_tags(t.instance, tags).await?;
         }
-        Action::AllocateAlias { prefix, range_name } => {
-            match compute
-                .allocate_alias_range(t.instance, *prefix, range_name)
-                .await
-            {
-                Ok(_) => {}
-                // Loud: an ERROR line the log-based metric nodewire/pod_range_exhausted counts,
-                // a Warning Event on the Node (when it exists) as kube-controller-manager's
-                // IPAM records one, and a permanent refusal (dead-lettered at once, never
-                // retried by age). The sweep tries again once its cooldown has passed.
-                Err(ComputeError::RangeExhausted { message, .. }) => {
-                    let r = Refusal::PodRangeExhausted {
-                        vm: t.instance.to_string(),
-                        range_name: range_name.clone(),
-                        prefix: *prefix,
-                        taint: UNWIRED_TAINT,
-                    };
-                    tracing::error!(instance = %t.instance, range = %range_name, api = %message, "pod range exhausted");
-                    report_refusal(deps, t.observed, &r).await;
-                    return Err(r.into());
+        Action::AllocateAlias { prefix, ranges } => {
+            // The first range with a free block, in the configured order (GKE's additional pod
+            // ranges are used the same way: the next one once one is full). Each try is atomic
+            // on Compute Engine's side; a full range costs one refused operation.
+            let mut exhausted = Vec::new();
+            for range_name in ranges {
+                match compute
+                    .allocate_alias_range(t.instance, *prefix, range_name, ranges)
+                    .await
+                {
+                    Ok(_) => {
+                        if !exhausted.is_empty() {
+                            tracing::info!(instance = %t.instance, range = %range_name, full = %exhausted.join(","), "allocated from the next pod range");
+                        }
+                        return Ok(());
+                    }
+                    Err(ComputeError::RangeExhausted { message, .. }) => {
+                        tracing::warn!(instance = %t.instance, range = %range_name, api = %message, "pod range full");
+                        exhausted.push(range_name.clone());
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
+            // Loud: an ERROR line the log-based metric nodewire/pod_range_exhausted counts, a
+            // Warning Event on the Node (when it exists) as kube-controller-manager's IPAM
+            // records one, and a permanent refusal (dead-lettered at once, never retried by
+            // age). The sweep tries again once its cooldown has passed.
+            let r = Refusal::PodRangeExhausted {
+                vm: t.instance.to_string(),
+                ranges: exhausted.join(", "),
+                prefix: *prefix,
+                taint: UNWIRED_TAINT,
+            };
+            tracing::error!(instance = %t.instance, ranges = %exhausted.join(","), "pod range exhausted");
+            report_refusal(deps, t.observed, &r).await;
+            return Err(r.into());
         }
         Action::SetPodCidr(cidr) => {
             kube.set_pod_cidr(t.node, &cidr.to_string()).await?;

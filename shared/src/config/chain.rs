@@ -100,10 +100,11 @@ pub struct ChainConfig {
     pub range_order: RangeOrder,
     /// `NODEWIRE_SUBNET` = `REGION/NAME`: nic0 of every node VM is on it.
     pub subnet: (String, String),
-    /// `NODEWIRE_POD_RANGE_NAME` (default `pods`): the secondary range of Pod IPs.
-    pub pod_range_name: String,
-    /// `NODEWIRE_POD_RANGE`: that range's CIDR; podCIDRs outside it are refused.
-    pub pod_range: crate::names::Cidr,
+    /// The secondary ranges of Pod IPs, in the order they are used: `NODEWIRE_POD_RANGE_NAME`
+    /// (default `pods`) with its CIDR `NODEWIRE_POD_RANGE`, then
+    /// `NODEWIRE_ADDITIONAL_POD_RANGES` (`NAME=CIDR,…`, alias-first only). podCIDRs outside
+    /// all of them are refused.
+    pub pod_ranges: crate::names::PodRanges,
     /// `NODEWIRE_NODE_TAGS` (comma-separated): network tags every node VM gets.
     pub node_tags: Vec<String>,
     /// `NODEWIRE_TOKEN_TTL_SECS` (default 900): lifetime of a join token.
@@ -163,6 +164,7 @@ impl ChainConfig {
             })?
             .parse()
             .map_err(|e: crate::names::NameError| err("NODEWIRE_POD_RANGE", e.to_string()))?;
+        let pod_ranges = pod_ranges(src, pod_range_name, pod_range)?;
         let tags_raw = src.get("NODEWIRE_NODE_TAGS").ok_or_else(|| {
             err(
                 "NODEWIRE_NODE_TAGS",
@@ -194,6 +196,15 @@ impl ChainConfig {
         };
         let join_mode = JoinMode::from_source(src)?;
         let range_order = RangeOrder::from_source(src)?;
+        // kube-controller-manager's range allocator takes one IPv4 `--cluster-cidr`: in the
+        // cluster-first order it allocates from the first range only, so more are refused.
+        if range_order == RangeOrder::ClusterFirst && pod_ranges.len() > 1 {
+            return Err(err(
+                "NODEWIRE_ADDITIONAL_POD_RANGES",
+                "needs NODEWIRE_RANGE_ORDER=alias-first: in the cluster-first order \
+                 kube-controller-manager allocates podCIDRs from one range only",
+            ));
+        }
         let api_server_endpoint = src.get("NODEWIRE_API_SERVER_ENDPOINT");
         if let Some(e) = &api_server_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
@@ -254,8 +265,7 @@ impl ChainConfig {
             node_service_accounts,
             sweep,
             subnet,
-            pod_range_name,
-            pod_range,
+            pod_ranges,
             node_tags,
             token_ttl,
             join_api,
@@ -263,6 +273,45 @@ impl ChainConfig {
             token_groups,
         })
     }
+}
+
+/// The first pod range and `NODEWIRE_ADDITIONAL_POD_RANGES` (`NAME=CIDR,NAME=CIDR`).
+fn pod_ranges(
+    src: &impl Source,
+    first_name: String,
+    first: crate::names::Cidr,
+) -> Result<crate::names::PodRanges, ConfigError> {
+    const VAR: &str = "NODEWIRE_ADDITIONAL_POD_RANGES";
+    let mut ranges = vec![crate::names::PodRange {
+        name: first_name,
+        cidr: first,
+    }];
+    let raw = src.get(VAR).unwrap_or_default();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((name, cidr)) = item.split_once('=') else {
+            return Err(err(VAR, format!("{:?} is not NAME=CIDR", echo(item))));
+        };
+        crate::names::validate_gce_name("range name", name.trim())
+            .map_err(|e| err(VAR, e.to_string()))?;
+        let cidr: crate::names::Cidr = cidr
+            .trim()
+            .parse()
+            .map_err(|e: crate::names::NameError| err(VAR, e.to_string()))?;
+        if cidr.prefix_len() > crate::plan::NODE_MASK {
+            return Err(err(
+                VAR,
+                format!(
+                    "{name}'s {cidr} is smaller than one /{} podCIDR",
+                    crate::plan::NODE_MASK
+                ),
+            ));
+        }
+        ranges.push(crate::names::PodRange {
+            name: name.trim().to_string(),
+            cidr,
+        });
+    }
+    crate::names::PodRanges::new(ranges).map_err(|e| err(VAR, e))
 }
 
 /// The drift sweep's bounds (`NODEWIRE_SWEEP_*`).
@@ -317,6 +366,38 @@ mod chain_tests {
             let mut m2 = m.clone();
             m2.insert(var, bad);
             assert_eq!(ChainConfig::from_source(&m2).expect_err(var).var, var);
+        }
+        assert_eq!(c.pod_ranges.names(), vec!["pods"]);
+        // Additional ranges, in order, only in the alias-first order.
+        let mut m3 = m.clone();
+        m3.insert(
+            "NODEWIRE_ADDITIONAL_POD_RANGES",
+            " pods-b=10.8.0.0/16, pods-c=10.9.0.0/24",
+        );
+        assert_eq!(
+            ChainConfig::from_source(&m3)
+                .expect_err("cluster-first")
+                .var,
+            "NODEWIRE_ADDITIONAL_POD_RANGES"
+        );
+        m3.insert("NODEWIRE_RANGE_ORDER", "alias-first");
+        let c3 = ChainConfig::from_source(&m3).expect("alias-first");
+        assert_eq!(c3.pod_ranges.names(), vec!["pods", "pods-b", "pods-c"]);
+        for bad in [
+            "pods-b",                                // no CIDR
+            "pods-b=10.8.0.1/16",                    // host bits
+            "pods=10.8.0.0/16",                      // the first range's name again
+            "pods-b=192.168.20.0/22",                // inside the first range
+            "pods-b=10.8.0.0/16,pods-c=10.8.4.0/22", // overlapping each other
+            "pods-b=10.8.0.0/25",                    // smaller than one podCIDR
+            "Pods_B=10.8.0.0/16",                    // not a range name
+        ] {
+            m3.insert("NODEWIRE_ADDITIONAL_POD_RANGES", bad);
+            assert_eq!(
+                ChainConfig::from_source(&m3).expect_err(bad).var,
+                "NODEWIRE_ADDITIONAL_POD_RANGES",
+                "{bad}"
+            );
         }
         m.remove("NODEWIRE_POD_RANGE");
         assert_eq!(

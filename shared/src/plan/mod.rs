@@ -8,7 +8,7 @@
 
 use crate::config::{ChainConfig, JoinMode, RangeOrder};
 use crate::event::Step;
-use crate::names::{Cidr, ProviderIdConflict, SubnetRef};
+use crate::names::{Cidr, PodRanges, ProviderIdConflict, SubnetRef};
 use crate::select::Selector;
 
 pub mod eligibility;
@@ -28,9 +28,8 @@ pub struct PlanConfig {
     pub selector: Selector,
     /// nic0 must be on this subnetwork: `(region, name)`.
     pub subnet: (String, String),
-    /// The secondary range Pods come from.
-    pub pod_range_name: String,
-    pub pod_range: Cidr,
+    /// The secondary ranges Pods come from, in the order they are used.
+    pub pod_ranges: PodRanges,
     /// Network tags every node VM carries.
     pub node_tags: Vec<String>,
     /// When not empty, only a VM running as one of these service accounts is given a join
@@ -48,8 +47,7 @@ impl PlanConfig {
         Self {
             selector: selector.clone(),
             subnet: chain.subnet.clone(),
-            pod_range_name: chain.pod_range_name.clone(),
-            pod_range: chain.pod_range,
+            pod_ranges: chain.pod_ranges.clone(),
             node_tags: chain.node_tags.clone(),
             node_service_accounts: chain.node_service_accounts.clone(),
             join_mode: chain.join_mode,
@@ -67,9 +65,9 @@ pub enum Action {
     RevokeTokens(Vec<String>),
     /// Set nic0's alias ranges to exactly this one.
     SetAlias { cidr: Cidr, range_name: String },
-    /// Alias-first: have Compute Engine allocate a `/prefix` block of `range_name` as nic0's
-    /// alias, unless nic0 has one there already.
-    AllocateAlias { prefix: u8, range_name: String },
+    /// Alias-first: have Compute Engine allocate a `/prefix` block as nic0's alias from the
+    /// first of `ranges` that has one free, unless nic0 has one there already.
+    AllocateAlias { prefix: u8, ranges: Vec<String> },
     /// Alias-first: set the Node's empty podCIDR(s) to this range (its VM's alias).
     SetPodCidr(Cidr),
     /// Remove nic0's alias ranges from the pod range, keeping any others.
@@ -142,11 +140,12 @@ pub enum Refusal {
     #[error("Node {node} has podCIDR {cidr:?}, which is not a valid IPv4 CIDR")]
     InvalidPodCidr { node: String, cidr: String },
     #[error(
-        "no /{prefix} is free in the pod range {range_name} for VM {vm}: its Node keeps the taint          {taint}; free a range (delete a VM) or add room to the range"
+        "no /{prefix} is free in the pod range(s) {ranges} for VM {vm}: its Node keeps the taint {taint}; free a range (delete a VM) or add a range (NODEWIRE_ADDITIONAL_POD_RANGES)"
     )]
     PodRangeExhausted {
         vm: String,
-        range_name: String,
+        /// The names tried, comma-separated.
+        ranges: String,
         prefix: u8,
         taint: &'static str,
     },
@@ -240,13 +239,18 @@ impl PlanConfig {
         subnet.is_some_and(|s| s.region == self.subnet.0 && s.name == self.subnet.1)
     }
 
+    /// The alias a podCIDR asks for: the block, named after the pod range that holds it.
     fn wanted_alias(&self, cidr: Cidr) -> Alias {
-        Alias::new(cidr.to_string(), Some(self.pod_range_name.clone()))
+        let name = self.pod_ranges.containing(&cidr).map(|r| r.name.clone());
+        Alias::new(cidr.to_string(), name)
     }
 
-    fn in_pod_range(&self, a: &Alias) -> bool {
-        a.range_name.as_deref() == Some(self.pod_range_name.as_str())
-            || a.block.is_some_and(|c| self.pod_range.overlaps(&c))
+    /// True when the alias is in one of the pod ranges (by name or by address).
+    pub fn in_pod_range(&self, a: &Alias) -> bool {
+        a.range_name
+            .as_deref()
+            .is_some_and(|n| self.pod_ranges.has_name(n))
+            || a.block.is_some_and(|c| self.pod_ranges.overlaps(&c))
     }
 }
 
@@ -259,11 +263,11 @@ fn pod_cidr(node: &NodeFacts, cfg: &PlanConfig) -> Result<Option<Cidr>, Refusal>
         node: node.name.clone(),
         cidr: raw.to_string(),
     })?;
-    if !cfg.pod_range.contains(&cidr) {
+    if cfg.pod_ranges.containing(&cidr).is_none() {
         return Err(Refusal::PodCidrOutsideRange {
             node: node.name.clone(),
             cidr: raw.to_string(),
-            range: cfg.pod_range.to_string(),
+            range: cfg.pod_ranges.to_string(),
         });
     }
     Ok(Some(cidr))
@@ -273,19 +277,24 @@ fn pod_cidr(node: &NodeFacts, cfg: &PlanConfig) -> Result<Option<Cidr>, Refusal>
 /// for IPv4, which the alias-first order allocates.
 pub const NODE_MASK: u8 = 24;
 
-/// Alias-first: the VM's alias range in the pod range, when it has exactly one and it lies in
-/// the configured range.
+/// Alias-first: the VM's alias range in the pod ranges, when it has exactly one and it lies
+/// inside the range it is named after.
 fn pod_alias(vm: &VmFacts, cfg: &PlanConfig) -> Option<Cidr> {
     let mut ours = vm.aliases.iter().filter(|a| cfg.in_pod_range(a));
     let one = ours.next()?;
     if ours.next().is_some() {
         return None;
     }
-    one.block.filter(|c| cfg.pod_range.contains(c))
+    one.block.filter(|c| {
+        cfg.pod_ranges
+            .containing(c)
+            .is_some_and(|r| one.range_name.as_deref() == Some(r.name.as_str()))
+    })
 }
 
-/// Alias-first, in `bootstrap`: while the Node has no podCIDR, the VM gets a block of the pod
-/// range (allocated by Compute Engine) unless it has an alias there already.
+/// Alias-first, in `bootstrap`: while the Node has no podCIDR, the VM gets a block of a pod
+/// range (allocated by Compute Engine, the first range with room) unless it has an alias in
+/// one already.
 fn alias_first_allocation(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Option<Action> {
     if cfg.range_order != RangeOrder::AliasFirst
         || obs.node.as_ref().is_some_and(|n| n.pod_cidr.is_some())
@@ -295,7 +304,7 @@ fn alias_first_allocation(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Opt
     }
     Some(Action::AllocateAlias {
         prefix: NODE_MASK,
-        range_name: cfg.pod_range_name.clone(),
+        ranges: cfg.pod_ranges.names(),
     })
 }
 
@@ -402,11 +411,11 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
                     vm.aliases = vec![cfg.wanted_alias(*cidr)];
                 }
             }
-            Action::AllocateAlias { prefix, range_name } => {
-                // Which block Compute Engine picks is not known here: one of the range.
-                if let Some(vm) = &mut o.vm {
+            Action::AllocateAlias { prefix, ranges } => {
+                // Which block Compute Engine picks is not known here: one of the first range.
+                if let (Some(vm), Some(range)) = (&mut o.vm, ranges.first()) {
                     vm.aliases
-                        .push(Alias::new(format!("/{prefix}"), Some(range_name.clone())));
+                        .push(Alias::new(format!("/{prefix}"), Some(range.clone())));
                 }
             }
             Action::SetPodCidr(c) => {
@@ -794,10 +803,11 @@ fn plan_assign_alias(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
         }
         Err(r) => return Err(Plan::Refuse(r)),
     };
-    if vm.aliases != [cfg.wanted_alias(cidr)] {
+    let wanted = cfg.wanted_alias(cidr);
+    if vm.aliases != [wanted.clone()] {
         a.push(Action::SetAlias {
             cidr,
-            range_name: cfg.pod_range_name.clone(),
+            range_name: wanted.range_name.unwrap_or_default(),
         });
     }
     Ok(a)

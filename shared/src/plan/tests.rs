@@ -900,7 +900,7 @@ fn alias_first_allocates_while_the_vm_boots_and_copies_into_the_pod_cidr() {
     };
     let allocate = Action::AllocateAlias {
         prefix: NODE_MASK,
-        range_name: "pods".into(),
+        ranges: vec!["pods".into()],
     };
     let tags = Action::AddTags(vec!["k8s-node".into()]);
     // A new VM, RUNNING, no Node: tags and the allocation by size, nothing else (pull mode).
@@ -1004,4 +1004,82 @@ fn alias_first_allocates_while_the_vm_boots_and_copies_into_the_pod_cidr() {
         plan(Step::AssignAlias, &early, &cf),
         Plan::Expect(_)
     ));
+}
+
+/// Issue 22, item 2: several pod ranges. The allocation names them all, in order (the executor
+/// takes the first with room); a VM holding a block of any of them is allocated nothing more,
+/// its podCIDR is copied from it and its alias is named after the range that holds it; a
+/// podCIDR outside all of them is refused, naming every range.
+#[test]
+fn several_pod_ranges_are_used_in_order_and_each_counts_as_a_pod_range() {
+    let mut c = PlanConfig {
+        range_order: RangeOrder::AliasFirst,
+        join_mode: JoinMode::Pull,
+        ..cfg()
+    };
+    c.pod_ranges = PodRanges::new(vec![
+        crate::names::PodRange {
+            name: "pods".into(),
+            cidr: "10.4.0.0/16".parse().expect("cidr"),
+        },
+        crate::names::PodRange {
+            name: "pods-b".into(),
+            cidr: "10.8.0.0/16".parse().expect("cidr"),
+        },
+    ])
+    .expect("ranges");
+    match plan(Step::Bootstrap, &fresh(), &c) {
+        Plan::Act { actions, .. } => assert!(
+            actions.contains(&Action::AllocateAlias {
+                prefix: NODE_MASK,
+                ranges: vec!["pods".into(), "pods-b".into()],
+            }),
+            "{actions:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let in_b = fresh()
+        .with_tag("k8s-node")
+        .with_aliases(vec![Alias::new("10.8.3.0/24", Some("pods-b".into()))]);
+    assert_eq!(
+        plan(Step::Bootstrap, &in_b, &c),
+        Plan::Act {
+            actions: vec![],
+            next: None
+        }
+    );
+    let registered = in_b.clone().with_node(node()).with_pod_cidr(None);
+    match plan(Step::AssignAlias, &registered, &c) {
+        Plan::Act { actions, .. } => assert_eq!(
+            actions,
+            vec![Action::SetPodCidr("10.8.3.0/24".parse().expect("cidr"))]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Wired with a block of the second range, named after it.
+    let wired_b = in_b
+        .clone()
+        .with_node(node())
+        .with_pod_cidr(Some("10.8.3.0/24"));
+    assert!(
+        !gaps(&wired_b, &c).contains(&Gap::Alias),
+        "{:?}",
+        gaps(&wired_b, &c)
+    );
+    assert!(!gaps(&wired_b, &c).contains(&Gap::NoPodCidr));
+    // The same block named after the wrong range is not the wanted alias.
+    let misnamed = wired_b.clone().with_aliases(vec![pods("10.8.3.0/24")]);
+    assert!(gaps(&misnamed, &c).contains(&Gap::Alias));
+    // Outside every range: refused, naming both.
+    let outside = in_b.with_node(node()).with_pod_cidr(Some("10.9.0.0/24"));
+    match plan(Step::AssignAlias, &outside, &c) {
+        Plan::Refuse(r) => {
+            let text = r.to_string();
+            assert!(
+                text.contains("pods (10.4.0.0/16), pods-b (10.8.0.0/16)"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -54,7 +54,9 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
             .map(|ts| ts.iter().map(|t| token_facts(t, now)).collect())
             .unwrap_or_default();
         for a in &facts.aliases {
-            if a.range_name.as_deref() == Some(cfg.pod_range_name.as_str())
+            if a.range_name
+                .as_deref()
+                .is_some_and(|n| cfg.pod_ranges.has_name(n))
                 && let Some(c) = a.block
             {
                 pod_aliases.push((r, c));
@@ -69,10 +71,11 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
         let Some(node) = node else {
             // Alias-first: a VM holds its range before its Node exists; not drift.
             if cfg.range_order == crate::config::RangeOrder::ClusterFirst
-                && facts
-                    .aliases
-                    .iter()
-                    .any(|a| a.range_name.as_deref() == Some(cfg.pod_range_name.as_str()))
+                && facts.aliases.iter().any(|a| {
+                    a.range_name
+                        .as_deref()
+                        .is_some_and(|n| cfg.pod_ranges.has_name(n))
+                })
             {
                 out.push(finding(DriftKind::AliasWithoutNode, Step::ReleaseAlias));
             }

@@ -103,8 +103,10 @@ pub fn plan_config() -> PlanConfig {
             labels: BTreeMap::from([("cluster".to_string(), "demo".to_string())]),
         },
         subnet: ("us-central1".into(), "k8s-nodes".into()),
-        pod_range_name: "pods".into(),
-        pod_range: "10.4.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+        pod_ranges: crate::names::PodRanges::single(
+            "pods",
+            "10.4.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+        ),
         node_tags: vec!["k8s-node".into()],
         node_service_accounts: std::collections::BTreeSet::new(),
         join_mode: crate::config::JoinMode::Metadata,

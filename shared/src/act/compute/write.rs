@@ -156,8 +156,9 @@ impl Compute {
         .await
     }
 
-    /// Alias-first (issue 22): unless nic0 already has an alias range in `range_name`, asks
-    /// Compute Engine to allocate a `/prefix` block of it ("Configuring alias IP ranges": a
+    /// Alias-first (issue 22): unless nic0 already has an alias range in one of `pod_ranges`
+    /// (the names of every pod range), asks Compute Engine to allocate a `/prefix` block of
+    /// `range_name` ("Configuring alias IP ranges": a
     /// netmask alone lets Compute Engine pick a free block, so no two VMs can get the same
     /// one), keeping nic0's other ranges. Re-read before writing, and a second pass confirms,
     /// so a redelivery or a racing writer never allocates a second block.
@@ -170,14 +171,15 @@ impl Compute {
         r: &InstanceRef,
         prefix: u8,
         range_name: &str,
+        pod_ranges: &[String],
     ) -> Result<WriteOutcome, ComputeError> {
         self.settle(2, "instances.updateNetworkInterface", r, |i| {
             let nic = i.network_interfaces.first()?;
-            if nic
-                .alias_ip_ranges
-                .iter()
-                .any(|a| a.subnetwork_range_name.as_deref() == Some(range_name))
-            {
+            if nic.alias_ip_ranges.iter().any(|a| {
+                a.subnetwork_range_name
+                    .as_deref()
+                    .is_some_and(|n| n == range_name || pod_ranges.iter().any(|p| p == n))
+            }) {
                 return None;
             }
             let nic_name = nic.name.clone().unwrap_or_else(|| "nic0".into());

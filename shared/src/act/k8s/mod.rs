@@ -638,6 +638,28 @@ impl Kube {
         }
     }
 
+    /// The names of the Nodes that have a core/v1 Event with this `reason` (in `default`,
+    /// where [`Self::node_event`] records them), e.g. `CIDRNotAvailable`.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn nodes_with_event(
+        &self,
+        reason: &str,
+    ) -> Result<std::collections::BTreeSet<String>, KubeError> {
+        use k8s_openapi::api::core::v1::Event;
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let lp = ListParams::default()
+            .limit(500)
+            .fields(&format!("involvedObject.kind=Node,reason={reason}"));
+        let listed = self
+            .list_all("events.list", &events, lp, |e: &Event| {
+                e.involved_object.name.clone()
+            })
+            .await?;
+        Ok(listed.items.into_iter().collect())
+    }
+
     /// Records a core/v1 Event about a Node (in `default`, where Events about cluster-scoped
     /// objects live). `type_` is `Normal` or `Warning`. The reference carries the Node's
     /// `uid` (read first): `kubectl describe node` selects Events by
