@@ -1023,6 +1023,30 @@ impl Stack {
         Err(format!("deleting node {name} kept failing"))
     }
 
+    /// A merge patch of a Node as the cluster admin (`kubectl patch node --type merge`), once.
+    ///
+    /// # Errors
+    /// The status and body when the simulator refuses it.
+    pub async fn admin_patch_node(&self, name: &str, patch: &Value) -> Result<(), String> {
+        let resp = self
+            .http
+            .patch(format!("{}/api/v1/nodes/{name}", self.k8s.endpoint()))
+            .bearer_auth(self.k8s.admin_token())
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{status}: {}",
+            resp.text().await.unwrap_or_default()
+        ))
+    }
+
     /// `Ok(podCIDR)` when the VM is a wired node (read straight from the simulators' state);
     /// otherwise what is still missing.
     pub fn wired(&self, zone: &str, name: &str) -> Result<String, String> {

@@ -392,3 +392,189 @@ async fn when_the_first_pod_range_is_full_the_next_is_used() {
     }
     stack.stop().await;
 }
+
+/// Issue 22: in the cluster-first order, kube-controller-manager's IPAM does not know what
+/// Compute Engine allocated by size. A VM outside the cluster (another team's, on the same
+/// subnet) whose template asked for `pods:/24` holds the first block; the IPAM then gives that
+/// block to a new Node. nodewire never takes it from the other VM: the alias write fails with
+/// `IP_IN_USE_BY_ANOTHER_RESOURCE`, the Node gets an `AliasRangeInUse` Warning Event naming the
+/// holder, keeps its taint, and the sweep reports it. Once the holder is gone the sweep heals
+/// the node. (In the alias-first order this cannot happen: Compute Engine is the one allocator.)
+#[tokio::test]
+async fn cluster_first_a_pod_cidr_compute_engine_gave_another_vm_is_a_loud_conflict() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let holder = "other-team-vm";
+    stack
+        .insert_vm_asking(P, Z, holder, &[("cluster", "other")], true, Some("/24"))
+        .await
+        .expect("insert");
+    let alias_of = |s: &Stack, n: &str| {
+        s.compute.instance_json(P, Z, n).and_then(|v| {
+            v.pointer("/networkInterfaces/0/aliasIpRanges/0/ipCidrRange")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(30), |s| alias_of(s, holder).is_some())
+            .await
+    );
+    let taken = alias_of(&stack, holder).unwrap_or_default();
+
+    let node = "k8s-col-1";
+    stack
+        .insert_vm(P, Z, node, &[("cluster", "demo")], true)
+        .await
+        .expect("insert");
+    let in_use = |s: &Stack| {
+        s.k8s
+            .objects("events")
+            .into_iter()
+            .filter(|e| e["reason"] == "AliasRangeInUse" && e["involvedObject"]["name"] == node)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| !in_use(s).is_empty())
+            .await,
+        "no AliasRangeInUse Event; Node {:?}, VM {:?}",
+        stack.k8s.object("nodes", "", node),
+        stack.compute.instance_json(P, Z, node)
+    );
+    let n = stack.k8s.object("nodes", "", node).expect("the Node");
+    assert_eq!(
+        n.pointer("/spec/podCIDR").and_then(Value::as_str),
+        Some(taken.as_str()),
+        "the IPAM gave the Node the block Compute Engine allocated to {holder}"
+    );
+    let event = &in_use(&stack)[0];
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(holder)),
+        "{event}"
+    );
+    assert_eq!(
+        alias_of(&stack, holder),
+        Some(taken.clone()),
+        "never taken away"
+    );
+    assert_eq!(alias_of(&stack, node), None);
+    assert!(
+        n.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
+        "the taint is kept: {n}"
+    );
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(
+        report.affected.values().flatten().any(|s| s.contains(node)),
+        "the sweep reports {node}: {report:?}"
+    );
+
+    // The holder goes; the sweep heals the node with the range its podCIDR names.
+    stack.delete_vm(Z, holder).await.expect("delete");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(30), |s| s
+                .compute
+                .instance_json(P, Z, holder)
+                .is_none())
+            .await
+    );
+    let report = stack.sweep(false).await.expect("sweep");
+    assert!(report.steps >= 1, "{report:?}");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s.wired(Z, node).is_ok())
+            .await,
+        "{node} not wired once {holder} was gone: {:?}",
+        stack.wired(Z, node)
+    );
+    assert_eq!(alias_of(&stack, node), Some(taken));
+    stack.stop().await;
+}
+
+/// Issue 22: a podCIDR someone else set before nodewire copied the alias (here the cluster
+/// admin, while the VM's allocation is still in flight) is never overwritten — podCIDR is
+/// immutable once set (kubernetes/kubernetes pkg/apis/core/validation/validation.go,
+/// ValidateNodeUpdate) — and nodewire writes no podCIDR at all: the VM's alias follows the
+/// Node's range instead (the allocated block dropped, the podCIDR's added).
+#[tokio::test]
+async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        range_order: RangeOrder::AliasFirst,
+        // The allocation takes long enough for the Node to register before it is done.
+        nic_op_latency: Some(Duration::from_secs(4)),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let n = "k8s-theirs";
+    stack
+        .insert_vm(P, Z, n, &[("cluster", "demo")], true)
+        .await
+        .expect("insert");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s
+                .k8s
+                .object("nodes", "", n)
+                .is_some())
+            .await,
+        "the Node registered"
+    );
+    let theirs = "10.4.200.0/24";
+    stack
+        .admin_patch_node(
+            n,
+            &serde_json::json!({"spec": {"podCIDR": theirs, "podCIDRs": [theirs]}}),
+        )
+        .await
+        .expect("the admin sets the podCIDR before nodewire does");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| s.wired(Z, n).is_ok())
+            .await,
+        "{n} not wired: {:?}",
+        stack.wired(Z, n)
+    );
+    assert_eq!(stack.wired(Z, n).ok().as_deref(), Some(theirs));
+    let node = stack.k8s.object("nodes", "", n).expect("the Node");
+    assert_eq!(node["spec"]["podCIDRs"], serde_json::json!([theirs]));
+    // nodewire never wrote a podCIDR (nodewire's writes are those not made as the admin).
+    let ours = stack
+        .k8s
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "nodes.patch"
+                && r.path.ends_with(&format!("/nodes/{n}"))
+                && r.body.pointer("/spec/podCIDR").is_some()
+        })
+        .count();
+    assert_eq!(ours, 1, "only the admin's podCIDR write");
+    // The VM had asked for a block by size meanwhile; the alias it ends with is the podCIDR.
+    let by_size = stack
+        .compute
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "instances.updateNetworkInterface"
+                && r.path.contains(&format!("/instances/{n}/"))
+                && r.body.pointer("/aliasIpRanges/0/ipCidrRange") == Some(&serde_json::json!("/24"))
+        })
+        .count();
+    assert!(by_size >= 1, "allocated by size first: {by_size}");
+    stack.stop().await;
+}
