@@ -347,6 +347,65 @@ async fn a_change_while_another_operation_runs_is_retried_until_it_is_accepted()
     assert_eq!(metadata_value(&sim, &vm, "k").as_deref(), Some("v"));
 }
 
+/// Issue 22: Compute Engine refuses `updateNetworkInterface` on an instance still being
+/// created (STAGING) with 400 `resourceNotReady`; the client waits it out (the same retry as for
+/// an instance busy with another operation) and the allocation by size goes through once the
+/// VM is RUNNING. The refusal is real: with the VM left STAGING the call fails as transient.
+#[tokio::test]
+async fn an_alias_allocation_while_the_vm_is_staging_is_waited_out() {
+    let sim = compute_sim(0).await;
+    let vm = seed(&sim, "vm-boot");
+    let set_status = |sim: &sim::compute::ComputeSim, status: &str| {
+        sim.tamper(|w| {
+            for (k, i) in w.instances.iter_mut() {
+                if k.2 == "vm-boot" {
+                    i.status = status.to_string();
+                }
+            }
+        });
+    };
+    set_status(&sim, "STAGING");
+    let mut policy = fast_compute_policy();
+    policy.retry.base = Duration::from_millis(50);
+    policy.retry.max = Duration::from_millis(200);
+    policy.retry.max_attempts = 12;
+    let c = compute_client(&sim, policy.clone()).await;
+    let pods_only = ["pods".to_string()];
+    let boot = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        set_status(&sim, "RUNNING");
+    };
+    let (out, ()) = tokio::join!(c.allocate_alias_range(&vm, 24, "pods", &pods_only), boot);
+    assert_eq!(out.expect("allocated once RUNNING"), WriteOutcome::Changed);
+    let refused = sim
+        .chaos()
+        .requests()
+        .iter()
+        .filter(|r| r.method == "instances.updateNetworkInterface" && r.status == 400)
+        .count();
+    assert!(refused >= 1, "refused while STAGING first");
+    let v = sim.instance_json(P, Z, "vm-boot").expect("the VM");
+    let aliases = &v["networkInterfaces"][0]["aliasIpRanges"];
+    assert_eq!(aliases.as_array().map(Vec::len), Some(1), "{aliases}");
+
+    // Left STAGING: the call gives up as transient (retried by redelivery), never succeeds.
+    let other = seed(&sim, "vm-stuck");
+    sim.tamper(|w| {
+        for (k, i) in w.instances.iter_mut() {
+            if k.2 == "vm-stuck" {
+                i.status = "STAGING".to_string();
+            }
+        }
+    });
+    policy.retry.max_attempts = 3;
+    let c = compute_client(&sim, policy).await;
+    let e = c
+        .allocate_alias_range(&other, 24, "pods", &pods_only)
+        .await
+        .expect_err("still STAGING");
+    assert!(e.is_retryable(), "{e}");
+}
+
 /// A permission 403 (legacy reason `forbidden`, `ErrorInfo` `IAM_PERMISSION_DENIED`) is
 /// permanent and carries the API's message; it is sent once, never retried.
 #[tokio::test]

@@ -36,6 +36,16 @@ pub(super) async fn update_network_interface(
     run(&sim, api_method, &call, &body, |sim| {
         let Mutating { q, rid, body, key, link, current } =
             Mutating::read(sim, (&project, &zone, &name), q.as_deref(), &body)?;
+        // An instance still being created (PROVISIONING, STAGING) is refused, synchronously,
+        // with 400 `resourceNotReady` (issue 22's text; the same refusal Compute Engine gives
+        // an instance busy with another operation, see operations.rs): clients wait it out.
+        if matches!(current.status.as_str(), "PROVISIONING" | "STAGING") {
+            return Err(super::refusal(
+                400,
+                "resourceNotReady",
+                &format!("The resource 'projects/{project}/zones/{zone}/instances/{name}' is not ready"),
+            ));
+        }
         let Some(nic_name) = q.get("networkInterface").cloned() else {
             return Err(invalid("Required field 'networkInterface' not specified"));
         };
