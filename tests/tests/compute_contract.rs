@@ -369,7 +369,7 @@ async fn an_alias_allocation_while_the_vm_is_staging_is_waited_out() {
     policy.retry.base = Duration::from_millis(50);
     policy.retry.max = Duration::from_millis(200);
     policy.retry.max_attempts = 12;
-    let c = compute_client(&sim, policy.clone()).await;
+    let c = compute_client(&sim, policy).await;
     let pods_only = ["pods".to_string()];
     let boot = async {
         tokio::time::sleep(Duration::from_millis(600)).await;
