@@ -65,6 +65,11 @@ enum Cmd {
         /// `cluster-first` (the default) or `alias-first` (`NODEWIRE_RANGE_ORDER`).
         #[arg(long, default_value = "cluster-first")]
         range_order: String,
+        /// Alias-first, several pod ranges: `pods` is one /24 that another VM holds, `pods-b`
+        /// a /16 (NODEWIRE_ADDITIONAL_POD_RANGES). The lone VM pays the refused allocation in
+        /// `pods`; the VMs after it go to `pods-b` at once (a full range is tried last).
+        #[arg(long)]
+        first_range_full: bool,
     },
     /// The join service at the realistic pace: a VM's identity token → its JoinConfiguration.
     JoinLatency {
@@ -220,6 +225,7 @@ async fn chain(
     join_mode: &str,
     bus: &str,
     range_order: &str,
+    first_range_full: bool,
 ) -> anyhow::Result<()> {
     let range_order = match range_order {
         "cluster-first" => nodewire::config::RangeOrder::ClusterFirst,
@@ -236,19 +242,53 @@ async fn chain(
         "in-process" => sim::stack::BusChoice::InProcess,
         other => bail!("--bus {other:?}: emulator or in-process"),
     };
-    let stack = sim::stack::Stack::start(latency.apply(sim::stack::StackOptions {
+    if first_range_full && range_order != nodewire::config::RangeOrder::AliasFirst {
+        bail!("--first-range-full needs --range-order alias-first");
+    }
+    let mut opts = sim::stack::StackOptions {
         join_mode,
         bus: bus_choice,
         range_order,
         ..sim::stack::StackOptions::default()
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!(e))?;
+    };
+    if first_range_full {
+        opts.pods_range = "10.4.0.0/24".parse()?;
+        opts.extra_pod_ranges = vec![("pods-b".into(), "10.8.0.0/16".parse()?)];
+    }
+    let stack = sim::stack::Stack::start(latency.apply(opts))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     println!(
-        "join mode: {}; push delivery: {bus}; range order: {}",
+        "join mode: {}; push delivery: {bus}; range order: {}; first pod range full: {first_range_full}",
         join_mode.as_str(),
         range_order.as_str()
     );
+    if first_range_full {
+        // Another team's VM on the subnet holds the only block of `pods`.
+        stack
+            .insert_vm_asking(
+                P,
+                ZONES[0],
+                "holder",
+                &[("cluster", "other")],
+                true,
+                Some("/24"),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let t = Instant::now();
+        while stack
+            .compute
+            .instance_json(P, ZONES[0], "holder")
+            .and_then(|v| v.pointer("/networkInterfaces/0/aliasIpRanges/0").cloned())
+            .is_none()
+        {
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("the holder VM got no range");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let bound = match latency {
         sim::stack::Latency::Fast => Duration::from_secs(60),
         sim::stack::Latency::Realistic => Duration::from_secs(600),
@@ -474,7 +514,18 @@ async fn main() -> anyhow::Result<()> {
             join_mode,
             bus,
             range_order,
-        } => chain(vms, latency, &join_mode, &bus, &range_order).await,
+            first_range_full,
+        } => {
+            chain(
+                vms,
+                latency,
+                &join_mode,
+                &bus,
+                &range_order,
+                first_range_full,
+            )
+            .await
+        }
         Cmd::JoinLatency { requests } => join_latency(requests.max(1)).await,
         Cmd::PushProbe => push_probe::probe().await,
     }

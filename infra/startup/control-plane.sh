@@ -31,6 +31,11 @@
 #    and the alias follows it; alias-first: kube-controller-manager allocates none
 #    (--allocate-node-cidrs=false, nodewire is the only allocator), the VM asks Compute Engine
 #    for a /24 of the pod range by size and sets its own Node's empty podCIDR to it.
+# 8. On a cluster initialised before the range order changed, kube-controller-manager's
+#    --allocate-node-cidrs in its static Pod manifest is put in line with the order. This
+#    script installs itself under /usr/local/lib/nodewire and nodewire-reconcile.timer runs
+#    `control-plane.sh reconcile` every 5 minutes: the admission policy, ip-masq-agent's
+#    non-masquerade ranges and that flag follow the deployment's metadata between boots.
 #
 # Tests only: NODEWIRE_ROOT (prefix of every path), NODEWIRE_METADATA_URL, NODEWIRE_RETRY_SLEEP,
 # NODEWIRE_CMD_ATTEMPTS, NODEWIRE_MD_ATTEMPTS, NODEWIRE_MD_TIMEOUT_SEC,
@@ -41,13 +46,21 @@ readonly SCRIPT_NAME="nodewire-control-plane"
 
 # The shared functions (common.sh): already defined when the deployment delivered both files as
 # one startup-script, otherwise read from beside this script.
+COMMON_BESIDE=""
 if [[ -z "${NODEWIRE_COMMON_LOADED:-}" ]]; then
   # shellcheck source-path=SCRIPTDIR source=common.sh
   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+  COMMON_BESIDE="$(dirname "${BASH_SOURCE[0]}")/common.sh"
 fi
+readonly COMMON_BESIDE
 
+readonly NOMASQ_RE='^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}(,[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}){0,63}$'
 readonly TOKEN_ATTEMPTS="${NODEWIRE_TOKEN_ATTEMPTS:-60}"
 readonly ADMIN_CONF="${ROOT}/etc/kubernetes/admin.conf"
+readonly KCM_MANIFEST="${ROOT}/etc/kubernetes/manifests/kube-controller-manager.yaml"
+# Where the reconcile timer runs this script from (the startup script itself is a temporary
+# file of the metadata script runner).
+readonly INSTALL_DIR="/usr/local/lib/nodewire"
 readonly OPS_AGENT_REPO_SCRIPT="https://dl.google.com/cloudagents/add-google-cloud-ops-agent-repo.sh"
 
 kc() { kubectl --kubeconfig "$ADMIN_CONF" "$@"; }
@@ -234,6 +247,104 @@ UNIT
   systemctl enable --now nodewire-no-autoapprove.timer
 }
 
+# range_order_of CONFIG: the cluster config's range_order, cluster-first when absent.
+range_order_of() {
+  if [[ "$1" == *'"range_order"'* ]]; then
+    cfg "$1" range_order '^(cluster-first|alias-first)$'
+  else
+    printf 'cluster-first'
+  fi
+}
+
+# reconcile_kcm_allocation ORDER: kube-controller-manager's --allocate-node-cidrs follows the
+# range order on a cluster initialised before the order changed (kubeadm init sets it on a new
+# one): false in alias-first (nodewire is the only allocator; two allocators hand out the same
+# range, deckhouse/deckhouse#4110), true in cluster-first. The kubelet restarts the static Pod
+# when its manifest changes. Nothing is written when the flag is already right.
+reconcile_kcm_allocation() {
+  local want=true tmp
+  [[ "$1" == alias-first ]] && want=false
+  if [[ ! -f "$KCM_MANIFEST" ]]; then
+    log "no ${KCM_MANIFEST#"$ROOT"}: kube-controller-manager's flags left as they are"
+    return 0
+  fi
+  if grep -qE -- "^[[:space:]]*- --allocate-node-cidrs=${want}[[:space:]]*\$" "$KCM_MANIFEST"; then
+    return 0
+  fi
+  if ! grep -qE -- '^[[:space:]]*- --allocate-node-cidrs=(true|false)[[:space:]]*$' "$KCM_MANIFEST"; then
+    log "WARNING: no --allocate-node-cidrs flag in ${KCM_MANIFEST#"$ROOT"}; set it to ${want} by hand (range order $1)"
+    return 1
+  fi
+  # Written beside manifests/, not in it: the kubelet would read a temporary file there.
+  tmp="$(mktemp "${KCM_MANIFEST%/manifests/*}/.nodewire-kcm.XXXXXX")"
+  sed -E "s/^([[:space:]]*- --allocate-node-cidrs=)(true|false)([[:space:]]*)\$/\1${want}\3/" \
+    "$KCM_MANIFEST" >"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$KCM_MANIFEST"
+  log "kube-controller-manager: --allocate-node-cidrs=${want} (range order $1); the kubelet restarts it"
+}
+
+# reconcile: what follows the deployment's metadata on a running control plane, run every
+# 5 minutes by nodewire-reconcile.timer (Terraform changes metadata; the startup script runs
+# only at boot): kube-controller-manager's allocation for the range order, the admission
+# policy (templated with that order), and ip-masq-agent's non-masquerade ranges (which grow
+# with additional_pod_ranges).
+reconcile() {
+  local config order nomasq file="${ROOT}/etc/kubernetes/nodewire/nodewire-k8s-policy.yaml"
+  setup_work
+  if [[ ! -f "$ADMIN_CONF" ]]; then
+    log "the cluster is not initialised yet: nothing to reconcile"
+    return 0
+  fi
+  config="$(md_get instance/attributes/nodewire-cluster-config)" ||
+    die "instance/attributes/nodewire-cluster-config is missing"
+  order="$(range_order_of "$config")"
+  nomasq="$(cfg "$config" non_masquerade_cidrs "$NOMASQ_RE")"
+  mkdir -p "${file%/*}"
+  md_get_to instance/attributes/nodewire-k8s-policy "$file" ||
+    die "instance/attributes/nodewire-k8s-policy is missing"
+  retry kc apply -f "$file"
+  log "applied nodewire-k8s-policy (range order ${order})"
+  apply_ip_masq_config "$nomasq"
+  reconcile_kcm_allocation "$order"
+}
+
+# install_reconcile_timer: this script (and common.sh when it is a separate file) under
+# INSTALL_DIR, and a systemd timer running `reconcile` every 5 minutes.
+install_reconcile_timer() {
+  local dir="${ROOT}${INSTALL_DIR}" unit="${ROOT}/etc/systemd/system/nodewire-reconcile"
+  mkdir -p "$dir" "${unit%/*}"
+  install -m 0755 "${BASH_SOURCE[0]}" "${dir}/control-plane.sh"
+  if [[ -n "$COMMON_BESIDE" ]]; then
+    install -m 0644 "$COMMON_BESIDE" "${dir}/common.sh"
+  fi
+  cat >"${unit}.service" <<UNIT
+# Written by nodewire's control-plane startup script: the control plane follows the
+# deployment's metadata (range order, admission policy, non-masquerade ranges) between boots.
+[Unit]
+Description=nodewire: reconcile the control plane with the deployment's metadata
+ConditionPathExists=/etc/kubernetes/admin.conf
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash ${INSTALL_DIR}/control-plane.sh reconcile
+UNIT
+  cat >"${unit}.timer" <<'UNIT'
+[Unit]
+Description=nodewire: reconcile the control plane every 5 minutes
+
+[Timer]
+OnBootSec=5min
+OnUnitActiveSec=5min
+
+[Install]
+WantedBy=timers.target
+UNIT
+  chmod 0644 "${unit}.service" "${unit}.timer"
+  systemctl daemon-reload
+  systemctl enable --now nodewire-reconcile.timer
+}
+
 # apply_manifests MODE: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata;
 # in metadata mode also the role that lets node-events decide bootstrap-token CSRs, which pull
 # mode deletes (a deployment switched to pull keeps no approval right it no longer uses).
@@ -389,12 +500,8 @@ main() {
   ca_secret="$(cfg "$config" kube_ca_secret '^[A-Za-z0-9_-]{1,255}$')"
   join_token_secret="$(cfg "$config" kube_join_token_secret '^[A-Za-z0-9_-]{1,255}$')"
   join_mode="$(cfg "$config" join_mode '^(pull|metadata)$')"
-  range_order="cluster-first"
-  if [[ "$config" == *'"range_order"'* ]]; then
-    range_order="$(cfg "$config" range_order '^(cluster-first|alias-first)$')"
-  fi
-  nomasq="$(cfg "$config" non_masquerade_cidrs \
-    '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}(,[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}){0,63}$')"
+  range_order="$(range_order_of "$config")"
+  nomasq="$(cfg "$config" non_masquerade_cidrs "$NOMASQ_RE")"
   name="$(md_get instance/name)" || die "instance/name is missing"
   zone="$(md_get instance/zone)" || die "instance/zone is missing"
   zone="${zone##*/}"
@@ -421,6 +528,7 @@ main() {
     delete_init_tokens
   fi
   drop_bootstrap_autoapproval
+  reconcile_kcm_allocation "$range_order" || log "WARNING: kube-controller-manager's allocation not reconciled"
 
   apply_manifests "$join_mode"
   apply_ip_masq_config "$nomasq"
@@ -436,7 +544,12 @@ main() {
     write_cni_config "$cidr"
     ensure_alias "$name" "$zone" "$range_name" "$cidr"
   fi
+  install_reconcile_timer
   log "done"
 }
 
-main "$@"
+if [[ "${1:-}" == reconcile ]]; then
+  reconcile
+else
+  main "$@"
+fi

@@ -460,6 +460,10 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// The size of a Node's pod range: kube-controller-manager's `--node-cidr-mask-size` default
+/// for IPv4, which the alias-first order allocates.
+pub const NODE_MASK: u8 = 24;
+
 /// One secondary range of the node subnet that Pod IPs come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRange {

@@ -564,6 +564,26 @@ impl Sandbox {
         out
     }
 
+    /// `bash SCRIPT ARGS…`, SCRIPT an absolute path (e.g. a copy the script installed).
+    fn run_path(&self, script: &Path, args: &[&str]) -> Output {
+        let out = Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&self.dir)
+            .output()
+            .expect("run bash");
+        eprintln!(
+            "--- {} {args:?} exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            script.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     fn run_ok(&self, script: &str) -> String {
         let out = self.run(script);
         assert!(out.status.success(), "{script} failed: {:?}", out.status);
@@ -1577,5 +1597,122 @@ fn control_plane_script_in_the_alias_first_order() {
         String::from_utf8_lossy(&out.stderr).contains("no alias IP range in pods"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 22: the range order of a cluster initialised before it changed. kubeadm init is not run
+/// again, so the script puts kube-controller-manager's `--allocate-node-cidrs` in its static Pod
+/// manifest in line with the order (false for alias-first: one allocator,
+/// deckhouse/deckhouse#4110), leaving every other line as it was, and installs itself with a
+/// timer that does the same every 5 minutes (`reconcile`): the control plane follows a changed
+/// `range_order` (and the admission policy and non-masquerade ranges templated with it) without
+/// a reboot. The installed copy runs on its own; a second reconcile writes nothing.
+#[test]
+fn an_initialised_control_plane_follows_a_changed_range_order() {
+    let alias_first = cluster_config().replace(
+        "\"join_mode\": \"pull\"",
+        "\"join_mode\": \"pull\", \"range_order\": \"alias-first\"",
+    );
+    let sb = control_plane_sandbox("cp-reconcile", &alias_first);
+    sb.md.set(
+        "instance/network-interfaces/0/ip-aliases/0",
+        "192.168.19.0/24",
+    );
+    let manifest = sb.file("/etc/kubernetes/manifests/kube-controller-manager.yaml");
+    std::fs::create_dir_all(manifest.parent().expect("dir")).expect("mkdir");
+    std::fs::write(sb.file("/etc/kubernetes/admin.conf"), "admin kubeconfig\n").expect("admin");
+    std::fs::create_dir_all(sb.file("/etc/kubernetes/pki")).expect("mkdir");
+    std::fs::write(
+        sb.file("/etc/kubernetes/pki/ca.crt"),
+        "-----BEGIN CERTIFICATE-----\nMIIFAKECA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("ca");
+    let kcm = |allocate: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-controller-manager\n  \
+             namespace: kube-system\nspec:\n  containers:\n  - command:\n    \
+             - kube-controller-manager\n    - --allocate-node-cidrs={allocate}\n    \
+             - --cluster-cidr=192.168.16.0/21\n    - --node-cidr-mask-size=24\n    \
+             image: registry.k8s.io/kube-controller-manager:v1.33.5\n"
+        )
+    };
+    std::fs::write(&manifest, kcm("true")).expect("manifest");
+
+    sb.run_ok("infra/startup/control-plane.sh");
+    assert!(
+        !sb.calls().iter().any(|c| c.starts_with("kubeadm init")),
+        "an initialised cluster is not initialised again"
+    );
+    assert_eq!(read(&manifest), kcm("false"), "only the flag changed");
+    let unit = read(sb.file("/etc/systemd/system/nodewire-reconcile.service"));
+    assert!(
+        unit.contains("ExecStart=/bin/bash /usr/local/lib/nodewire/control-plane.sh reconcile"),
+        "{unit}"
+    );
+    assert!(
+        read(sb.file("/etc/systemd/system/nodewire-reconcile.timer"))
+            .contains("OnUnitActiveSec=5min")
+    );
+    assert!(
+        sb.calls()
+            .contains(&"systemctl enable --now nodewire-reconcile.timer".to_string()),
+        "{:#?}",
+        sb.calls()
+    );
+
+    // Terraform switches the deployment back to cluster-first: the timer's run follows.
+    sb.md.set(
+        "instance/attributes/nodewire-cluster-config",
+        &cluster_config(),
+    );
+    sb.clear_calls();
+    let installed = sb.file("/usr/local/lib/nodewire/control-plane.sh");
+    let out = sb.run_path(&installed, &["reconcile"]);
+    assert!(out.status.success());
+    assert_eq!(read(&manifest), kcm("true"));
+    let calls = sb.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("kubectl ")
+            && c.contains("apply -f")
+            && c.contains("nodewire-k8s-policy.yaml")),
+        "the admission policy is applied again: {calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("apply -f") && c.contains("ip-masq-agent-config.yaml")),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("kubeadm") || c.contains("network-interfaces")),
+        "reconcile touches nothing else: {calls:#?}"
+    );
+    // Nothing to change: the manifest is not rewritten (the kubelet would restart the Pod).
+    let before = std::fs::metadata(&manifest)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = sb.run_path(&installed, &["reconcile"]);
+    assert!(out.status.success());
+    let after = std::fs::metadata(&manifest)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(before, after);
+
+    // A manifest without the flag is not guessed at: the reconcile says so and fails.
+    std::fs::write(
+        &manifest,
+        kcm("true").replace("    - --allocate-node-cidrs=true\n", ""),
+    )
+    .expect("manifest");
+    sb.md
+        .set("instance/attributes/nodewire-cluster-config", &alias_first);
+    let out = sb.run_path(&installed, &["reconcile"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no --allocate-node-cidrs flag")
+            || String::from_utf8_lossy(&out.stdout).contains("no --allocate-node-cidrs flag")
     );
 }

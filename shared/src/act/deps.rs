@@ -41,6 +41,8 @@ pub struct ChainDeps {
     pub chain: Arc<ChainConfig>,
     /// The planner's configuration, derived once from [`ChainConfig`] and the selector.
     pub plan: Arc<PlanConfig>,
+    /// Pod ranges this process saw full lately (tried last).
+    pub full_ranges: Arc<super::full_ranges::FullRanges>,
 }
 
 impl ChainDeps {
@@ -53,6 +55,7 @@ impl ChainDeps {
             kube,
             chain: Arc::new(chain),
             plan: Arc::new(plan),
+            full_ranges: Arc::default(),
         }
     }
 

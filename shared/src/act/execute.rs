@@ -154,12 +154,13 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             // ranges are used the same way: the next one once one is full). Each try is atomic
             // on Compute Engine's side; a full range costs one refused operation.
             let mut exhausted = Vec::new();
-            for range_name in ranges {
+            for range_name in &deps.full_ranges.order(ranges) {
                 match compute
                     .allocate_alias_range(t.instance, *prefix, range_name, ranges)
                     .await
                 {
                     Ok(_) => {
+                        deps.full_ranges.clear(range_name);
                         if !exhausted.is_empty() {
                             tracing::info!(instance = %t.instance, range = %range_name, full = %exhausted.join(","), "allocated from the next pod range");
                         }
@@ -167,6 +168,7 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
                     }
                     Err(ComputeError::RangeExhausted { message, .. }) => {
                         tracing::warn!(instance = %t.instance, range = %range_name, api = %message, "pod range full");
+                        deps.full_ranges.mark(range_name);
                         exhausted.push(range_name.clone());
                     }
                     Err(e) => return Err(e.into()),
@@ -178,7 +180,8 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             // age). The sweep tries again once its cooldown has passed.
             let r = Refusal::PodRangeExhausted {
                 vm: t.instance.to_string(),
-                ranges: exhausted.join(", "),
+                // Every range was tried and refused; named in the configured order.
+                ranges: ranges.join(", "),
                 prefix: *prefix,
                 taint: UNWIRED_TAINT,
             };

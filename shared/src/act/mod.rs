@@ -7,5 +7,6 @@
 pub mod compute;
 pub mod deps;
 pub mod execute;
+pub mod full_ranges;
 pub mod k8s;
 pub mod toolkit;

@@ -297,12 +297,12 @@ fn pod_ranges(
             .trim()
             .parse()
             .map_err(|e: crate::names::NameError| err(VAR, e.to_string()))?;
-        if cidr.prefix_len() > crate::plan::NODE_MASK {
+        if cidr.prefix_len() > crate::names::NODE_MASK {
             return Err(err(
                 VAR,
                 format!(
                     "{name}'s {cidr} is smaller than one /{} podCIDR",
-                    crate::plan::NODE_MASK
+                    crate::names::NODE_MASK
                 ),
             ));
         }

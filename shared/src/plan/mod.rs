@@ -273,9 +273,7 @@ fn pod_cidr(node: &NodeFacts, cfg: &PlanConfig) -> Result<Option<Cidr>, Refusal>
     Ok(Some(cidr))
 }
 
-/// The size of a Node's pod range: kube-controller-manager's `--node-cidr-mask-size` default
-/// for IPv4, which the alias-first order allocates.
-pub const NODE_MASK: u8 = 24;
+pub use crate::names::NODE_MASK;
 
 /// Alias-first: the VM's alias range in the pod ranges, when it has exactly one and it lies
 /// inside the range it is named after.
