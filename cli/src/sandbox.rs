@@ -40,10 +40,11 @@ pub struct SandboxArgs {
     /// 5 s, kubelets Ready after 15 s and reporting every 10 s).
     #[arg(long, default_value = "fast")]
     latency: Latency,
-    /// Who picks a node's pod range: `cluster-first` (kube-controller-manager, then the VM's
-    /// alias follows) or `alias-first` (Compute Engine allocates the VM's /24 while it boots;
-    /// nodewire copies it into the Node's podCIDR; the node IPAM is off).
-    #[arg(long, default_value = "cluster-first", value_parser = parse_range_order)]
+    /// Who picks a node's pod range: `alias-first` (the default, as Terraform's: Compute
+    /// Engine allocates the VM's /24 while it boots; nodewire copies it into the Node's
+    /// podCIDR; the node IPAM is off) or `cluster-first` (kube-controller-manager, then the
+    /// VM's alias follows).
+    #[arg(long, default_value = "alias-first", value_parser = parse_range_order)]
     range_order: nodewire::config::RangeOrder,
 }
 

@@ -45,6 +45,7 @@ fn gap_name(g: Gap) -> &'static str {
         Gap::Alias => "alias",
         Gap::Tag => "tag",
         Gap::ProviderId => "providerID",
+        Gap::NetworkUnavailable => "NetworkUnavailable",
         Gap::Taint => "taint",
         Gap::Token => "token",
         Gap::JoinMetadata => "kubeadm-join",

@@ -62,7 +62,7 @@ async fn sandbox_runs_to_a_healed_summary() {
             "--vms",
             "3",
             "--range-order",
-            "alias-first",
+            "cluster-first",
         ],
     ] {
         let out = nodewire(&args, &BTreeMap::new()).await;

@@ -194,6 +194,7 @@ pub fn node_facts(n: &NodeView) -> NodeFacts {
         uid: n.uid.clone(),
         instance_id: n.instance_id.clone(),
         deleting: n.deleting,
+        network_unavailable: n.network_unavailable,
     }
 }
 

@@ -139,6 +139,15 @@ const NODES_PATCH: KubeGrant = KubeGrant {
     verbs: &["patch"],
 };
 
+/// The Node's `NetworkUnavailable` condition set to `False` (issue 22), a `nodes/status` patch;
+/// the admission policy `nodewire-node-status` allows nothing else there.
+const NODE_STATUS_PATCH: KubeGrant = KubeGrant {
+    namespace: None,
+    resource: "nodes/status",
+    name: None,
+    verbs: &["patch"],
+};
+
 const NODES_GET: KubeGrant = KubeGrant {
     namespace: None,
     resource: "nodes",
@@ -280,7 +289,7 @@ pub const TABLE: &[Grants] = &[
             "compute.zoneOperations.get",
         ],
         acts_as_node_account: true,
-        kube: &[TOKENS_LIST, TOKENS_DELETE, NODES_PATCH],
+        kube: &[TOKENS_LIST, TOKENS_DELETE, NODES_PATCH, NODE_STATUS_PATCH],
         // Back to the first open aspect when not wired (`plan_finalize`), or announce.
         publishes: &["assign-alias", "tag-instance", "provider-id", "node-wired"],
     },

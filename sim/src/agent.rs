@@ -77,6 +77,11 @@ pub struct AgentConfig {
     pub pull: Option<PullJoin>,
     /// Where kubelets and kubeadm connect with client certificates.
     pub tls: K8sTls,
+    /// The Node registers with `NetworkUnavailable` = `True` (`NoRouteCreated`), as where a
+    /// cloud provider manages routes: the in-tree GCE kubelet's initial node status, and
+    /// cloud-provider's node controller for GCE (kubernetes/cloud-provider
+    /// controllers/node/node_controller.go).
+    pub network_unavailable: bool,
 }
 
 /// Where a pull-mode startup script asks.
@@ -939,7 +944,12 @@ async fn join(k8s: &K8sView, cfg: &AgentConfig, yaml: &str, files: Option<&NodeF
         spec["providerID"] = json!(pid);
     }
     let labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), name.clone())]);
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec});
+    let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec});
+    if cfg.network_unavailable {
+        node["status"] = json!({"conditions": [{"type": "NetworkUnavailable", "status": "True",
+            "reason": "NoRouteCreated", "message": "Node created without a route",
+            "lastTransitionTime": crate::compute::model::now_rfc3339()}]});
+    }
     match kubelet
         .request(reqwest::Method::POST, "/api/v1/nodes")
         .json(&node)

@@ -190,6 +190,8 @@ pub struct StackOptions {
     pub node_ipam: bool,
     /// `NODEWIRE_RANGE_ORDER`; alias-first turns the node IPAM off.
     pub range_order: RangeOrder,
+    /// Nodes register with `NetworkUnavailable` = `True` (see `AgentConfig`).
+    pub network_unavailable: bool,
 }
 
 /// How slow the simulated world is.
@@ -274,6 +276,7 @@ impl Default for StackOptions {
             retry_backoff: (Duration::from_secs(1), Duration::from_secs(3)),
             node_ipam: true,
             range_order: RangeOrder::ClusterFirst,
+            network_unavailable: false,
         }
     }
 }
@@ -587,6 +590,7 @@ impl Stack {
                 k8s_endpoint: k8s.endpoint(),
                 heartbeat: Some(opts.kubelet_heartbeat),
                 ready_after: opts.kubelet_ready_after,
+                network_unavailable: opts.network_unavailable,
                 pull,
                 tls: crate::kubelet_cert::K8sTls {
                     endpoint: k8s_tls.endpoint(),

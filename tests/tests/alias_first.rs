@@ -586,3 +586,73 @@ async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it()
     assert!(by_size >= 1, "allocated by size first: {by_size}");
     stack.stop().await;
 }
+
+/// Issue 22: where Nodes register with `NetworkUnavailable` = `True` (a cloud provider that
+/// manages routes sets it: kubernetes/cloud-provider controllers/node/node_controller.go for
+/// GCE), nodewire sets it to `False` once the VM's alias is the podCIDR — reason
+/// `RouteCreated`, as GKE's CloudAllocator — through the admission policy
+/// `nodewire-node-status`, leaving the kubelet's `Ready` condition as it was.
+#[tokio::test]
+async fn network_unavailable_is_set_to_false_once_the_range_is_routed() {
+    let stack = Stack::start(StackOptions {
+        bus: BusChoice::Emulator,
+        range_order: RangeOrder::AliasFirst,
+        network_unavailable: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+    let n = "k8s-net-1";
+    stack
+        .insert_vm(P, Z, n, &[("cluster", "demo")], true)
+        .await
+        .expect("insert");
+    let condition = |s: &Stack, kind: &str| {
+        s.k8s.object("nodes", "", n).and_then(|node| {
+            node.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+        })
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(30), |s| condition(
+                s,
+                "NetworkUnavailable"
+            )
+            .is_some())
+            .await,
+        "the Node registered with the condition"
+    );
+    all_wired(&stack, &[n]).await;
+    let net = condition(&stack, "NetworkUnavailable").expect("the condition");
+    assert_eq!(net["status"], "False", "{net}");
+    assert_eq!(net["reason"], "RouteCreated", "{net}");
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(30), |s| condition(s, "Ready")
+                .is_some_and(|c| c["status"] == "True"))
+            .await,
+        "the kubelet's Ready condition is its own: {:?}",
+        condition(&stack, "Ready")
+    );
+    let patched = stack
+        .k8s
+        .chaos()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "nodes.status.patch"
+                && r.path.ends_with(&format!("/nodes/{n}/status"))
+                && r.status < 300
+        })
+        .filter(|r| {
+            r.body.pointer("/status/conditions/0/type")
+                == Some(&serde_json::json!("NetworkUnavailable"))
+        })
+        .count();
+    assert_eq!(patched, 1, "set once");
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(report.drift.is_empty(), "{report:?}");
+    stack.stop().await;
+}

@@ -189,6 +189,9 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
             report_refusal(deps, t.observed, &r).await;
             return Err(r.into());
         }
+        Action::SetNetworkAvailable => {
+            kube.set_network_available(t.node).await?;
+        }
         Action::SetPodCidr(cidr) => {
             kube.set_pod_cidr(t.node, &cidr.to_string()).await?;
         }

@@ -250,6 +250,8 @@ pub struct NodeFacts {
     pub instance_id: Option<String>,
     /// It has a `deletionTimestamp` (a finalizer holds it).
     pub deleting: bool,
+    /// Its `NetworkUnavailable` condition is `True`.
+    pub network_unavailable: bool,
 }
 
 /// A bootstrap token minted for this VM.

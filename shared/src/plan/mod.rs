@@ -76,6 +76,8 @@ pub enum Action {
     AddTags(Vec<String>),
     /// Set `spec.providerID`.
     SetProviderId(String),
+    /// Set the Node's `NetworkUnavailable` condition to `False` (it was `True`).
+    SetNetworkAvailable,
     /// Remove the `nodewire.io/unwired` taint.
     RemoveTaint,
     /// Remove the `kubeadm-join` (and `nodewire-restart-kubelet`) metadata keys, marking the
@@ -107,6 +109,7 @@ impl Action {
             Action::ReleaseAlias { .. } => "release-alias",
             Action::AddTags(_) => "add-tags",
             Action::SetProviderId(_) => "set-provider-id",
+            Action::SetNetworkAvailable => "set-network-available",
             Action::RemoveTaint => "remove-taint",
             Action::ClearJoinMetadata => "clear-join-metadata",
             Action::RestartKubelet(_) => "restart-kubelet",
@@ -202,6 +205,9 @@ pub enum Gap {
     /// `spec.providerID` is not `gce://PROJECT/ZONE/NAME`, or the VM's instance id is not
     /// recorded on the Node.
     ProviderId,
+    /// The Node's `NetworkUnavailable` condition is `True` (where a cloud provider set it at
+    /// registration), although its pod range is routed.
+    NetworkUnavailable,
     /// The unwired taint is still there.
     Taint,
     /// A bootstrap token is left.
@@ -219,7 +225,9 @@ impl Gap {
             Gap::Alias => Some(Step::AssignAlias),
             Gap::Tag => Some(Step::TagInstance),
             Gap::ProviderId => Some(Step::ProviderId),
-            Gap::Taint | Gap::Token | Gap::JoinMetadata => Some(Step::Finalize),
+            Gap::NetworkUnavailable | Gap::Taint | Gap::Token | Gap::JoinMetadata => {
+                Some(Step::Finalize)
+            }
         }
     }
 }
@@ -335,6 +343,9 @@ pub fn gaps(obs: &Observed, cfg: &PlanConfig) -> Vec<Gap> {
             {
                 out.push(Gap::ProviderId);
             }
+            if node.network_unavailable {
+                out.push(Gap::NetworkUnavailable);
+            }
             if node.unwired_taint {
                 out.push(Gap::Taint);
             }
@@ -434,6 +445,11 @@ pub fn apply(obs: &Observed, actions: &[Action], cfg: &PlanConfig) -> Observed {
             Action::SetProviderId(p) => {
                 if let Some(n) = &mut o.node {
                     n.provider_id = Some(p.clone());
+                }
+            }
+            Action::SetNetworkAvailable => {
+                if let Some(n) = &mut o.node {
+                    n.network_unavailable = false;
                 }
             }
             Action::RemoveTaint => {
@@ -879,9 +895,12 @@ fn plan_provider_id(obs: &Observed, vm: &VmFacts) -> Branch {
 /// `finalize`: only once everything but the clean-up holds; then revoke the tokens, clear the
 /// join metadata, lift the taint and announce.
 fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
-    let blocking = gaps(obs, cfg)
-        .into_iter()
-        .find(|g| !matches!(g, Gap::Taint | Gap::Token | Gap::JoinMetadata));
+    let blocking = gaps(obs, cfg).into_iter().find(|g| {
+        !matches!(
+            g,
+            Gap::NetworkUnavailable | Gap::Taint | Gap::Token | Gap::JoinMetadata
+        )
+    });
     if let Some(first) = blocking {
         // Not wired yet: send the chain back to the first open aspect.
         return Err(Plan::Act {
@@ -896,6 +915,11 @@ fn plan_finalize(obs: &Observed, vm: &VmFacts, cfg: &PlanConfig) -> Branch {
         vm.join_metadata || vm.kubelet_restarts.is_some() || vm.bootstrap_attempts.is_some();
     if clear {
         a.push(Action::ClearJoinMetadata);
+    }
+    // The route exists (the alias is the podCIDR): say so where a cloud provider said it did
+    // not, before the taint goes (GKE's CloudAllocator does it right after the podCIDR).
+    if obs.node.as_ref().is_some_and(|n| n.network_unavailable) {
+        a.push(Action::SetNetworkAvailable);
     }
     if obs.node.as_ref().is_some_and(|n| n.unwired_taint) {
         a.push(Action::RemoveTaint);

@@ -608,6 +608,7 @@ fn environment(o: &mut Observed, cidr: &str) -> Option<Step> {
                 uid: None,
                 instance_id: None,
                 deleting: false,
+                network_unavailable: false,
             });
             return Some(Step::AssignAlias);
         }
@@ -663,6 +664,7 @@ fn arb_observed() -> impl Strategy<Value = (Observed, Step)> {
                 uid: None,
                 instance_id: None,
                 deleting: false,
+                network_unavailable: false,
             });
             let tokens = tokens
                 .into_iter()
@@ -695,6 +697,7 @@ fn unmarked_nodes_are_left_alone_and_another_vms_node_is_refused() {
         uid: None,
         instance_id: None,
         deleting: false,
+        network_unavailable: false,
     });
     for step in CHAIN {
         assert!(
@@ -1080,6 +1083,42 @@ fn several_pod_ranges_are_used_in_order_and_each_counts_as_a_pod_range() {
                 "{text}"
             );
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 22: a Node registered with `NetworkUnavailable` = `True` (where a cloud provider
+/// manages routes) is not wired until it is `False`; `finalize` sets it once everything else
+/// holds, before the taint goes; the sweep's gap maps to `finalize`.
+#[test]
+fn network_unavailable_is_cleared_by_finalize_before_the_taint() {
+    let c = cfg();
+    let o = wired()
+        .with_taint()
+        .edit(|o| o.node_mut().network_unavailable = true);
+    assert!(gaps(&o, &c).contains(&Gap::NetworkUnavailable));
+    assert_eq!(Gap::NetworkUnavailable.step(), Some(Step::Finalize));
+    match plan(Step::Finalize, &o, &c) {
+        Plan::Act { actions, .. } => {
+            let net = actions
+                .iter()
+                .position(|a| *a == Action::SetNetworkAvailable);
+            let taint = actions.iter().position(|a| *a == Action::RemoveTaint);
+            assert!(net.is_some() && net < taint, "{actions:?}");
+            let after = apply(&o, &actions, &c);
+            assert!(!gaps(&after, &c).contains(&Gap::NetworkUnavailable));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not before the alias routes the podCIDR: finalize sends the chain back first.
+    let unrouted = o.clone().with_aliases(vec![]);
+    assert!(matches!(
+        plan(Step::Finalize, &unrouted, &c),
+        Plan::Act { ref actions, next: Some(Step::AssignAlias) } if actions.is_empty()
+    ));
+    // A wired Node without the condition is not touched.
+    match plan(Step::Finalize, &wired().with_taint(), &c) {
+        Plan::Act { actions, .. } => assert!(!actions.contains(&Action::SetNetworkAvailable)),
         other => panic!("{other:?}"),
     }
 }

@@ -150,6 +150,7 @@ pub fn assess(inv: &Inventory, cfg: &PlanConfig, now: time::OffsetDateTime) -> V
                 Gap::Alias => finding(DriftKind::AliasMismatch, Step::AssignAlias),
                 Gap::Tag => finding(DriftKind::TagMissing, Step::TagInstance),
                 Gap::ProviderId => finding(DriftKind::ProviderIdWrong, Step::ProviderId),
+                Gap::NetworkUnavailable => finding(DriftKind::NetworkUnavailable, Step::Finalize),
                 Gap::Taint => finding(DriftKind::TaintLeft, Step::Finalize),
                 Gap::Token => finding(DriftKind::LeftoverToken, Step::Finalize),
                 Gap::JoinMetadata => finding(DriftKind::LeftoverJoinMetadata, Step::Finalize),

@@ -288,6 +288,7 @@ mod tests {
             uid: None,
             instance_id: Some("1".into()),
             deleting: false,
+            network_unavailable: false,
         }
     }
 

@@ -49,6 +49,9 @@ pub enum DriftKind {
     NodeOfPreviousInstance,
     /// Alias-first: a Node without podCIDR (nodewire copies its VM's alias into it).
     PodCidrMissing,
+    /// A Node whose `NetworkUnavailable` condition is `True` although its pod range is routed
+    /// (`finalize` sets it to `False`).
+    NetworkUnavailable,
 }
 
 impl DriftKind {
@@ -70,6 +73,7 @@ impl DriftKind {
             DriftKind::NodeLost => "node-lost",
             DriftKind::NodeOfPreviousInstance => "node-of-previous-instance",
             DriftKind::PodCidrMissing => "pod-cidr-missing",
+            DriftKind::NetworkUnavailable => "network-unavailable",
         }
     }
 }

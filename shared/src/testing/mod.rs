@@ -166,6 +166,7 @@ pub fn registered_node() -> NodeFacts {
         uid: None,
         instance_id: None,
         deleting: false,
+        network_unavailable: false,
     }
 }
 

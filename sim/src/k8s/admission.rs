@@ -495,7 +495,7 @@ mod tests {
         old: Option<&Value>,
         new: Option<&Value>,
     ) -> Result<(), ApiError> {
-        let namespace = if resource == "nodes" {
+        let namespace = if resource.starts_with("nodes") {
             ""
         } else {
             "kube-system"
@@ -520,6 +520,46 @@ mod tests {
         let old = node("k8s-n", json!({"taints": old_taints}));
         let new = node("k8s-n", json!({"taints": new_taints}));
         write(user, "UPDATE", "nodes", "k8s-n", Some(&old), Some(&new))
+    }
+
+    /// Issue 22: on `nodes/status` nodewire may only set NetworkUnavailable to False; the
+    /// kubelet's conditions and reported fields stay, and the control plane's Node is not its.
+    #[test]
+    fn node_status_only_network_available() {
+        let status = |net: &str, ready: &str| {
+            json!({"metadata": {"name": "k8s-n"}, "status": {
+            "addresses": [{"type": "InternalIP", "address": "10.128.0.5"}],
+            "capacity": {"cpu": "4"},
+            "conditions": [
+                {"type": "Ready", "status": ready, "reason": "KubeletReady"},
+                {"type": "NetworkUnavailable", "status": net, "reason": "NoRouteCreated"},
+            ]}})
+        };
+        let st = |old: &Value, new: &Value, user: &str, name: &str| {
+            write(user, "UPDATE", "nodes/status", name, Some(old), Some(new))
+        };
+        let old = status("True", "True");
+        assert!(st(&old, &status("False", "True"), NW, "k8s-n").is_ok());
+        // Another condition changed, or NetworkUnavailable set to True: refused.
+        let e = st(&old, &status("False", "False"), NW, "k8s-n").expect_err("Ready");
+        assert_eq!(e.code, 403, "{e:?}");
+        assert!(st(&status("False", "True"), &old, NW, "k8s-n").is_err());
+        // Reported fields stay.
+        let mut moved = status("False", "True");
+        moved["status"]["addresses"][0]["address"] = json!("10.128.0.6");
+        assert!(st(&old, &moved, NW, "k8s-n").is_err());
+        // Not one of nodewire's node VMs.
+        assert!(st(&old, &status("False", "True"), NW, "other").is_err());
+        // Anyone else is not looked at.
+        assert!(
+            st(
+                &old,
+                &status("False", "False"),
+                "system:node:k8s-n",
+                "k8s-n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

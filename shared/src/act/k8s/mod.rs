@@ -133,6 +133,9 @@ pub struct NodeView {
     pub instance_id: Option<String>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// `status.conditions` has `NetworkUnavailable` = `True` (set at registration where a
+    /// cloud provider manages routes; see [`Kube::set_network_available`]).
+    pub network_unavailable: bool,
 }
 
 /// Annotation on a Node: the numeric id of the VM instance nodewire paired it with (written
@@ -165,6 +168,14 @@ impl NodeView {
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.as_second()),
+            network_unavailable: n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+                }),
         }
     }
 
@@ -546,6 +557,43 @@ impl Kube {
             }
         })
         .await
+    }
+
+    /// Sets the Node's `NetworkUnavailable` condition to `False` when it is `True` (issue 22):
+    /// its pod range is routed by its VM's alias IP range, as GKE's CloudAllocator reports it
+    /// (kubernetes/cloud-provider-gcp pkg/controller/nodeipam/ipam/cloud_cidr_allocator.go:
+    /// reason `RouteCreated`). A Node without the condition, or with it `False`, is left as it
+    /// is. A strategic merge patch of `nodes/status`: conditions merge by `type`, so the
+    /// kubelet's own conditions are untouched.
+    ///
+    /// # Errors
+    /// [`KubeError`].
+    pub async fn set_network_available(&self, name: &str) -> Result<WriteOutcome, KubeError> {
+        const CALL: &str = "nodes.patchStatus(NetworkUnavailable)";
+        let Some(node) = self.get_node(name).await? else {
+            return Err(KubeError::NotFound {
+                call: CALL,
+                message: format!("Node {name}"),
+            });
+        };
+        if !node.network_unavailable {
+            return Ok(WriteOutcome::Unchanged);
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = json!({"status": {"conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "reason": "RouteCreated",
+            "message": "nodewire: the VM's alias IP range is the Node's podCIDR",
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        let pp = PatchParams::default();
+        let patch = Patch::Strategic(patch);
+        self.retrying(CALL, || self.nodes.patch_status(name, &pp, &patch))
+            .await
+            .map(|_| WriteOutcome::Changed)
+            .map_err(|c| fail(CALL, c))
     }
 
     /// Removes every taint with `key`, keeping the others.
