@@ -521,7 +521,7 @@ async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it()
         bus: BusChoice::Emulator,
         range_order: RangeOrder::AliasFirst,
         // The allocation takes long enough for the Node to register before it is done.
-        nic_op_latency: Some(Duration::from_secs(4)),
+        nic_op_latency: Some(Duration::from_secs(10)),
         ..StackOptions::default()
     })
     .await
@@ -531,14 +531,29 @@ async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it()
         .insert_vm(P, Z, n, &[("cluster", "demo")], true)
         .await
         .expect("insert");
+    let asked_by_size = |s: &Stack| {
+        s.compute
+            .chaos()
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "instances.updateNetworkInterface"
+                    && r.path.contains(&format!("/instances/{n}/"))
+                    && r.body.pointer("/aliasIpRanges/0/ipCidrRange")
+                        == Some(&serde_json::json!("/24"))
+            })
+            .count()
+    };
+    // The Node registered while the VM's allocation by size is in flight.
     assert!(
         stack
-            .wait_until(Duration::from_secs(60), |s| s
+            .wait_until(Duration::from_secs(30), |s| s
                 .k8s
                 .object("nodes", "", n)
-                .is_some())
+                .is_some()
+                && asked_by_size(s) >= 1)
             .await,
-        "the Node registered"
+        "the Node registered and the allocation was asked for"
     );
     let theirs = "10.4.200.0/24";
     stack
@@ -555,11 +570,12 @@ async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it()
         "{n} not wired: {:?}",
         stack.wired(Z, n)
     );
+    // The allocated block was dropped; the alias is the podCIDR someone else set.
     assert_eq!(stack.wired(Z, n).ok().as_deref(), Some(theirs));
     let node = stack.k8s.object("nodes", "", n).expect("the Node");
     assert_eq!(node["spec"]["podCIDRs"], serde_json::json!([theirs]));
-    // nodewire never wrote a podCIDR (nodewire's writes are those not made as the admin).
-    let ours = stack
+    // nodewire never wrote a podCIDR (the one write is the admin's).
+    let writes = stack
         .k8s
         .chaos()
         .requests()
@@ -570,20 +586,7 @@ async fn a_pod_cidr_set_by_someone_else_first_is_kept_and_the_alias_follows_it()
                 && r.body.pointer("/spec/podCIDR").is_some()
         })
         .count();
-    assert_eq!(ours, 1, "only the admin's podCIDR write");
-    // The VM had asked for a block by size meanwhile; the alias it ends with is the podCIDR.
-    let by_size = stack
-        .compute
-        .chaos()
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.method == "instances.updateNetworkInterface"
-                && r.path.contains(&format!("/instances/{n}/"))
-                && r.body.pointer("/aliasIpRanges/0/ipCidrRange") == Some(&serde_json::json!("/24"))
-        })
-        .count();
-    assert!(by_size >= 1, "allocated by size first: {by_size}");
+    assert_eq!(writes, 1, "only the admin's podCIDR write");
     stack.stop().await;
 }
 
