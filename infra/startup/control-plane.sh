@@ -231,9 +231,15 @@ ConditionPathExists=/etc/kubernetes/admin.conf
 Type=oneshot
 ExecStart=/usr/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf delete clusterrolebinding kubeadm:node-autoapprove-bootstrap --ignore-not-found
 UNIT
-  cat >"${unit}.timer" <<'UNIT'
+  enable_timer "$unit" "delete kubeadm:node-autoapprove-bootstrap"
+}
+
+# enable_timer UNIT_PATH WHAT: UNIT_PATH.timer running UNIT_PATH.service (written before) every
+# 5 minutes from 5 minutes after boot, enabled and started.
+enable_timer() {
+  cat >"${1}.timer" <<UNIT
 [Unit]
-Description=nodewire: delete kubeadm:node-autoapprove-bootstrap every 5 minutes
+Description=nodewire: ${2} every 5 minutes
 
 [Timer]
 OnBootSec=5min
@@ -242,9 +248,9 @@ OnUnitActiveSec=5min
 [Install]
 WantedBy=timers.target
 UNIT
-  chmod 0644 "${unit}.service" "${unit}.timer"
+  chmod 0644 "${1}.service" "${1}.timer"
   systemctl daemon-reload
-  systemctl enable --now nodewire-no-autoapprove.timer
+  systemctl enable --now "${1##*/}.timer"
 }
 
 # range_order_of CONFIG: the cluster config's range_order, cluster-first when absent.
@@ -329,20 +335,7 @@ ConditionPathExists=/etc/kubernetes/admin.conf
 Type=oneshot
 ExecStart=/bin/bash ${INSTALL_DIR}/control-plane.sh reconcile
 UNIT
-  cat >"${unit}.timer" <<'UNIT'
-[Unit]
-Description=nodewire: reconcile the control plane every 5 minutes
-
-[Timer]
-OnBootSec=5min
-OnUnitActiveSec=5min
-
-[Install]
-WantedBy=timers.target
-UNIT
-  chmod 0644 "${unit}.service" "${unit}.timer"
-  systemctl daemon-reload
-  systemctl enable --now nodewire-reconcile.timer
+  enable_timer "$unit" "reconcile the control plane"
 }
 
 # apply_manifests MODE: nodewire's RBAC, its admission policy and ip-masq-agent, from metadata;

@@ -29,6 +29,53 @@ async fn all_wired(stack: &Stack, names: &[&str]) {
     }
 }
 
+/// Exhaustion is loud (issue 22, item 3): `name`'s Node gets a `CIDRNotAvailable` Warning
+/// Event whose message contains `says` (60 s at most), keeps the unwired taint and no
+/// podCIDR, is not wired, and a dry-run sweep reports it as `pod-cidr-missing`.
+async fn assert_exhausted(stack: &Stack, name: &str, says: &str) {
+    let cidr_not_available = |s: &Stack| {
+        s.k8s
+            .objects("events")
+            .into_iter()
+            .filter(|e| e["reason"] == "CIDRNotAvailable" && e["involvedObject"]["name"] == name)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        stack
+            .wait_until(Duration::from_secs(60), |s| !cidr_not_available(s)
+                .is_empty())
+            .await,
+        "no CIDRNotAvailable Event; Node {:?}",
+        stack.k8s.object("nodes", "", name)
+    );
+    let event = &cidr_not_available(stack)[0];
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"].as_str().is_some_and(|m| m.contains(says)),
+        "{event}"
+    );
+    let node = stack
+        .k8s
+        .object("nodes", "", name)
+        .expect("the Node registered");
+    assert_eq!(node.pointer("/spec/podCIDR"), None, "{node}");
+    assert!(
+        node.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
+        "the taint is kept: {node}"
+    );
+    assert!(stack.wired(Z, name).is_err());
+    let report = stack.sweep(true).await.expect("sweep");
+    assert!(
+        report
+            .affected
+            .get(&nodewire::sweep::DriftKind::PodCidrMissing)
+            .is_some_and(|a| a.iter().any(|n| n.contains(name))),
+        "{report:?}"
+    );
+}
+
 async fn wire_all(join_mode: JoinMode) {
     let stack = Stack::start(StackOptions {
         bus: BusChoice::Emulator,
@@ -199,49 +246,7 @@ async fn an_exhausted_pod_range_is_loud_and_the_node_keeps_its_taint() {
         .insert_vm(P, Z, third, &demo, true)
         .await
         .expect("insert");
-    let cidr_not_available = |s: &Stack| {
-        s.k8s
-            .objects("events")
-            .into_iter()
-            .filter(|e| e["reason"] == "CIDRNotAvailable" && e["involvedObject"]["name"] == third)
-            .collect::<Vec<_>>()
-    };
-    assert!(
-        stack
-            .wait_until(Duration::from_secs(60), |s| !cidr_not_available(s)
-                .is_empty())
-            .await,
-        "no CIDRNotAvailable Event; Node {:?}",
-        stack.k8s.object("nodes", "", third)
-    );
-    let event = &cidr_not_available(&stack)[0];
-    assert_eq!(event["type"], "Warning");
-    assert!(
-        event["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("no /24 is free")),
-        "{event}"
-    );
-    let node = stack
-        .k8s
-        .object("nodes", "", third)
-        .expect("the Node registered");
-    assert_eq!(node.pointer("/spec/podCIDR"), None, "{node}");
-    assert!(
-        node.pointer("/spec/taints")
-            .and_then(Value::as_array)
-            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
-        "the taint is kept: {node}"
-    );
-    assert!(stack.wired(Z, third).is_err());
-    let report = stack.sweep(true).await.expect("sweep");
-    assert!(
-        report
-            .affected
-            .get(&nodewire::sweep::DriftKind::PodCidrMissing)
-            .is_some_and(|a| a.iter().any(|n| n.contains(third))),
-        "{report:?}"
-    );
+    assert_exhausted(&stack, third, "no /24 is free").await;
 
     // Room again: a VM deleted, its range with it.
     stack.delete_vm(Z, "k8s-ex-1").await.expect("delete");
@@ -352,44 +357,7 @@ async fn when_the_first_pod_range_is_full_the_next_is_used() {
         .insert_vm(P, Z, fourth, &demo, true)
         .await
         .expect("insert");
-    let cidr_not_available = |s: &Stack| {
-        s.k8s
-            .objects("events")
-            .into_iter()
-            .filter(|e| e["reason"] == "CIDRNotAvailable" && e["involvedObject"]["name"] == fourth)
-            .collect::<Vec<_>>()
-    };
-    assert!(
-        stack
-            .wait_until(Duration::from_secs(60), |s| !cidr_not_available(s)
-                .is_empty())
-            .await,
-        "no CIDRNotAvailable Event; Node {:?}",
-        stack.k8s.object("nodes", "", fourth)
-    );
-    let event = &cidr_not_available(&stack)[0];
-    assert!(
-        event["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("pod range(s) pods, pods-b")),
-        "{event}"
-    );
-    let node = stack.k8s.object("nodes", "", fourth).expect("the Node");
-    assert_eq!(node.pointer("/spec/podCIDR"), None, "{node}");
-    assert!(
-        node.pointer("/spec/taints")
-            .and_then(Value::as_array)
-            .is_some_and(|t| t.iter().any(|t| t["key"] == nodewire::names::UNWIRED_TAINT)),
-        "the taint is kept: {node}"
-    );
-    let report = stack.sweep(true).await.expect("sweep");
-    assert!(
-        report
-            .affected
-            .get(&nodewire::sweep::DriftKind::PodCidrMissing)
-            .is_some_and(|a| a.iter().any(|n| n.contains(fourth))),
-        "{report:?}"
-    );
+    assert_exhausted(&stack, fourth, "pod range(s) pods, pods-b").await;
     // The three wired VMs are no drift.
     for n in names {
         assert!(stack.wired(Z, n).is_ok(), "{n}: {:?}", stack.wired(Z, n));

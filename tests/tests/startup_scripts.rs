@@ -1105,6 +1105,24 @@ fn cluster_config() -> String {
         .to_string()
 }
 
+/// [`cluster_config`] in the alias-first order.
+fn alias_first_config() -> String {
+    cluster_config().replace(
+        "\"join_mode\": \"pull\"",
+        "\"join_mode\": \"pull\", \"range_order\": \"alias-first\"",
+    )
+}
+
+/// [`control_plane_sandbox`] whose VM has the /24 Compute Engine allocated on its nic0.
+fn alias_first_sandbox(name: &str, config: &str) -> Sandbox {
+    let sb = control_plane_sandbox(name, config);
+    sb.md.set(
+        "instance/network-interfaces/0/ip-aliases/0",
+        "192.168.19.0/24",
+    );
+    sb
+}
+
 /// A control-plane VM's metadata as Terraform writes it, with `config` as its cluster config.
 fn control_plane_sandbox(name: &str, config: &str) -> Sandbox {
     let sb = Sandbox::new(name).with("STUB_PODCIDR", "192.168.16.0/24");
@@ -1533,15 +1551,8 @@ fn the_delivered_startup_script_is_the_library_then_the_script() {
 /// Compute Engine for one by size (`pods:/24`) and stops when none appears.
 #[test]
 fn control_plane_script_in_the_alias_first_order() {
-    let config = cluster_config().replace(
-        "\"join_mode\": \"pull\"",
-        "\"join_mode\": \"pull\", \"range_order\": \"alias-first\"",
-    );
-    let sb = control_plane_sandbox("cp-af", &config);
-    sb.md.set(
-        "instance/network-interfaces/0/ip-aliases/0",
-        "192.168.19.0/24",
-    );
+    let config = alias_first_config();
+    let sb = alias_first_sandbox("cp-af", &config);
     sb.run_ok("infra/startup/control-plane.sh");
     let inits = sb.stub_files("kubeadm-init-config.");
     assert_eq!(inits.len(), 1);
@@ -1609,15 +1620,8 @@ fn control_plane_script_in_the_alias_first_order() {
 /// a reboot. The installed copy runs on its own; a second reconcile writes nothing.
 #[test]
 fn an_initialised_control_plane_follows_a_changed_range_order() {
-    let alias_first = cluster_config().replace(
-        "\"join_mode\": \"pull\"",
-        "\"join_mode\": \"pull\", \"range_order\": \"alias-first\"",
-    );
-    let sb = control_plane_sandbox("cp-reconcile", &alias_first);
-    sb.md.set(
-        "instance/network-interfaces/0/ip-aliases/0",
-        "192.168.19.0/24",
-    );
+    let alias_first = alias_first_config();
+    let sb = alias_first_sandbox("cp-reconcile", &alias_first);
     let manifest = sb.file("/etc/kubernetes/manifests/kube-controller-manager.yaml");
     std::fs::create_dir_all(manifest.parent().expect("dir")).expect("mkdir");
     std::fs::write(sb.file("/etc/kubernetes/admin.conf"), "admin kubeconfig\n").expect("admin");

@@ -159,8 +159,12 @@ pub async fn execute(deps: &ChainDeps, t: &Target<'_>, action: &Action) -> Resul
                     .allocate_alias_range(t.instance, *prefix, range_name, ranges)
                     .await
                 {
-                    Ok(_) => {
-                        deps.full_ranges.clear(range_name);
+                    Ok(outcome) => {
+                        // Unchanged: nic0 already had a block (of any pod range); that says
+                        // nothing about this range's room.
+                        if outcome == crate::act::toolkit::WriteOutcome::Changed {
+                            deps.full_ranges.clear(range_name);
+                        }
                         if !exhausted.is_empty() {
                             tracing::info!(instance = %t.instance, range = %range_name, full = %exhausted.join(","), "allocated from the next pod range");
                         }
