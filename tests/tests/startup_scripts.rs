@@ -548,20 +548,7 @@ impl Sandbox {
     }
 
     fn run(&self, script: &str) -> Output {
-        let out = Command::new("bash")
-            .arg(repo().join(script))
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&self.dir)
-            .output()
-            .expect("run bash");
-        eprintln!(
-            "--- {script} exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.run_path(&repo().join(script), &[])
     }
 
     /// `bash SCRIPT ARGS…`, SCRIPT an absolute path (e.g. a copy the script installed).

@@ -548,6 +548,9 @@ mod tests {
         let mut moved = status("False", "True");
         moved["status"]["addresses"][0]["address"] = json!("10.128.0.6");
         assert!(st(&old, &moved, NW, "k8s-n").is_err());
+        let mut info = status("False", "True");
+        info["status"]["nodeInfo"] = json!({"kubeletVersion": "v1.0.0"});
+        assert!(st(&old, &info, NW, "k8s-n").is_err());
         // Not one of nodewire's node VMs.
         assert!(st(&old, &status("False", "True"), NW, "other").is_err());
         // Anyone else is not looked at.
